@@ -1,0 +1,546 @@
+"""Convolution and pooling on NumPy arrays, with the signatures of ``torch.nn.functional``.
+
+Layout is NCHW and convolution weights are ``(out_channels, in_channels / groups,
+kernel_height, kernel_width)``, so any result can be checked against PyTorch.
+float32 is the working dtype; float64 works too (for gradient checks). Inputs
+of other layouts are copied to C order; all arrays of one call share a dtype.
+
+Every function validates its arguments before a compiled loop runs and raises
+``ValueError`` naming the argument and echoing what it received.
+
+Threads: the kernels use ``get_num_threads()`` OpenMP threads, set with
+``set_num_threads``, the ``threads`` context manager, or the environment
+variable ``CNNCLI_NUM_THREADS`` (then ``OMP_NUM_THREADS``, then every core
+this process may use). While a kernel runs, the BLAS library it calls is held
+at one thread, so BLAS and OpenMP threads never oversubscribe the cores.
+Results are bit-identical for any thread count.
+"""
+
+import contextlib
+import os
+import threading
+from typing import NamedTuple, Optional, Tuple, Union
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+from cnncli import _conv, _parallel, _pool
+
+__all__ = [
+    "conv2d", "conv2d_backward",
+    "max_pool2d", "max_pool2d_backward",
+    "avg_pool2d", "avg_pool2d_backward",
+    "global_avg_pool2d", "global_avg_pool2d_backward",
+    "unfold", "fold",
+    "conv_output_size",
+    "get_num_threads", "set_num_threads", "threads", "openmp_enabled",
+]
+
+IntPair = Union[int, Tuple[int, int]]
+
+THREADS_VARIABLE = "CNNCLI_NUM_THREADS"
+
+# ---------------------------------------------------------------------------
+# Threads
+# ---------------------------------------------------------------------------
+
+_num_threads: Optional[int] = None
+
+
+def _positive_int(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return int(value)
+
+
+def _threads_from_environment():
+    for variable in (THREADS_VARIABLE, "OMP_NUM_THREADS"):
+        text = os.environ.get(variable, "").strip()
+        if not text:
+            continue
+        if variable == THREADS_VARIABLE:
+            if not text.isdigit() or int(text) < 1:
+                raise ValueError(f"{THREADS_VARIABLE}: expected a positive integer, got {text!r}")
+            return int(text)
+        # OMP_NUM_THREADS may hold a per-level list ("4,2"): its first entry applies.
+        first = text.split(",")[0].strip()
+        if first.isdigit() and int(first) >= 1:
+            return int(first)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def get_num_threads() -> int:
+    """Number of OpenMP threads the kernels use."""
+    global _num_threads
+    if _num_threads is None:
+        _num_threads = _threads_from_environment()
+    return _num_threads
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of OpenMP threads the kernels use (a positive int)."""
+    global _num_threads
+    _num_threads = _positive_int("n", n)
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """Run the enclosed kernels on ``n`` threads, then restore the previous count."""
+    previous = get_num_threads()
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        set_num_threads(previous)
+
+
+def openmp_enabled() -> bool:
+    """True when the compiled kernels were built with OpenMP."""
+    return _parallel.openmp_enabled()
+
+
+class _SingleThreadedBlas:
+    """Holds every loaded BLAS library at one thread while a kernel calls it.
+
+    The convolution kernels call BLAS from inside their OpenMP loop; a BLAS
+    with threads of its own would multiply the two. Nested uses (from several
+    Python threads) share one cap, lifted when the last one leaves.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._libraries = None
+        self._saved = []
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                if self._libraries is None:
+                    self._libraries = [library for library in ThreadpoolController().lib_controllers
+                                       if library.user_api == "blas"]
+                self._saved = []
+                for library in self._libraries:
+                    count = library.get_num_threads()
+                    if count != 1:
+                        library.set_num_threads(1)
+                        self._saved.append((library, count))
+            self._depth += 1
+
+    def __exit__(self, *exc_info):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for library, count in self._saved:
+                    library.set_num_threads(count)
+                self._saved = []
+
+
+_single_threaded_blas = _SingleThreadedBlas()
+
+# ---------------------------------------------------------------------------
+# Argument checks
+# ---------------------------------------------------------------------------
+
+
+def _pair(name, value, minimum):
+    def is_int(item):
+        return isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_))
+
+    if is_int(value):
+        pair = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(is_int(v) for v in value):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise ValueError(f"{name}: expected an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{name}: expected values >= {minimum}, got {value!r}")
+    return pair
+
+
+def _float_array(name, array, ndim, layout, dtype=None):
+    """`array` as a C-contiguous float32/float64 ndarray of `ndim` dimensions."""
+    array = np.asarray(array)
+    if dtype is None and array.dtype not in (np.float32, np.float64):
+        raise ValueError(f"{name}: expected dtype float32 or float64, got {array.dtype}")
+    if dtype is not None and array.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {dtype} (the dtype of x), got {array.dtype}")
+    if array.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array {layout}, got shape {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+def _expect_shape(name, array, expected):
+    if array.shape != tuple(expected):
+        raise ValueError(f"{name}: expected shape {tuple(expected)}, got {array.shape}")
+
+
+def conv_output_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                     dilation: int = 1) -> int:
+    """Output extent of a convolution or pooling along one axis.
+
+    ``(W - F + 2P) // S + 1``, where F is the dilated kernel ``D * (K - 1) + 1``
+    and ``2P`` the total padding of that axis.
+    """
+    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+
+
+class _ConvGeometry(NamedTuple):
+    stride: Tuple[int, int]
+    padding: Tuple[int, int]        # top, left
+    dilation: Tuple[int, int]
+    groups: int
+    output_size: Tuple[int, int]
+
+
+def _conv_padding(padding, kernel_size, stride, dilation):
+    """(top, bottom, left, right) padding from an int, a pair, 'valid' or 'same'."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"padding: 'same' needs stride 1, got stride {stride}")
+            sides = []
+            for k, d in zip(kernel_size, dilation):
+                total = d * (k - 1)
+                # An odd total puts the extra row/column at the bottom/right, as PyTorch does.
+                sides += [total // 2, total - total // 2]
+            return tuple(sides)
+        raise ValueError(f"padding: expected an int, a pair, 'valid' or 'same', got {padding!r}")
+    ph, pw = _pair("padding", padding, 0)
+    return (ph, ph, pw, pw)
+
+
+def _conv_geometry(x, weight, stride, padding, dilation, groups):
+    stride = _pair("stride", stride, 1)
+    dilation = _pair("dilation", dilation, 1)
+    groups = _positive_int("groups", groups)
+    batch, channels, height, width = x.shape
+    filters, group_channels, kernel_h, kernel_w = weight.shape
+    if channels % groups or filters % groups:
+        raise ValueError(f"groups: must divide the input channels ({channels}) and the "
+                         f"filters ({filters}), got {groups}")
+    if group_channels * groups != channels:
+        raise ValueError(f"weight: expected {channels // groups} input channels per group "
+                         f"(x has {channels} channels, groups={groups}), got weight shape "
+                         f"{weight.shape}")
+    if min(filters, kernel_h, kernel_w) < 1:
+        raise ValueError(f"weight: expected non-empty filters, got shape {weight.shape}")
+    top, bottom, left, right = _conv_padding(padding, (kernel_h, kernel_w), stride, dilation)
+    padded = (height + top + bottom, width + left + right)
+    dilated = (dilation[0] * (kernel_h - 1) + 1, dilation[1] * (kernel_w - 1) + 1)
+    if dilated[0] > padded[0] or dilated[1] > padded[1]:
+        raise ValueError(f"weight: the {dilated[0]}x{dilated[1]} (dilated) kernel is larger "
+                         f"than the {padded[0]}x{padded[1]} padded input")
+    output_size = ((padded[0] - dilated[0]) // stride[0] + 1,
+                   (padded[1] - dilated[1]) // stride[1] + 1)
+    return _ConvGeometry(stride, (top, left), dilation, groups, output_size)
+
+
+def _conv_operands(x, weight):
+    x = _float_array("x", x, 4, "(N, C, H, W)")
+    weight = _float_array("weight", weight, 4, "(out_channels, in_channels/groups, kH, kW)",
+                          dtype=x.dtype)
+    return x, weight
+
+
+# ---------------------------------------------------------------------------
+# Convolution
+# ---------------------------------------------------------------------------
+
+
+def conv2d(x, weight, bias=None, stride: IntPair = 1, padding: Union[IntPair, str] = 0,
+           dilation: IntPair = 1, groups: int = 1) -> np.ndarray:
+    """2-D convolution (cross-correlation, as in deep learning) of a batch of images.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    weight : ndarray, shape (F, C / groups, KH, KW)
+        Each of the F filters is shared across every position of the image.
+    bias : ndarray, shape (F,), optional
+    stride, dilation : int or (int, int)
+    padding : int, (int, int), 'valid' or 'same'
+        Zeros added on each side; 'same' keeps H and W (stride 1 only).
+    groups : int
+        Split channels into groups convolved separately; ``groups == C`` is a
+        depthwise convolution.
+
+    Returns
+    -------
+    ndarray, shape (N, F, OH, OW)
+        With ``OW = (W - F' + 2P) // S + 1`` for the dilated kernel width F'
+        (see ``conv_output_size``); likewise OH.
+    """
+    x, weight = _conv_operands(x, weight)
+    geometry = _conv_geometry(x, weight, stride, padding, dilation, groups)
+    if bias is not None:
+        bias = _float_array("bias", bias, 1, "(out_channels,)", dtype=x.dtype)
+        _expect_shape("bias", bias, (weight.shape[0],))
+    out = np.empty((x.shape[0], weight.shape[0]) + geometry.output_size, dtype=x.dtype)
+    with _single_threaded_blas:
+        _conv.conv2d_forward(x, weight, bias, out, geometry.stride, geometry.padding,
+                             geometry.dilation, geometry.groups, get_num_threads())
+    return out
+
+
+def conv2d_backward(grad_output, x, weight, stride: IntPair = 1,
+                    padding: Union[IntPair, str] = 0, dilation: IntPair = 1, groups: int = 1,
+                    need_input_grad: bool = True, need_weight_grad: bool = True):
+    """Gradients of ``conv2d`` with respect to its input, weight and bias.
+
+    Parameters
+    ----------
+    grad_output : ndarray, shape (N, F, OH, OW)
+        Gradient of the loss with respect to the output of ``conv2d``.
+    x, weight, stride, padding, dilation, groups
+        As given to ``conv2d``.
+    need_input_grad, need_weight_grad : bool
+        What to compute; a frozen layer asks for no weight gradient, and the
+        bottom of a frozen stack for no input gradient either. Nothing that
+        was not asked for is computed.
+
+    Returns
+    -------
+    (grad_input, grad_weight, grad_bias)
+        Shapes of x, weight and (F,); ``None`` for what was not asked for
+        (grad_bias follows need_weight_grad).
+    """
+    x, weight = _conv_operands(x, weight)
+    geometry = _conv_geometry(x, weight, stride, padding, dilation, groups)
+    grad_output = _float_array("grad_output", grad_output, 4, "(N, F, OH, OW)", dtype=x.dtype)
+    _expect_shape("grad_output", grad_output,
+                  (x.shape[0], weight.shape[0]) + geometry.output_size)
+    if not need_input_grad and not need_weight_grad:
+        return None, None, None
+    grad_input = np.empty_like(x) if need_input_grad else None
+    grad_weight = np.empty_like(weight) if need_weight_grad else None
+    grad_bias = np.empty(weight.shape[0], dtype=x.dtype) if need_weight_grad else None
+    with _single_threaded_blas:
+        _conv.conv2d_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias,
+                              geometry.stride, geometry.padding, geometry.dilation,
+                              geometry.groups, get_num_threads())
+    return grad_input, grad_weight, grad_bias
+
+
+def _unfold_geometry(kernel_size, dilation, padding, stride, image_size):
+    kernel_size = _pair("kernel_size", kernel_size, 1)
+    dilation = _pair("dilation", dilation, 1)
+    padding = _pair("padding", padding, 0)
+    stride = _pair("stride", stride, 1)
+    output_size = tuple(conv_output_size(image_size[axis], kernel_size[axis], stride[axis],
+                                         padding[axis], dilation[axis]) for axis in (0, 1))
+    if min(output_size) < 1:
+        raise ValueError(f"kernel_size: the {kernel_size} kernel (dilation {dilation}) is "
+                         f"larger than the padded {image_size[0]}x{image_size[1]} image")
+    return kernel_size, dilation, padding, stride, output_size
+
+
+def unfold(x, kernel_size: IntPair, dilation: IntPair = 1, padding: IntPair = 0,
+           stride: IntPair = 1) -> np.ndarray:
+    """im2col: every sliding block of ``x`` as a column.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+
+    Returns
+    -------
+    ndarray, shape (N, C * KH * KW, OH * OW)
+        Rows ordered (channel, kernel row, kernel column); zeros where a block
+        covers padding. As ``torch.nn.functional.unfold``.
+    """
+    x = _float_array("x", x, 4, "(N, C, H, W)")
+    kernel_size, dilation, padding, stride, output_size = _unfold_geometry(
+        kernel_size, dilation, padding, stride, x.shape[2:])
+    cols = np.empty((x.shape[0], x.shape[1] * kernel_size[0] * kernel_size[1],
+                     output_size[0] * output_size[1]), dtype=x.dtype)
+    _conv.im2col(x, cols, kernel_size, output_size, stride, padding, dilation,
+                 get_num_threads())
+    return cols
+
+
+def fold(cols, output_size: IntPair, kernel_size: IntPair, dilation: IntPair = 1,
+         padding: IntPair = 0, stride: IntPair = 1) -> np.ndarray:
+    """col2im, the adjoint of ``unfold``: sums every column back into its block.
+
+    Parameters
+    ----------
+    cols : ndarray, shape (N, C * KH * KW, L)
+    output_size : int or (int, int)
+        The image size (H, W); L must equal the number of blocks it holds.
+
+    Returns
+    -------
+    ndarray, shape (N, C, H, W). As ``torch.nn.functional.fold``.
+    """
+    cols = _float_array("cols", cols, 3, "(N, C*kH*kW, L)")
+    image_size = _pair("output_size", output_size, 1)
+    kernel_size, dilation, padding, stride, blocks = _unfold_geometry(
+        kernel_size, dilation, padding, stride, image_size)
+    kernel_area = kernel_size[0] * kernel_size[1]
+    if cols.shape[1] % kernel_area or cols.shape[1] == 0:
+        raise ValueError(f"cols: expected dimension 1 to be a positive multiple of "
+                         f"kH*kW = {kernel_area}, got shape {cols.shape}")
+    if cols.shape[2] != blocks[0] * blocks[1]:
+        raise ValueError(f"cols: expected {blocks[0] * blocks[1]} blocks in dimension 2 "
+                         f"for a {image_size} image, got shape {cols.shape}")
+    x = np.empty((cols.shape[0], cols.shape[1] // kernel_area) + image_size, dtype=cols.dtype)
+    _conv.col2im(cols, x, kernel_size, blocks, stride, padding, dilation, get_num_threads())
+    return x
+
+
+# ---------------------------------------------------------------------------
+# Pooling
+# ---------------------------------------------------------------------------
+
+
+def _pool_geometry(x, kernel_size, stride, padding):
+    kernel_size = _pair("kernel_size", kernel_size, 1)
+    stride = kernel_size if stride is None else _pair("stride", stride, 1)
+    padding = _pair("padding", padding, 0)
+    if padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
+        raise ValueError(f"padding: must be at most half the kernel size {kernel_size}, "
+                         f"got {padding}")
+    height, width = x.shape[2:]
+    if kernel_size[0] > height + 2 * padding[0] or kernel_size[1] > width + 2 * padding[1]:
+        raise ValueError(f"kernel_size: {kernel_size} is larger than the padded "
+                         f"{height + 2 * padding[0]}x{width + 2 * padding[1]} input")
+    output_size = (conv_output_size(height, kernel_size[0], stride[0], padding[0]),
+                   conv_output_size(width, kernel_size[1], stride[1], padding[1]))
+    return kernel_size, stride, padding, output_size
+
+
+def _pool_input(x):
+    return _float_array("x", x, 4, "(N, C, H, W)")
+
+
+def _pool_grad_output(grad_output, x, output_size):
+    grad_output = _float_array("grad_output", grad_output, 4, "(N, C, OH, OW)", dtype=x.dtype)
+    _expect_shape("grad_output", grad_output, x.shape[:2] + output_size)
+    return grad_output
+
+
+def max_pool2d(x, kernel_size: IntPair, stride: Optional[IntPair] = None,
+               padding: IntPair = 0, return_indices: bool = False):
+    """Max pooling over sliding windows of each channel.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to kernel_size (non-overlapping windows).
+    padding : int or (int, int)
+        Implicit -inf padding, at most half the kernel size.
+    return_indices : bool
+        Also return, for each output, the flat index ``h * W + w`` of the
+        first maximum of its window (as PyTorch does).
+
+    Returns
+    -------
+    ndarray, shape (N, C, OH, OW), and the int64 indices if asked for.
+    """
+    x = _pool_input(x)
+    kernel_size, stride, padding, output_size = _pool_geometry(x, kernel_size, stride, padding)
+    out = np.empty(x.shape[:2] + output_size, dtype=x.dtype)
+    indices = np.empty(out.shape, dtype=np.int64) if return_indices else None
+    _pool.max_pool2d_forward(x, out, indices, kernel_size, stride, padding, get_num_threads())
+    return (out, indices) if return_indices else out
+
+
+def max_pool2d_backward(grad_output, x, kernel_size: IntPair,
+                        stride: Optional[IntPair] = None, padding: IntPair = 0,
+                        indices=None) -> np.ndarray:
+    """Gradient of ``max_pool2d`` with respect to x.
+
+    Each output's gradient goes to the first maximum of its window;
+    overlapping windows accumulate. Pass the ``indices`` returned by
+    ``max_pool2d(..., return_indices=True)`` to skip finding the maxima again.
+
+    Returns
+    -------
+    ndarray, shape of x.
+    """
+    x = _pool_input(x)
+    kernel_size, stride, padding, output_size = _pool_geometry(x, kernel_size, stride, padding)
+    grad_output = _pool_grad_output(grad_output, x, output_size)
+    if indices is None:
+        _, indices = max_pool2d(x, kernel_size, stride, padding, return_indices=True)
+    else:
+        indices = np.asarray(indices)
+        if indices.dtype != np.int64:
+            raise ValueError(f"indices: expected dtype int64, got {indices.dtype}")
+        _expect_shape("indices", indices, grad_output.shape)
+        indices = np.ascontiguousarray(indices)
+    grad_input = np.empty_like(x)
+    _pool.max_pool2d_backward(grad_output, indices, grad_input, get_num_threads())
+    return grad_input
+
+
+def avg_pool2d(x, kernel_size: IntPair, stride: Optional[IntPair] = None,
+               padding: IntPair = 0, count_include_pad: bool = True) -> np.ndarray:
+    """Average pooling over sliding windows of each channel.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    kernel_size, stride, padding
+        As for ``max_pool2d`` (zero padding).
+    count_include_pad : bool
+        Divide by the full window area (True) or by the cells of the window
+        that lie inside the input (False).
+
+    Returns
+    -------
+    ndarray, shape (N, C, OH, OW)
+    """
+    x = _pool_input(x)
+    kernel_size, stride, padding, output_size = _pool_geometry(x, kernel_size, stride, padding)
+    out = np.empty(x.shape[:2] + output_size, dtype=x.dtype)
+    _pool.avg_pool2d_forward(x, out, kernel_size, stride, padding, bool(count_include_pad),
+                             get_num_threads())
+    return out
+
+
+def avg_pool2d_backward(grad_output, x, kernel_size: IntPair,
+                        stride: Optional[IntPair] = None, padding: IntPair = 0,
+                        count_include_pad: bool = True) -> np.ndarray:
+    """Gradient of ``avg_pool2d`` with respect to x (shape of x)."""
+    x = _pool_input(x)
+    kernel_size, stride, padding, output_size = _pool_geometry(x, kernel_size, stride, padding)
+    grad_output = _pool_grad_output(grad_output, x, output_size)
+    grad_input = np.empty_like(x)
+    _pool.avg_pool2d_backward(grad_output, grad_input, kernel_size, stride, padding,
+                              bool(count_include_pad), get_num_threads())
+    return grad_input
+
+
+def global_avg_pool2d(x) -> np.ndarray:
+    """Mean of each channel over all positions: (N, C, H, W) -> (N, C, 1, 1).
+
+    The same as ``torch.nn.functional.adaptive_avg_pool2d(x, 1)``.
+    """
+    x = _pool_input(x)
+    if min(x.shape[2:]) < 1:
+        raise ValueError(f"x: expected a non-empty image, got shape {x.shape}")
+    out = np.empty(x.shape[:2], dtype=x.dtype)
+    _pool.global_avg_pool2d_forward(x, out, get_num_threads())
+    return out.reshape(x.shape[:2] + (1, 1))
+
+
+def global_avg_pool2d_backward(grad_output, x) -> np.ndarray:
+    """Gradient of ``global_avg_pool2d``: each cell gets grad_output / (H * W)."""
+    x = _pool_input(x)
+    if min(x.shape[2:]) < 1:
+        raise ValueError(f"x: expected a non-empty image, got shape {x.shape}")
+    grad_output = _pool_grad_output(grad_output, x, (1, 1))
+    grad_input = np.empty_like(x)
+    _pool.global_avg_pool2d_backward(grad_output.reshape(x.shape[:2]), grad_input,
+                                     get_num_threads())
+    return grad_input

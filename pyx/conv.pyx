@@ -1,0 +1,389 @@
+# Convolution kernels: 2-D cross-correlation, forward and backward.
+#
+# Design notes
+# - Layout: NCHW, C-contiguous; weights (F, C/groups, KH, KW). The output
+#   size is given by the caller's output buffer (OH, OW): the caller decides
+#   the bottom/right padding, the kernel only needs the top/left offsets.
+# - Decomposition: one sample at a time, im2col builds the (C*KH*KW, OH*OW)
+#   column matrix in per-thread scratch, then one GEMM per group through
+#   scipy's BLAS. A 1x1, stride-1, unpadded convolution skips im2col: the
+#   sample itself is the column matrix.
+# - Parallel axis: samples. Forward and grad_input iterations each own
+#   out[n] / grad_input[n]. grad_weight sums over samples, so the batch is cut
+#   into a fixed number of chunks that does not depend on the thread count;
+#   each chunk owns one partial sum, and the partials are added in chunk
+#   order. Results are therefore bit-identical for any number of threads.
+# - Allocation: outputs come from the caller; the column scratch (one row per
+#   thread, indexed by threadid()) and the grad_weight partials are allocated
+#   here with the GIL before the loop, so a failed allocation is a
+#   MemoryError and never happens inside the nogil region.
+# - BLAS is called from inside the OpenMP loop: the caller (cnncli.functional)
+#   caps the BLAS library at one thread for the duration of the call.
+
+from cython.parallel cimport prange, threadid
+from cython cimport floating
+from libc.string cimport memcpy, memset
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+include "checks.pxi"
+
+# Upper bound on grad_weight partial sums: enough to keep 16 threads busy,
+# small enough that the partials stay a few copies of the weight.
+cdef Py_ssize_t MAX_WEIGHT_GRAD_CHUNKS = 16
+
+
+cdef struct Geometry:
+    Py_ssize_t N, C, H, W      # input batch, channels, height, width
+    Py_ssize_t F, KH, KW       # filters and kernel extent
+    Py_ssize_t OH, OW          # output extent
+    Py_ssize_t SH, SW          # stride
+    Py_ssize_t PH, PW          # top / left padding
+    Py_ssize_t DH, DW          # dilation
+    Py_ssize_t G               # groups
+
+
+cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                      floating alpha, const floating* a, Py_ssize_t lda,
+                      const floating* b, Py_ssize_t ldb, floating beta,
+                      floating* c, Py_ssize_t ldc) noexcept nogil:
+    """Row-major C[m, n] = alpha * op(A)[m, k] @ op(B)[k, n] + beta * C."""
+    # Column-major BLAS sees every row-major matrix transposed, so it is asked
+    # for C^T = op(B)^T @ op(A)^T: swap the operands, keep the flags.
+    cdef char trans_first = b'T' if trans_b else b'N'
+    cdef char trans_second = b'T' if trans_a else b'N'
+    cdef int rows = <int>n, cols = <int>m, inner = <int>k
+    cdef int ld_first = <int>ldb, ld_second = <int>lda, ld_out = <int>ldc
+    if floating is float:
+        sgemm(&trans_first, &trans_second, &rows, &cols, &inner, &alpha,
+              <float*>b, &ld_first, <float*>a, &ld_second, &beta, c, &ld_out)
+    else:
+        dgemm(&trans_first, &trans_second, &rows, &cols, &inner, &alpha,
+              <double*>b, &ld_first, <double*>a, &ld_second, &beta, c, &ld_out)
+
+
+cdef inline void valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,
+                             Py_ssize_t count, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """Output positions o in [lo, hi) whose input index o * stride + offset is in [0, size)."""
+    cdef Py_ssize_t first = 0, last = 0
+    if offset < 0:
+        first = (-offset + stride - 1) // stride
+    if offset <= size - 1:
+        last = (size - 1 - offset) // stride + 1
+    lo[0] = first if first < count else count
+    hi[0] = last if last < count else count
+    if hi[0] < lo[0]:
+        hi[0] = lo[0]
+
+
+cdef void im2col_sample(const floating* x, floating* col, const Geometry* g) noexcept nogil:
+    """col[(c, kh, kw), (oh, ow)] = x[c, oh*SH + kh*DH - PH, ow*SW + kw*DW - PW], 0 outside."""
+    cdef Py_ssize_t c, kh, kw, oh, ow, ih, iw0, lo, hi
+    cdef floating* dst = col
+    cdef const floating* src
+    for c in range(g.C):
+        for kh in range(g.KH):
+            for kw in range(g.KW):
+                iw0 = kw * g.DW - g.PW
+                valid_range(iw0, g.SW, g.W, g.OW, &lo, &hi)
+                for oh in range(g.OH):
+                    ih = oh * g.SH + kh * g.DH - g.PH
+                    if ih < 0 or ih >= g.H:
+                        memset(dst, 0, g.OW * sizeof(floating))
+                    else:
+                        src = x + (c * g.H + ih) * g.W
+                        if lo > 0:
+                            memset(dst, 0, lo * sizeof(floating))
+                        if g.SW == 1:
+                            memcpy(dst + lo, src + lo + iw0, (hi - lo) * sizeof(floating))
+                        else:
+                            for ow in range(lo, hi):
+                                dst[ow] = src[ow * g.SW + iw0]
+                        if hi < g.OW:
+                            memset(dst + hi, 0, (g.OW - hi) * sizeof(floating))
+                    dst += g.OW
+
+
+cdef void col2im_sample(const floating* col, floating* x, const Geometry* g) noexcept nogil:
+    """Adjoint of im2col_sample: x[c, ih, iw] += every col entry that im2col read from it."""
+    cdef Py_ssize_t c, kh, kw, oh, ow, ih, iw0, lo, hi
+    cdef const floating* src = col
+    cdef floating* dst
+    for c in range(g.C):
+        for kh in range(g.KH):
+            for kw in range(g.KW):
+                iw0 = kw * g.DW - g.PW
+                valid_range(iw0, g.SW, g.W, g.OW, &lo, &hi)
+                for oh in range(g.OH):
+                    ih = oh * g.SH + kh * g.DH - g.PH
+                    if ih >= 0 and ih < g.H:
+                        dst = x + (c * g.H + ih) * g.W + iw0
+                        if g.SW == 1:
+                            for ow in range(lo, hi):
+                                dst[ow] += src[ow]
+                        else:
+                            for ow in range(lo, hi):
+                                dst[ow * g.SW] += src[ow]
+                    src += g.OW
+
+
+cdef Geometry make_geometry(tuple input_shape, Py_ssize_t filters, tuple kernel_size,
+                            tuple output_size, tuple stride, tuple padding, tuple dilation,
+                            Py_ssize_t groups) except *:
+    cdef Geometry g
+    g.N, g.C, g.H, g.W = input_shape
+    g.F = filters
+    g.KH, g.KW = kernel_size
+    g.OH, g.OW = output_size
+    g.SH, g.SW = stride
+    g.PH, g.PW = padding
+    g.DH, g.DW = dilation
+    g.G = groups
+    for name, value, minimum in (("kernel height", g.KH, 1), ("kernel width", g.KW, 1),
+                                 ("output height", g.OH, 1), ("output width", g.OW, 1),
+                                 ("stride", g.SH, 1), ("stride", g.SW, 1),
+                                 ("padding", g.PH, 0), ("padding", g.PW, 0),
+                                 ("dilation", g.DH, 1), ("dilation", g.DW, 1),
+                                 ("groups", g.G, 1), ("input channels", g.C, 1),
+                                 ("input height", g.H, 1), ("input width", g.W, 1)):
+        check_at_least(name, value, minimum)
+    if g.C % g.G or g.F % g.G:
+        raise ValueError(f"groups: must divide the input channels ({g.C}) and "
+                         f"filters ({g.F}), got {g.G}")
+    if g.C * g.KH * g.KW > BLAS_INT_MAX or g.OH * g.OW > BLAS_INT_MAX or g.F > BLAS_INT_MAX:
+        raise ValueError("input: a per-sample matrix exceeds the 2**31 elements BLAS accepts")
+    return g
+
+
+cdef bint is_pointwise(const Geometry* g) noexcept:
+    """A 1x1, stride-1 convolution that keeps the spatial size needs no im2col."""
+    return (g.KH == 1 and g.KW == 1 and g.SH == 1 and g.SW == 1 and g.PH == 0
+            and g.PW == 0 and g.OH == g.H and g.OW == g.W)
+
+
+cdef object column_scratch(const Geometry* g, bint pointwise, int n_threads, object dtype):
+    cdef Py_ssize_t columns = 1 if pointwise else g.C * g.KH * g.KW * g.OH * g.OW
+    return np.empty((n_threads, columns), dtype=dtype)
+
+
+cdef void conv2d_forward_typed(const floating[:, :, :, ::1] x,
+                               const floating[:, :, :, ::1] weight,
+                               const floating[::1] bias, floating[:, :, :, ::1] out,
+                               floating[:, ::1] scratch, Geometry g, bint pointwise,
+                               int n_threads) noexcept:
+    cdef Py_ssize_t n, f, p, group
+    cdef Py_ssize_t L = g.OH * g.OW
+    cdef Py_ssize_t Fg = g.F // g.G
+    cdef Py_ssize_t K = (g.C // g.G) * g.KH * g.KW
+    cdef bint has_bias = bias is not None
+    cdef floating beta = 1 if has_bias else 0
+    cdef const floating* col
+    cdef floating* y
+    with nogil:
+        for n in prange(g.N, schedule='static', num_threads=n_threads):
+            if pointwise:
+                col = &x[n, 0, 0, 0]
+            else:
+                im2col_sample(&x[n, 0, 0, 0], &scratch[threadid(), 0], &g)
+                col = &scratch[threadid(), 0]
+            y = &out[n, 0, 0, 0]
+            if has_bias:
+                for f in range(g.F):
+                    for p in range(L):
+                        y[f * L + p] = bias[f]
+            for group in range(g.G):
+                gemm(False, False, Fg, L, K, 1, &weight[group * Fg, 0, 0, 0], K,
+                     col + group * K * L, L, beta, y + group * Fg * L, L)
+
+
+cdef void conv2d_backward_typed(const floating[:, :, :, ::1] grad_output,
+                                const floating[:, :, :, ::1] x,
+                                const floating[:, :, :, ::1] weight,
+                                floating[:, :, :, ::1] grad_input,
+                                floating[:, ::1] weight_partials,
+                                floating[::1] grad_weight, floating[::1] grad_bias,
+                                floating[:, ::1] scratch, Geometry g, bint pointwise,
+                                Py_ssize_t n_chunks, int n_threads) noexcept:
+    cdef Py_ssize_t chunk, n, first, stop, group, f, p, i, position
+    cdef Py_ssize_t L = g.OH * g.OW
+    cdef Py_ssize_t Fg = g.F // g.G
+    cdef Py_ssize_t K = (g.C // g.G) * g.KH * g.KW
+    cdef Py_ssize_t weight_size = g.F * K
+    cdef bint need_input = grad_input is not None
+    cdef bint need_weight = grad_weight is not None
+    cdef const floating* col
+    cdef const floating* dy
+    cdef floating* buffer
+    cdef floating* dcol
+    cdef floating beta
+    cdef double total
+    with nogil:
+        for chunk in prange(n_chunks, schedule='static', num_threads=n_threads):
+            buffer = &scratch[threadid(), 0]
+            first = chunk * g.N // n_chunks
+            stop = (chunk + 1) * g.N // n_chunks
+            for n in range(first, stop):
+                dy = &grad_output[n, 0, 0, 0]
+                if need_weight:
+                    if pointwise:
+                        col = &x[n, 0, 0, 0]
+                    else:
+                        im2col_sample(&x[n, 0, 0, 0], buffer, &g)
+                        col = buffer
+                    beta = 0 if n == first else 1
+                    for group in range(g.G):
+                        gemm(False, True, Fg, K, L, 1, dy + group * Fg * L, L,
+                             col + group * K * L, L, beta,
+                             &weight_partials[chunk, group * Fg * K], K)
+                if need_input:
+                    dcol = &grad_input[n, 0, 0, 0] if pointwise else buffer
+                    for group in range(g.G):
+                        gemm(True, False, K, L, Fg, 1, &weight[group * Fg, 0, 0, 0], K,
+                             dy + group * Fg * L, L, 0, dcol + group * K * L, L)
+                    if not pointwise:
+                        memset(&grad_input[n, 0, 0, 0], 0, g.C * g.H * g.W * sizeof(floating))
+                        col2im_sample(buffer, &grad_input[n, 0, 0, 0], &g)
+
+        if need_weight:
+            for i in prange(weight_size, schedule='static', num_threads=n_threads):
+                total = 0
+                for chunk in range(n_chunks):
+                    total = total + weight_partials[chunk, i]
+                grad_weight[i] = <floating>total
+            for f in prange(g.F, schedule='static', num_threads=n_threads):
+                total = 0
+                for n in range(g.N):
+                    dy = &grad_output[n, f, 0, 0]
+                    for position in range(L):
+                        total = total + dy[position]
+                grad_bias[f] = <floating>total
+
+
+def conv2d_forward(x, weight, bias, out, tuple stride, tuple padding, tuple dilation,
+                   Py_ssize_t groups, int n_threads):
+    """out[n, f] = bias[f] + sum_{c in group(f), kh, kw} weight[f, c, kh, kw] * x_padded[n, c, oh*S + kh*D, ow*S + kw*D]."""
+    dtype = working_dtype("x", x)
+    check_array("x", x, 4, dtype, False)
+    check_array("weight", weight, 4, dtype, False)
+    check_array("out", out, 4, dtype, True)
+    check_at_least("n_threads", n_threads, 1)
+    cdef Geometry g = make_geometry(x.shape, weight.shape[0], weight.shape[2:],
+                                    out.shape[2:], stride, padding, dilation, groups)
+    check_shape("weight", weight, (g.F, g.C // g.G, g.KH, g.KW))
+    check_shape("out", out, (g.N, g.F, g.OH, g.OW))
+    if bias is not None:
+        check_array("bias", bias, 1, dtype, False)
+        check_shape("bias", bias, (g.F,))
+    check_disjoint("out", out, "x", x)
+    cdef bint pointwise = is_pointwise(&g)
+    scratch = column_scratch(&g, pointwise, n_threads, dtype)
+    if dtype == np.float32:
+        conv2d_forward_typed[float](x, weight, bias, out, scratch, g, pointwise, n_threads)
+    else:
+        conv2d_forward_typed[double](x, weight, bias, out, scratch, g, pointwise, n_threads)
+
+
+def conv2d_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias,
+                    tuple stride, tuple padding, tuple dilation, Py_ssize_t groups,
+                    int n_threads):
+    """grad_input = conv2d adjoint of grad_output; grad_weight[f] = sum_n grad_output[n, f] (*) x_padded[n]; grad_bias[f] = sum grad_output[:, f].
+
+    grad_input, or grad_weight together with grad_bias, may be None: what is
+    not asked for is not computed.
+    """
+    dtype = working_dtype("x", x)
+    check_array("grad_output", grad_output, 4, dtype, False)
+    check_array("x", x, 4, dtype, False)
+    check_array("weight", weight, 4, dtype, False)
+    check_at_least("n_threads", n_threads, 1)
+    cdef Geometry g = make_geometry(x.shape, weight.shape[0], weight.shape[2:],
+                                    grad_output.shape[2:], stride, padding, dilation, groups)
+    check_shape("weight", weight, (g.F, g.C // g.G, g.KH, g.KW))
+    check_shape("grad_output", grad_output, (g.N, g.F, g.OH, g.OW))
+    if grad_input is not None:
+        check_array("grad_input", grad_input, 4, dtype, True)
+        check_shape("grad_input", grad_input, x.shape)
+        for name, array in (("grad_output", grad_output), ("x", x), ("weight", weight)):
+            check_disjoint("grad_input", grad_input, name, array)
+    if (grad_weight is None) != (grad_bias is None):
+        raise ValueError("grad_weight and grad_bias: pass both or neither")
+    weight_flat = bias_flat = partials = None
+    cdef Py_ssize_t n_chunks = min(g.N, MAX_WEIGHT_GRAD_CHUNKS)
+    if grad_weight is not None:
+        check_array("grad_weight", grad_weight, 4, dtype, True)
+        check_shape("grad_weight", grad_weight, weight.shape)
+        check_array("grad_bias", grad_bias, 1, dtype, True)
+        check_shape("grad_bias", grad_bias, (g.F,))
+        for name, array in (("grad_output", grad_output), ("x", x), ("weight", weight),
+                            ("grad_input", grad_input)):
+            if array is not None:
+                check_disjoint("grad_weight", grad_weight, name, array)
+                check_disjoint("grad_bias", grad_bias, name, array)
+        weight_flat = grad_weight.reshape(-1)
+        bias_flat = grad_bias
+        partials = np.empty((max(n_chunks, 1), weight_flat.shape[0]), dtype=dtype)
+    cdef bint pointwise = is_pointwise(&g)
+    scratch = column_scratch(&g, pointwise, n_threads, dtype)
+    if dtype == np.float32:
+        conv2d_backward_typed[float](grad_output, x, weight, grad_input, partials, weight_flat,
+                                     bias_flat, scratch, g, pointwise, n_chunks, n_threads)
+    else:
+        conv2d_backward_typed[double](grad_output, x, weight, grad_input, partials, weight_flat,
+                                      bias_flat, scratch, g, pointwise, n_chunks, n_threads)
+
+
+cdef void im2col_typed(const floating[:, :, ::1] x, floating[:, :, ::1] cols,
+                       Geometry g, int n_threads) noexcept:
+    cdef Py_ssize_t n
+    with nogil:
+        for n in prange(g.N, schedule='static', num_threads=n_threads):
+            im2col_sample(&x[n, 0, 0], &cols[n, 0, 0], &g)
+
+
+cdef void col2im_typed(const floating[:, :, ::1] cols, floating[:, :, ::1] x,
+                       Geometry g, int n_threads) noexcept:
+    cdef Py_ssize_t n
+    with nogil:
+        for n in prange(g.N, schedule='static', num_threads=n_threads):
+            memset(&x[n, 0, 0], 0, g.C * g.H * g.W * sizeof(floating))
+            col2im_sample(&cols[n, 0, 0], &x[n, 0, 0], &g)
+
+
+cdef Geometry unfold_geometry(object x, object cols, tuple kernel_size, tuple output_size,
+                              tuple stride, tuple padding, tuple dilation) except *:
+    cdef Geometry g = make_geometry(x.shape, 1, kernel_size, output_size,
+                                    stride, padding, dilation, 1)
+    check_shape("cols", cols, (g.N, g.C * g.KH * g.KW, g.OH * g.OW))
+    check_disjoint("cols", cols, "x", x)
+    return g
+
+
+def im2col(x, cols, tuple kernel_size, tuple output_size, tuple stride, tuple padding,
+           tuple dilation, int n_threads):
+    """cols[n, (c, kh, kw), (oh, ow)] = x_padded[n, c, oh*S + kh*D, ow*S + kw*D]."""
+    dtype = working_dtype("x", x)
+    check_array("x", x, 4, dtype, False)
+    check_array("cols", cols, 3, dtype, True)
+    check_at_least("n_threads", n_threads, 1)
+    cdef Geometry g = unfold_geometry(x, cols, kernel_size, output_size, stride, padding,
+                                      dilation)
+    image = x.reshape(g.N, g.C, g.H * g.W)
+    if dtype == np.float32:
+        im2col_typed[float](image, cols, g, n_threads)
+    else:
+        im2col_typed[double](image, cols, g, n_threads)
+
+
+def col2im(cols, x, tuple kernel_size, tuple output_size, tuple stride, tuple padding,
+           tuple dilation, int n_threads):
+    """Adjoint of im2col: x[n, c, ih, iw] = sum of the cols entries that im2col copies from there."""
+    dtype = working_dtype("cols", cols)
+    check_array("cols", cols, 3, dtype, False)
+    check_array("x", x, 4, dtype, True)
+    check_at_least("n_threads", n_threads, 1)
+    cdef Geometry g = unfold_geometry(x, cols, kernel_size, output_size, stride, padding,
+                                      dilation)
+    image = x.reshape(g.N, g.C, g.H * g.W)
+    if dtype == np.float32:
+        col2im_typed[float](cols, image, g, n_threads)
+    else:
+        col2im_typed[double](cols, image, g, n_threads)

@@ -1,0 +1,151 @@
+"""Plain NumPy references for every kernel: readable loops, computed in float64.
+
+They follow the definitions directly (pad, slide a window, multiply-add or
+take the max/mean) and share no code with cnncli, so agreement with them is
+evidence that the kernels are right.
+"""
+
+import numpy as np
+
+
+def pad_image(x, top, bottom, left, right, value=0.0):
+    N, C, H, W = x.shape
+    padded = np.full((N, C, H + top + bottom, W + left + right), value, dtype=np.float64)
+    padded[:, :, top:top + H, left:left + W] = x
+    return padded
+
+
+def conv2d(x, weight, bias, stride, padding, dilation, groups):
+    """padding = (top, bottom, left, right)."""
+    sh, sw = stride
+    dh, dw = dilation
+    xp = pad_image(x, *padding)
+    N, C, H, W = xp.shape
+    F, Cg, KH, KW = weight.shape
+    OH = (H - dh * (KH - 1) - 1) // sh + 1
+    OW = (W - dw * (KW - 1) - 1) // sw + 1
+    filters_per_group = F // groups
+    out = np.zeros((N, F, OH, OW))
+    for f in range(F):
+        group = f // filters_per_group
+        channels = slice(group * Cg, (group + 1) * Cg)
+        for oh in range(OH):
+            for ow in range(OW):
+                window = xp[:, channels,
+                            oh * sh: oh * sh + dh * (KH - 1) + 1: dh,
+                            ow * sw: ow * sw + dw * (KW - 1) + 1: dw]
+                out[:, f, oh, ow] = np.sum(window * weight[f], axis=(1, 2, 3))
+        if bias is not None:
+            out[:, f] += bias[f]
+    return out
+
+
+def conv2d_backward(grad_output, x, weight, stride, padding, dilation, groups):
+    """Returns (grad_input, grad_weight, grad_bias)."""
+    sh, sw = stride
+    dh, dw = dilation
+    top, bottom, left, right = padding
+    xp = pad_image(x, *padding)
+    grad_xp = np.zeros_like(xp)
+    grad_weight = np.zeros(weight.shape)
+    F, Cg, KH, KW = weight.shape
+    N, _, OH, OW = grad_output.shape
+    filters_per_group = F // groups
+    for f in range(F):
+        group = f // filters_per_group
+        channels = slice(group * Cg, (group + 1) * Cg)
+        for oh in range(OH):
+            for ow in range(OW):
+                rows = slice(oh * sh, oh * sh + dh * (KH - 1) + 1, dh)
+                cols = slice(ow * sw, ow * sw + dw * (KW - 1) + 1, dw)
+                g = grad_output[:, f, oh, ow][:, None, None, None]
+                grad_xp[:, channels, rows, cols] += g * weight[f]
+                grad_weight[f] += np.sum(g * xp[:, channels, rows, cols], axis=0)
+    H, W = x.shape[2:]
+    grad_input = grad_xp[:, :, top:top + H, left:left + W]
+    grad_bias = grad_output.sum(axis=(0, 2, 3))
+    return grad_input, grad_weight, grad_bias
+
+
+def unfold(x, kernel_size, stride, padding, dilation):
+    """padding = (ph, pw) on both sides; rows ordered (c, kh, kw)."""
+    KH, KW = kernel_size
+    sh, sw = stride
+    dh, dw = dilation
+    xp = pad_image(x, padding[0], padding[0], padding[1], padding[1])
+    N, C, H, W = xp.shape
+    OH = (H - dh * (KH - 1) - 1) // sh + 1
+    OW = (W - dw * (KW - 1) - 1) // sw + 1
+    cols = np.zeros((N, C, KH, KW, OH, OW))
+    for kh in range(KH):
+        for kw in range(KW):
+            for oh in range(OH):
+                for ow in range(OW):
+                    cols[:, :, kh, kw, oh, ow] = xp[:, :, oh * sh + kh * dh, ow * sw + kw * dw]
+    return cols.reshape(N, C * KH * KW, OH * OW)
+
+
+def _windows(H, W, kernel_size, stride, padding):
+    """Yield (oh, ow, rows, cols) of every window, clipped to the H x W input."""
+    KH, KW = kernel_size
+    OH = (H + 2 * padding[0] - KH) // stride[0] + 1
+    OW = (W + 2 * padding[1] - KW) // stride[1] + 1
+    for oh in range(OH):
+        for ow in range(OW):
+            h0 = oh * stride[0] - padding[0]
+            w0 = ow * stride[1] - padding[1]
+            yield (oh, ow, range(max(h0, 0), min(h0 + KH, H)), range(max(w0, 0), min(w0 + KW, W)))
+
+
+def max_pool2d(x, kernel_size, stride, padding):
+    """Returns (out, indices): indices of the first maximum in row-major window order."""
+    N, C, H, W = x.shape
+    OH = (H + 2 * padding[0] - kernel_size[0]) // stride[0] + 1
+    OW = (W + 2 * padding[1] - kernel_size[1]) // stride[1] + 1
+    out = np.zeros((N, C, OH, OW))
+    indices = np.zeros((N, C, OH, OW), dtype=np.int64)
+    for n in range(N):
+        for c in range(C):
+            for oh, ow, rows, cols in _windows(H, W, kernel_size, stride, padding):
+                best_value, best_index = -np.inf, None
+                for h in rows:
+                    for w in cols:
+                        if best_index is None or x[n, c, h, w] > best_value:
+                            best_value, best_index = x[n, c, h, w], h * W + w
+                out[n, c, oh, ow] = best_value
+                indices[n, c, oh, ow] = best_index
+    return out, indices
+
+
+def max_pool2d_backward(grad_output, x, kernel_size, stride, padding):
+    N, C, H, W = x.shape
+    _, indices = max_pool2d(x, kernel_size, stride, padding)
+    grad_input = np.zeros((N, C, H * W))
+    for n in range(N):
+        for c in range(C):
+            for o, index in enumerate(indices[n, c].reshape(-1)):
+                grad_input[n, c, index] += grad_output[n, c].reshape(-1)[o]
+    return grad_input.reshape(N, C, H, W)
+
+
+def avg_pool2d(x, kernel_size, stride, padding, count_include_pad):
+    N, C, H, W = x.shape
+    OH = (H + 2 * padding[0] - kernel_size[0]) // stride[0] + 1
+    OW = (W + 2 * padding[1] - kernel_size[1]) // stride[1] + 1
+    out = np.zeros((N, C, OH, OW))
+    for oh, ow, rows, cols in _windows(H, W, kernel_size, stride, padding):
+        window = x[:, :, rows.start:rows.stop, cols.start:cols.stop]
+        divisor = kernel_size[0] * kernel_size[1] if count_include_pad else len(rows) * len(cols)
+        out[:, :, oh, ow] = window.sum(axis=(2, 3)) / divisor
+    return out
+
+
+def avg_pool2d_backward(grad_output, x, kernel_size, stride, padding, count_include_pad):
+    grad_input = np.zeros(x.shape)
+    H, W = x.shape[2:]
+    for oh, ow, rows, cols in _windows(H, W, kernel_size, stride, padding):
+        area = len(rows) * len(cols)
+        divisor = kernel_size[0] * kernel_size[1] if count_include_pad else area
+        grad_input[:, :, rows.start:rows.stop, cols.start:cols.stop] += (
+            grad_output[:, :, oh, ow][:, :, None, None] / divisor)
+    return grad_input

@@ -1,0 +1,199 @@
+import numpy as np
+import pytest
+
+import reference
+from cnncli import functional as F
+from cnncli.gradcheck import check_gradient
+
+# (N, C, H, W, filters, kernel, stride, padding, dilation, groups, bias)
+HAND_PICKED = [
+    (2, 3, 7, 6, 4, (3, 3), 1, 1, 1, 1, True),           # odd sizes, 'same'-sized by padding
+    (1, 1, 8, 8, 8, (3, 3), 1, 1, 1, 1, False),          # one input channel
+    (3, 4, 9, 11, 6, (3, 2), (2, 3), (1, 0), 1, 2, True),  # uneven kernel/stride/padding, groups
+    (2, 6, 10, 9, 6, (3, 3), 1, 1, 1, 6, True),          # depthwise
+    (2, 8, 5, 7, 4, (1, 1), 1, 0, 1, 1, True),           # pointwise: no im2col
+    (2, 8, 6, 6, 4, (1, 1), 2, 0, 1, 2, False),          # strided 1x1: goes through im2col
+    (2, 3, 13, 12, 5, (3, 3), 2, 2, 2, 1, True),         # dilation with padding
+    (1, 2, 9, 9, 3, (4, 2), 1, "same", 1, 1, True),      # even kernel 'same': asymmetric padding
+    (1, 2, 9, 10, 3, (3, 3), 1, "same", (2, 1), 1, True),  # dilated 'same'
+    (2, 3, 6, 5, 2, (6, 5), 1, "valid", 1, 1, True),     # kernel as large as the input
+    (1, 3, 23, 23, 4, (11, 11), 4, 0, 1, 1, True),       # AlexNet's first layer, scaled down
+    (2, 2, 4, 4, 3, (3, 3), 3, 3, 1, 1, True),           # padding wider than the stride pattern
+    (0, 3, 5, 5, 2, (3, 3), 1, 1, 1, 1, True),           # empty batch
+]
+
+
+def random_cases(count, seed):
+    """A seeded grid of shapes that do not tile evenly."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < count:
+        groups = int(rng.choice([1, 1, 2, 3]))
+        C = groups * int(rng.integers(1, 4))
+        filters = groups * int(rng.integers(1, 4))
+        kernel = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+        stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        dilation = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+        H, W = int(rng.integers(3, 12)), int(rng.integers(3, 12))
+        if any(H_ + 2 * p < d * (k - 1) + 1 for H_, p, d, k in
+               zip((H, W), padding, dilation, kernel)):
+            continue
+        cases.append((int(rng.integers(1, 4)), C, H, W, filters, kernel, stride, padding,
+                      dilation, groups, bool(rng.integers(0, 2))))
+    return cases
+
+
+CASES = HAND_PICKED + random_cases(40, seed=20261121)
+
+
+def padding_sides(padding, kernel, stride, dilation):
+    """The (top, bottom, left, right) padding the reference needs."""
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        sides = []
+        for k, d in zip(kernel, pair(dilation)):
+            total = d * (k - 1)
+            sides += [total // 2, total - total // 2]
+        return tuple(sides)
+    ph, pw = pair(padding)
+    return (ph, ph, pw, pw)
+
+
+def make_operands(case, dtype, seed=0):
+    N, C, H, W, filters, kernel, stride, padding, dilation, groups, with_bias = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    weight = rng.standard_normal((filters, C // groups) + kernel).astype(dtype)
+    bias = rng.standard_normal(filters).astype(dtype) if with_bias else None
+    return x, weight, bias
+
+
+def conv_arguments(case):
+    _, _, _, _, _, kernel, stride, padding, dilation, groups, _ = case
+    return dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def reference_arguments(case):
+    _, _, _, _, _, kernel, stride, padding, dilation, groups, _ = case
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
+    return dict(stride=pair(stride), padding=padding_sides(padding, kernel, stride, dilation),
+                dilation=pair(dilation), groups=groups)
+
+
+TOLERANCE = {np.float32: dict(rtol=2e-4, atol=2e-4), np.float64: dict(rtol=1e-10, atol=1e-10)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_conv2d_matches_reference(case, dtype):
+    x, weight, bias = make_operands(case, dtype)
+    out = F.conv2d(x, weight, bias, **conv_arguments(case))
+    expected = reference.conv2d(x, weight, bias, **reference_arguments(case))
+    assert out.dtype == dtype
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_conv2d_backward_matches_reference(case, dtype):
+    x, weight, bias = make_operands(case, dtype)
+    out = F.conv2d(x, weight, bias, **conv_arguments(case))
+    grad_output = np.random.default_rng(1).standard_normal(out.shape).astype(dtype)
+    grad_input, grad_weight, grad_bias = F.conv2d_backward(grad_output, x, weight,
+                                                           **conv_arguments(case))
+    expected = reference.conv2d_backward(grad_output, x, weight, **reference_arguments(case))
+    for got, want in zip((grad_input, grad_weight, grad_bias), expected):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, **TOLERANCE[dtype])
+
+
+GRADIENT_CASES = [case for case in HAND_PICKED if case[0] > 0 and case[2] * case[3] < 150] + \
+    random_cases(6, seed=7)
+
+
+@pytest.mark.parametrize("case", GRADIENT_CASES)
+def test_conv2d_gradients_match_finite_differences(case):
+    x, weight, bias = make_operands(case, np.float64, seed=3)
+    if bias is None:
+        bias = np.zeros(weight.shape[0])
+    arguments = conv_arguments(case)
+    forward = lambda: F.conv2d(x, weight, bias, **arguments)
+    grad_output = np.random.default_rng(4).standard_normal(forward().shape)
+    grad_input, grad_weight, grad_bias = F.conv2d_backward(grad_output, x, weight, **arguments)
+    check_gradient(forward, x, grad_input, grad_output)
+    check_gradient(forward, weight, grad_weight, grad_output)
+    check_gradient(forward, bias, grad_bias, grad_output)
+
+
+def test_conv2d_backward_computes_only_what_is_asked():
+    x, weight, _ = make_operands(HAND_PICKED[0], np.float32)
+    grad_output = np.ones((2, 4, 7, 6), dtype=np.float32)
+    full = F.conv2d_backward(grad_output, x, weight, padding=1)
+    only_input = F.conv2d_backward(grad_output, x, weight, padding=1, need_weight_grad=False)
+    only_weight = F.conv2d_backward(grad_output, x, weight, padding=1, need_input_grad=False)
+    assert only_input[1] is None and only_input[2] is None
+    assert only_weight[0] is None
+    np.testing.assert_array_equal(only_input[0], full[0])
+    np.testing.assert_array_equal(only_weight[1], full[1])
+    np.testing.assert_array_equal(only_weight[2], full[2])
+    assert F.conv2d_backward(grad_output, x, weight, padding=1, need_input_grad=False,
+                             need_weight_grad=False) == (None, None, None)
+
+
+def test_conv2d_accepts_non_contiguous_and_read_only_inputs():
+    x, weight, bias = make_operands(HAND_PICKED[0], np.float32)
+    expected = F.conv2d(x, weight, bias, padding=1)
+    transposed = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    assert not transposed.flags.c_contiguous
+    read_only = x.copy()
+    read_only.flags.writeable = False
+    np.testing.assert_array_equal(F.conv2d(transposed, weight, bias, padding=1), expected)
+    np.testing.assert_array_equal(F.conv2d(read_only, weight, bias, padding=1), expected)
+
+
+def test_alexnet_first_layer_output_size():
+    # 227x227x3 input, 96 filters of 11x11, stride 4, no padding: (227 - 11 + 0) / 4 + 1 = 55
+    assert F.conv_output_size(227, 11, stride=4, padding=0) == 55
+    x = np.zeros((1, 3, 227, 227), dtype=np.float32)
+    weight = np.zeros((96, 3, 11, 11), dtype=np.float32)
+    assert F.conv2d(x, weight, stride=4).shape == (1, 96, 55, 55)
+
+
+@pytest.mark.parametrize("padding", ["same", 0, (2, 1)])
+def test_same_padding_keeps_the_size(padding):
+    x = np.random.default_rng(0).standard_normal((1, 1, 9, 8)).astype(np.float32)
+    out = F.conv2d(x, np.ones((1, 1, 5, 3), np.float32), padding=padding)
+    expected = {"same": (9, 8), 0: (5, 6), (2, 1): (9, 8)}[padding]
+    assert out.shape[2:] == expected
+
+
+UNFOLD_CASES = [((2, 3, 7, 6), (3, 3), 1, 1, 1), ((1, 2, 9, 11), (2, 4), (2, 3), (1, 2), (2, 1)),
+                ((3, 1, 5, 5), (5, 5), 1, 0, 1), ((2, 2, 8, 7), (3, 2), 3, 2, 1)]
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding, dilation", UNFOLD_CASES)
+def test_unfold_matches_reference(shape, kernel, stride, padding, dilation):
+    x = np.random.default_rng(0).standard_normal(shape)
+    pair = lambda v: (v, v) if isinstance(v, int) else v
+    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+    expected = reference.unfold(x, kernel, pair(stride), pair(padding), pair(dilation))
+    np.testing.assert_array_equal(cols, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, kernel, stride, padding, dilation", UNFOLD_CASES)
+def test_fold_is_the_adjoint_of_unfold(shape, kernel, stride, padding, dilation, dtype):
+    # <unfold(x), c> == <x, fold(c)> for all x and c: col2im is exactly im2col's transpose.
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(dtype)
+    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+    c = rng.standard_normal(cols.shape).astype(dtype)
+    folded = F.fold(c, shape[2:], kernel, dilation=dilation, padding=padding, stride=stride)
+    assert folded.shape == x.shape
+    left = np.sum(cols.astype(np.float64) * c)
+    right = np.sum(x.astype(np.float64) * folded)
+    np.testing.assert_allclose(left, right, rtol=1e-12 if dtype == np.float64 else 1e-5)

@@ -1,0 +1,92 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+import cnncli
+from cnncli import functional as F
+
+
+def run_every_kernel(rng):
+    """Outputs of every kernel, forward and backward, on sizes that split into many chunks."""
+    x = rng.standard_normal((37, 6, 13, 11)).astype(np.float32)
+    results = []
+    for weight_shape, arguments in (((8, 6, 3, 3), dict(padding=1)),
+                                    ((8, 3, 3, 2), dict(stride=2, groups=2, dilation=(1, 2))),
+                                    ((5, 6, 1, 1), {})):
+        weight = rng.standard_normal(weight_shape).astype(np.float32)
+        bias = rng.standard_normal(weight_shape[0]).astype(np.float32)
+        out = F.conv2d(x, weight, bias, **arguments)
+        grad_output = rng.standard_normal(out.shape).astype(np.float32)
+        results += [out, *F.conv2d_backward(grad_output, x, weight, **arguments)]
+    pooled, indices = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    results += [pooled, indices, F.max_pool2d_backward(np.ones_like(pooled), x, 3, 2, 1)]
+    averaged = F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)
+    results += [averaged, F.avg_pool2d_backward(np.ones_like(averaged), x, 3, 2, 1, False)]
+    results += [F.global_avg_pool2d(x), F.unfold(x, 3, padding=1),
+                F.fold(F.unfold(x, 3, padding=1), (13, 11), 3, padding=1)]
+    return results
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    outcomes = {}
+    for n in (1, 2, 3):
+        with F.threads(n):
+            outcomes[n] = run_every_kernel(np.random.default_rng(0))
+    for n in (2, 3):
+        for single, parallel in zip(outcomes[1], outcomes[n]):
+            np.testing.assert_array_equal(single, parallel)
+
+
+def test_thread_count_is_settable():
+    before = F.get_num_threads()
+    with F.threads(1):
+        assert F.get_num_threads() == 1
+        cnncli.set_num_threads(3)
+        assert cnncli.get_num_threads() == 3
+    assert F.get_num_threads() == before
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
+def test_bad_thread_counts_are_refused(bad):
+    with pytest.raises(ValueError, match="n: expected a positive int"):
+        F.set_num_threads(bad)
+
+
+def thread_count_in_subprocess(environment):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CNNCLI_NUM_THREADS", "OMP_NUM_THREADS")}
+    env.update(environment)
+    return subprocess.run([sys.executable, "-c", "import cnncli; print(cnncli.get_num_threads())"],
+                          env=env, capture_output=True, text=True)
+
+
+def test_thread_count_comes_from_the_environment():
+    assert thread_count_in_subprocess({"CNNCLI_NUM_THREADS": "3"}).stdout.strip() == "3"
+    assert thread_count_in_subprocess({"OMP_NUM_THREADS": "2,1"}).stdout.strip() == "2"
+    both = {"CNNCLI_NUM_THREADS": "1", "OMP_NUM_THREADS": "4"}
+    assert thread_count_in_subprocess(both).stdout.strip() == "1"
+    default = thread_count_in_subprocess({}).stdout.strip()
+    assert default == str(len(os.sched_getaffinity(0)))
+
+
+def test_bad_thread_environment_is_named():
+    result = thread_count_in_subprocess({"CNNCLI_NUM_THREADS": "many"})
+    assert result.returncode != 0
+    assert "CNNCLI_NUM_THREADS: expected a positive integer, got 'many'" in result.stderr
+
+
+def test_blas_runs_single_threaded_inside_the_kernels():
+    blas = [info for info in threadpool_info() if info["user_api"] == "blas"]
+    assert blas, "the kernels call BLAS, so a BLAS library must be loaded"
+    before = [info["num_threads"] for info in blas]
+    with F._single_threaded_blas:
+        with F._single_threaded_blas:
+            inside = [info["num_threads"] for info in threadpool_info()
+                      if info["user_api"] == "blas"]
+        assert set(inside) == {1}
+    after = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+    assert after == before
