@@ -17,7 +17,7 @@
 
 from cython.parallel cimport prange
 from cython cimport floating
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memset
 
 include "checks.pxi"
@@ -48,6 +48,8 @@ cdef Window make_window(tuple input_shape, tuple output_shape, tuple kernel_size
                                  ("output height", w.OH, 1), ("output width", w.OW, 1)):
         check_at_least(name, value, minimum)
     # Windows move monotonically, so the first and last ones bound them all.
+    if w.H * w.W > 2147483647:
+        raise ValueError(f"x: planes of more than 2**31 cells are not supported, got {w.H}x{w.W}")
     if w.PH >= w.KH or w.PW >= w.KW:
         raise ValueError(f"padding: must be smaller than the kernel {kernel_size}, got {padding}")
     if (w.OH - 1) * w.SH - w.PH >= w.H or (w.OW - 1) * w.SW - w.PW >= w.W:
@@ -60,27 +62,112 @@ cdef inline Py_ssize_t clamp(Py_ssize_t value, Py_ssize_t low, Py_ssize_t high) 
     return low if value < low else (high if value > high else value)
 
 
+cdef inline void interior_columns(const Window* w, Py_ssize_t* start, Py_ssize_t* stop) noexcept nogil:
+    """Output columns [start, stop) whose windows lie entirely inside the input's width."""
+    cdef Py_ssize_t first = (w.PW + w.SW - 1) // w.SW
+    cdef Py_ssize_t last = 0
+    if w.W + w.PW - w.KW >= 0:
+        last = (w.W + w.PW - w.KW) // w.SW + 1
+    start[0] = first if first < w.OW else w.OW
+    stop[0] = clamp(last, start[0], w.OW)
+
+
+cdef inline bint is_new_max(floating value, floating best) noexcept nogil:
+    """value beats best: larger, or the first NaN (which then stays)."""
+    return (value > best) | ((value != value) & (best == best))
+
+
+cdef inline void max_window(const floating* x, Py_ssize_t W, Py_ssize_t h0, Py_ssize_t h1,
+                            Py_ssize_t w0, Py_ssize_t w1, floating* best,
+                            int64_t* best_at) noexcept nogil:
+    """Scan one (clipped) window in row-major order; the first maximum wins."""
+    cdef Py_ssize_t h, col, at = h0 * W + w0
+    cdef floating top = x[at], value
+    for h in range(h0, h1):
+        for col in range(w0, w1):
+            value = x[h * W + col]
+            if is_new_max(value, top):
+                top = value
+                at = h * W + col
+    best[0] = top
+    if best_at != NULL:
+        best_at[0] = at
+
+
+cdef inline void max_sweep(const floating* row, Py_ssize_t stride, Py_ssize_t count,
+                           Py_ssize_t offset, floating* best, int32_t* best_at) noexcept nogil:
+    """best[o] = max(best[o], row[o*stride]) for o < count; best_at[o] = offset + o*stride.
+
+    One cell of `count` interior windows at once. Positions are int32, the
+    width of float32 lanes, so the loop vectorises; inlined with a constant
+    stride, so does the strided load.
+    """
+    cdef Py_ssize_t o
+    cdef floating value, current
+    cdef bint greater
+    if best_at == NULL:
+        for o in range(count):
+            value = row[o * stride]
+            current = best[o]
+            best[o] = value if is_new_max(value, current) else current
+    else:
+        for o in range(count):
+            value = row[o * stride]
+            current = best[o]
+            greater = is_new_max(value, current)
+            best[o] = value if greater else current
+            best_at[o] = <int32_t>(offset + o * stride) if greater else best_at[o]
+
+
+# Interior windows are swept in blocks of this many output columns, whose
+# int32 positions live on the stack.
+DEF SWEEP_BLOCK = 256
+
+
 cdef void max_pool_plane(const floating* x, floating* out, int64_t* indices,
-                         const Window* w) noexcept nogil:
-    cdef Py_ssize_t oh, ow, h, col, h0, h1, w0, w1, best_at
-    cdef floating best, value
-    for oh in range(w.OH):
-        h0 = clamp(oh * w.SH - w.PH, 0, w.H)
-        h1 = clamp(oh * w.SH - w.PH + w.KH, 0, w.H)
-        for ow in range(w.OW):
-            w0 = clamp(ow * w.SW - w.PW, 0, w.W)
-            w1 = clamp(ow * w.SW - w.PW + w.KW, 0, w.W)
-            best_at = h0 * w.W + w0
-            best = x[best_at]
+                         const Window* window) noexcept nogil:
+    # Extents are copied to locals: the index stores could otherwise alias
+    # them and force a reload on every iteration.
+    cdef Py_ssize_t H = window.H, W = window.W, OH = window.OH, OW = window.OW
+    cdef Py_ssize_t KH = window.KH, KW = window.KW, SH = window.SH, SW = window.SW
+    cdef Py_ssize_t PH = window.PH, PW = window.PW
+    cdef Py_ssize_t oh, ow, h, kw, h0, h1, start, stop, first, count, cell
+    cdef int32_t positions[SWEEP_BLOCK]
+    cdef int32_t* best_at = positions if indices != NULL else NULL
+    cdef floating* best
+    interior_columns(window, &start, &stop)
+    for oh in range(OH):
+        h0 = clamp(oh * SH - PH, 0, H)
+        h1 = clamp(oh * SH - PH + KH, 0, H)
+        best = out + oh * OW
+        for ow in range(start):
+            max_window(x, W, h0, h1, clamp(ow * SW - PW, 0, W), clamp(ow * SW - PW + KW, 0, W),
+                       best + ow, indices + oh * OW + ow if indices != NULL else NULL)
+        for ow in range(stop, OW):
+            max_window(x, W, h0, h1, clamp(ow * SW - PW, 0, W), clamp(ow * SW - PW + KW, 0, W),
+                       best + ow, indices + oh * OW + ow if indices != NULL else NULL)
+        for first in range(start, stop, SWEEP_BLOCK):
+            count = min(SWEEP_BLOCK, stop - first)
+            # Seed each window with its first cell, then sweep the remaining
+            # cells in the same row-major order as max_window.
+            for ow in range(count):
+                cell = h0 * W + (first + ow) * SW - PW
+                best[first + ow] = x[cell]
+                positions[ow] = <int32_t>cell
             for h in range(h0, h1):
-                for col in range(w0, w1):
-                    value = x[h * w.W + col]
-                    if value > best or (value != value and best == best):
-                        best = value
-                        best_at = h * w.W + col
-            out[oh * w.OW + ow] = best
+                for kw in range(KW):
+                    if h == h0 and kw == 0:
+                        continue
+                    cell = h * W + first * SW + kw - PW
+                    if SW == 2:
+                        max_sweep(x + cell, 2, count, cell, best + first, best_at)
+                    elif SW == 1:
+                        max_sweep(x + cell, 1, count, cell, best + first, best_at)
+                    else:
+                        max_sweep(x + cell, SW, count, cell, best + first, best_at)
             if indices != NULL:
-                indices[oh * w.OW + ow] = best_at
+                for ow in range(count):
+                    indices[oh * OW + first + ow] = positions[ow]
 
 
 cdef void max_pool_forward_typed(const floating[:, ::1] x, floating[:, ::1] out,
@@ -118,57 +205,139 @@ cdef Py_ssize_t count_bad_indices(const int64_t[:, ::1] indices, Py_ssize_t plan
     return bad
 
 
-cdef inline double window_divisor(Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0,
-                                  Py_ssize_t w1, const Window* w,
-                                  bint count_include_pad) noexcept nogil:
-    if count_include_pad:
-        return <double>(w.KH * w.KW)
-    return <double>((h1 - h0) * (w1 - w0))
+cdef inline Py_ssize_t window_divisor(Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0,
+                                      Py_ssize_t w1, Py_ssize_t area,
+                                      bint count_include_pad) noexcept nogil:
+    """Cells an average divides by: the whole window, or only those inside the input."""
+    return area if count_include_pad else (h1 - h0) * (w1 - w0)
+
+
+cdef inline void sum_sweep(const floating* row, Py_ssize_t stride, Py_ssize_t count,
+                           floating* total) noexcept nogil:
+    """total[o] += row[o*stride] for o < count: one cell of `count` interior windows."""
+    cdef Py_ssize_t o
+    for o in range(count):
+        total[o] += row[o * stride]
+
+
+cdef inline void spread_sweep(floating* row, Py_ssize_t stride, Py_ssize_t count,
+                              const floating* share) noexcept nogil:
+    """row[o*stride] += share[o] for o < count; distinct o never hit the same cell."""
+    cdef Py_ssize_t o
+    for o in range(count):
+        row[o * stride] += share[o]
+
+
+cdef inline floating avg_window(const floating* x, const Window* w, Py_ssize_t h0,
+                                Py_ssize_t h1, Py_ssize_t ow, bint count_include_pad) noexcept nogil:
+    """Mean of one (clipped) border window, summed in row-major order."""
+    cdef Py_ssize_t h, col
+    cdef Py_ssize_t w0 = clamp(ow * w.SW - w.PW, 0, w.W), w1 = clamp(ow * w.SW - w.PW + w.KW, 0, w.W)
+    cdef floating total = 0
+    for h in range(h0, h1):
+        for col in range(w0, w1):
+            total = total + x[h * w.W + col]
+    return total / <floating>window_divisor(h0, h1, w0, w1, w.KH * w.KW, count_include_pad)
+
+
+cdef inline void spread_window(floating* dx, const Window* w, Py_ssize_t h0, Py_ssize_t h1,
+                               Py_ssize_t ow, floating grad, bint count_include_pad) noexcept nogil:
+    """Add one border window's share of grad to each of its cells."""
+    cdef Py_ssize_t h, col
+    cdef Py_ssize_t w0 = clamp(ow * w.SW - w.PW, 0, w.W), w1 = clamp(ow * w.SW - w.PW + w.KW, 0, w.W)
+    cdef floating share = grad / <floating>window_divisor(h0, h1, w0, w1, w.KH * w.KW,
+                                                          count_include_pad)
+    for h in range(h0, h1):
+        for col in range(w0, w1):
+            dx[h * w.W + col] += share
+
+
+cdef void avg_pool_plane(const floating* x, floating* out, const Window* window,
+                         bint count_include_pad) noexcept nogil:
+    cdef Py_ssize_t H = window.H, W = window.W, OH = window.OH, OW = window.OW
+    cdef Py_ssize_t KH = window.KH, KW = window.KW, SH = window.SH, SW = window.SW
+    cdef Py_ssize_t PH = window.PH, PW = window.PW
+    cdef Py_ssize_t oh, ow, h, kw, h0, h1, start, stop, first, count, cell
+    cdef floating divisor
+    cdef floating* row_out
+    interior_columns(window, &start, &stop)
+    for oh in range(OH):
+        h0 = clamp(oh * SH - PH, 0, H)
+        h1 = clamp(oh * SH - PH + KH, 0, H)
+        row_out = out + oh * OW
+        for ow in range(start):
+            row_out[ow] = avg_window(x, window, h0, h1, ow, count_include_pad)
+        for ow in range(stop, OW):
+            row_out[ow] = avg_window(x, window, h0, h1, ow, count_include_pad)
+        divisor = <floating>window_divisor(h0, h1, 0, KW, KH * KW, count_include_pad)
+        for first in range(start, stop, SWEEP_BLOCK):
+            count = min(SWEEP_BLOCK, stop - first)
+            for ow in range(count):
+                row_out[first + ow] = 0
+            for h in range(h0, h1):
+                for kw in range(KW):
+                    cell = h * W + first * SW + kw - PW
+                    if SW == 2:
+                        sum_sweep(x + cell, 2, count, row_out + first)
+                    elif SW == 1:
+                        sum_sweep(x + cell, 1, count, row_out + first)
+                    else:
+                        sum_sweep(x + cell, SW, count, row_out + first)
+            for ow in range(count):
+                row_out[first + ow] = row_out[first + ow] / divisor
+
+
+cdef void avg_pool_backward_plane(const floating* grad_output, floating* dx,
+                                  const Window* window, bint count_include_pad) noexcept nogil:
+    cdef Py_ssize_t H = window.H, W = window.W, OH = window.OH, OW = window.OW
+    cdef Py_ssize_t KH = window.KH, KW = window.KW, SH = window.SH, SW = window.SW
+    cdef Py_ssize_t PH = window.PH, PW = window.PW
+    cdef Py_ssize_t oh, ow, h, kw, h0, h1, start, stop, first, count, cell
+    cdef floating divisor
+    cdef floating shares[SWEEP_BLOCK]
+    cdef const floating* row_grad
+    interior_columns(window, &start, &stop)
+    memset(dx, 0, H * W * sizeof(floating))
+    for oh in range(OH):
+        h0 = clamp(oh * SH - PH, 0, H)
+        h1 = clamp(oh * SH - PH + KH, 0, H)
+        row_grad = grad_output + oh * OW
+        for ow in range(start):
+            spread_window(dx, window, h0, h1, ow, row_grad[ow], count_include_pad)
+        for ow in range(stop, OW):
+            spread_window(dx, window, h0, h1, ow, row_grad[ow], count_include_pad)
+        divisor = <floating>window_divisor(h0, h1, 0, KW, KH * KW, count_include_pad)
+        for first in range(start, stop, SWEEP_BLOCK):
+            count = min(SWEEP_BLOCK, stop - first)
+            for ow in range(count):
+                shares[ow] = row_grad[first + ow] / divisor
+            for h in range(h0, h1):
+                for kw in range(KW):
+                    cell = h * W + first * SW + kw - PW
+                    if SW == 2:
+                        spread_sweep(dx + cell, 2, count, shares)
+                    elif SW == 1:
+                        spread_sweep(dx + cell, 1, count, shares)
+                    else:
+                        spread_sweep(dx + cell, SW, count, shares)
 
 
 cdef void avg_pool_forward_typed(const floating[:, ::1] x, floating[:, ::1] out, Window w,
                                  bint count_include_pad, int n_threads) noexcept:
-    cdef Py_ssize_t plane, oh, ow, h, col, h0, h1, w0, w1
-    cdef const floating* src
-    cdef double total
+    cdef Py_ssize_t plane
     with nogil:
         for plane in prange(w.planes, schedule='static', num_threads=n_threads):
-            src = &x[plane, 0]
-            for oh in range(w.OH):
-                h0 = clamp(oh * w.SH - w.PH, 0, w.H)
-                h1 = clamp(oh * w.SH - w.PH + w.KH, 0, w.H)
-                for ow in range(w.OW):
-                    w0 = clamp(ow * w.SW - w.PW, 0, w.W)
-                    w1 = clamp(ow * w.SW - w.PW + w.KW, 0, w.W)
-                    total = 0
-                    for h in range(h0, h1):
-                        for col in range(w0, w1):
-                            total = total + src[h * w.W + col]
-                    out[plane, oh * w.OW + ow] = <floating>(
-                        total / window_divisor(h0, h1, w0, w1, &w, count_include_pad))
+            avg_pool_plane(&x[plane, 0], &out[plane, 0], &w, count_include_pad)
 
 
 cdef void avg_pool_backward_typed(const floating[:, ::1] grad_output,
                                   floating[:, ::1] grad_input, Window w,
                                   bint count_include_pad, int n_threads) noexcept:
-    cdef Py_ssize_t plane, oh, ow, h, col, h0, h1, w0, w1
-    cdef floating* dx
-    cdef floating share
+    cdef Py_ssize_t plane
     with nogil:
         for plane in prange(w.planes, schedule='static', num_threads=n_threads):
-            dx = &grad_input[plane, 0]
-            memset(dx, 0, w.H * w.W * sizeof(floating))
-            for oh in range(w.OH):
-                h0 = clamp(oh * w.SH - w.PH, 0, w.H)
-                h1 = clamp(oh * w.SH - w.PH + w.KH, 0, w.H)
-                for ow in range(w.OW):
-                    w0 = clamp(ow * w.SW - w.PW, 0, w.W)
-                    w1 = clamp(ow * w.SW - w.PW + w.KW, 0, w.W)
-                    share = <floating>(grad_output[plane, oh * w.OW + ow] / window_divisor(
-                        h0, h1, w0, w1, &w, count_include_pad))
-                    for h in range(h0, h1):
-                        for col in range(w0, w1):
-                            dx[h * w.W + col] += share
+            avg_pool_backward_plane(&grad_output[plane, 0], &grad_input[plane, 0], &w,
+                                    count_include_pad)
 
 
 cdef void global_avg_pool_forward_typed(const floating[:, ::1] x, floating[::1] out,
