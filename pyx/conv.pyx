@@ -76,12 +76,7 @@ cdef inline void valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t si
 
 
 cdef void im2col_sample(const floating* x, floating* col, const Geometry* g) noexcept nogil:
-    """col[(c, kh, kw), (oh, ow)] = x[c, oh*SH + kh*DH - PH, ow*SW + kw*DW - PW], 0 outside.
-
-    Writes only the cells that read the input: the cells that read padding are
-    the same for every sample of one geometry, so `col` must arrive with them
-    zero (a zero-filled buffer, or one this function filled before).
-    """
+    """col[(c, kh, kw), (oh, ow)] = x[c, oh*SH + kh*DH - PH, ow*SW + kw*DW - PW], 0 outside."""
     cdef Py_ssize_t c, kh, kw, oh, ow, ih, iw0, lo, hi
     cdef floating* dst = col
     cdef const floating* src
@@ -92,13 +87,19 @@ cdef void im2col_sample(const floating* x, floating* col, const Geometry* g) noe
                 valid_range(iw0, g.SW, g.W, g.OW, &lo, &hi)
                 for oh in range(g.OH):
                     ih = oh * g.SH + kh * g.DH - g.PH
-                    if ih >= 0 and ih < g.H:
+                    if ih < 0 or ih >= g.H:
+                        memset(dst, 0, g.OW * sizeof(floating))
+                    else:
                         src = x + (c * g.H + ih) * g.W
+                        if lo > 0:
+                            memset(dst, 0, lo * sizeof(floating))
                         if g.SW == 1:
                             memcpy(dst + lo, src + lo + iw0, (hi - lo) * sizeof(floating))
                         else:
                             for ow in range(lo, hi):
                                 dst[ow] = src[ow * g.SW + iw0]
+                        if hi < g.OW:
+                            memset(dst + hi, 0, (g.OW - hi) * sizeof(floating))
                     dst += g.OW
 
 
@@ -159,9 +160,9 @@ cdef bint is_pointwise(const Geometry* g) noexcept:
             and g.PW == 0 and g.OH == g.H and g.OW == g.W)
 
 
-cdef Py_ssize_t column_size(const Geometry* g, bint needed) noexcept:
-    """Cells of one sample's column matrix, or 1 where none is needed."""
-    return g.C * g.KH * g.KW * g.OH * g.OW if needed else 1
+cdef object column_scratch(const Geometry* g, bint pointwise, int n_threads, object dtype):
+    cdef Py_ssize_t columns = 1 if pointwise else g.C * g.KH * g.KW * g.OH * g.OW
+    return np.empty((n_threads, columns), dtype=dtype)
 
 
 cdef void conv2d_forward_typed(const floating[:, :, :, ::1] x,
@@ -200,9 +201,8 @@ cdef void conv2d_backward_typed(const floating[:, :, :, ::1] grad_output,
                                 floating[:, :, :, ::1] grad_input,
                                 floating[:, ::1] weight_partials,
                                 floating[::1] grad_weight, floating[::1] grad_bias,
-                                floating[:, ::1] scratch, floating[:, ::1] dcol_scratch,
-                                Geometry g, bint pointwise, Py_ssize_t n_chunks,
-                                int n_threads) noexcept:
+                                floating[:, ::1] scratch, Geometry g, bint pointwise,
+                                Py_ssize_t n_chunks, int n_threads) noexcept:
     cdef Py_ssize_t chunk, n, first, stop, group, f, p, i, position
     cdef Py_ssize_t L = g.OH * g.OW
     cdef Py_ssize_t Fg = g.F // g.G
@@ -214,13 +214,11 @@ cdef void conv2d_backward_typed(const floating[:, :, :, ::1] grad_output,
     cdef const floating* dy
     cdef floating* buffer
     cdef floating* dcol
-    cdef floating* target
     cdef floating beta
     cdef double total
     with nogil:
         for chunk in prange(n_chunks, schedule='static', num_threads=n_threads):
             buffer = &scratch[threadid(), 0]
-            dcol = &dcol_scratch[threadid(), 0]
             first = chunk * g.N // n_chunks
             stop = (chunk + 1) * g.N // n_chunks
             for n in range(first, stop):
@@ -237,15 +235,13 @@ cdef void conv2d_backward_typed(const floating[:, :, :, ::1] grad_output,
                              col + group * K * L, L, beta,
                              &weight_partials[chunk, group * Fg * K], K)
                 if need_input:
-                    # The GEMM fills every cell of its output, so it gets its own
-                    # buffer: `buffer` keeps the zeros im2col relies on.
-                    target = &grad_input[n, 0, 0, 0] if pointwise else dcol
+                    dcol = &grad_input[n, 0, 0, 0] if pointwise else buffer
                     for group in range(g.G):
                         gemm(True, False, K, L, Fg, 1, &weight[group * Fg, 0, 0, 0], K,
-                             dy + group * Fg * L, L, 0, target + group * K * L, L)
+                             dy + group * Fg * L, L, 0, dcol + group * K * L, L)
                     if not pointwise:
                         memset(&grad_input[n, 0, 0, 0], 0, g.C * g.H * g.W * sizeof(floating))
-                        col2im_sample(dcol, &grad_input[n, 0, 0, 0], &g)
+                        col2im_sample(buffer, &grad_input[n, 0, 0, 0], &g)
 
         if need_weight:
             for i in prange(weight_size, schedule='static', num_threads=n_threads):
@@ -279,8 +275,7 @@ def conv2d_forward(x, weight, bias, out, tuple stride, tuple padding, tuple dila
         check_shape("bias", bias, (g.F,))
     check_disjoint("out", out, "x", x)
     cdef bint pointwise = is_pointwise(&g)
-    # Zero-filled once: im2col_sample leaves the padding cells as they are.
-    scratch = np.zeros((n_threads, column_size(&g, not pointwise)), dtype=dtype)
+    scratch = column_scratch(&g, pointwise, n_threads, dtype)
     if dtype == np.float32:
         conv2d_forward_typed[float](x, weight, bias, out, scratch, g, pointwise, n_threads)
     else:
@@ -327,18 +322,13 @@ def conv2d_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias,
         bias_flat = grad_bias
         partials = np.empty((max(n_chunks, 1), weight_flat.shape[0]), dtype=dtype)
     cdef bint pointwise = is_pointwise(&g)
-    scratch = np.zeros((n_threads, column_size(&g, not pointwise and grad_weight is not None)),
-                       dtype=dtype)
-    dcol_scratch = np.empty((n_threads, column_size(&g, not pointwise and grad_input is not None)),
-                            dtype=dtype)
+    scratch = column_scratch(&g, pointwise, n_threads, dtype)
     if dtype == np.float32:
         conv2d_backward_typed[float](grad_output, x, weight, grad_input, partials, weight_flat,
-                                     bias_flat, scratch, dcol_scratch, g, pointwise, n_chunks,
-                                     n_threads)
+                                     bias_flat, scratch, g, pointwise, n_chunks, n_threads)
     else:
         conv2d_backward_typed[double](grad_output, x, weight, grad_input, partials, weight_flat,
-                                      bias_flat, scratch, dcol_scratch, g, pointwise, n_chunks,
-                                      n_threads)
+                                      bias_flat, scratch, g, pointwise, n_chunks, n_threads)
 
 
 cdef void im2col_typed(const floating[:, :, ::1] x, floating[:, :, ::1] cols,
@@ -346,7 +336,6 @@ cdef void im2col_typed(const floating[:, :, ::1] x, floating[:, :, ::1] cols,
     cdef Py_ssize_t n
     with nogil:
         for n in prange(g.N, schedule='static', num_threads=n_threads):
-            memset(&cols[n, 0, 0], 0, cols.shape[1] * cols.shape[2] * sizeof(floating))
             im2col_sample(&x[n, 0, 0], &cols[n, 0, 0], &g)
 
 
