@@ -44,18 +44,28 @@ CONV_SHAPES = [
 POOLS = [("max", 2, 2), ("max", 3, 2), ("avg", 2, 2), ("avg", 3, 2)]
 
 
-def median_ms(function, min_repeats, min_seconds):
-    """Median wall time of `function` in ms, after one warm-up call."""
-    function()
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_repeats or time.perf_counter() - start < min_seconds:
-        begin = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - begin)
-        if len(times) >= 1000:
-            break
-    return 1000 * statistics.median(times)
+def median_ms(functions, min_repeats, min_seconds, blocks=3):
+    """Median wall time in ms of each function, timed in alternating blocks.
+
+    Calls of one function run back to back within a block: right after another
+    library ran, its idle threads still spin for a while and would slow the
+    next call, so the first call of every block is not counted. Blocks rotate
+    through the functions `blocks` times, so a slow spell of a shared machine
+    falls on all of them alike.
+    """
+    times = {name: [] for name in functions}
+    for _ in range(blocks):
+        for name, function in functions.items():
+            function()
+            start = time.perf_counter()
+            count = 0
+            while count < -(-min_repeats // blocks) or (
+                    time.perf_counter() - start < min_seconds / blocks and count < 300):
+                begin = time.perf_counter()
+                function()
+                times[name].append(time.perf_counter() - begin)
+                count += 1
+    return {name: 1000 * statistics.median(values) for name, values in times.items()}
 
 
 # --- NumPy im2col baselines ---------------------------------------------------
@@ -137,78 +147,82 @@ def conv_timings(shape, threads, repeats, seconds, rng):
     bias = rng.standard_normal(Cout, dtype=np.float32)
     out = F.conv2d(x, weight, bias, stride=S, padding=P)
     grad_output = rng.standard_normal(out.shape, dtype=np.float32)
-    timings = {}
+    forward = {"cnncli": lambda: F.conv2d(x, weight, bias, stride=S, padding=P)}
+    step = {}
 
-    with cnncli.threads(threads):
-        timings["cnncli", "fwd"] = median_ms(
-            lambda: F.conv2d(x, weight, bias, stride=S, padding=P), repeats, seconds)
+    def cnncli_step():
+        F.conv2d(x, weight, bias, stride=S, padding=P)
+        F.conv2d_backward(grad_output, x, weight, stride=S, padding=P)
+    step["cnncli"] = cnncli_step
 
-        def cnncli_step():
-            F.conv2d(x, weight, bias, stride=S, padding=P)
-            F.conv2d_backward(grad_output, x, weight, stride=S, padding=P)
-        timings["cnncli", "fwd+bwd"] = median_ms(cnncli_step, repeats, seconds)
+    for name, numpy_forward, numpy_backward in (
+            ("numpy", plain_conv_forward, plain_conv_backward),
+            ("strided", numpy_conv_forward, numpy_conv_backward)):
+        forward[name] = lambda f=numpy_forward: f(x, weight, bias, S, P)
 
-    with threadpool_limits(threads):
-        for name, forward, backward in (("numpy", plain_conv_forward, plain_conv_backward),
-                                        ("strided", numpy_conv_forward, numpy_conv_backward)):
-            timings[name, "fwd"] = median_ms(lambda: forward(x, weight, bias, S, P),
-                                             repeats, seconds)
-
-            def numpy_step():
-                _, cols = forward(x, weight, bias, S, P)
-                backward(grad_output, x, weight, cols, S, P)
-            timings[name, "fwd+bwd"] = median_ms(numpy_step, repeats, seconds)
-        np.testing.assert_allclose(plain_conv_forward(x, weight, bias, S, P)[0], out,
-                                   rtol=1e-3, atol=1e-3 * np.abs(out).max())
+        def numpy_step(f=numpy_forward, b=numpy_backward):
+            _, cols = f(x, weight, bias, S, P)
+            b(grad_output, x, weight, cols, S, P)
+        step[name] = numpy_step
+    np.testing.assert_allclose(plain_conv_forward(x, weight, bias, S, P)[0], out,
+                               rtol=1e-3, atol=1e-3 * np.abs(out).max())
 
     if torch is not None:
-        torch.set_num_threads(threads)
         tx, tw, tb, tg = (torch.from_numpy(a) for a in (x, weight, bias, grad_output))
+        gx, gw, gb = (t.clone().requires_grad_(True) for t in (tx, tw, tb))
 
         def torch_forward():
             with torch.no_grad():
                 torch_functional.conv2d(tx, tw, tb, stride=S, padding=P)
-        timings["torch", "fwd"] = median_ms(torch_forward, repeats, seconds)
-        gx, gw, gb = (t.clone().requires_grad_(True) for t in (tx, tw, tb))
-
-        def torch_step():
-            torch_functional.conv2d(gx, gw, gb, stride=S, padding=P).backward(tg)
-        timings["torch", "fwd+bwd"] = median_ms(torch_step, repeats, seconds)
-
+        forward["torch"] = torch_forward
+        step["torch"] = lambda: torch_functional.conv2d(gx, gw, gb, stride=S,
+                                                        padding=P).backward(tg)
         check = torch_functional.conv2d(tx, tw, tb, stride=S, padding=P).numpy()
         np.testing.assert_allclose(out, check, rtol=1e-3, atol=1e-3 * np.abs(check).max())
+        torch.set_num_threads(threads)
+
+    # Each library is held at `threads`: cnncli by its own setting, NumPy's
+    # BLAS by threadpoolctl, PyTorch by set_num_threads.
+    timings = {}
+    with cnncli.threads(threads), threadpool_limits(threads):
+        for name, milliseconds in median_ms(forward, repeats, seconds).items():
+            timings[name, "fwd"] = milliseconds
+        for name, milliseconds in median_ms(step, repeats, seconds).items():
+            timings[name, "fwd+bwd"] = milliseconds
     return timings, out
 
 
 def pool_timings(kind, kernel, stride, x, threads, repeats, seconds, rng):
     out = (F.max_pool2d if kind == "max" else F.avg_pool2d)(x, kernel, stride)
     grad_output = rng.standard_normal(out.shape, dtype=np.float32)
-    timings = {}
-    with cnncli.threads(threads):
-        if kind == "max":
-            def cnncli_step():
-                _, indices = F.max_pool2d(x, kernel, stride, return_indices=True)
-                F.max_pool2d_backward(grad_output, x, kernel, stride, indices=indices)
-            forward = lambda: F.max_pool2d(x, kernel, stride)
-        else:
-            def cnncli_step():
-                F.avg_pool2d(x, kernel, stride)
-                F.avg_pool2d_backward(grad_output, x, kernel, stride)
-            forward = lambda: F.avg_pool2d(x, kernel, stride)
-        timings["cnncli", "fwd"] = median_ms(forward, repeats, seconds)
-        timings["cnncli", "fwd+bwd"] = median_ms(cnncli_step, repeats, seconds)
+    if kind == "max":
+        def cnncli_step():
+            _, indices = F.max_pool2d(x, kernel, stride, return_indices=True)
+            F.max_pool2d_backward(grad_output, x, kernel, stride, indices=indices)
+        forward = {"cnncli": lambda: F.max_pool2d(x, kernel, stride)}
+    else:
+        def cnncli_step():
+            F.avg_pool2d(x, kernel, stride)
+            F.avg_pool2d_backward(grad_output, x, kernel, stride)
+        forward = {"cnncli": lambda: F.avg_pool2d(x, kernel, stride)}
+    step = {"cnncli": cnncli_step}
     if torch is not None:
         torch.set_num_threads(threads)
         pool = torch_functional.max_pool2d if kind == "max" else torch_functional.avg_pool2d
         tx, tg = torch.from_numpy(x), torch.from_numpy(grad_output)
+        gx = tx.clone().requires_grad_(True)
 
         def torch_forward():
             with torch.no_grad():
                 pool(tx, kernel, stride)
-        timings["torch", "fwd"] = median_ms(torch_forward, repeats, seconds)
-        gx = tx.clone().requires_grad_(True)
-        timings["torch", "fwd+bwd"] = median_ms(lambda: pool(gx, kernel, stride).backward(tg),
-                                                repeats, seconds)
+        forward["torch"] = torch_forward
+        step["torch"] = lambda: pool(gx, kernel, stride).backward(tg)
+    timings = {}
+    with cnncli.threads(threads):
+        for name, milliseconds in median_ms(forward, repeats, seconds).items():
+            timings[name, "fwd"] = milliseconds
+        for name, milliseconds in median_ms(step, repeats, seconds).items():
+            timings[name, "fwd+bwd"] = milliseconds
     return timings
 
 
@@ -255,7 +269,9 @@ def main():
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 2 threads only")
     parser.add_argument("--repeats", type=int, default=None, help="minimum timed calls per entry")
+    parser.add_argument("--layers", default="", help="only layers whose label contains this text")
     args = parser.parse_args()
+    shapes = [shape for shape in CONV_SHAPES if args.layers.lower() in shape[0].lower()]
     thread_counts = [2] if args.quick and args.threads == "1,2" else \
         [int(t) for t in args.threads.split(",")]
     repeats = args.repeats or (3 if args.quick else 7)
@@ -264,7 +280,7 @@ def main():
 
     print(f"cnncli {cnncli.__version__}, OpenMP {'on' if cnncli.openmp_enabled() else 'OFF'}, "
           f"numpy {np.__version__}, torch {torch.__version__ if torch else 'not installed'}")
-    print(f"median of >= {repeats} calls and >= {seconds:.1f} s per entry; float32; "
+    print(f"median of >= {repeats} calls and >= {seconds:.1f} s per entry, in 3 alternating blocks; float32; "
           "ratio = cnncli time / other time (below 1: cnncli is faster)\n")
 
     for threads in thread_counts:
@@ -274,7 +290,7 @@ def main():
         print("|---|---|---|---|---|---|---|---|---|---|")
         conv_ratios = {"fwd": [], "fwd+bwd": []}
         pool_inputs = []
-        for shape in CONV_SHAPES:
+        for shape in shapes:
             label, N, Cin, Cout, H, K, S, P = shape
             timings, out = conv_timings(shape, threads, repeats, seconds, rng)
             pool_inputs.append((label, out))
@@ -322,7 +338,7 @@ def main():
     print("| layer | input + output MB | cnncli temporaries MB | ratio | numpy im2col temporaries MB |")
     print("|---|---|---|---|---|")
     for label, N, Cin, Cout, H, K, S, P in [("VGG 32x32 at batch 256", 256, 64, 64, 32, 3, 1, 1)] + \
-            [(f"{s[0]} at batch {s[1]}",) + s[1:] for s in CONV_SHAPES]:
+            [(f"{s[0]} at batch {s[1]}",) + s[1:] for s in shapes]:
         temporaries, in_out = forward_temporaries(N, Cin, Cout, H, K, S, P)
         numpy_temporaries = numpy_forward_temporaries(N, Cin, Cout, H, K, S, P)
         print(f"| {label} | {in_out / 2**20:.1f} | {temporaries / 2**20:.2f} "
