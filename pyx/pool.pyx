@@ -122,6 +122,9 @@ cdef inline void max_sweep(const floating* row, Py_ssize_t stride, Py_ssize_t co
 # Interior windows are swept in blocks of this many output columns, whose
 # int32 positions live on the stack.
 DEF SWEEP_BLOCK = 256
+# Narrower rows are pooled window by window: for a handful of columns the
+# setup of one sweep per window cell costs more than it saves.
+DEF MIN_SWEEP_COLUMNS = 5
 
 
 cdef void max_pool_plane(const floating* x, floating* out, int64_t* indices,
@@ -136,6 +139,8 @@ cdef void max_pool_plane(const floating* x, floating* out, int64_t* indices,
     cdef int32_t* best_at = positions if indices != NULL else NULL
     cdef floating* best
     interior_columns(window, &start, &stop)
+    if stop - start < MIN_SWEEP_COLUMNS:
+        stop = start
     for oh in range(OH):
         h0 = clamp(oh * SH - PH, 0, H)
         h1 = clamp(oh * SH - PH + KH, 0, H)
@@ -261,6 +266,8 @@ cdef void avg_pool_plane(const floating* x, floating* out, const Window* window,
     cdef floating divisor
     cdef floating* row_out
     interior_columns(window, &start, &stop)
+    if stop - start < MIN_SWEEP_COLUMNS:
+        stop = start
     for oh in range(OH):
         h0 = clamp(oh * SH - PH, 0, H)
         h1 = clamp(oh * SH - PH + KH, 0, H)
@@ -297,6 +304,8 @@ cdef void avg_pool_backward_plane(const floating* grad_output, floating* dx,
     cdef floating shares[SWEEP_BLOCK]
     cdef const floating* row_grad
     interior_columns(window, &start, &stop)
+    if stop - start < MIN_SWEEP_COLUMNS:
+        stop = start
     memset(dx, 0, H * W * sizeof(floating))
     for oh in range(OH):
         h0 = clamp(oh * SH - PH, 0, H)

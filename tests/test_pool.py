@@ -15,6 +15,12 @@ POOL_CASES = [
     ((3, 1, 5, 5), 5, 1, 2),             # padding half the kernel
     ((1, 1, 4, 6), (4, 1), (1, 3), 0),
     ((0, 2, 4, 4), 2, None, 0),          # empty batch
+    # Rows wide enough for the kernels' column sweeps (strides 2, 1 and 3),
+    # with padded border windows on both sides.
+    ((2, 2, 7, 41), 3, 2, 1),
+    ((1, 2, 6, 33), 2, None, 0),
+    ((1, 2, 5, 30), (2, 3), (1, 1), (1, 1)),
+    ((1, 1, 4, 50), (1, 4), (1, 3), (0, 2)),
 ]
 
 
