@@ -10,6 +10,11 @@
 # - Windows: (oh*SH - PH, ow*SW - PW) is the top-left corner; padded cells are
 #   skipped (max) or counted as zeros (average, count_include_pad). Every
 #   window is checked to overlap the input before the loop runs.
+# - Loop order: windows that padding clips at the left or right edge are
+#   pooled one at a time. The interior windows of an output row are pooled
+#   together, one window cell at a time across all of them ("sweeps"), in the
+#   same row-major cell order: each sweep is a unit-stride (or stride-2)
+#   loop over output columns that the compiler vectorises.
 # - Max pooling ties: the gradient goes to the first maximum in row-major
 #   window order; a NaN counts as the maximum (the first NaN wins), as in
 #   PyTorch. Indices are flat positions h*W + w inside the input plane (int64).
@@ -21,6 +26,14 @@ from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memset
 
 include "checks.pxi"
+
+
+# Interior windows are swept in blocks of this many output columns, whose
+# int32 positions live on the stack.
+DEF SWEEP_BLOCK = 256
+# Narrower rows are pooled window by window: for a handful of columns the
+# setup of one sweep per window cell costs more than it saves.
+DEF MIN_SWEEP_COLUMNS = 5
 
 
 cdef struct Window:
@@ -62,14 +75,20 @@ cdef inline Py_ssize_t clamp(Py_ssize_t value, Py_ssize_t low, Py_ssize_t high) 
     return low if value < low else (high if value > high else value)
 
 
-cdef inline void interior_columns(const Window* w, Py_ssize_t* start, Py_ssize_t* stop) noexcept nogil:
-    """Output columns [start, stop) whose windows lie entirely inside the input's width."""
+cdef inline void swept_columns(const Window* w, Py_ssize_t* start, Py_ssize_t* stop) noexcept nogil:
+    """Output columns [start, stop) pooled by sweeps; the others go window by window.
+
+    They are the columns whose windows lie entirely inside the input's width,
+    unless there are too few of them to be worth sweeping (then none).
+    """
     cdef Py_ssize_t first = (w.PW + w.SW - 1) // w.SW
     cdef Py_ssize_t last = 0
     if w.W + w.PW - w.KW >= 0:
         last = (w.W + w.PW - w.KW) // w.SW + 1
     start[0] = first if first < w.OW else w.OW
     stop[0] = clamp(last, start[0], w.OW)
+    if stop[0] - start[0] < MIN_SWEEP_COLUMNS:
+        stop[0] = start[0]
 
 
 cdef inline bint is_new_max(floating value, floating best) noexcept nogil:
@@ -119,14 +138,6 @@ cdef inline void max_sweep(const floating* row, Py_ssize_t stride, Py_ssize_t co
             best_at[o] = <int32_t>(offset + o * stride) if greater else best_at[o]
 
 
-# Interior windows are swept in blocks of this many output columns, whose
-# int32 positions live on the stack.
-DEF SWEEP_BLOCK = 256
-# Narrower rows are pooled window by window: for a handful of columns the
-# setup of one sweep per window cell costs more than it saves.
-DEF MIN_SWEEP_COLUMNS = 5
-
-
 cdef void max_pool_plane(const floating* x, floating* out, int64_t* indices,
                          const Window* window) noexcept nogil:
     # Extents are copied to locals: the index stores could otherwise alias
@@ -138,9 +149,7 @@ cdef void max_pool_plane(const floating* x, floating* out, int64_t* indices,
     cdef int32_t positions[SWEEP_BLOCK]
     cdef int32_t* best_at = positions if indices != NULL else NULL
     cdef floating* best
-    interior_columns(window, &start, &stop)
-    if stop - start < MIN_SWEEP_COLUMNS:
-        stop = start
+    swept_columns(window, &start, &stop)
     for oh in range(OH):
         h0 = clamp(oh * SH - PH, 0, H)
         h1 = clamp(oh * SH - PH + KH, 0, H)
@@ -265,9 +274,7 @@ cdef void avg_pool_plane(const floating* x, floating* out, const Window* window,
     cdef Py_ssize_t oh, ow, h, kw, h0, h1, start, stop, first, count, cell
     cdef floating divisor
     cdef floating* row_out
-    interior_columns(window, &start, &stop)
-    if stop - start < MIN_SWEEP_COLUMNS:
-        stop = start
+    swept_columns(window, &start, &stop)
     for oh in range(OH):
         h0 = clamp(oh * SH - PH, 0, H)
         h1 = clamp(oh * SH - PH + KH, 0, H)
@@ -303,9 +310,7 @@ cdef void avg_pool_backward_plane(const floating* grad_output, floating* dx,
     cdef floating divisor
     cdef floating shares[SWEEP_BLOCK]
     cdef const floating* row_grad
-    interior_columns(window, &start, &stop)
-    if stop - start < MIN_SWEEP_COLUMNS:
-        stop = start
+    swept_columns(window, &start, &stop)
     memset(dx, 0, H * W * sizeof(floating))
     for oh in range(OH):
         h0 = clamp(oh * SH - PH, 0, H)
