@@ -47,10 +47,14 @@ THREADS_VARIABLE = "CNNCLI_NUM_THREADS"
 _num_threads: Optional[int] = None
 
 
+# Sizes, strides and counts beyond 32 bits cannot describe a real image or kernel.
+_INT_MAX = 2**31 - 1
+
+
 def _positive_int(name, value):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    if value < 1:
+    if not 1 <= value <= _INT_MAX:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
     return int(value)
 
@@ -159,6 +163,8 @@ def _pair(name, value, minimum):
         raise ValueError(f"{name}: expected an int or a pair of ints, got {value!r}")
     if min(pair) < minimum:
         raise ValueError(f"{name}: expected values >= {minimum}, got {value!r}")
+    if max(pair) > _INT_MAX:
+        raise ValueError(f"{name}: expected values <= {_INT_MAX}, got {value!r}")
     return pair
 
 
