@@ -1,0 +1,528 @@
+"""Layers: parameters, forward and backward passes, built against an input shape.
+
+A layer is created with its hyper-parameters (``Conv2D(32, 5, padding='same')``)
+and built for an input shape (without the batch axis), which creates its
+parameters. ``Sequential`` builds each layer as it is added, so shapes flow
+through a model the way they do in Keras.
+
+``forward(x, training)`` keeps what ``backward`` needs only when training;
+``backward(grad_output, need_input_grad)`` stores parameter gradients in
+``Parameter.grad`` (for trainable parameters only) and returns the gradient
+with respect to the input, or None when it was not asked for.
+"""
+
+import math
+
+import numpy as np
+
+from cnncli import functional as F
+
+__all__ = [
+    "Parameter", "Layer", "Conv2D", "Dense", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
+    "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Dropout",
+]
+
+
+class Parameter:
+    """A learnable array, its gradient, and whether it trains.
+
+    Freezing is a per-parameter switch that optimizers check at every step,
+    so freezing after an optimizer was created takes effect at once.
+    """
+
+    __slots__ = ("value", "grad", "trainable")
+
+    def __init__(self, value, trainable=True):
+        self.value = value
+        self.grad = None
+        self.trainable = trainable
+
+    @property
+    def shape(self):
+        return self.value.shape
+
+    @property
+    def size(self):
+        return self.value.size
+
+    def __repr__(self):
+        state = "" if self.trainable else ", frozen"
+        return f"Parameter(shape={self.value.shape}, dtype={self.value.dtype}{state})"
+
+
+def _shape_tuple(name, value, length):
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return (int(value),) * length
+    if isinstance(value, (tuple, list)) and len(value) == length:
+        return tuple(value)
+    raise ValueError(f"{name}: expected an int or a tuple of {length} ints, got {value!r}")
+
+
+def _positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return int(value)
+
+
+INITIALIZERS = ("he_normal", "glorot_uniform")
+
+
+def initialize(shape, fan_in, fan_out, method, rng, dtype):
+    """Random weights for a layer.
+
+    ``he_normal``: N(0, 2 / fan_in), which keeps activations' variance through
+    ReLU layers. ``glorot_uniform``: U(-a, a) with a = sqrt(6 / (fan_in +
+    fan_out)), for layers followed by a symmetric or no activation.
+    """
+    if method == "he_normal":
+        values = rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+    elif method == "glorot_uniform":
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        values = rng.uniform(-limit, limit, shape)
+    else:
+        raise ValueError(f"init: expected one of {INITIALIZERS} or 'auto', got {method!r}")
+    return values.astype(dtype)
+
+
+class Layer:
+    """Base class: a named transformation with parameters, forward and backward."""
+
+    def __init__(self, name=None):
+        self.name = name
+        self.input_shape = None      # without the batch axis; set by build()
+        self.output_shape = None
+        self._cache = None
+
+    # -- construction -------------------------------------------------------
+    def build(self, input_shape, rng=None, dtype=np.float32, init=None):
+        """Create parameters for inputs of ``input_shape`` (no batch axis).
+
+        ``init`` is the weight initializer chosen by the model ('he_normal' or
+        'glorot_uniform'); layers without weights ignore it.
+        """
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.output_shape = self.compute_output_shape(self.input_shape)
+        return self.output_shape
+
+    @property
+    def built(self):
+        return self.input_shape is not None
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def parameters(self):
+        """The layer's own parameters, by local name, in a fixed order."""
+        return {}
+
+    @property
+    def trainable(self):
+        return any(p.trainable for p in self.parameters().values())
+
+    def freeze(self):
+        for parameter in self.parameters().values():
+            parameter.trainable = False
+
+    def unfreeze(self):
+        for parameter in self.parameters().values():
+            parameter.trainable = True
+
+    # -- passes: subclasses define forward(x, training) and
+    # backward(grad_output, need_input_grad) -------------------------------------
+    def __call__(self, x, training=False):
+        return self.forward(x, training)
+
+    def _check_input(self, x):
+        if not self.built:
+            raise RuntimeError(f"{self.describe()}: build the layer (or add it to a model with "
+                               "an input shape) before calling it")
+        x = np.asarray(x)
+        if x.shape[1:] != self.input_shape:
+            raise ValueError(f"{self.describe()}: expected input of shape (N, "
+                             f"{', '.join(map(str, self.input_shape))}), got {x.shape}")
+        return x
+
+    def _cached(self):
+        if self._cache is None:
+            raise RuntimeError(f"{self.describe()}: backward needs a forward pass with "
+                               "training=True first")
+        return self._cache
+
+    # -- description ----------------------------------------------------------
+    def extra_repr(self):
+        return ""
+
+    def describe(self):
+        return f"{self.name or type(self).__name__}"
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+class Conv2D(Layer):
+    """2-D convolution: ``filters`` kernels of ``kernel_size``, shared across positions.
+
+    Output size per axis: ``(W - F + 2P) // S + 1`` (F the dilated kernel
+    extent); ``padding='same'`` keeps the input size (stride 1).
+
+    Parameters
+    ----------
+    filters : int
+        Number of kernels, i.e. output channels.
+    kernel_size, stride, dilation : int or (int, int)
+    padding : int, (int, int), 'valid' or 'same'
+    groups : int
+        ``groups == in_channels`` makes a depthwise convolution.
+    use_bias : bool
+    init : 'auto', 'he_normal' or 'glorot_uniform'
+        'auto' lets the model pick He before a ReLU, Glorot otherwise.
+    """
+
+    def __init__(self, filters, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 use_bias=True, init="auto", name=None):
+        super().__init__(name)
+        self.filters = _positive("filters", filters)
+        self.kernel_size = _shape_tuple("kernel_size", kernel_size, 2)
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
+        self.groups = _positive("groups", groups)
+        self.use_bias = bool(use_bias)
+        self.init = init
+        self.weight = None
+        self.bias = None
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.describe()}: expected an input shape (C, H, W), "
+                             f"got {input_shape}")
+        probe = np.empty((1,) + tuple(input_shape), dtype=np.float32)
+        kernel = np.empty((self.filters, input_shape[0] // self.groups) + self.kernel_size,
+                          dtype=np.float32)
+        # The functional API validates the arguments and names what is wrong.
+        geometry = F._conv_geometry(probe, kernel, self.stride, self.padding, self.dilation,
+                                    self.groups)
+        return (self.filters,) + geometry.output_size
+
+    def build(self, input_shape, rng=None, dtype=np.float32, init=None):
+        output_shape = super().build(input_shape)
+        rng = np.random.default_rng(0) if rng is None else rng
+        in_channels = self.input_shape[0] // self.groups
+        kernel_area = self.kernel_size[0] * self.kernel_size[1]
+        method = init if self.init == "auto" else self.init
+        shape = (self.filters, in_channels) + self.kernel_size
+        self.weight = Parameter(initialize(shape, in_channels * kernel_area,
+                                           self.filters // self.groups * kernel_area,
+                                           method or "glorot_uniform", rng, dtype))
+        self.bias = Parameter(np.zeros(self.filters, dtype=dtype)) if self.use_bias else None
+        return output_shape
+
+    def parameters(self):
+        if self.weight is None:
+            return {}
+        return {"weight": self.weight, **({"bias": self.bias} if self.bias is not None else {})}
+
+    def _arguments(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    groups=self.groups)
+
+    def forward(self, x, training=False):
+        x = self._check_input(x)
+        bias = self.bias.value if self.bias is not None else None
+        self._cache = x if training else None
+        return F.conv2d(x, self.weight.value, bias, **self._arguments())
+
+    def backward(self, grad_output, need_input_grad=True):
+        x = self._cached()
+        need_weight = self.weight.trainable or (self.bias is not None and self.bias.trainable)
+        grad_input, grad_weight, grad_bias = F.conv2d_backward(
+            grad_output, x, self.weight.value, **self._arguments(),
+            need_input_grad=need_input_grad, need_weight_grad=need_weight)
+        if self.weight.trainable:
+            self.weight.grad = grad_weight
+        if self.bias is not None and self.bias.trainable:
+            self.bias.grad = grad_bias
+        return grad_input
+
+    def extra_repr(self):
+        parts = [f"{self.filters}", f"kernel_size={self.kernel_size}"]
+        for key, default in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)):
+            if getattr(self, key) != default:
+                parts.append(f"{key}={getattr(self, key)!r}")
+        if not self.use_bias:
+            parts.append("use_bias=False")
+        return ", ".join(parts)
+
+
+class Dense(Layer):
+    """Fully connected layer: ``y = x @ W.T + b`` with W of shape (units, in_features)."""
+
+    def __init__(self, units, use_bias=True, init="auto", name=None):
+        super().__init__(name)
+        self.units = _positive("units", units)
+        self.use_bias = bool(use_bias)
+        self.init = init
+        self.weight = None
+        self.bias = None
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(f"{self.describe()}: expected a flat input shape (features,), got "
+                             f"{input_shape}; add a Flatten layer before it")
+        return (self.units,)
+
+    def build(self, input_shape, rng=None, dtype=np.float32, init=None):
+        output_shape = super().build(input_shape)
+        rng = np.random.default_rng(0) if rng is None else rng
+        method = init if self.init == "auto" else self.init
+        features = self.input_shape[0]
+        self.weight = Parameter(initialize((self.units, features), features, self.units,
+                                           method or "glorot_uniform", rng, dtype))
+        self.bias = Parameter(np.zeros(self.units, dtype=dtype)) if self.use_bias else None
+        return output_shape
+
+    def parameters(self):
+        if self.weight is None:
+            return {}
+        return {"weight": self.weight, **({"bias": self.bias} if self.bias is not None else {})}
+
+    def forward(self, x, training=False):
+        x = self._check_input(x)
+        self._cache = x if training else None
+        out = x @ self.weight.value.T
+        if self.bias is not None:
+            out += self.bias.value
+        return out
+
+    def backward(self, grad_output, need_input_grad=True):
+        x = self._cached()
+        if self.weight.trainable:
+            self.weight.grad = grad_output.T @ x
+        if self.bias is not None and self.bias.trainable:
+            self.bias.grad = grad_output.sum(axis=0)
+        return grad_output @ self.weight.value if need_input_grad else None
+
+    def extra_repr(self):
+        return f"{self.units}" + ("" if self.use_bias else ", use_bias=False")
+
+
+class _Pool2D(Layer):
+    def __init__(self, pool_size=2, stride=None, padding=0, name=None):
+        super().__init__(name)
+        self.pool_size = pool_size
+        self.stride = stride
+        self.padding = padding
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.describe()}: expected an input shape (C, H, W), "
+                             f"got {input_shape}")
+        probe = np.empty((1,) + tuple(input_shape), dtype=np.float32)
+        _, _, _, output_size = F._pool_geometry(probe, self.pool_size, self.stride, self.padding)
+        return (input_shape[0],) + output_size
+
+    def extra_repr(self):
+        parts = [f"{self.pool_size}"]
+        if self.stride is not None:
+            parts.append(f"stride={self.stride!r}")
+        if self.padding != 0:
+            parts.append(f"padding={self.padding!r}")
+        return ", ".join(parts)
+
+
+class MaxPool2D(_Pool2D):
+    """Max pooling; the gradient goes to the first maximum of each window."""
+
+    def forward(self, x, training=False):
+        x = self._check_input(x)
+        if not training:
+            self._cache = None
+            return F.max_pool2d(x, self.pool_size, self.stride, self.padding)
+        out, indices = F.max_pool2d(x, self.pool_size, self.stride, self.padding,
+                                    return_indices=True)
+        self._cache = (x, indices)
+        return out
+
+    def backward(self, grad_output, need_input_grad=True):
+        x, indices = self._cached()
+        if not need_input_grad:
+            return None
+        return F.max_pool2d_backward(grad_output, x, self.pool_size, self.stride, self.padding,
+                                     indices=indices)
+
+
+class AvgPool2D(_Pool2D):
+    """Average pooling (zero padding counted in the divisor, as Keras and PyTorch do)."""
+
+    def forward(self, x, training=False):
+        x = self._check_input(x)
+        self._cache = x if training else None
+        return F.avg_pool2d(x, self.pool_size, self.stride, self.padding)
+
+    def backward(self, grad_output, need_input_grad=True):
+        x = self._cached()
+        if not need_input_grad:
+            return None
+        return F.avg_pool2d_backward(grad_output, x, self.pool_size, self.stride, self.padding)
+
+
+class GlobalAvgPool2D(Layer):
+    """Mean of each channel over all positions: (N, C, H, W) -> (N, C)."""
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.describe()}: expected an input shape (C, H, W), "
+                             f"got {input_shape}")
+        return (input_shape[0],)
+
+    def forward(self, x, training=False):
+        x = self._check_input(x)
+        self._cache = x if training else None
+        return F.global_avg_pool2d(x).reshape(x.shape[:2])
+
+    def backward(self, grad_output, need_input_grad=True):
+        x = self._cached()
+        if not need_input_grad:
+            return None
+        return F.global_avg_pool2d_backward(grad_output.reshape(grad_output.shape + (1, 1)), x)
+
+
+class Flatten(Layer):
+    """(N, C, H, W) -> (N, C*H*W), in C order."""
+
+    def compute_output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+    def forward(self, x, training=False):
+        x = self._check_input(x)
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad_output, need_input_grad=True):
+        if not need_input_grad:
+            return None
+        return grad_output.reshape((grad_output.shape[0],) + self.input_shape)
+
+
+class _Activation(Layer):
+    """An element-wise function whose derivative is computed from its output."""
+
+    def forward(self, x, training=False):
+        x = self._check_input(x)
+        out = self.function(x)
+        self._cache = out if training else None
+        return out
+
+    def backward(self, grad_output, need_input_grad=True):
+        out = self._cached()
+        return grad_output * self.derivative(out) if need_input_grad else None
+
+
+class ReLU(_Activation):
+    """max(0, x)."""
+
+    def function(self, x):
+        return np.maximum(x, 0)
+
+    def derivative(self, out):
+        return (out > 0).astype(out.dtype)
+
+
+class Sigmoid(_Activation):
+    """1 / (1 + exp(-x)), computed without overflow for large |x|."""
+
+    def function(self, x):
+        # exp of a non-positive number only, so nothing overflows.
+        negative_part = np.exp(-np.abs(x))
+        return np.where(x >= 0, 1 / (1 + negative_part), negative_part / (1 + negative_part))
+
+    def derivative(self, out):
+        return out * (1 - out)
+
+
+class Tanh(_Activation):
+    """tanh(x)."""
+
+    def function(self, x):
+        return np.tanh(x)
+
+    def derivative(self, out):
+        return 1 - out * out
+
+
+class LeakyReLU(Layer):
+    """x for x > 0, negative_slope * x otherwise."""
+
+    def __init__(self, negative_slope=0.01, name=None):
+        super().__init__(name)
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x, training=False):
+        x = self._check_input(x)
+        self._cache = x if training else None
+        return np.where(x > 0, x, x * x.dtype.type(self.negative_slope))
+
+    def backward(self, grad_output, need_input_grad=True):
+        x = self._cached()
+        if not need_input_grad:
+            return None
+        return np.where(x > 0, grad_output, grad_output * x.dtype.type(self.negative_slope))
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class Softmax(Layer):
+    """Probabilities over the last axis: exp(x - max) / sum(exp(x - max)).
+
+    For training a classifier, prefer the fused softmax cross-entropy loss on
+    the logits: it is numerically stabler and cheaper than Softmax + log.
+    """
+
+    def forward(self, x, training=False):
+        x = self._check_input(x)
+        shifted = np.exp(x - x.max(axis=-1, keepdims=True))
+        out = shifted / shifted.sum(axis=-1, keepdims=True)
+        self._cache = out if training else None
+        return out
+
+    def backward(self, grad_output, need_input_grad=True):
+        out = self._cached()
+        if not need_input_grad:
+            return None
+        return out * (grad_output - np.sum(grad_output * out, axis=-1, keepdims=True))
+
+
+class Dropout(Layer):
+    """Zeroes a fraction ``rate`` of activations while training, scaling the rest by 1/(1-rate).
+
+    In inference it is the identity. The mask comes from the generator given
+    at build time (seeded by the model), so runs are reproducible.
+    """
+
+    def __init__(self, rate, name=None):
+        super().__init__(name)
+        if not 0 <= rate < 1:
+            raise ValueError(f"rate: expected a fraction in [0, 1), got {rate!r}")
+        self.rate = float(rate)
+        self.rng = None
+
+    def build(self, input_shape, rng=None, dtype=np.float32, init=None):
+        self.rng = np.random.default_rng(0) if rng is None else rng
+        return super().build(input_shape)
+
+    def forward(self, x, training=False):
+        x = self._check_input(x)
+        if not training or self.rate == 0:
+            self._cache = None if not training else np.ones((), dtype=x.dtype)
+            return x
+        keep = self.rng.random(x.shape) >= self.rate
+        mask = keep.astype(x.dtype) / x.dtype.type(1 - self.rate)
+        self._cache = mask
+        return x * mask
+
+    def backward(self, grad_output, need_input_grad=True):
+        mask = self._cached()
+        return grad_output * mask if need_input_grad else None
+
+    def extra_repr(self):
+        return f"rate={self.rate}"
