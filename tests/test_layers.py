@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from cnncli.gradcheck import check_gradient
-from cnncli.layers import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
-                           LeakyReLU, MaxPool2D, ReLU, Sigmoid, Softmax, Tanh)
+from cnncli.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
+                           GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Softmax, Tanh)
 from cnncli.model import Sequential
 
 
@@ -194,3 +194,40 @@ def test_layer_errors_name_the_problem():
         Sequential([Dense(4)], input_shape=(3,))[0].backward(np.zeros((2, 4)))
     with pytest.raises(ValueError, match="already in this model"):
         model.add(model[0])
+
+
+def test_batchnorm_gradients_match_finite_differences_in_both_modes():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 3, 3, 2)) * 2 + 1
+    layer = built(BatchNorm2D(), (3, 3, 2))
+    layer.gamma.value[:] = rng.standard_normal(3)
+    layer.beta.value[:] = rng.standard_normal(3)
+    check_layer_gradients(layer, x)                     # batch statistics
+    layer.running_mean[:] = rng.standard_normal(3)
+    layer.running_var[:] = rng.random(3) + 0.5
+    layer.freeze()
+    out = layer.forward(x, training=True)               # frozen: running statistics
+    grad_output = rng.standard_normal(out.shape)
+    check_gradient(lambda: layer.forward(x, training=True), x,
+                   layer.backward(grad_output), grad_output)
+
+
+def test_batchnorm_statistics_and_the_frozen_rule():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((8, 2, 4, 4)) * 3 + 5
+    layer = built(BatchNorm2D(momentum=0.5), (2, 4, 4))
+    out = layer.forward(x, training=True)
+    np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), 0, atol=1e-12)
+    np.testing.assert_allclose(out.var(axis=(0, 2, 3)), 1, rtol=1e-4)
+    np.testing.assert_allclose(layer.running_mean, 0.5 * x.mean(axis=(0, 2, 3)))
+    np.testing.assert_allclose(layer.running_var, 0.5 + 0.5 * x.var(axis=(0, 2, 3), ddof=1))
+    inference = layer.forward(x)
+    expected = (x - layer.running_mean.reshape(1, -1, 1, 1)) / np.sqrt(
+        layer.running_var.reshape(1, -1, 1, 1) + 1e-5)
+    np.testing.assert_allclose(inference, expected)
+    layer.freeze()
+    before = (layer.running_mean.copy(), layer.running_var.copy())
+    np.testing.assert_allclose(layer.forward(x, training=True), inference)
+    np.testing.assert_array_equal(layer.running_mean, before[0])
+    np.testing.assert_array_equal(layer.running_var, before[1])
+    assert set(layer.buffers()) == {"running_mean", "running_var"}
