@@ -178,6 +178,11 @@ class Sequential:
                 for layer in self._layers for key, parameter in layer.parameters().items()
                 if parameter.trainable or not trainable_only}
 
+    def buffers(self):
+        """Saved, untrained state by dotted name (``batch_norm2d_1.running_mean``)."""
+        return {f"{layer.name}.{key}": buffer
+                for layer in self._layers for key, buffer in layer.buffers().items()}
+
     @property
     def weights(self):
         """The parameter arrays, in layer order (as Keras' ``model.weights``)."""
@@ -222,8 +227,9 @@ class Sequential:
     def forward(self, x, training=False, need_input_grad=False):
         """Run the layers in order; with training=True, keep what backward needs.
 
-        Layers below the lowest trainable one keep nothing, since no gradient
-        reaches them, unless ``need_input_grad`` asks for the gradient with
+        Layers below the lowest trainable one run in inference mode and keep
+        nothing, since no gradient reaches them (a frozen backbone is
+        deterministic), unless ``need_input_grad`` asks for the gradient with
         respect to the input (then pass it to ``backward`` too).
         """
         self._ready()

@@ -231,3 +231,54 @@ def test_batchnorm_statistics_and_the_frozen_rule():
     np.testing.assert_array_equal(layer.running_mean, before[0])
     np.testing.assert_array_equal(layer.running_var, before[1])
     assert set(layer.buffers()) == {"running_mean", "running_var"}
+
+
+def residual_model():
+    from cnncli.blocks import Residual
+    return Sequential([
+        Conv2D(4, 3, padding=1), ReLU(),
+        Residual([Conv2D(4, 3, padding=1), BatchNorm2D(), Tanh(), Conv2D(4, 3, padding=1)]),
+        Residual([Conv2D(6, 3, stride=2, padding=1), BatchNorm2D()],
+                 shortcut=[Conv2D(6, 1, stride=2), BatchNorm2D()]),
+        Tanh(), GlobalAvgPool2D(), Dense(3)],
+        input_shape=(2, 6, 6), dtype=np.float64, seed=2)
+
+
+def test_residual_model_gradients_match_finite_differences():
+    model = residual_model()
+    assert model.output_shape == (3,)
+    names = list(model.parameters())
+    assert "residual_1.body.conv2d_1.weight" in names
+    assert "residual_2.shortcut.batch_norm2d_1.gamma" in names
+    assert "residual_1.body.batch_norm2d_1.running_mean" in model.buffers()
+    x = np.random.default_rng(0).standard_normal((3, 2, 6, 6))
+    grad_output = np.random.default_rng(1).standard_normal((3, 3))
+    # Batch statistics move the running estimates on every call: compare the
+    # analytic gradients with finite differences of the same training-mode function.
+    model.forward(x, training=True, need_input_grad=True)
+    grad_input = model.backward(grad_output, need_input_grad=True)
+    grads = {name: p.grad for name, p in model.parameters().items()}
+    forward = lambda: model.forward(x, training=True)
+    check_gradient(forward, x, grad_input, grad_output)
+    for name, parameter in model.parameters().items():
+        check_gradient(forward, parameter.value, grads[name], grad_output)
+
+
+def test_residual_shapes_must_match():
+    from cnncli.blocks import Residual
+    with pytest.raises(ValueError, match=r"the body outputs \(4, 3, 3\) but the shortcut outputs "
+                                         r"\(2, 6, 6\)"):
+        Sequential([Residual([Conv2D(4, 3, stride=2, padding=1)])], input_shape=(2, 6, 6))
+
+
+def test_freezing_a_residual_block_freezes_its_inner_layers():
+    model = residual_model()
+    model.freeze(upto="residual_2")
+    assert all(not p.trainable for name, p in model.parameters().items()
+               if name.startswith(("conv2d_1", "residual")))
+    assert model["dense_1"].weight.trainable
+    x = np.random.default_rng(0).standard_normal((3, 2, 6, 6))
+    model.forward(x, training=True)
+    model.backward(np.ones((3, 3)))
+    assert all(p.grad is None for name, p in model.parameters().items()
+               if name.startswith("residual"))
