@@ -1,0 +1,238 @@
+"""Optimizers and learning-rate schedules.
+
+    optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
+    # or, pretrained layers at a tenth of the head's rate:
+    optimizer = Adam([{"params": model[:-1].parameters(), "lr": 1e-4},
+                      {"params": model[-1:].parameters()}], lr=1e-3)
+    ...
+    model.backward(grad)
+    optimizer.step()          # frozen parameters are skipped, checked at every step
+    optimizer.zero_grad()
+
+The update rules are PyTorch's, so results can be compared formula for
+formula. A schedule scales every group's base rate: ``StepLR``, ``CosineLR``
+and ``OneCycleLR`` are called once per epoch (or per step for one-cycle).
+"""
+
+import math
+
+import numpy as np
+
+__all__ = ["SGD", "Adam", "AdamW", "StepLR", "CosineLR", "OneCycleLR"]
+
+
+def _non_negative(name, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0 \
+            or not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite value >= 0, got {value!r}")
+    return float(value)
+
+
+class Optimizer:
+    """Base class: parameter groups, per-parameter state, the frozen check."""
+
+    defaults = {}
+
+    def __init__(self, params, **hyper):
+        for key, value in hyper.items():
+            hyper[key] = _non_negative(key, value) if key != "nesterov" else bool(value)
+        if isinstance(params, dict) or (isinstance(params, (list, tuple)) and params
+                                        and not isinstance(params[0], dict)):
+            params = [{"params": params}]
+        if not isinstance(params, (list, tuple)) or not params:
+            raise ValueError("params: expected parameters (e.g. model.parameters()) or a "
+                             f"non-empty list of groups, got {type(params).__name__}")
+        self.groups = []
+        seen = set()
+        for index, group in enumerate(params):
+            members = group["params"]
+            named = list(members.items()) if isinstance(members, dict) else \
+                [(f"{index}.{i}", p) for i, p in enumerate(members)]
+            for _, parameter in named:
+                if id(parameter) in seen:
+                    raise ValueError("params: a parameter appears in more than one group")
+                seen.add(id(parameter))
+            settings = dict(hyper)
+            for key, value in group.items():
+                if key == "params":
+                    continue
+                if key not in settings:
+                    raise ValueError(f"params: unknown group setting {key!r}; expected one of "
+                                     f"{sorted(settings)}")
+                settings[key] = _non_negative(key, value) if key != "nesterov" else bool(value)
+            self.groups.append({"params": named, "base_lr": settings["lr"], **settings})
+        self.state = {}
+        self.steps = 0
+
+    def zero_grad(self):
+        for group in self.groups:
+            for _, parameter in group["params"]:
+                parameter.grad = None
+
+    def step(self):
+        """Update every trainable parameter that has a gradient."""
+        self.steps += 1
+        for group in self.groups:
+            for name, parameter in group["params"]:
+                if not parameter.trainable or parameter.grad is None:
+                    continue
+                grad = np.asarray(parameter.grad, dtype=parameter.value.dtype)
+                if grad.shape != parameter.value.shape:
+                    raise ValueError(f"{name}: gradient of shape {grad.shape} for a parameter "
+                                     f"of shape {parameter.value.shape}")
+                self._update(parameter, grad, self.state.setdefault(id(parameter), {}), group)
+
+    def set_lr_factor(self, factor):
+        """Scale every group's rate to ``factor`` times its base rate (used by schedules)."""
+        for group in self.groups:
+            group["lr"] = group["base_lr"] * factor
+
+    @property
+    def lr(self):
+        return self.groups[0]["lr"]
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum, Nesterov momentum and weight decay.
+
+    ``g = grad + weight_decay * p``; ``v = momentum * v + g``;
+    ``p -= lr * (g + momentum * v if nesterov else v)``.
+    """
+
+    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+        if nesterov and not momentum:
+            raise ValueError("nesterov: needs a momentum > 0")
+        super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov,
+                         weight_decay=weight_decay)
+
+    def _update(self, parameter, grad, state, group):
+        if group["weight_decay"]:
+            grad = grad + group["weight_decay"] * parameter.value
+        if group["momentum"]:
+            velocity = state.get("velocity")
+            if velocity is None:
+                velocity = state["velocity"] = grad.copy()
+            else:
+                velocity *= group["momentum"]
+                velocity += grad
+            grad = grad + group["momentum"] * velocity if group["nesterov"] else velocity
+        parameter.value -= (group["lr"] * grad).astype(parameter.value.dtype)
+
+
+class Adam(Optimizer):
+    """Adam, with bias-corrected first and second moments.
+
+    ``weight_decay`` adds ``weight_decay * p`` to the gradient (L2, as
+    PyTorch's Adam); ``AdamW`` decouples it instead.
+    """
+
+    decoupled = False
+
+    def __init__(self, params, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        if not (beta1 < 1 and beta2 < 1):
+            raise ValueError(f"beta1, beta2: expected values in [0, 1), got {beta1}, {beta2}")
+        super().__init__(params, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                         weight_decay=weight_decay)
+
+    def _update(self, parameter, grad, state, group):
+        if group["weight_decay"]:
+            if self.decoupled:
+                parameter.value -= (group["lr"] * group["weight_decay"] * parameter.value
+                                    ).astype(parameter.value.dtype)
+            else:
+                grad = grad + group["weight_decay"] * parameter.value
+        if not state:
+            state["step"] = 0
+            state["m"] = np.zeros_like(parameter.value)
+            state["v"] = np.zeros_like(parameter.value)
+        state["step"] += 1
+        beta1, beta2 = group["beta1"], group["beta2"]
+        state["m"] *= beta1
+        state["m"] += (1 - beta1) * grad
+        state["v"] *= beta2
+        state["v"] += (1 - beta2) * grad * grad
+        m_hat = state["m"] / (1 - beta1 ** state["step"])
+        v_hat = state["v"] / (1 - beta2 ** state["step"])
+        parameter.value -= (group["lr"] * m_hat / (np.sqrt(v_hat) + group["eps"])
+                            ).astype(parameter.value.dtype)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: ``p -= lr * weight_decay * p`` before the Adam step."""
+
+    decoupled = True
+
+    def __init__(self, params, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01):
+        super().__init__(params, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                         weight_decay=weight_decay)
+
+
+class _Schedule:
+    """Sets the optimizer's rate factor for step 0, then again at every ``step()``."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.count = 0
+        optimizer.set_lr_factor(self.factor(0))
+
+    def step(self):
+        self.count += 1
+        self.optimizer.set_lr_factor(self.factor(self.count))
+
+
+class StepLR(_Schedule):
+    """Multiply the rate by ``gamma`` every ``step_size`` epochs."""
+
+    def __init__(self, optimizer, step_size, gamma=0.1):
+        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
+            raise ValueError(f"step_size: expected a positive int, got {step_size!r}")
+        self.step_size = step_size
+        self.gamma = _non_negative("gamma", gamma)
+        super().__init__(optimizer)
+
+    def factor(self, count):
+        return self.gamma ** (count // self.step_size)
+
+
+class CosineLR(_Schedule):
+    """Cosine decay from the base rate to ``min_factor`` times it over ``total`` epochs."""
+
+    def __init__(self, optimizer, total, min_factor=0.0):
+        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+            raise ValueError(f"total: expected a positive int, got {total!r}")
+        self.total = total
+        self.min_factor = _non_negative("min_factor", min_factor)
+        super().__init__(optimizer)
+
+    def factor(self, count):
+        progress = min(count, self.total) / self.total
+        return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class OneCycleLR(_Schedule):
+    """One cycle over ``total`` steps: warm up from base/div to the base rate, then anneal.
+
+    The first ``warmup`` fraction rises along a cosine from ``1/div`` to 1,
+    the rest falls along a cosine to ``1/(div * final_div)``.
+    """
+
+    def __init__(self, optimizer, total, warmup=0.3, div=25.0, final_div=1e4):
+        if isinstance(total, bool) or not isinstance(total, int) or total < 2:
+            raise ValueError(f"total: expected an int >= 2, got {total!r}")
+        if not 0 < warmup < 1:
+            raise ValueError(f"warmup: expected a fraction in (0, 1), got {warmup!r}")
+        self.total, self.warmup = total, float(warmup)
+        self.div, self.final_div = float(div), float(final_div)
+        super().__init__(optimizer)
+
+    def factor(self, count):
+        peak = max(1, round(self.warmup * (self.total - 1)))
+        count = min(count, self.total - 1)
+
+        def cosine(start, end, progress):
+            return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        if count <= peak:
+            return cosine(1 / self.div, 1.0, count / peak)
+        return cosine(1.0, 1 / (self.div * self.final_div),
+                      (count - peak) / (self.total - 1 - peak))
