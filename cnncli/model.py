@@ -268,6 +268,25 @@ class Sequential:
                 grad, need_input_grad=need_input_grad or position > lowest)
         return grad if need_input_grad else None
 
+    # -- training (Keras-style shortcuts to cnncli.training) -----------------------------
+    def fit(self, x, y, epochs=1, batch_size=32, **options):
+        """Train the model; see ``cnncli.training.fit``. Returns a History."""
+        from cnncli import training
+        return training.fit(self, x, y, epochs=epochs, batch_size=batch_size, **options)
+
+    def evaluate(self, x, y, **options):
+        """Loss and accuracy on (x, y); see ``cnncli.training.evaluate``."""
+        from cnncli import training
+        return training.evaluate(self, x, y, **options)
+
+    def predict_proba(self, x, **options):
+        from cnncli import training
+        return training.predict_proba(self, x, **options)
+
+    def predict(self, x, **options):
+        from cnncli import training
+        return training.predict(self, x, **options)
+
     # -- description ----------------------------------------------------------------------
     def summary(self):
         """The architecture as a table: layers, output shapes, parameter counts."""

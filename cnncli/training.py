@@ -1,0 +1,258 @@
+"""Training loops: fit, evaluate, predict.
+
+    history = fit(model, x_train, y_train, epochs=10, batch_size=32,
+                  optimizer=Adam(model.parameters(), lr=1e-3),
+                  validation_data=(x_val, y_val),
+                  callbacks=[EarlyStopping(patience=3, restore_best=True)])
+    history["val_accuracy"]        # one value per epoch
+
+Training reports through callbacks and the ``progress`` hook (which a
+command-line tool can drive) and returns result objects; it never prints.
+With the same seeds, a run gives the same weights whatever the thread
+count: the kernels are deterministic and shuffling is seeded.
+"""
+
+import math
+
+import numpy as np
+
+from cnncli.layers import Softmax
+from cnncli.losses import SoftmaxCrossEntropy
+from cnncli.optimizers import Adam
+
+__all__ = ["fit", "evaluate", "predict", "predict_proba", "History", "Callback",
+           "EarlyStopping", "StopTraining"]
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end training after the current epoch."""
+
+
+class History:
+    """Per-epoch metrics of a fit: ``history["loss"]`` is a list, one value per epoch."""
+
+    def __init__(self):
+        self.epochs = []
+
+    def append(self, logs):
+        self.epochs.append(dict(logs))
+
+    def __getitem__(self, key):
+        return [logs[key] for logs in self.epochs if key in logs]
+
+    def __len__(self):
+        return len(self.epochs)
+
+    def __repr__(self):
+        return f"History({len(self.epochs)} epochs, last: {self.epochs[-1] if self.epochs else {}})"
+
+
+class Callback:
+    """Hooks called by ``fit``; override what you need."""
+
+    def on_train_begin(self, model):
+        pass
+
+    def on_epoch_end(self, epoch, logs, model):
+        """Called with the epoch's metrics; raise StopTraining to stop."""
+
+    def on_train_end(self, model):
+        pass
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved for ``patience`` epochs.
+
+    With ``restore_best=True`` the weights of the best epoch are put back at
+    the end, so the model is the best one seen, not the last.
+    """
+
+    def __init__(self, monitor="val_loss", patience=3, min_delta=0.0, restore_best=False):
+        self.monitor = monitor
+        self.patience = int(patience)
+        self.min_delta = float(min_delta)
+        self.restore_best = bool(restore_best)
+        self.higher_is_better = "accuracy" in monitor
+
+    def on_train_begin(self, model):
+        self.best = -math.inf if self.higher_is_better else math.inf
+        self.best_epoch = None
+        self.best_state = None
+        self.waited = 0
+
+    def on_epoch_end(self, epoch, logs, model):
+        if self.monitor not in logs:
+            raise ValueError(f"monitor: {self.monitor!r} is not among the metrics "
+                             f"{sorted(logs)}; pass validation_data for val_* metrics")
+        value = logs[self.monitor]
+        improved = (value > self.best + self.min_delta if self.higher_is_better
+                    else value < self.best - self.min_delta)
+        if improved:
+            self.best, self.best_epoch, self.waited = value, epoch, 0
+            if self.restore_best:
+                self.best_state = _snapshot(model)
+            return
+        self.waited += 1
+        if self.waited >= self.patience:
+            raise StopTraining
+
+    def on_train_end(self, model):
+        if self.restore_best and self.best_state is not None:
+            _restore(model, self.best_state)
+
+
+def _snapshot(model):
+    return ({name: p.value.copy() for name, p in model.parameters().items()},
+            {name: b.copy() for name, b in model.buffers().items()})
+
+
+def _restore(model, state):
+    values, buffers = state
+    for name, parameter in model.parameters().items():
+        parameter.value[...] = values[name]
+    for name, buffer in model.buffers().items():
+        buffer[...] = buffers[name]
+
+
+def _check_data(x, y, model):
+    x = np.asarray(x)
+    if x.ndim != len(model.input_shape) + 1 or x.shape[1:] != model.input_shape:
+        raise ValueError(f"x: expected shape (N, {', '.join(map(str, model.input_shape))}), "
+                         f"got {x.shape}")
+    if y is not None:
+        y = np.asarray(y)
+        if len(y) != len(x):
+            raise ValueError(f"y: expected {len(x)} labels (one per sample of x), got {len(y)}")
+    return x, y
+
+
+def _batches(count, batch_size, order=None):
+    for start in range(0, count, batch_size):
+        indices = slice(start, start + batch_size) if order is None else \
+            order[start:start + batch_size]
+        yield indices
+
+
+def _accuracy_count(outputs, labels):
+    if outputs.ndim == 2 and outputs.shape[1] > 1 and np.issubdtype(labels.dtype, np.integer):
+        return int(np.sum(outputs.argmax(axis=1) == labels))
+    return None
+
+
+def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None,
+        callbacks=(), shuffle=True, seed=0, progress=None):
+    """Train ``model`` on (x, y) with mini-batch gradient descent.
+
+    Parameters
+    ----------
+    model : Sequential
+    x : ndarray, shape (N, ...) matching the model's input shape
+    y : ndarray, shape (N,) of class indices (or targets for the loss)
+    epochs, batch_size : int
+    optimizer : Optimizer, optional
+        Defaults to ``Adam(model.parameters(), lr=1e-3)``.
+    loss : callable, optional
+        ``loss(outputs, targets) -> (value, grad)``; defaults to softmax
+        cross-entropy.
+    validation_data : (x_val, y_val), optional
+    callbacks : list of Callback
+    shuffle : bool
+        Reshuffle the samples every epoch, from ``seed``.
+    progress : callable, optional
+        ``progress(epoch, batch, batches, logs)`` after every batch, with the
+        running loss and accuracy of the epoch.
+
+    Returns
+    -------
+    History
+    """
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    x, y = _check_data(x, y, model)
+    if len(x) == 0:
+        raise ValueError("x: expected at least one sample, got none")
+    if validation_data is not None:
+        x_val, y_val = _check_data(*validation_data, model)
+    optimizer = Adam(model.parameters(), lr=1e-3) if optimizer is None else optimizer
+    loss = SoftmaxCrossEntropy() if loss is None else loss
+    rng = np.random.default_rng(seed)
+    history = History()
+    batches = math.ceil(len(x) / batch_size)
+    for callback in callbacks:
+        callback.on_train_begin(model)
+    try:
+        for epoch in range(int(epochs)):
+            order = rng.permutation(len(x)) if shuffle else None
+            total_loss, correct, seen = 0.0, 0, 0
+            for batch, indices in enumerate(_batches(len(x), batch_size, order)):
+                inputs, targets = x[indices], y[indices]
+                outputs = model.forward(inputs, training=True)
+                value, grad = loss(outputs, targets)
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"loss became {value} at epoch {epoch + 1}, "
+                                             f"batch {batch + 1}; lower the learning rate")
+                optimizer.zero_grad()
+                model.backward(grad)
+                optimizer.step()
+                total_loss += value * len(targets)
+                seen += len(targets)
+                hits = _accuracy_count(outputs, targets)
+                correct = None if hits is None or correct is None else correct + hits
+                logs = {"loss": total_loss / seen}
+                if correct is not None:
+                    logs["accuracy"] = correct / seen
+                if progress is not None:
+                    progress(epoch, batch, batches, logs)
+            if validation_data is not None:
+                logs.update({f"val_{key}": value for key, value in
+                             evaluate(model, x_val, y_val, loss=loss).items()})
+            history.append(logs)
+            for callback in callbacks:
+                callback.on_epoch_end(epoch, logs, model)
+    except StopTraining:
+        pass
+    finally:
+        for callback in callbacks:
+            callback.on_train_end(model)
+    return history
+
+
+def evaluate(model, x, y, batch_size=256, loss=None):
+    """Mean loss (and accuracy, for class labels) of ``model`` on (x, y), in inference mode."""
+    x, y = _check_data(x, y, model)
+    if len(x) == 0:
+        raise ValueError("x: expected at least one sample, got none")
+    loss = SoftmaxCrossEntropy() if loss is None else loss
+    total_loss, correct = 0.0, 0
+    for indices in _batches(len(x), batch_size):
+        outputs = model.forward(x[indices])
+        total_loss += loss(outputs, y[indices])[0] * len(outputs)
+        hits = _accuracy_count(outputs, y[indices])
+        correct = None if hits is None or correct is None else correct + hits
+    metrics = {"loss": total_loss / len(x)}
+    if correct is not None:
+        metrics["accuracy"] = correct / len(x)
+    return metrics
+
+
+def predict_proba(model, x, batch_size=256):
+    """Class probabilities, (N, classes): the softmax of the model's logits.
+
+    A model that ends in a Softmax layer already outputs probabilities.
+    """
+    x, _ = _check_data(x, None, model)
+    ends_in_softmax = isinstance(model[-1], Softmax)
+    parts = []
+    for indices in _batches(len(x), batch_size):
+        outputs = model.forward(x[indices])
+        if not ends_in_softmax:
+            outputs = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+            outputs /= outputs.sum(axis=1, keepdims=True)
+        parts.append(outputs)
+    return np.concatenate(parts) if parts else np.empty((0,) + model.output_shape)
+
+
+def predict(model, x, batch_size=256):
+    """Predicted class indices, (N,)."""
+    return predict_proba(model, x, batch_size).argmax(axis=1)

@@ -1,0 +1,116 @@
+import re
+import time
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+import cnncli
+from cnncli.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Softmax
+from cnncli.model import Sequential
+from cnncli.optimizers import SGD, Adam
+from cnncli.training import Callback, EarlyStopping, evaluate, fit, predict, predict_proba
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_digits()
+    x = (data.images / 16.0).astype(np.float32)[:, None]      # (1797, 1, 8, 8)
+    return train_test_split(x, data.target, test_size=0.25, random_state=0,
+                            stratify=data.target)
+
+
+def small_cnn(seed=0):
+    return Sequential([Conv2D(16, 3, padding=1), ReLU(), MaxPool2D(2),
+                       Conv2D(32, 3, padding=1), ReLU(), MaxPool2D(2),
+                       Flatten(), Dense(10)], input_shape=(1, 8, 8), seed=seed)
+
+
+def test_a_small_cnn_learns_digits_within_seconds(digits):
+    x_train, x_test, y_train, y_test = digits
+    model = small_cnn()
+    start = time.perf_counter()
+    history = model.fit(x_train, y_train, epochs=8, batch_size=32,
+                        optimizer=Adam(model.parameters(), lr=0.005),
+                        validation_data=(x_test, y_test))
+    elapsed = time.perf_counter() - start
+    assert history["loss"][-1] < history["loss"][0] / 4
+    assert history["val_accuracy"][-1] >= 0.95, history
+    assert elapsed < 60, f"training took {elapsed:.1f} s"
+    probabilities = model.predict_proba(x_test)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    accuracy = np.mean(model.predict(x_test) == y_test)
+    assert accuracy == pytest.approx(model.evaluate(x_test, y_test)["accuracy"])
+
+
+def test_training_is_reproducible_whatever_the_thread_count(digits):
+    x_train, _, y_train, _ = digits
+    weights = []
+    for threads in (1, 2):
+        with cnncli.threads(threads):
+            model = small_cnn(seed=3)
+            fit(model, x_train[:256], y_train[:256], epochs=2, batch_size=32, seed=5,
+                optimizer=SGD(model.parameters(), lr=0.05, momentum=0.9))
+            weights.append(model.weights)
+    for single, double in zip(*weights):
+        np.testing.assert_array_equal(single, double)
+
+
+def test_early_stopping_restores_the_best_weights(digits):
+    x_train, x_test, y_train, y_test = digits
+
+    class Recorder(Callback):
+        def on_epoch_end(self, epoch, logs, model):
+            snapshots.append([w.copy() for w in model.weights])
+
+    snapshots = []
+    model = small_cnn()
+    stopper = EarlyStopping(monitor="val_loss", patience=2, restore_best=True)
+    # A learning rate this high makes the validation loss bounce, so it stops early.
+    history = fit(model, x_train, y_train, epochs=30, batch_size=64,
+                  optimizer=SGD(model.parameters(), lr=0.3, momentum=0.9),
+                  validation_data=(x_test, y_test), callbacks=[Recorder(), stopper])
+    assert len(history) < 30
+    best = int(np.argmin(history["val_loss"]))
+    assert stopper.best_epoch == best
+    for restored, kept in zip(model.weights, snapshots[best]):
+        np.testing.assert_array_equal(restored, kept)
+
+
+def test_progress_hook_sees_every_batch(digits):
+    x_train, _, y_train, _ = digits
+    calls = []
+    fit(small_cnn(), x_train[:100], y_train[:100], epochs=2, batch_size=32,
+        progress=lambda epoch, batch, batches, logs: calls.append((epoch, batch, batches)))
+    assert calls == [(e, b, 4) for e in range(2) for b in range(4)]
+
+
+def test_predict_proba_of_a_softmax_model_is_not_softmaxed_twice():
+    model = Sequential([Dense(3), Softmax()], input_shape=(4,))
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    np.testing.assert_allclose(predict_proba(model, x), model.forward(x), rtol=1e-6)
+    assert predict(model, x).shape == (5,)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_a_diverging_loss_stops_with_a_clear_error(digits):
+    x_train, _, y_train, _ = digits
+    model = small_cnn()
+    with pytest.raises(FloatingPointError, match="loss became"):
+        fit(model, x_train[:64] * 1e30, y_train[:64], epochs=1,
+            optimizer=SGD(model.parameters(), lr=1e10))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, x, y: fit(m, x[:, :, :4], y, epochs=1), "x: expected shape (N, 1, 8, 8), got (10, 1, 4, 8)"),
+    (lambda m, x, y: fit(m, x, y[:5], epochs=1), "y: expected 10 labels (one per sample of x), got 5"),
+    (lambda m, x, y: fit(m, x, y, epochs=0), "epochs: expected a positive int, got 0"),
+    (lambda m, x, y: fit(m, x, y + 10, epochs=1), "labels: expected values in [0, 10)"),
+    (lambda m, x, y: fit(m, x, y, epochs=1, callbacks=[EarlyStopping()]),
+     "monitor: 'val_loss' is not among the metrics"),
+])
+def test_training_errors_name_the_problem(call, message, digits):
+    x_train, _, y_train, _ = digits
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call(small_cnn(), x_train[:10], y_train[:10])
