@@ -69,6 +69,10 @@ class Residual(Layer):
         return {f"{branch}.{key}": buffer for branch, model in self._branches()
                 for key, buffer in model.buffers().items()}
 
+    def regularized(self):
+        return [pair for _, model in self._branches() if model is not None
+                for pair in model.regularized()]
+
     def forward(self, x, training=False):
         x = self._check_input(x)
         # While training, both branches keep what the input gradient needs:

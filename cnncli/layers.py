@@ -64,6 +64,14 @@ def _positive(name, value):
     return int(value)
 
 
+def _check_regularizer(regularizer):
+    if regularizer is not None and not (hasattr(regularizer, "penalty")
+                                        and hasattr(regularizer, "gradient")):
+        raise ValueError(f"regularizer: expected L1, L2 or L1L2 from cnncli.regularizers, got "
+                         f"{regularizer!r}")
+    return regularizer
+
+
 INITIALIZERS = ("he_normal", "glorot_uniform")
 
 
@@ -118,6 +126,12 @@ class Layer:
     def buffers(self):
         """State that is saved with the layer but not trained (e.g. running statistics)."""
         return {}
+
+    def regularized(self):
+        """(parameter, regularizer) pairs whose penalty training adds to the loss."""
+        regularizer = getattr(self, "regularizer", None)
+        weight = getattr(self, "weight", None)
+        return [(weight, regularizer)] if regularizer is not None and weight is not None else []
 
     @property
     def trainable(self):
@@ -180,11 +194,14 @@ class Conv2D(Layer):
     use_bias : bool
     init : 'auto', 'he_normal' or 'glorot_uniform'
         'auto' lets the model pick He before a ReLU, Glorot otherwise.
+    regularizer : L1, L2 or L1L2, optional
+        Penalty on the weights (not the bias), added to the loss by ``fit``.
     """
 
     def __init__(self, filters, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 use_bias=True, init="auto", name=None):
+                 use_bias=True, init="auto", regularizer=None, name=None):
         super().__init__(name)
+        self.regularizer = _check_regularizer(regularizer)
         self.filters = _positive("filters", filters)
         self.kernel_size = _shape_tuple("kernel_size", kernel_size, 2)
         self.stride = stride
@@ -259,10 +276,14 @@ class Conv2D(Layer):
 
 
 class Dense(Layer):
-    """Fully connected layer: ``y = x @ W.T + b`` with W of shape (units, in_features)."""
+    """Fully connected layer: ``y = x @ W.T + b`` with W of shape (units, in_features).
 
-    def __init__(self, units, use_bias=True, init="auto", name=None):
+    ``regularizer`` (L1, L2 or L1L2) penalises the weights, as for Conv2D.
+    """
+
+    def __init__(self, units, use_bias=True, init="auto", regularizer=None, name=None):
         super().__init__(name)
+        self.regularizer = _check_regularizer(regularizer)
         self.units = _positive("units", units)
         self.use_bias = bool(use_bias)
         self.init = init

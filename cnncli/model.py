@@ -183,6 +183,24 @@ class Sequential:
         return {f"{layer.name}.{key}": buffer
                 for layer in self._layers for key, buffer in layer.buffers().items()}
 
+    def regularized(self):
+        """(parameter, regularizer) pairs of every layer, nested blocks included."""
+        return [pair for layer in self._layers for pair in layer.regularized()]
+
+    def regularize(self):
+        """Add the penalty gradients of trainable weights to their gradients; return the penalty.
+
+        Frozen weights neither pay a penalty nor get its gradient.
+        """
+        penalty = 0.0
+        for parameter, regularizer in self.regularized():
+            if not parameter.trainable:
+                continue
+            penalty += regularizer.penalty(parameter.value)
+            if parameter.grad is not None:
+                parameter.grad = parameter.grad + regularizer.gradient(parameter.value)
+        return penalty
+
     @property
     def weights(self):
         """The parameter arrays, in layer order (as Keras' ``model.weights``)."""

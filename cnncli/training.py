@@ -194,6 +194,8 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
                                              f"batch {batch + 1}; lower the learning rate")
                 optimizer.zero_grad()
                 model.backward(grad)
+                # L1/L2 penalties count in the reported loss, as in Keras.
+                value += model.regularize()
                 optimizer.step()
                 total_loss += value * len(targets)
                 seen += len(targets)
