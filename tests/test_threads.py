@@ -90,3 +90,17 @@ def test_blas_runs_single_threaded_inside_the_kernels():
         assert set(inside) == {1}
     after = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
     assert after == before
+
+
+def spin_setting(environment):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(environment)
+    code = "import os, cnncli; print(os.environ.get('GOMP_SPINCOUNT'))"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_openmp_spin_is_shortened_unless_the_user_chose():
+    assert spin_setting({}) == "10000"
+    assert spin_setting({"GOMP_SPINCOUNT": "500"}) == "500"
+    assert spin_setting({"OMP_WAIT_POLICY": "active"}) == "None"
