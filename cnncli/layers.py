@@ -129,9 +129,7 @@ class Layer:
 
     def regularized(self):
         """(parameter, regularizer) pairs whose penalty training adds to the loss."""
-        regularizer = getattr(self, "regularizer", None)
-        weight = getattr(self, "weight", None)
-        return [(weight, regularizer)] if regularizer is not None and weight is not None else []
+        return []
 
     @property
     def trainable(self):
@@ -160,6 +158,11 @@ class Layer:
                              f"{', '.join(map(str, self.input_shape))}), got {x.shape}")
         return x
 
+    def _expect_image(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.describe()}: expected an input shape (C, H, W), "
+                             f"got {input_shape}")
+
     def _cached(self):
         if self._cache is None:
             raise RuntimeError(f"{self.describe()}: backward needs a forward pass with "
@@ -177,7 +180,47 @@ class Layer:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
-class Conv2D(Layer):
+class _Weighted(Layer):
+    """A layer with a weight and an optional bias (Conv2D, Dense)."""
+
+    def __init__(self, use_bias, init, regularizer, name):
+        super().__init__(name)
+        self.regularizer = _check_regularizer(regularizer)
+        self.use_bias = bool(use_bias)
+        self.init = init
+        self.weight = None
+        self.bias = None
+
+    def _create(self, shape, fan_in, fan_out, rng, dtype, init):
+        """Seeded weights (the model's choice of initializer unless one was given), zero bias."""
+        rng = np.random.default_rng(0) if rng is None else rng
+        method = init if self.init == "auto" else self.init
+        self.weight = Parameter(initialize(shape, fan_in, fan_out, method or "glorot_uniform",
+                                           rng, dtype))
+        self.bias = Parameter(np.zeros(shape[0], dtype=dtype)) if self.use_bias else None
+
+    def parameters(self):
+        if self.weight is None:
+            return {}
+        return {"weight": self.weight, **({"bias": self.bias} if self.bias is not None else {})}
+
+    def regularized(self):
+        if self.regularizer is None or self.weight is None:
+            return []
+        return [(self.weight, self.regularizer)]
+
+    def _needs_parameter_grads(self):
+        return self.weight.trainable or (self.bias is not None and self.bias.trainable)
+
+    def _store_grads(self, grad_weight, grad_bias):
+        """Keep the gradients of trainable parameters only."""
+        if self.weight.trainable:
+            self.weight.grad = grad_weight
+        if self.bias is not None and self.bias.trainable:
+            self.bias.grad = grad_bias
+
+
+class Conv2D(_Weighted):
     """2-D convolution: ``filters`` kernels of ``kernel_size``, shared across positions.
 
     Output size per axis: ``(W - F + 2P) // S + 1`` (F the dilated kernel
@@ -200,23 +243,16 @@ class Conv2D(Layer):
 
     def __init__(self, filters, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  use_bias=True, init="auto", regularizer=None, name=None):
-        super().__init__(name)
-        self.regularizer = _check_regularizer(regularizer)
+        super().__init__(use_bias, init, regularizer, name)
         self.filters = _positive("filters", filters)
         self.kernel_size = _shape_tuple("kernel_size", kernel_size, 2)
         self.stride = stride
         self.padding = padding
         self.dilation = dilation
         self.groups = _positive("groups", groups)
-        self.use_bias = bool(use_bias)
-        self.init = init
-        self.weight = None
-        self.bias = None
 
     def compute_output_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ValueError(f"{self.describe()}: expected an input shape (C, H, W), "
-                             f"got {input_shape}")
+        self._expect_image(input_shape)
         probe = np.empty((1,) + tuple(input_shape), dtype=np.float32)
         kernel = np.empty((self.filters, input_shape[0] // self.groups) + self.kernel_size,
                           dtype=np.float32)
@@ -227,21 +263,11 @@ class Conv2D(Layer):
 
     def build(self, input_shape, rng=None, dtype=np.float32, init=None):
         output_shape = super().build(input_shape)
-        rng = np.random.default_rng(0) if rng is None else rng
         in_channels = self.input_shape[0] // self.groups
         kernel_area = self.kernel_size[0] * self.kernel_size[1]
-        method = init if self.init == "auto" else self.init
-        shape = (self.filters, in_channels) + self.kernel_size
-        self.weight = Parameter(initialize(shape, in_channels * kernel_area,
-                                           self.filters // self.groups * kernel_area,
-                                           method or "glorot_uniform", rng, dtype))
-        self.bias = Parameter(np.zeros(self.filters, dtype=dtype)) if self.use_bias else None
+        self._create((self.filters, in_channels) + self.kernel_size, in_channels * kernel_area,
+                     self.filters // self.groups * kernel_area, rng, dtype, init)
         return output_shape
-
-    def parameters(self):
-        if self.weight is None:
-            return {}
-        return {"weight": self.weight, **({"bias": self.bias} if self.bias is not None else {})}
 
     def _arguments(self):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
@@ -255,14 +281,10 @@ class Conv2D(Layer):
 
     def backward(self, grad_output, need_input_grad=True):
         x = self._cached()
-        need_weight = self.weight.trainable or (self.bias is not None and self.bias.trainable)
         grad_input, grad_weight, grad_bias = F.conv2d_backward(
             grad_output, x, self.weight.value, **self._arguments(),
-            need_input_grad=need_input_grad, need_weight_grad=need_weight)
-        if self.weight.trainable:
-            self.weight.grad = grad_weight
-        if self.bias is not None and self.bias.trainable:
-            self.bias.grad = grad_bias
+            need_input_grad=need_input_grad, need_weight_grad=self._needs_parameter_grads())
+        self._store_grads(grad_weight, grad_bias)
         return grad_input
 
     def extra_repr(self):
@@ -275,20 +297,15 @@ class Conv2D(Layer):
         return ", ".join(parts)
 
 
-class Dense(Layer):
+class Dense(_Weighted):
     """Fully connected layer: ``y = x @ W.T + b`` with W of shape (units, in_features).
 
     ``regularizer`` (L1, L2 or L1L2) penalises the weights, as for Conv2D.
     """
 
     def __init__(self, units, use_bias=True, init="auto", regularizer=None, name=None):
-        super().__init__(name)
-        self.regularizer = _check_regularizer(regularizer)
+        super().__init__(use_bias, init, regularizer, name)
         self.units = _positive("units", units)
-        self.use_bias = bool(use_bias)
-        self.init = init
-        self.weight = None
-        self.bias = None
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 1:
@@ -298,18 +315,9 @@ class Dense(Layer):
 
     def build(self, input_shape, rng=None, dtype=np.float32, init=None):
         output_shape = super().build(input_shape)
-        rng = np.random.default_rng(0) if rng is None else rng
-        method = init if self.init == "auto" else self.init
         features = self.input_shape[0]
-        self.weight = Parameter(initialize((self.units, features), features, self.units,
-                                           method or "glorot_uniform", rng, dtype))
-        self.bias = Parameter(np.zeros(self.units, dtype=dtype)) if self.use_bias else None
+        self._create((self.units, features), features, self.units, rng, dtype, init)
         return output_shape
-
-    def parameters(self):
-        if self.weight is None:
-            return {}
-        return {"weight": self.weight, **({"bias": self.bias} if self.bias is not None else {})}
 
     def forward(self, x, training=False):
         x = self._check_input(x)
@@ -321,10 +329,8 @@ class Dense(Layer):
 
     def backward(self, grad_output, need_input_grad=True):
         x = self._cached()
-        if self.weight.trainable:
-            self.weight.grad = grad_output.T @ x
-        if self.bias is not None and self.bias.trainable:
-            self.bias.grad = grad_output.sum(axis=0)
+        if self._needs_parameter_grads():
+            self._store_grads(grad_output.T @ x, grad_output.sum(axis=0))
         return grad_output @ self.weight.value if need_input_grad else None
 
     def extra_repr(self):
@@ -339,9 +345,7 @@ class _Pool2D(Layer):
         self.padding = padding
 
     def compute_output_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ValueError(f"{self.describe()}: expected an input shape (C, H, W), "
-                             f"got {input_shape}")
+        self._expect_image(input_shape)
         probe = np.empty((1,) + tuple(input_shape), dtype=np.float32)
         _, _, _, output_size = F._pool_geometry(probe, self.pool_size, self.stride, self.padding)
         return (input_shape[0],) + output_size
@@ -395,9 +399,7 @@ class GlobalAvgPool2D(Layer):
     """Mean of each channel over all positions: (N, C, H, W) -> (N, C)."""
 
     def compute_output_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ValueError(f"{self.describe()}: expected an input shape (C, H, W), "
-                             f"got {input_shape}")
+        self._expect_image(input_shape)
         return (input_shape[0],)
 
     def forward(self, x, training=False):
@@ -576,9 +578,7 @@ class BatchNorm2D(Layer):
         self.running_mean = self.running_var = None
 
     def compute_output_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ValueError(f"{self.describe()}: expected an input shape (C, H, W), "
-                             f"got {input_shape}")
+        self._expect_image(input_shape)
         return input_shape
 
     def build(self, input_shape, rng=None, dtype=np.float32, init=None):
