@@ -167,6 +167,12 @@ class AdamW(Adam):
                          weight_decay=weight_decay)
 
 
+def _count(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    return value
+
+
 class _Schedule:
     """Sets the optimizer's rate factor for step 0, then again at every ``step()``."""
 
@@ -184,9 +190,7 @@ class StepLR(_Schedule):
     """Multiply the rate by ``gamma`` every ``step_size`` epochs."""
 
     def __init__(self, optimizer, step_size, gamma=0.1):
-        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
-            raise ValueError(f"step_size: expected a positive int, got {step_size!r}")
-        self.step_size = step_size
+        self.step_size = _count("step_size", step_size)
         self.gamma = _non_negative("gamma", gamma)
         super().__init__(optimizer)
 
@@ -198,9 +202,7 @@ class CosineLR(_Schedule):
     """Cosine decay from the base rate to ``min_factor`` times it over ``total`` epochs."""
 
     def __init__(self, optimizer, total, min_factor=0.0):
-        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
-            raise ValueError(f"total: expected a positive int, got {total!r}")
-        self.total = total
+        self.total = _count("total", total)
         self.min_factor = _non_negative("min_factor", min_factor)
         super().__init__(optimizer)
 
@@ -217,8 +219,7 @@ class OneCycleLR(_Schedule):
     """
 
     def __init__(self, optimizer, total, warmup=0.3, div=25.0, final_div=1e4):
-        if isinstance(total, bool) or not isinstance(total, int) or total < 2:
-            raise ValueError(f"total: expected an int >= 2, got {total!r}")
+        _count("total", total, minimum=2)
         if not 0 < warmup < 1:
             raise ValueError(f"warmup: expected a fraction in (0, 1), got {warmup!r}")
         self.total, self.warmup = total, float(warmup)

@@ -33,6 +33,7 @@ class History:
 
     def __init__(self):
         self.epochs = []
+        self.stopped_early = False      # a callback ended training before the last epoch
 
     def append(self, logs):
         self.epochs.append(dict(logs))
@@ -51,13 +52,13 @@ class Callback:
     """Hooks called by ``fit``; override what you need."""
 
     def on_train_begin(self, model):
-        pass
+        """Called once before the first epoch."""
 
     def on_epoch_end(self, epoch, logs, model):
         """Called with the epoch's metrics; raise StopTraining to stop."""
 
     def on_train_end(self, model):
-        pass
+        """Called once after the last epoch, also when training stopped early or failed."""
 
 
 class EarlyStopping(Callback):
@@ -213,7 +214,7 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
             for callback in callbacks:
                 callback.on_epoch_end(epoch, logs, model)
     except StopTraining:
-        pass
+        history.stopped_early = True
     finally:
         for callback in callbacks:
             callback.on_train_end(model)

@@ -116,7 +116,7 @@ def test_schedules():
     (lambda: Adam({"w": Parameter(np.zeros(1))}, beta1=1.0),
      "beta1, beta2: expected values in [0, 1), got 1.0, 0.999"),
     (lambda: StepLR(SGD({"w": Parameter(np.zeros(1))}), step_size=0),
-     "step_size: expected a positive int, got 0"),
+     "step_size: expected an int >= 1, got 0"),
 ])
 def test_optimizer_errors_name_the_problem(call, message):
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -71,7 +71,7 @@ def test_early_stopping_restores_the_best_weights(digits):
     history = fit(model, x_train, y_train, epochs=30, batch_size=64,
                   optimizer=SGD(model.parameters(), lr=0.3, momentum=0.9),
                   validation_data=(x_test, y_test), callbacks=[Recorder(), stopper])
-    assert len(history) < 30
+    assert len(history) < 30 and history.stopped_early
     best = int(np.argmin(history["val_loss"]))
     assert stopper.best_epoch == best
     for restored, kept in zip(model.weights, snapshots[best]):
@@ -84,6 +84,7 @@ def test_progress_hook_sees_every_batch(digits):
     fit(small_cnn(), x_train[:100], y_train[:100], epochs=2, batch_size=32,
         progress=lambda epoch, batch, batches, logs: calls.append((epoch, batch, batches)))
     assert calls == [(e, b, 4) for e in range(2) for b in range(4)]
+    assert not fit(small_cnn(), x_train[:32], y_train[:32], epochs=1).stopped_early
 
 
 def test_predict_proba_of_a_softmax_model_is_not_softmaxed_twice():
