@@ -8,8 +8,8 @@ changes the shape.
 
 import numpy as np
 
-from cnncli.layers import Layer
-from cnncli.model import Sequential
+from cnncli.layers import Layer, layer_config
+from cnncli.model import Sequential, plan
 
 __all__ = ["Residual"]
 
@@ -53,6 +53,32 @@ class Residual(Layer):
                              "shortcut that matches")
         self.output_shape = self.body.output_shape
         return self.output_shape
+
+    def _plan(self, input_shape):
+        """State shapes and output shapes of both branches, without building anything."""
+        body, body_shape = plan(self.body_layers, input_shape)
+        expected = {f"body.{key}": shape for key, shape in body.items()}
+        side_shape = tuple(input_shape)
+        if self.shortcut_layers:
+            shortcut, side_shape = plan(self.shortcut_layers, input_shape)
+            expected.update({f"shortcut.{key}": shape for key, shape in shortcut.items()})
+        if body_shape != side_shape:
+            raise ValueError(f"{self.describe()}: the body outputs {body_shape} but the "
+                             f"shortcut outputs {side_shape}; give a projection shortcut that "
+                             "matches")
+        return expected, body_shape
+
+    def compute_output_shape(self, input_shape):
+        return self._plan(input_shape)[1]
+
+    def state_shapes(self, input_shape):
+        return self._plan(input_shape)[0]
+
+    def get_config(self):
+        def described(layers):
+            return None if layers is None else [layer_config(layer) for layer in layers]
+        return {"body": described(self.body_layers), "shortcut": described(self.shortcut_layers),
+                "name": self.name}
 
     def _branches(self):
         return [("body", self.body)] + ([("shortcut", self.shortcut)] if self.shortcut else [])

@@ -50,18 +50,40 @@ class Parameter:
         return f"Parameter(shape={self.value.shape}, dtype={self.value.dtype}{state})"
 
 
+def _is_positive_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
 def _shape_tuple(name, value, length):
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    if _is_positive_int(value):
         return (int(value),) * length
-    if isinstance(value, (tuple, list)) and len(value) == length:
-        return tuple(value)
-    raise ValueError(f"{name}: expected an int or a tuple of {length} ints, got {value!r}")
+    if isinstance(value, (tuple, list)) and len(value) == length \
+            and all(_is_positive_int(item) for item in value):
+        return tuple(int(item) for item in value)
+    raise ValueError(f"{name}: expected a positive int or a tuple of {length} positive ints, "
+                     f"got {value!r}")
 
 
 def _positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not _is_positive_int(value):
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
     return int(value)
+
+
+def _shape_probe(input_shape):
+    """A batch of one input of ``input_shape`` that takes no memory, for shape arithmetic."""
+    return np.broadcast_to(np.float32(0), (1,) + tuple(input_shape))
+
+
+def _plain(value):
+    """A hyper-parameter as JSON can hold it: tuples become lists, NumPy scalars Python ones."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if hasattr(value, "get_config"):
+        return value.get_config()
+    return value
 
 
 def _check_regularizer(regularizer):
@@ -119,6 +141,14 @@ class Layer:
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    def state_shapes(self, input_shape):
+        """Shapes of the parameters and buffers ``build(input_shape)`` creates, by local name.
+
+        Computed without allocating anything, so a model file can be checked
+        against its architecture before any array is made.
+        """
+        return {}
+
     def parameters(self):
         """The layer's own parameters, by local name, in a fixed order."""
         return {}
@@ -170,6 +200,15 @@ class Layer:
         return self._cache
 
     # -- description ----------------------------------------------------------
+    # Constructor arguments that recreate the layer, as saved in model files.
+    config_keys = ()
+
+    def get_config(self):
+        """The constructor arguments (JSON-compatible) that recreate this layer, unbuilt."""
+        config = {key: _plain(getattr(self, key)) for key in self.config_keys}
+        config["name"] = self.name
+        return config
+
     def extra_repr(self):
         return ""
 
@@ -180,24 +219,41 @@ class Layer:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
+def layer_config(layer):
+    """``{"type": class name, "config": constructor arguments}``: how a model file stores a layer."""
+    return {"type": type(layer).__name__, "config": layer.get_config()}
+
+
 class _Weighted(Layer):
     """A layer with a weight and an optional bias (Conv2D, Dense)."""
 
     def __init__(self, use_bias, init, regularizer, name):
         super().__init__(name)
         self.regularizer = _check_regularizer(regularizer)
+        if not isinstance(use_bias, (bool, np.bool_)):
+            raise ValueError(f"use_bias: expected True or False, got {use_bias!r}")
+        if init not in ("auto",) + INITIALIZERS:
+            raise ValueError(f"init: expected 'auto' or one of {INITIALIZERS}, got {init!r}")
         self.use_bias = bool(use_bias)
         self.init = init
         self.weight = None
         self.bias = None
 
-    def _create(self, shape, fan_in, fan_out, rng, dtype, init):
+    def build(self, input_shape, rng=None, dtype=np.float32, init=None):
         """Seeded weights (the model's choice of initializer unless one was given), zero bias."""
+        output_shape = super().build(input_shape)
+        shape = self.state_shapes(self.input_shape)["weight"]
+        fan_in, fan_out = self._fans(shape)
         rng = np.random.default_rng(0) if rng is None else rng
         method = init if self.init == "auto" else self.init
         self.weight = Parameter(initialize(shape, fan_in, fan_out, method or "glorot_uniform",
                                            rng, dtype))
         self.bias = Parameter(np.zeros(shape[0], dtype=dtype)) if self.use_bias else None
+        return output_shape
+
+    def state_shapes(self, input_shape):
+        weight = self._weight_shape(tuple(input_shape))
+        return {"weight": weight, **({"bias": (weight[0],)} if self.use_bias else {})}
 
     def parameters(self):
         if self.weight is None:
@@ -251,23 +307,23 @@ class Conv2D(_Weighted):
         self.dilation = dilation
         self.groups = _positive("groups", groups)
 
+    config_keys = ("filters", "kernel_size", "stride", "padding", "dilation", "groups",
+                   "use_bias", "init", "regularizer")
+
     def compute_output_shape(self, input_shape):
         self._expect_image(input_shape)
-        probe = np.empty((1,) + tuple(input_shape), dtype=np.float32)
-        kernel = np.empty((self.filters, input_shape[0] // self.groups) + self.kernel_size,
-                          dtype=np.float32)
+        kernel = _shape_probe(self._weight_shape(input_shape))[0]
         # The functional API validates the arguments and names what is wrong.
-        geometry = F._conv_geometry(probe, kernel, self.stride, self.padding, self.dilation,
-                                    self.groups)
+        geometry = F._conv_geometry(_shape_probe(input_shape), kernel, self.stride, self.padding,
+                                    self.dilation, self.groups)
         return (self.filters,) + geometry.output_size
 
-    def build(self, input_shape, rng=None, dtype=np.float32, init=None):
-        output_shape = super().build(input_shape)
-        in_channels = self.input_shape[0] // self.groups
-        kernel_area = self.kernel_size[0] * self.kernel_size[1]
-        self._create((self.filters, in_channels) + self.kernel_size, in_channels * kernel_area,
-                     self.filters // self.groups * kernel_area, rng, dtype, init)
-        return output_shape
+    def _weight_shape(self, input_shape):
+        return (self.filters, input_shape[0] // self.groups) + self.kernel_size
+
+    def _fans(self, shape):
+        kernel_area = shape[2] * shape[3]
+        return shape[1] * kernel_area, shape[0] // self.groups * kernel_area
 
     def _arguments(self):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
@@ -307,17 +363,19 @@ class Dense(_Weighted):
         super().__init__(use_bias, init, regularizer, name)
         self.units = _positive("units", units)
 
+    config_keys = ("units", "use_bias", "init", "regularizer")
+
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 1:
             raise ValueError(f"{self.describe()}: expected a flat input shape (features,), got "
                              f"{input_shape}; add a Flatten layer before it")
         return (self.units,)
 
-    def build(self, input_shape, rng=None, dtype=np.float32, init=None):
-        output_shape = super().build(input_shape)
-        features = self.input_shape[0]
-        self._create((self.units, features), features, self.units, rng, dtype, init)
-        return output_shape
+    def _weight_shape(self, input_shape):
+        return (self.units, input_shape[0])
+
+    def _fans(self, shape):
+        return shape[1], shape[0]
 
     def forward(self, x, training=False):
         x = self._check_input(x)
@@ -338,6 +396,8 @@ class Dense(_Weighted):
 
 
 class _Pool2D(Layer):
+    config_keys = ("pool_size", "stride", "padding")
+
     def __init__(self, pool_size=2, stride=None, padding=0, name=None):
         super().__init__(name)
         self.pool_size = pool_size
@@ -346,8 +406,8 @@ class _Pool2D(Layer):
 
     def compute_output_shape(self, input_shape):
         self._expect_image(input_shape)
-        probe = np.empty((1,) + tuple(input_shape), dtype=np.float32)
-        _, _, _, output_size = F._pool_geometry(probe, self.pool_size, self.stride, self.padding)
+        _, _, _, output_size = F._pool_geometry(_shape_probe(input_shape), self.pool_size,
+                                                self.stride, self.padding)
         return (input_shape[0],) + output_size
 
     def extra_repr(self):
@@ -479,8 +539,13 @@ class Tanh(_Activation):
 class LeakyReLU(Layer):
     """x for x > 0, negative_slope * x otherwise."""
 
+    config_keys = ("negative_slope",)
+
     def __init__(self, negative_slope=0.01, name=None):
         super().__init__(name)
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) \
+                or not math.isfinite(negative_slope):
+            raise ValueError(f"negative_slope: expected a finite number, got {negative_slope!r}")
         self.negative_slope = float(negative_slope)
 
     def forward(self, x, training=False):
@@ -526,9 +591,11 @@ class Dropout(Layer):
     at build time (seeded by the model), so runs are reproducible.
     """
 
+    config_keys = ("rate",)
+
     def __init__(self, rate, name=None):
         super().__init__(name)
-        if not 0 <= rate < 1:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
             raise ValueError(f"rate: expected a fraction in [0, 1), got {rate!r}")
         self.rate = float(rate)
         self.rng = None
@@ -566,11 +633,14 @@ class BatchNorm2D(Layer):
     frozen backbone behaves the same in training and in evaluation.
     """
 
+    config_keys = ("momentum", "eps")
+
     def __init__(self, momentum=0.1, eps=1e-5, name=None):
         super().__init__(name)
-        if not 0 <= momentum <= 1:
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) \
+                or not 0 <= momentum <= 1:
             raise ValueError(f"momentum: expected a value in [0, 1], got {momentum!r}")
-        if not eps > 0:
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
             raise ValueError(f"eps: expected a positive value, got {eps!r}")
         self.momentum = float(momentum)
         self.eps = float(eps)
@@ -580,6 +650,11 @@ class BatchNorm2D(Layer):
     def compute_output_shape(self, input_shape):
         self._expect_image(input_shape)
         return input_shape
+
+    def state_shapes(self, input_shape):
+        channels = (input_shape[0],)
+        return {"gamma": channels, "beta": channels, "running_mean": channels,
+                "running_var": channels}
 
     def build(self, input_shape, rng=None, dtype=np.float32, init=None):
         output_shape = super().build(input_shape)

@@ -15,17 +15,61 @@ initialised layer; ``model[:4]`` is a feature extractor sharing the same
 layers. Parameters are named ``<layer name>.<parameter>``.
 """
 
+import math
 import re
 
 import numpy as np
 
 from cnncli.layers import LeakyReLU, Layer, ReLU
 
-__all__ = ["Sequential"]
+__all__ = ["Sequential", "plan", "LoadReport", "IncompatibleWeightsError"]
+
+# Values per sample any layer may take or produce: the kernels index with 32-bit ints.
+MAX_ELEMENTS = 2**31 - 1
 
 
 def _snake_case(name):
     return re.sub(r"(?<=[a-z])(?=[A-Z])", "_", name).lower()
+
+
+def name_layer(layer, taken):
+    """Give ``layer`` a name not in ``taken`` (``conv2d_1``, ``conv2d_2``...) unless it has one."""
+    if layer.name is None:
+        base = _snake_case(type(layer).__name__)
+        count = 1
+        while f"{base}_{count}" in taken:
+            count += 1
+        layer.name = f"{base}_{count}"
+    elif not isinstance(layer.name, str) or not layer.name:
+        raise ValueError(f"name: expected a non-empty string, got {layer.name!r}")
+    elif layer.name in taken:
+        raise ValueError(f"name: a layer named {layer.name!r} is already in this model")
+    if "." in layer.name:
+        raise ValueError(f"name: layer names may not contain '.', got {layer.name!r}")
+
+
+def plan(layers, input_shape):
+    """Names, state shapes and output shape of ``layers`` applied to ``input_shape``.
+
+    Nothing is built or allocated: returns ``({dotted name: shape}, output_shape)``
+    for the parameters and buffers a model of these layers would create, so a
+    model file can be checked against its architecture before loading it.
+    Unnamed layers get the names ``Sequential`` would give them.
+    """
+    taken = set()
+    expected = {}
+    shape = tuple(input_shape)
+    for layer in layers:
+        name_layer(layer, taken)
+        taken.add(layer.name)
+        output_shape = tuple(layer.compute_output_shape(shape))
+        if math.prod(output_shape) > MAX_ELEMENTS:
+            raise ValueError(f"{layer.describe()}: outputs {output_shape} per sample, more than "
+                             f"the {MAX_ELEMENTS:,} values the kernels handle")
+        for key, state_shape in layer.state_shapes(shape).items():
+            expected[f"{layer.name}.{key}"] = tuple(state_shape)
+        shape = output_shape
+    return expected, shape
 
 
 class Sequential:
@@ -42,10 +86,18 @@ class Sequential:
         seed gives the same model.
     dtype : numpy dtype
         float32 (default) or float64 (for gradient checks).
+
+    Attributes saved with the model besides its layers and weights:
+    ``classes`` (a name per output, or None), ``preprocessing`` (a
+    ``cnncli.preprocessing.Preprocessing``, or None) and ``provenance`` (a dict
+    saying how the model was made: dataset, command, seed, accuracy...).
     """
 
     def __init__(self, layers=(), input_shape=None, seed=0, dtype=np.float32, name=None):
         self.name = name
+        self.classes = None
+        self.preprocessing = None
+        self.provenance = {}
         self.seed = int(seed)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -129,17 +181,7 @@ class Sequential:
 
     def _name_layer(self, position):
         layer = self._layers[position]
-        names = {other.name for other in self._layers if other is not layer}
-        if layer.name is None:
-            base = _snake_case(type(layer).__name__)
-            count = 1
-            while f"{base}_{count}" in names:
-                count += 1
-            layer.name = f"{base}_{count}"
-        elif layer.name in names:
-            raise ValueError(f"name: a layer named {layer.name!r} is already in this model")
-        if "." in layer.name:
-            raise ValueError(f"name: layer names may not contain '.', got {layer.name!r}")
+        name_layer(layer, {other.name for other in self._layers if other is not layer})
 
     def _weight_init(self, position):
         """He initialisation for a layer a ReLU follows, Glorot otherwise."""
@@ -201,6 +243,96 @@ class Sequential:
                 parameter.grad = parameter.grad + regularizer.gradient(parameter.value)
         return penalty
 
+    def state_dict(self):
+        """Copies of every parameter and buffer by dotted name: what a model file holds."""
+        state = {name: parameter.value.copy() for name, parameter in self.parameters().items()}
+        state.update({name: buffer.copy() for name, buffer in self.buffers().items()})
+        return state
+
+    def _state_arrays(self):
+        arrays = {name: parameter.value for name, parameter in self.parameters().items()}
+        arrays.update(self.buffers())
+        return arrays
+
+    @property
+    def head(self):
+        """The last layer with parameters: the classifier that transfer learning replaces."""
+        for layer in reversed(self._layers):
+            if layer.parameters():
+                return layer
+        return None
+
+    def load_state_dict(self, state, strict=True, allow_backbone_mismatch=False):
+        """Copy arrays from ``state`` (dotted name -> array) into the model's parameters and buffers.
+
+        Strict (the default): every name must be present on both sides with
+        the same shape, or nothing is loaded and ``IncompatibleWeightsError``
+        names the missing, unexpected and mis-shaped tensors.
+
+        ``strict=False`` loads every tensor whose name and shape match and
+        reports the rest. Mismatches are expected in the head (the last layer
+        with parameters, here and in ``state``), which a new task replaces;
+        anywhere else they mean the wrong model or architecture, so they are
+        refused unless ``allow_backbone_mismatch=True``.
+
+        Float arrays are converted to the model's dtype. Returns a LoadReport.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"state: expected a dict of arrays by name, got {type(state).__name__}")
+        targets = self._state_arrays()
+        report = LoadReport()
+        accepted = {}
+        for name, value in state.items():
+            if name not in targets:
+                report.unexpected.append(name)
+                continue
+            value = np.asarray(value)
+            if not np.issubdtype(value.dtype, np.floating) and not np.issubdtype(value.dtype,
+                                                                                 np.integer):
+                raise ValueError(f"state[{name!r}]: expected numbers, got dtype {value.dtype}")
+            if value.shape != targets[name].shape:
+                report.skipped[name] = (value.shape, targets[name].shape)
+                continue
+            accepted[name] = value
+        report.missing = [name for name in targets if name not in state]
+        report.loaded = list(accepted)
+        if strict and not report.complete:
+            raise IncompatibleWeightsError(f"weights do not fit the model: {report.problems()}; "
+                                           "pass strict=False to load what fits")
+        if not strict and not allow_backbone_mismatch:
+            outside = self._outside_head(report, state)
+            if outside:
+                raise IncompatibleWeightsError(
+                    f"weights do not fit the model outside its head: {', '.join(outside)}; "
+                    "pass allow_backbone_mismatch=True to load what fits anyway")
+        for name, value in accepted.items():
+            targets[name][...] = value
+        return report
+
+    def _outside_head(self, report, state):
+        """Mismatched names that belong neither to this model's head nor to the state's."""
+        heads = set()
+        if self.head is not None:
+            heads.add(self.head.name)
+        if state:
+            heads.add(list(state)[-1].split(".")[0])
+        return [name for name in report.mismatched() if name.split(".")[0] not in heads]
+
+    def load_weights(self, path, strict=True, allow_backbone_mismatch=False):
+        """Load the weights of a model file (or any safetensors file) by name; see load_state_dict.
+
+        Only the tensors are used: the file's architecture does not need to
+        match, only the names and shapes. Returns a LoadReport.
+        """
+        from cnncli.modelfile import read_tensors
+        return self.load_state_dict(read_tensors(path), strict=strict,
+                                    allow_backbone_mismatch=allow_backbone_mismatch)
+
+    def save(self, path, overwrite=True):
+        """Write the model (architecture, weights, classes, preprocessing, provenance) atomically."""
+        from cnncli.modelfile import save_model
+        save_model(self, path, overwrite=overwrite)
+
     @property
     def weights(self):
         """The parameter arrays, in layer order (as Keras' ``model.weights``)."""
@@ -216,17 +348,36 @@ class Sequential:
                 frozen += parameter.size
         return trainable, frozen
 
-    def freeze(self, upto=None):
-        """Freeze every layer, or the layers up to and including ``upto`` (a name or index)."""
-        last = len(self._layers) - 1 if upto is None else self._position(upto)
-        for layer in self._layers[:last + 1]:
+    def freeze(self, *layers, upto=None):
+        """Freeze layers: those given (names, indices or Layer objects), the layers up to and
+        including ``upto``, or, with neither, every layer.
+
+        Frozen parameters get no gradient and no optimizer update; a frozen
+        BatchNorm uses its running statistics and keeps them.
+        """
+        for layer in self._select(layers, upto):
             layer.freeze()
 
-    def unfreeze(self):
-        for layer in self._layers:
+    def unfreeze(self, *layers, upto=None):
+        """Unfreeze the layers given, those up to ``upto``, or every layer."""
+        for layer in self._select(layers, upto):
             layer.unfreeze()
 
+    def _select(self, layers, upto):
+        if layers and upto is not None:
+            raise ValueError("freeze: give layers or upto=, not both")
+        if upto is not None:
+            return self._layers[:self._position(upto) + 1]
+        if not layers:
+            return list(self._layers)
+        return [self._layers[self._position(key)] for key in layers]
+
     def _position(self, key):
+        if isinstance(key, Layer):
+            for position, layer in enumerate(self._layers):
+                if layer is key:
+                    return position
+            raise KeyError(f"{key.describe()} is not a layer of this model")
         if isinstance(key, str):
             for position, layer in enumerate(self._layers):
                 if layer.name == key:
@@ -305,6 +456,28 @@ class Sequential:
         from cnncli import training
         return training.predict(self, x, **options)
 
+    def extract_features(self, x, upto=None, batch_size=256):
+        """Outputs of the layers up to and including ``upto``, flattened to (N, features).
+
+        ``upto`` is a layer name or index; by default everything below the
+        head (the last layer with parameters), so the result is the
+        representation a new classifier (or a scikit-learn estimator) learns
+        from. Runs in inference mode, in batches.
+        """
+        from cnncli import training
+        if upto is None:
+            if self.head is None:
+                raise ValueError("upto: the model has no layer with parameters; name the layer "
+                                 "to cut at")
+            last = self._position(self.head) - 1
+        else:
+            last = self._position(upto)
+        part = self[:last + 1]
+        if not part._layers:
+            raise ValueError(f"upto: the head is the first layer; nothing comes before it")
+        features = training.predict_outputs(part, x, batch_size=batch_size)
+        return features.reshape(len(features), -1)
+
     # -- description ----------------------------------------------------------------------
     def summary(self):
         """The architecture as a table: layers, output shapes, parameter counts."""
@@ -330,3 +503,45 @@ class Sequential:
     def __repr__(self):
         inner = "".join(f"\n  ({layer.name}): {layer!r}" for layer in self._layers)
         return f"Sequential({inner}\n)" if inner else "Sequential()"
+
+
+class IncompatibleWeightsError(ValueError):
+    """Weights whose names or shapes do not fit the model they are loaded into."""
+
+
+class LoadReport:
+    """What ``load_state_dict`` did: names loaded, skipped (shape mismatch), missing, unexpected.
+
+    ``skipped`` maps a name to (shape in the source, shape in the model).
+    """
+
+    def __init__(self):
+        self.loaded = []
+        self.skipped = {}
+        self.missing = []
+        self.unexpected = []
+
+    @property
+    def complete(self):
+        """True when every tensor of the model was loaded and nothing was left over."""
+        return not (self.skipped or self.missing or self.unexpected)
+
+    def mismatched(self):
+        return list(self.skipped) + self.missing + self.unexpected
+
+    def problems(self):
+        parts = []
+        if self.missing:
+            parts.append("missing " + ", ".join(self.missing))
+        if self.unexpected:
+            parts.append("unexpected " + ", ".join(self.unexpected))
+        if self.skipped:
+            parts.append("mis-shaped " + ", ".join(
+                f"{name} (given {tuple(given)}, model has {tuple(own)})"
+                for name, (given, own) in self.skipped.items()))
+        return "; ".join(parts) or "none"
+
+    def __str__(self):
+        return f"loaded {len(self.loaded)} tensors; problems: {self.problems()}"
+
+    __repr__ = __str__

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-__all__ = ["L1", "L2", "L1L2"]
+__all__ = ["L1", "L2", "L1L2", "from_config"]
 
 
 class L1L2:
@@ -29,6 +29,9 @@ class L1L2:
     def gradient(self, weight):
         return (self.l1 * np.sign(weight) + 2 * self.l2 * weight).astype(weight.dtype)
 
+    def get_config(self):
+        return {"type": "L1L2", "l1": self.l1, "l2": self.l2}
+
     def __repr__(self):
         return f"{type(self).__name__}(l1={self.l1}, l2={self.l2})"
 
@@ -40,6 +43,9 @@ class L1(L1L2):
     def __init__(self, strength):
         super().__init__(l1=strength)
 
+    def get_config(self):
+        return {"type": "L1", "strength": self.l1}
+
     def __repr__(self):
         return f"L1({self.l1})"
 
@@ -50,5 +56,18 @@ class L2(L1L2):
     def __init__(self, strength):
         super().__init__(l2=strength)
 
+    def get_config(self):
+        return {"type": "L2", "strength": self.l2}
+
     def __repr__(self):
         return f"L2({self.l2})"
+
+
+def from_config(config):
+    """The regularizer a ``get_config()`` dict describes."""
+    kinds = {"L1": L1, "L2": L2, "L1L2": L1L2}
+    if not isinstance(config, dict) or config.get("type") not in kinds:
+        raise ValueError(f"regularizer: expected a dict with 'type' one of {sorted(kinds)}, "
+                         f"got {config!r}")
+    arguments = {key: value for key, value in config.items() if key != "type"}
+    return kinds[config["type"]](**arguments)

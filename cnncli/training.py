@@ -20,7 +20,7 @@ from cnncli.layers import Softmax
 from cnncli.losses import SoftmaxCrossEntropy
 from cnncli.optimizers import Adam
 
-__all__ = ["fit", "evaluate", "predict", "predict_proba", "History", "Callback",
+__all__ = ["fit", "evaluate", "predict", "predict_proba", "predict_outputs", "History", "Callback",
            "EarlyStopping", "StopTraining"]
 
 
@@ -239,21 +239,27 @@ def evaluate(model, x, y, batch_size=256, loss=None):
     return metrics
 
 
+def predict_outputs(model, x, batch_size=256):
+    """The model's outputs for x, (N,) + model.output_shape, computed in batches in inference mode."""
+    x, _ = _check_data(x, None, model)
+    outputs = np.empty((len(x),) + tuple(model.output_shape), dtype=model.dtype)
+    for indices in _batches(len(x), batch_size):
+        outputs[indices] = model.forward(x[indices])
+    return outputs
+
+
 def predict_proba(model, x, batch_size=256):
     """Class probabilities, (N, classes): the softmax of the model's logits.
 
     A model that ends in a Softmax layer already outputs probabilities.
     """
-    x, _ = _check_data(x, None, model)
-    ends_in_softmax = isinstance(model[-1], Softmax)
-    parts = []
-    for indices in _batches(len(x), batch_size):
-        outputs = model.forward(x[indices])
-        if not ends_in_softmax:
-            outputs = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-            outputs /= outputs.sum(axis=1, keepdims=True)
-        parts.append(outputs)
-    return np.concatenate(parts) if parts else np.empty((0,) + model.output_shape)
+    outputs = predict_outputs(model, x, batch_size)
+    if isinstance(model[-1], Softmax):
+        return outputs
+    outputs -= outputs.max(axis=1, keepdims=True)
+    np.exp(outputs, out=outputs)
+    outputs /= outputs.sum(axis=1, keepdims=True)
+    return outputs
 
 
 def predict(model, x, batch_size=256):

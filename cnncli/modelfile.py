@@ -1,0 +1,479 @@
+"""Model files: one safetensors file with the architecture, weights, classes,
+preprocessing and provenance of a model.
+
+    model.save("digits.cnn")            # or save_model(model, "digits.cnn")
+    model = load_model("digits.cnn")
+
+Layout. A file is in the safetensors format: an 8-byte little-endian header
+length, a JSON header describing each tensor (dtype, shape, byte range), then
+the raw little-endian tensor bytes. The tensors are the model's parameters
+and buffers by dotted name (``conv2d_1.weight``,
+``batch_norm2d_1.running_mean``). The header's string metadata holds the rest,
+each entry JSON: ``format`` (``cnncli-model/1``), ``architecture`` (input
+shape, dtype, seed and the layers as ``{"type", "config"}``), ``frozen`` (the
+names of frozen parameters), ``classes``, ``preprocessing`` and
+``provenance``. Any safetensors reader can open the weights.
+
+Safety. Loading never runs code from the file: layers are looked up in a
+fixed table of cnncli classes and built from plain JSON values; there is no
+pickle and no fallback to anything that could run code. Everything is
+checked before any array is made: the safetensors library checks the header
+against the file (sizes, offsets, dtypes, truncation); then the architecture
+is planned without allocating, and every tensor's name, shape and dtype is
+compared with the plan. Only then is the model built, so no declared size
+can cause an allocation larger than the file itself. Every problem with a
+file raises ``ModelFileError`` naming the file and what is wrong.
+
+Saving is atomic: the bytes go to a temporary file in the same folder, are
+flushed to disk, then renamed over the target, so a crash or a full disk
+leaves the previous file intact.
+"""
+
+import json
+import math
+import os
+import secrets
+
+import numpy as np
+import safetensors
+
+from cnncli import __version__, layers as layer_module, regularizers
+from cnncli.blocks import Residual
+from cnncli.layers import layer_config
+from cnncli.model import MAX_ELEMENTS, Sequential, plan
+from cnncli.preprocessing import Preprocessing
+
+__all__ = ["save_model", "load_model", "read_tensors", "read_info", "atomic_write",
+           "ModelFileError", "FORMAT"]
+
+FORMAT = "cnncli-model/1"
+
+LAYER_TYPES = {cls.__name__: cls for cls in (
+    layer_module.Conv2D, layer_module.Dense, layer_module.MaxPool2D, layer_module.AvgPool2D,
+    layer_module.GlobalAvgPool2D, layer_module.Flatten, layer_module.ReLU,
+    layer_module.LeakyReLU, layer_module.Sigmoid, layer_module.Tanh, layer_module.Softmax,
+    layer_module.Dropout, layer_module.BatchNorm2D, Residual)}
+
+# Entries of a Residual's config that hold lists of layers rather than values.
+NESTED_KEYS = {"Residual": ("body", "shortcut")}
+
+DTYPES = {"float32": "F32", "float64": "F64"}
+
+# Bounds on what a file may declare, far above any real model (ResNet-152 has
+# about 500 layers), so a hostile file cannot make loading slow or deep.
+MAX_LAYERS = 4096
+MAX_NESTING = 16
+MAX_METADATA_CHARS = {"format": 64, "architecture": 4_000_000, "frozen": 4_000_000,
+                      "classes": 4_000_000, "preprocessing": 100_000, "provenance": 1_000_000}
+MAX_CLASSES = 100_000
+MAX_NAME_CHARS = 1000
+
+WRITE_CHUNK = 1 << 20
+
+
+class ModelFileError(ValueError):
+    """A file that is not a valid cnncli model file: the message names the file and the problem."""
+
+
+# ---------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------
+
+
+def atomic_write(path, data, overwrite=True):
+    """Write ``data`` (bytes) to ``path`` so that the file is either the old one or the new one.
+
+    The bytes go to a temporary file beside ``path``, are flushed to disk and
+    renamed over it; on any failure the temporary file is removed and the
+    previous file is untouched.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if not overwrite and os.path.exists(path):
+        raise FileExistsError(f"{path}: already exists")
+    directory = os.path.dirname(path)
+    temporary = os.path.join(directory,
+                             f".{os.path.basename(path)}.{secrets.token_hex(6)}.partial")
+    # os.open applies the umask to 0o666, so the file gets the usual permissions.
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            view = memoryview(data)
+            for start in range(0, len(view), WRITE_CHUNK):
+                handle.write(view[start:start + WRITE_CHUNK])
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+    # Make the rename itself durable.
+    try:
+        folder = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
+
+
+def _to_json(value, what):
+    try:
+        return json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{what}: cannot be saved as JSON ({error})") from None
+
+
+def model_metadata(model):
+    """The metadata entries a model file holds, as strings; checks what the model declares."""
+    if not len(model) or not model[0].built:
+        raise ValueError("model: build the model (give it an input shape) before saving it")
+    parameters = model.parameters()
+    architecture = {"input_shape": list(model.input_shape), "dtype": model.dtype.name,
+                    "seed": model.seed, "name": model.name,
+                    "layers": [layer_config(layer) for layer in model]}
+    frozen = [name for name, parameter in parameters.items() if not parameter.trainable]
+    _check_classes(model.classes, tuple(model.output_shape), ValueError)
+    _check_preprocessing(model.preprocessing, model.input_shape, ValueError)
+    if not isinstance(model.provenance, dict):
+        raise ValueError(f"provenance: expected a dict, got {type(model.provenance).__name__}")
+    provenance = {"cnncli_version": __version__, **model.provenance}
+    preprocessing = None if model.preprocessing is None else model.preprocessing.get_config()
+    return {"format": FORMAT,
+            "architecture": _to_json(architecture, "architecture"),
+            "frozen": _to_json(frozen, "frozen"),
+            "classes": _to_json(None if model.classes is None else list(model.classes),
+                                "classes"),
+            "preprocessing": _to_json(preprocessing, "preprocessing"),
+            "provenance": _to_json(provenance, "provenance")}
+
+
+def serialize(tensors, metadata):
+    """The bytes of a safetensors file holding ``tensors`` (name -> array) and ``metadata``.
+
+    Written here rather than by the safetensors library, whose metadata order
+    varies from run to run: tensors follow the given order and metadata is
+    sorted, so the same model always gives the same bytes and a checksum
+    identifies a file's contents.
+    """
+    header = {"__metadata__": dict(sorted(metadata.items()))}
+    chunks = []
+    offset = 0
+    for name, array in tensors.items():
+        array = np.asarray(array)
+        kind = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64"}.get(array.dtype)
+        if kind is None:
+            raise ValueError(f"{name}: cannot save dtype {array.dtype}")
+        data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        header[name] = {"dtype": kind, "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    # The data starts 8-byte aligned, padded with spaces as the format allows.
+    text += b" " * (-len(text) % 8)
+    return b"".join([len(text).to_bytes(8, "little"), text] + chunks)
+
+
+def save_model(model, path, overwrite=True):
+    """Save ``model`` to ``path`` atomically (see the module notes for the format).
+
+    The same model always gives the same bytes, so a file's checksum
+    identifies its contents.
+    """
+    atomic_write(path, serialize(model._state_arrays(), model_metadata(model)),
+                 overwrite=overwrite)
+
+
+# ---------------------------------------------------------------------------
+# Loading: checks
+# ---------------------------------------------------------------------------
+
+
+def _check_classes(classes, output_shape, error):
+    if classes is None:
+        return None
+    if not isinstance(classes, (list, tuple)):
+        raise error(f"classes: expected a list of names, got {type(classes).__name__}")
+    if len(output_shape) != 1 or len(classes) != output_shape[0]:
+        raise error(f"classes: {len(classes)} names for a model whose output has shape "
+                    f"{output_shape}; give one name per output, or None")
+    if len(classes) > MAX_CLASSES or not all(
+            isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS for name in classes):
+        raise error("classes: expected non-empty strings as class names")
+    if len(set(classes)) != len(classes):
+        raise error("classes: names must be unique")
+    return list(classes)
+
+
+def _check_preprocessing(preprocessing, input_shape, error):
+    if preprocessing is None:
+        return None
+    if not isinstance(preprocessing, Preprocessing):
+        raise error(f"preprocessing: expected a Preprocessing, got {type(preprocessing).__name__}")
+    if preprocessing.input_shape != tuple(input_shape):
+        raise error(f"preprocessing: produces images of shape {preprocessing.input_shape} but "
+                    f"the model takes {tuple(input_shape)}")
+    return preprocessing
+
+
+class _Reader:
+    """Turns everything wrong with one file into a ModelFileError naming it."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+
+    def fail(self, message):
+        raise ModelFileError(f"{self.path}: {message}")
+
+    def json(self, metadata, key):
+        if key not in metadata:
+            self.fail(f"the '{key}' entry is missing from the header")
+        text = metadata[key]
+        if len(text) > MAX_METADATA_CHARS[key]:
+            self.fail(f"the '{key}' entry is implausibly large ({len(text):,} characters)")
+
+        def unique_keys(pairs):
+            keys = [key for key, _ in pairs]
+            if len(set(keys)) != len(keys):
+                raise ValueError(f"duplicate keys in an object: {sorted(keys)}")
+            return dict(pairs)
+
+        def no_constants(constant):
+            raise ValueError(f"{constant} is not allowed")
+
+        def finite_float(text):
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError(f"{text} is out of range")
+            return value
+
+        try:
+            return json.loads(text, object_pairs_hook=unique_keys, parse_constant=no_constants,
+                              parse_float=finite_float)
+        except RecursionError:
+            self.fail(f"the '{key}' entry is nested too deeply")
+        except ValueError as error:
+            self.fail(f"the '{key}' entry is not valid JSON ({error})")
+
+    def check(self, condition, message):
+        if not condition:
+            self.fail(message)
+
+
+def _open(path):
+    """The safetensors handle of ``path``: header parsed and checked, no tensor read yet."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ModelFileError(f"{path}: is a folder, not a model file")
+    try:
+        return safetensors.safe_open(path, framework="numpy")
+    except safetensors.SafetensorError as error:
+        raise ModelFileError(f"{path}: not a valid model file ({error})") from None
+    except OSError as error:
+        raise ModelFileError(f"{path}: cannot be read ({error.strerror or error})") from None
+
+
+def _tensor_specs(reader, handle):
+    """{name: (shape, safetensors dtype)} from the header."""
+    specs = {}
+    for name in handle.keys():
+        view = handle.get_slice(name)
+        specs[name] = (tuple(view.get_shape()), view.get_dtype())
+    return specs
+
+
+def _read_tensor(reader, handle, name):
+    try:
+        array = handle.get_tensor(name)
+    except (safetensors.SafetensorError, ValueError, TypeError) as error:
+        reader.fail(f"tensor {name!r} cannot be read ({error})")
+    reader.check(np.isfinite(array).all(), f"tensor {name!r} holds NaN or infinite values")
+    return array
+
+
+def _is_int(value, low, high):
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+class _ArchitectureReader:
+    """Builds unbuilt layer objects from the JSON architecture, checking every value."""
+
+    def __init__(self, reader):
+        self.reader = reader
+        self.count = 0
+
+    def layers(self, specs, where, depth):
+        self.reader.check(isinstance(specs, list), f"{where}: expected a list of layers")
+        self.reader.check(depth <= MAX_NESTING, f"{where}: blocks nested more than "
+                                                f"{MAX_NESTING} deep")
+        return [self.layer(spec, f"{where}[{index}]", depth) for index, spec in enumerate(specs)]
+
+    def layer(self, spec, where, depth):
+        fail, check = self.reader.fail, self.reader.check
+        self.count += 1
+        check(self.count <= MAX_LAYERS, f"more than {MAX_LAYERS} layers")
+        check(isinstance(spec, dict) and set(spec) == {"type", "config"},
+              f"{where}: expected {{\"type\": ..., \"config\": {{...}}}}")
+        kind, config = spec["type"], spec["config"]
+        if not isinstance(kind, str) or kind not in LAYER_TYPES:
+            fail(f"{where}: unknown layer type {str(kind)[:100]!r}; known types: "
+                 f"{', '.join(sorted(LAYER_TYPES))}")
+        check(isinstance(config, dict), f"{where} ({kind}): the config is not an object")
+        cls = LAYER_TYPES[kind]
+        nested = NESTED_KEYS.get(kind, ())
+        allowed = set(cls.config_keys) | set(nested) | {"name"}
+        unknown = sorted(set(config) - allowed)
+        check(not unknown, f"{where} ({kind}): unknown settings {unknown}")
+        name = config.get("name")
+        check(name is None or (isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS),
+              f"{where} ({kind}): the name must be a non-empty string")
+        arguments = {}
+        for key, value in config.items():
+            if key in nested:
+                arguments[key] = None if value is None else \
+                    self.layers(value, f"{where}.{key}", depth + 1)
+            elif key == "regularizer" and value is not None:
+                arguments[key] = self.call(regularizers.from_config, value, where, kind)
+            else:
+                arguments[key] = self.value(value, f"{where} ({kind}) {key}")
+        return self.call(cls, arguments, where, kind)
+
+    def value(self, value, where):
+        """A plain JSON value: a number, string, bool, None, or a short list of them."""
+        scalar = (int, float, str, bool, type(None))
+        if isinstance(value, list):
+            self.reader.check(len(value) <= 8 and all(isinstance(v, scalar) for v in value),
+                              f"{where}: expected a number or a short list of numbers")
+            return tuple(value)
+        self.reader.check(isinstance(value, scalar), f"{where}: expected a plain value")
+        return value
+
+    def call(self, function, arguments, where, kind):
+        try:
+            return function(**arguments) if isinstance(arguments, dict) else function(arguments)
+        except (ValueError, TypeError, OverflowError) as error:
+            self.reader.fail(f"{where} ({kind}): {error}")
+
+
+def _architecture(reader, architecture):
+    check = reader.check
+    keys = {"input_shape", "dtype", "seed", "name", "layers"}
+    check(isinstance(architecture, dict) and set(architecture) == keys,
+          f"the architecture must be an object with exactly the entries {sorted(keys)}")
+    input_shape = architecture["input_shape"]
+    check(isinstance(input_shape, list) and 1 <= len(input_shape) <= 3
+          and all(_is_int(v, 1, MAX_ELEMENTS) for v in input_shape)
+          and math.prod(input_shape) <= MAX_ELEMENTS,
+          f"the input shape must be 1 to 3 positive sizes of at most {MAX_ELEMENTS:,} values "
+          f"in all, got {str(input_shape)[:100]}")
+    check(architecture["dtype"] in DTYPES, f"the dtype must be one of {sorted(DTYPES)}")
+    check(_is_int(architecture["seed"], 0, 2**63 - 1), "the seed must be an int >= 0")
+    name = architecture["name"]
+    check(name is None or (isinstance(name, str) and len(name) <= MAX_NAME_CHARS),
+          "the model name must be a string")
+    layers = _ArchitectureReader(reader).layers(architecture["layers"], "layers", 0)
+    check(layers, "the architecture has no layers")
+    return architecture, tuple(input_shape), layers
+
+
+def _check_tensors(reader, specs, expected, dtype):
+    """Every tensor the architecture needs is in the file with its shape and dtype, and no other."""
+    missing = [name for name in expected if name not in specs]
+    unexpected = [name for name in specs if name not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {missing[:10]}")
+        if unexpected:
+            parts.append(f"unexpected tensors {unexpected[:10]}")
+        reader.fail("the weights do not match the architecture: " + "; ".join(parts))
+    for name, shape in expected.items():
+        file_shape, file_dtype = specs[name]
+        reader.check(file_shape == shape, f"tensor {name!r} has shape {file_shape}, the "
+                                          f"architecture needs {shape}")
+        reader.check(file_dtype == DTYPES[dtype], f"tensor {name!r} is {file_dtype}, the "
+                                                  f"model is {dtype}")
+
+
+def read_info(path):
+    """The metadata of a model file as Python values (format, architecture, classes...),
+    checked, without reading any tensor."""
+    reader = _Reader(path)
+    with _open(path) as handle:
+        return _read_metadata(reader, handle.metadata())
+
+
+def _read_metadata(reader, metadata):
+    if not metadata or "format" not in metadata:
+        reader.fail("not a cnncli model file (its header has no cnncli format entry)")
+    reader.check(metadata["format"] == FORMAT,
+                 f"unsupported format {metadata['format'][:40]!r}; this version of cnncli "
+                 f"reads {FORMAT!r}")
+    return {key: reader.json(metadata, key) for key in MAX_METADATA_CHARS if key != "format"}
+
+
+def load_model(path):
+    """Load a model file: a built Sequential with its weights, frozen layers, classes,
+    preprocessing and provenance. Raises ModelFileError for anything wrong with the file."""
+    reader = _Reader(path)
+    with _open(path) as handle:
+        info = _read_metadata(reader, handle.metadata())
+        architecture, input_shape, layers = _architecture(reader, info["architecture"])
+        try:
+            expected, output_shape = plan(layers, input_shape)
+        except (ValueError, TypeError, OverflowError) as error:
+            reader.fail(f"the architecture does not fit together ({error})")
+        _check_tensors(reader, _tensor_specs(reader, handle), expected, architecture["dtype"])
+
+        frozen = info["frozen"]
+        reader.check(isinstance(frozen, list) and all(isinstance(n, str) for n in frozen),
+                     "'frozen' must be a list of parameter names")
+        unknown = sorted(set(frozen) - set(expected))
+        reader.check(not unknown, f"'frozen' names tensors the model does not have: "
+                                  f"{unknown[:10]}")
+        try:
+            classes = _check_classes(info["classes"], output_shape, ValueError)
+            preprocessing = None if info["preprocessing"] is None else \
+                Preprocessing.from_config(info["preprocessing"])
+            _check_preprocessing(preprocessing, input_shape, ValueError)
+        except ValueError as error:
+            reader.fail(str(error))
+        reader.check(isinstance(info["provenance"], dict), "'provenance' must be an object")
+
+        # Everything is consistent: the arrays below are no larger than the file.
+        try:
+            model = Sequential(layers, input_shape=input_shape, seed=architecture["seed"],
+                               dtype=architecture["dtype"], name=architecture["name"])
+        except (ValueError, TypeError) as error:
+            reader.fail(f"the architecture cannot be built ({error})")
+        targets = model._state_arrays()
+        for name in expected:
+            targets[name][...] = _read_tensor(reader, handle, name)
+    parameters = model.parameters()
+    for name in frozen:
+        reader.check(name in parameters, f"'frozen' names {name!r}, which is not a parameter")
+        parameters[name].trainable = False
+    model.classes = classes
+    model.preprocessing = preprocessing
+    model.provenance = info["provenance"]
+    return model
+
+
+def read_tensors(path):
+    """Every tensor of a safetensors file (a model file or weights from elsewhere), by name,
+    as float arrays. Used to load weights into a model of another architecture."""
+    reader = _Reader(path)
+    with _open(path) as handle:
+        specs = _tensor_specs(reader, handle)
+        for name, (shape, dtype) in specs.items():
+            reader.check(dtype in ("F16", "F32", "F64", "I64", "I32"),
+                         f"tensor {name!r} has dtype {dtype}, not numbers cnncli can use")
+        return {name: _read_tensor(reader, handle, name) for name in specs}
