@@ -197,17 +197,32 @@ class Sequential:
             if not self._layers[0].built:
                 return False
             self.input_shape = self._layers[0].input_shape
-        shape = self.input_shape if position == 0 else self._layers[position - 1].output_shape
+        input_shape = self.input_shape if position == 0 else \
+            self._layers[position - 1].output_shape
         layer = self._layers[position]
-        self._builds += 1
-        rng = np.random.default_rng([self.seed, self._builds])
-        shape = layer.build(shape, rng=rng, dtype=self.dtype, init=self._weight_init(position))
+        # Check the layers after it first, so that a refused change leaves the
+        # model as it was. Layers without state (a Softmax or Dropout after a
+        # replaced head) follow the new shape; layers with weights must fit.
+        shape = tuple(layer.compute_output_shape(input_shape))
+        follow = []
         for later in self._layers[position + 1:]:
-            if later.input_shape != shape:
+            if later.input_shape == shape:
+                break
+            if later.parameters() or later.buffers():
                 raise ValueError(f"{later.describe()}: built for input {later.input_shape}, but "
                                  f"the layer before it now outputs {shape}")
-            shape = later.output_shape
+            follow.append((later, shape))
+            shape = tuple(later.compute_output_shape(shape))
+        self._build(layer, input_shape, self._weight_init(position))
+        for later, later_input in follow:
+            self._build(later, later_input, None)
         return True
+
+    def _build(self, layer, input_shape, init):
+        """Build ``layer`` with the next seeded generator of this model."""
+        self._builds += 1
+        rng = np.random.default_rng([self.seed, self._builds])
+        return layer.build(input_shape, rng=rng, dtype=self.dtype, init=init)
 
     @property
     def output_shape(self):

@@ -341,10 +341,10 @@ class _ArchitectureReader:
                 arguments[key] = None if value is None else \
                     self.layers(value, f"{where}.{key}", depth + 1)
             elif key == "regularizer" and value is not None:
-                arguments[key] = self.call(regularizers.from_config, value, where, kind)
+                arguments[key] = self.call(lambda: regularizers.from_config(value), where, kind)
             else:
                 arguments[key] = self.value(value, f"{where} ({kind}) {key}")
-        return self.call(cls, arguments, where, kind)
+        return self.call(lambda: cls(**arguments), where, kind)
 
     def value(self, value, where):
         """A plain JSON value: a number, string, bool, None, or a short list of them."""
@@ -356,9 +356,9 @@ class _ArchitectureReader:
         self.reader.check(isinstance(value, scalar), f"{where}: expected a plain value")
         return value
 
-    def call(self, function, arguments, where, kind):
+    def call(self, make, where, kind):
         try:
-            return function(**arguments) if isinstance(arguments, dict) else function(arguments)
+            return make()
         except (ValueError, TypeError, OverflowError) as error:
             self.reader.fail(f"{where} ({kind}): {error}")
 
@@ -374,7 +374,8 @@ def _architecture(reader, architecture):
           and math.prod(input_shape) <= MAX_ELEMENTS,
           f"the input shape must be 1 to 3 positive sizes of at most {MAX_ELEMENTS:,} values "
           f"in all, got {str(input_shape)[:100]}")
-    check(architecture["dtype"] in DTYPES, f"the dtype must be one of {sorted(DTYPES)}")
+    check(isinstance(architecture["dtype"], str) and architecture["dtype"] in DTYPES,
+          f"the dtype must be one of {sorted(DTYPES)}")
     check(_is_int(architecture["seed"], 0, 2**63 - 1), "the seed must be an int >= 0")
     name = architecture["name"]
     check(name is None or (isinstance(name, str) and len(name) <= MAX_NAME_CHARS),

@@ -20,12 +20,20 @@ __all__ = ["Preprocessing"]
 def _finite_numbers(name, values, count, positive=False):
     if not isinstance(values, (list, tuple)) or len(values) != count:
         raise ValueError(f"{name}: expected {count} numbers (one per channel), got {values!r}")
+    numbers = []
     for value in values:
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
-                or not math.isfinite(value) or (positive and value <= 0):
+        number = None
+        if not isinstance(value, bool) and isinstance(value, (int, float, np.integer,
+                                                              np.floating)):
+            try:
+                number = float(value)
+            except OverflowError:
+                pass
+        if number is None or not math.isfinite(number) or (positive and number <= 0):
             kind = "positive finite numbers" if positive else "finite numbers"
-            raise ValueError(f"{name}: expected {kind}, got {values!r}")
-    return tuple(float(value) for value in values)
+            raise ValueError(f"{name}: expected {kind}, got {values!r}"[:300])
+        numbers.append(number)
+    return tuple(numbers)
 
 
 class Preprocessing:
@@ -99,7 +107,7 @@ class Preprocessing:
             raise ValueError(f"preprocessing: unknown settings {sorted(unknown)}")
         try:
             return cls(**config)
-        except TypeError as error:
+        except (TypeError, OverflowError) as error:
             raise ValueError(f"preprocessing: {error}") from None
 
     def __eq__(self, other):

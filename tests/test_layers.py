@@ -124,11 +124,23 @@ def test_replacing_the_head_builds_a_fresh_layer_for_the_same_input():
     assert model[-1].name == "dense_2" and model[-1].weight.shape == (3, 32)
     for before, after in zip(backbone, model[:-1].parameters().values()):
         np.testing.assert_array_equal(before, after.value)
-    # A replacement that changes what later layers receive is refused and undone.
+    # A replacement that changes what a later layer with weights receives is
+    # refused and undone; the stateless layers in between are left as they were.
     conv = model[3]
-    with pytest.raises(ValueError, match=r"re_lu_2: built for input \(16, 10, 10\)"):
+    with pytest.raises(ValueError, match=r"dense_1: built for input \(400,\), but the layer "
+                                         r"before it now outputs \(576,\)"):
         model[3] = Conv2D(16, 3)
-    assert model[3] is conv
+    assert model[3] is conv and model[4].input_shape == (16, 10, 10)
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28))
+    assert model.forward(x).shape == (2, 3)
+
+
+def test_stateless_layers_after_a_replaced_head_follow_its_shape():
+    model = Sequential([Flatten(), Dense(4), Dropout(0.5), Softmax()], input_shape=(1, 3, 3))
+    model[1] = Dense(6)
+    assert model.output_shape == (6,) and model[2].input_shape == (6,)
+    probabilities = model.forward(np.ones((2, 1, 3, 3)))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-6)
 
 
 def test_slice_is_a_feature_extractor_sharing_layers():
