@@ -259,14 +259,17 @@ class Sequential:
         return penalty
 
     def state_dict(self):
-        """Copies of every parameter and buffer by dotted name: what a model file holds."""
-        state = {name: parameter.value.copy() for name, parameter in self.parameters().items()}
-        state.update({name: buffer.copy() for name, buffer in self.buffers().items()})
-        return state
+        """Copies of every parameter and buffer by dotted name, layer by layer: what a model
+        file holds."""
+        return {name: array.copy() for name, array in self._state_arrays().items()}
 
     def _state_arrays(self):
-        arrays = {name: parameter.value for name, parameter in self.parameters().items()}
-        arrays.update(self.buffers())
+        arrays = {}
+        for layer in self._layers:
+            arrays.update({f"{layer.name}.{key}": parameter.value
+                           for key, parameter in layer.parameters().items()})
+            arrays.update({f"{layer.name}.{key}": buffer
+                           for key, buffer in layer.buffers().items()})
         return arrays
 
     @property
@@ -343,10 +346,13 @@ class Sequential:
         return self.load_state_dict(read_tensors(path), strict=strict,
                                     allow_backbone_mismatch=allow_backbone_mismatch)
 
-    def save(self, path, overwrite=True):
-        """Write the model (architecture, weights, classes, preprocessing, provenance) atomically."""
+    def save(self, path, overwrite=True, provenance=None):
+        """Write the model (architecture, weights, classes, preprocessing, provenance) atomically.
+
+        ``provenance`` adds entries to ``self.provenance`` in the file.
+        """
         from cnncli.modelfile import save_model
-        save_model(self, path, overwrite=overwrite)
+        save_model(self, path, overwrite=overwrite, provenance=provenance)
 
     @property
     def weights(self):

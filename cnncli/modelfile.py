@@ -129,8 +129,11 @@ def _to_json(value, what):
         raise ValueError(f"{what}: cannot be saved as JSON ({error})") from None
 
 
-def model_metadata(model):
-    """The metadata entries a model file holds, as strings; checks what the model declares."""
+def model_metadata(model, provenance=None):
+    """The metadata entries a model file holds, as strings; checks what the model declares.
+
+    ``provenance`` adds entries to (or overrides those of) ``model.provenance``.
+    """
     if not len(model) or not model[0].built:
         raise ValueError("model: build the model (give it an input shape) before saving it")
     parameters = model.parameters()
@@ -142,7 +145,9 @@ def model_metadata(model):
     _check_preprocessing(model.preprocessing, model.input_shape, ValueError)
     if not isinstance(model.provenance, dict):
         raise ValueError(f"provenance: expected a dict, got {type(model.provenance).__name__}")
-    provenance = {"cnncli_version": __version__, **model.provenance}
+    if provenance is not None and not isinstance(provenance, dict):
+        raise ValueError(f"provenance: expected a dict, got {type(provenance).__name__}")
+    provenance = {"cnncli_version": __version__, **model.provenance, **(provenance or {})}
     preprocessing = None if model.preprocessing is None else model.preprocessing.get_config()
     return {"format": FORMAT,
             "architecture": _to_json(architecture, "architecture"),
@@ -180,13 +185,14 @@ def serialize(tensors, metadata):
     return b"".join([len(text).to_bytes(8, "little"), text] + chunks)
 
 
-def save_model(model, path, overwrite=True):
+def save_model(model, path, overwrite=True, provenance=None):
     """Save ``model`` to ``path`` atomically (see the module notes for the format).
 
-    The same model always gives the same bytes, so a file's checksum
-    identifies its contents.
+    ``provenance`` (a dict) is saved on top of ``model.provenance``. The same
+    model always gives the same bytes, so a file's checksum identifies its
+    contents.
     """
-    atomic_write(path, serialize(model._state_arrays(), model_metadata(model)),
+    atomic_write(path, serialize(model._state_arrays(), model_metadata(model, provenance)),
                  overwrite=overwrite)
 
 

@@ -13,6 +13,7 @@ count: the kernels are deterministic and shuffling is seeded.
 """
 
 import math
+import os
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from cnncli.losses import SoftmaxCrossEntropy
 from cnncli.optimizers import Adam
 
 __all__ = ["fit", "evaluate", "predict", "predict_proba", "predict_outputs", "History", "Callback",
-           "EarlyStopping", "StopTraining"]
+           "EarlyStopping", "ModelCheckpoint", "StopTraining"]
 
 
 class StopTraining(Exception):
@@ -61,6 +62,32 @@ class Callback:
         """Called once after the last epoch, also when training stopped early or failed."""
 
 
+class _Monitor:
+    """Tracks the best value of one metric; ``accuracy`` metrics improve upwards, others down."""
+
+    def __init__(self, monitor, min_delta):
+        self.monitor = monitor
+        self.min_delta = float(min_delta)
+        self.higher_is_better = "accuracy" in monitor
+        self.reset()
+
+    def reset(self):
+        self.best = -math.inf if self.higher_is_better else math.inf
+        self.best_epoch = None
+
+    def improved(self, epoch, logs):
+        """Whether this epoch's value beats the best so far (and record it if so)."""
+        if self.monitor not in logs:
+            raise ValueError(f"monitor: {self.monitor!r} is not among the metrics "
+                             f"{sorted(logs)}; pass validation_data for val_* metrics")
+        value = logs[self.monitor]
+        better = (value > self.best + self.min_delta if self.higher_is_better
+                  else value < self.best - self.min_delta)
+        if better:
+            self.best, self.best_epoch = value, epoch
+        return better
+
+
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved for ``patience`` epochs.
 
@@ -69,27 +96,26 @@ class EarlyStopping(Callback):
     """
 
     def __init__(self, monitor="val_loss", patience=3, min_delta=0.0, restore_best=False):
-        self.monitor = monitor
+        self.tracker = _Monitor(monitor, min_delta)
         self.patience = int(patience)
-        self.min_delta = float(min_delta)
         self.restore_best = bool(restore_best)
-        self.higher_is_better = "accuracy" in monitor
+
+    @property
+    def best(self):
+        return self.tracker.best
+
+    @property
+    def best_epoch(self):
+        return self.tracker.best_epoch
 
     def on_train_begin(self, model):
-        self.best = -math.inf if self.higher_is_better else math.inf
-        self.best_epoch = None
+        self.tracker.reset()
         self.best_state = None
         self.waited = 0
 
     def on_epoch_end(self, epoch, logs, model):
-        if self.monitor not in logs:
-            raise ValueError(f"monitor: {self.monitor!r} is not among the metrics "
-                             f"{sorted(logs)}; pass validation_data for val_* metrics")
-        value = logs[self.monitor]
-        improved = (value > self.best + self.min_delta if self.higher_is_better
-                    else value < self.best - self.min_delta)
-        if improved:
-            self.best, self.best_epoch, self.waited = value, epoch, 0
+        if self.tracker.improved(epoch, logs):
+            self.waited = 0
             if self.restore_best:
                 self.best_state = _snapshot(model)
             return
@@ -100,6 +126,37 @@ class EarlyStopping(Callback):
     def on_train_end(self, model):
         if self.restore_best and self.best_state is not None:
             _restore(model, self.best_state)
+
+
+class ModelCheckpoint(Callback):
+    """Save the model file after each epoch, atomically.
+
+    With ``save_best_only`` (the default) the file is written only when
+    ``monitor`` improves, so it always holds the best model seen so far,
+    even if the run is interrupted. ``path`` may contain ``{epoch}`` (counted
+    from 1), e.g. ``"model-{epoch:03d}.cnn"``, to keep one file per epoch.
+    The file's provenance records the epoch and its metrics.
+    """
+
+    def __init__(self, path, monitor="val_loss", save_best_only=True, min_delta=0.0):
+        self.path = os.fspath(path)
+        self.tracker = _Monitor(monitor, min_delta)
+        self.save_best_only = bool(save_best_only)
+        self.saved = []         # paths written, in order
+
+    def on_train_begin(self, model):
+        self.tracker.reset()
+        self.saved = []
+
+    def on_epoch_end(self, epoch, logs, model):
+        improved = self.tracker.improved(epoch, logs)
+        if self.save_best_only and not improved:
+            return
+        from cnncli.modelfile import save_model
+        path = self.path.format(epoch=epoch + 1)
+        save_model(model, path, provenance={"epoch": epoch + 1,
+                                            "metrics": {k: float(v) for k, v in logs.items()}})
+        self.saved.append(path)
 
 
 def _snapshot(model):
@@ -211,8 +268,15 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
                 logs.update({f"val_{key}": value for key, value in
                              evaluate(model, x_val, y_val, loss=loss).items()})
             history.append(logs)
+            # Every callback sees the epoch, even after one asked to stop.
+            stop = False
             for callback in callbacks:
-                callback.on_epoch_end(epoch, logs, model)
+                try:
+                    callback.on_epoch_end(epoch, logs, model)
+                except StopTraining:
+                    stop = True
+            if stop:
+                raise StopTraining
     except StopTraining:
         history.stopped_early = True
     finally:
