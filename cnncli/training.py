@@ -172,9 +172,16 @@ def _restore(model, state):
         buffer[...] = buffers[name]
 
 
-def _check_data(x, y, model):
-    x = np.asarray(x)
-    if x.ndim != len(model.input_shape) + 1 or x.shape[1:] != model.input_shape:
+def _check_data(x, y, model, transform=None):
+    """x as an array (or a lazy array-like with shape and row indexing), y as an array.
+
+    With a ``transform`` (applied to each batch), x holds raw data whose
+    shape the transform adapts, so only the lengths are checked.
+    """
+    if not hasattr(x, "shape") or not hasattr(x, "__getitem__"):
+        x = np.asarray(x)
+    if transform is None and (len(x.shape) != len(model.input_shape) + 1
+                              or tuple(x.shape[1:]) != model.input_shape):
         raise ValueError(f"x: expected shape (N, {', '.join(map(str, model.input_shape))}), "
                          f"got {x.shape}")
     if y is not None:
@@ -198,7 +205,8 @@ def _accuracy_count(outputs, labels):
 
 
 def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None,
-        callbacks=(), shuffle=True, seed=0, progress=None):
+        callbacks=(), shuffle=True, seed=0, progress=None, transform=None,
+        validation_transform=None):
     """Train ``model`` on (x, y) with mini-batch gradient descent.
 
     Parameters
@@ -219,6 +227,10 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
     progress : callable, optional
         ``progress(epoch, batch, batches, logs)`` after every batch, with the
         running loss and accuracy of the epoch.
+    transform, validation_transform : callable, optional
+        Applied to each batch of x (of the validation x) before the model:
+        preprocessing of raw pixels and, for training, augmentation. x may
+        then be any array-like with ``shape`` and row indexing (a memory map).
 
     Returns
     -------
@@ -227,11 +239,11 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    x, y = _check_data(x, y, model)
+    x, y = _check_data(x, y, model, transform)
     if len(x) == 0:
         raise ValueError("x: expected at least one sample, got none")
     if validation_data is not None:
-        x_val, y_val = _check_data(*validation_data, model)
+        x_val, y_val = _check_data(*validation_data, model, validation_transform)
     optimizer = Adam(model.parameters(), lr=1e-3) if optimizer is None else optimizer
     loss = SoftmaxCrossEntropy() if loss is None else loss
     rng = np.random.default_rng(seed)
@@ -245,6 +257,8 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
             total_loss, correct, seen = 0.0, 0, 0
             for batch, indices in enumerate(_batches(len(x), batch_size, order)):
                 inputs, targets = x[indices], y[indices]
+                if transform is not None:
+                    inputs = transform(inputs)
                 outputs = model.forward(inputs, training=True)
                 value, grad = loss(outputs, targets)
                 if not math.isfinite(value):
@@ -266,7 +280,8 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
                     progress(epoch, batch, batches, logs)
             if validation_data is not None:
                 logs.update({f"val_{key}": value for key, value in
-                             evaluate(model, x_val, y_val, loss=loss).items()})
+                             evaluate(model, x_val, y_val, loss=loss,
+                                      transform=validation_transform).items()})
             history.append(logs)
             # Every callback sees the epoch, even after one asked to stop.
             stop = False
@@ -285,15 +300,23 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
     return history
 
 
-def evaluate(model, x, y, batch_size=256, loss=None):
-    """Mean loss (and accuracy, for class labels) of ``model`` on (x, y), in inference mode."""
-    x, y = _check_data(x, y, model)
+def _batch_inputs(x, indices, transform):
+    inputs = x[indices]
+    return np.asarray(inputs) if transform is None else transform(inputs)
+
+
+def evaluate(model, x, y, batch_size=256, loss=None, transform=None):
+    """Mean loss (and accuracy, for class labels) of ``model`` on (x, y), in inference mode.
+
+    ``transform`` is applied to each batch of x first (see ``fit``).
+    """
+    x, y = _check_data(x, y, model, transform)
     if len(x) == 0:
         raise ValueError("x: expected at least one sample, got none")
     loss = SoftmaxCrossEntropy() if loss is None else loss
     total_loss, correct = 0.0, 0
     for indices in _batches(len(x), batch_size):
-        outputs = model.forward(x[indices])
+        outputs = model.forward(_batch_inputs(x, indices, transform))
         total_loss += loss(outputs, y[indices])[0] * len(outputs)
         hits = _accuracy_count(outputs, y[indices])
         correct = None if hits is None or correct is None else correct + hits
@@ -303,21 +326,22 @@ def evaluate(model, x, y, batch_size=256, loss=None):
     return metrics
 
 
-def predict_outputs(model, x, batch_size=256):
-    """The model's outputs for x, (N,) + model.output_shape, computed in batches in inference mode."""
-    x, _ = _check_data(x, None, model)
+def predict_outputs(model, x, batch_size=256, transform=None):
+    """The model's outputs for x, (N,) + model.output_shape, computed in batches in inference
+    mode; ``transform`` is applied to each batch of x first (see ``fit``)."""
+    x, _ = _check_data(x, None, model, transform)
     outputs = np.empty((len(x),) + tuple(model.output_shape), dtype=model.dtype)
     for indices in _batches(len(x), batch_size):
-        outputs[indices] = model.forward(x[indices])
+        outputs[indices] = model.forward(_batch_inputs(x, indices, transform))
     return outputs
 
 
-def predict_proba(model, x, batch_size=256):
+def predict_proba(model, x, batch_size=256, transform=None):
     """Class probabilities, (N, classes): the softmax of the model's logits.
 
     A model that ends in a Softmax layer already outputs probabilities.
     """
-    outputs = predict_outputs(model, x, batch_size)
+    outputs = predict_outputs(model, x, batch_size, transform)
     if isinstance(model[-1], Softmax):
         return outputs
     outputs -= outputs.max(axis=1, keepdims=True)
@@ -326,6 +350,6 @@ def predict_proba(model, x, batch_size=256):
     return outputs
 
 
-def predict(model, x, batch_size=256):
+def predict(model, x, batch_size=256, transform=None):
     """Predicted class indices, (N,)."""
-    return predict_proba(model, x, batch_size).argmax(axis=1)
+    return predict_proba(model, x, batch_size, transform).argmax(axis=1)
