@@ -43,8 +43,8 @@ from cnncli.layers import layer_config
 from cnncli.model import MAX_ELEMENTS, Sequential, plan
 from cnncli.preprocessing import Preprocessing
 
-__all__ = ["save_model", "load_model", "read_tensors", "read_info", "atomic_write",
-           "ModelFileError", "FORMAT"]
+__all__ = ["save_model", "load_model", "read_tensors", "read_info", "read_training_state",
+           "atomic_write", "ModelFileError", "FORMAT"]
 
 FORMAT = "cnncli-model/1"
 
@@ -64,7 +64,13 @@ DTYPES = {"float32": "F32", "float64": "F64"}
 MAX_LAYERS = 4096
 MAX_NESTING = 16
 MAX_METADATA_CHARS = {"format": 64, "architecture": 4_000_000, "frozen": 4_000_000,
-                      "classes": 4_000_000, "preprocessing": 100_000, "provenance": 1_000_000}
+                      "classes": 4_000_000, "preprocessing": 100_000, "provenance": 1_000_000,
+                      "training_state": 16_000_000}
+OPTIONAL_ENTRIES = ("training_state",)
+
+# Tensors of a checkpoint's training state (optimizer moments...) are named
+# under this prefix; loading a model ignores them.
+TRAINING_PREFIX = "training_state/"
 MAX_CLASSES = 100_000
 MAX_NAME_CHARS = 1000
 
@@ -185,15 +191,23 @@ def serialize(tensors, metadata):
     return b"".join([len(text).to_bytes(8, "little"), text] + chunks)
 
 
-def save_model(model, path, overwrite=True, provenance=None):
+def save_model(model, path, overwrite=True, provenance=None, training_state=None):
     """Save ``model`` to ``path`` atomically (see the module notes for the format).
 
-    ``provenance`` (a dict) is saved on top of ``model.provenance``. The same
+    ``provenance`` (a dict) is saved on top of ``model.provenance``.
+    ``training_state``, a pair (JSON-compatible dict, {name: float array}),
+    makes the file a checkpoint that training can resume from (see
+    ``read_training_state``); it is still an ordinary model file. The same
     model always gives the same bytes, so a file's checksum identifies its
     contents.
     """
-    atomic_write(path, serialize(model._state_arrays(), model_metadata(model, provenance)),
-                 overwrite=overwrite)
+    tensors = dict(model._state_arrays())
+    metadata = model_metadata(model, provenance)
+    if training_state is not None:
+        settings, arrays = training_state
+        metadata["training_state"] = _to_json(settings, "training_state")
+        tensors.update({TRAINING_PREFIX + name: array for name, array in arrays.items()})
+    atomic_write(path, serialize(tensors, metadata), overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------
@@ -424,7 +438,8 @@ def _read_metadata(reader, metadata):
     reader.check(metadata["format"] == FORMAT,
                  f"unsupported format {metadata['format'][:40]!r}; this version of cnncli "
                  f"reads {FORMAT!r}")
-    return {key: reader.json(metadata, key) for key in MAX_METADATA_CHARS if key != "format"}
+    return {key: reader.json(metadata, key) for key in MAX_METADATA_CHARS
+            if key != "format" and (key in metadata or key not in OPTIONAL_ENTRIES)}
 
 
 def load_model(path):
@@ -438,7 +453,10 @@ def load_model(path):
             expected, output_shape = plan(layers, input_shape)
         except (ValueError, TypeError, OverflowError) as error:
             reader.fail(f"the architecture does not fit together ({error})")
-        _check_tensors(reader, _tensor_specs(reader, handle), expected, architecture["dtype"])
+        specs = _tensor_specs(reader, handle)
+        model_specs = {name: spec for name, spec in specs.items()
+                       if not name.startswith(TRAINING_PREFIX)}
+        _check_tensors(reader, model_specs, expected, architecture["dtype"])
 
         frozen = info["frozen"]
         reader.check(isinstance(frozen, list) and all(isinstance(n, str) for n in frozen),
@@ -479,8 +497,27 @@ def read_tensors(path):
     as float arrays. Used to load weights into a model of another architecture."""
     reader = _Reader(path)
     with _open(path) as handle:
-        specs = _tensor_specs(reader, handle)
+        specs = {name: spec for name, spec in _tensor_specs(reader, handle).items()
+                 if not name.startswith(TRAINING_PREFIX)}
         for name, (shape, dtype) in specs.items():
             reader.check(dtype in ("F16", "F32", "F64", "I64", "I32"),
                          f"tensor {name!r} has dtype {dtype}, not numbers cnncli can use")
         return {name: _read_tensor(reader, handle, name) for name in specs}
+
+
+def read_training_state(path):
+    """The training state a checkpoint was saved with: (settings dict, {name: array}),
+    or None for a model file without one. Raises ModelFileError for a bad file."""
+    reader = _Reader(path)
+    with _open(path) as handle:
+        info = _read_metadata(reader, handle.metadata())
+        if "training_state" not in info:
+            return None
+        settings = info["training_state"]
+        reader.check(isinstance(settings, dict), "'training_state' must be an object")
+        arrays = {}
+        for name, (shape, dtype) in _tensor_specs(reader, handle).items():
+            if name.startswith(TRAINING_PREFIX):
+                reader.check(dtype in ("F32", "F64"), f"tensor {name!r} has dtype {dtype}")
+                arrays[name[len(TRAINING_PREFIX):]] = _read_tensor(reader, handle, name)
+        return settings, arrays

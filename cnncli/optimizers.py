@@ -82,6 +82,41 @@ class Optimizer:
                                      f"of shape {parameter.value.shape}")
                 self._update(parameter, grad, self.state.setdefault(id(parameter), {}), group)
 
+    def state_dict(self):
+        """What resuming needs: the step count, each group's rate, and the per-parameter
+        state by parameter name (``{"conv2d_1.weight": {"m": array, "v": array, "step": 3}}``).
+        """
+        by_id = {id(p): name for group in self.groups for name, p in group["params"]}
+        return {"steps": self.steps, "lr": [group["lr"] for group in self.groups],
+                "parameters": {by_id[key]: {slot: (value.copy() if isinstance(value, np.ndarray)
+                                                   else value)
+                                            for slot, value in state.items()}
+                               for key, state in self.state.items() if key in by_id}}
+
+    def load_state_dict(self, state):
+        """Restore what ``state_dict`` returned, for an optimizer over the same parameters."""
+        parameters = {name: p for group in self.groups for name, p in group["params"]}
+        unknown = sorted(set(state["parameters"]) - set(parameters))
+        if unknown or len(state["lr"]) != len(self.groups):
+            raise ValueError(f"optimizer state: does not match these parameters "
+                             f"(unknown {unknown[:5]}, {len(state['lr'])} groups for "
+                             f"{len(self.groups)})")
+        restored = {}
+        for name, slots in state["parameters"].items():
+            parameter = parameters[name]
+            restored[id(parameter)] = {}
+            for slot, value in slots.items():
+                if isinstance(value, np.ndarray):
+                    if value.shape != parameter.value.shape:
+                        raise ValueError(f"optimizer state: {name}.{slot} has shape "
+                                         f"{value.shape}, the parameter {parameter.value.shape}")
+                    value = value.astype(parameter.value.dtype, copy=True)
+                restored[id(parameter)][slot] = value
+        self.state = restored
+        self.steps = int(state["steps"])
+        for group, lr in zip(self.groups, state["lr"]):
+            group["lr"] = float(lr)
+
     def set_lr_factor(self, factor):
         """Scale every group's rate to ``factor`` times its base rate (used by schedules)."""
         for group in self.groups:
@@ -174,7 +209,13 @@ def _count(name, value, minimum=1):
 
 
 class _Schedule:
-    """Sets the optimizer's rate factor for step 0, then again at every ``step()``."""
+    """Sets the optimizer's rate factor for step 0, then again at every ``step()``.
+
+    ``fit`` calls ``step()`` after every epoch, or after every batch for
+    schedules with ``per_batch = True`` (one-cycle).
+    """
+
+    per_batch = False
 
     def __init__(self, optimizer):
         self.optimizer = optimizer
@@ -183,6 +224,13 @@ class _Schedule:
 
     def step(self):
         self.count += 1
+        self.optimizer.set_lr_factor(self.factor(self.count))
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, state):
+        self.count = _count("count", state["count"], minimum=0)
         self.optimizer.set_lr_factor(self.factor(self.count))
 
 
@@ -217,6 +265,8 @@ class OneCycleLR(_Schedule):
     The first ``warmup`` fraction rises along a cosine from ``1/div`` to 1,
     the rest falls along a cosine to ``1/(div * final_div)``.
     """
+
+    per_batch = True
 
     def __init__(self, optimizer, total, warmup=0.3, div=25.0, final_div=1e4):
         _count("total", total, minimum=2)

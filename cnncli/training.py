@@ -206,7 +206,7 @@ def _accuracy_count(outputs, labels):
 
 def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None,
         callbacks=(), shuffle=True, seed=0, progress=None, transform=None,
-        validation_transform=None):
+        validation_transform=None, schedule=None, initial_epoch=0):
     """Train ``model`` on (x, y) with mini-batch gradient descent.
 
     Parameters
@@ -223,7 +223,14 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
     validation_data : (x_val, y_val), optional
     callbacks : list of Callback
     shuffle : bool
-        Reshuffle the samples every epoch, from ``seed``.
+        Reshuffle the samples every epoch; epoch e's order comes from
+        ``(seed, e)``, so a run resumed at ``initial_epoch`` sees the same
+        orders as an uninterrupted one.
+    schedule : StepLR, CosineLR or OneCycleLR, optional
+        Stepped after every epoch (one-cycle: after every batch).
+    initial_epoch : int
+        The number of epochs already done (when resuming); training runs
+        epochs ``initial_epoch .. epochs - 1``.
     progress : callable, optional
         ``progress(epoch, batch, batches, logs)`` after every batch, with the
         running loss and accuracy of the epoch.
@@ -246,14 +253,13 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
         x_val, y_val = _check_data(*validation_data, model, validation_transform)
     optimizer = Adam(model.parameters(), lr=1e-3) if optimizer is None else optimizer
     loss = SoftmaxCrossEntropy() if loss is None else loss
-    rng = np.random.default_rng(seed)
     history = History()
     batches = math.ceil(len(x) / batch_size)
     for callback in callbacks:
         callback.on_train_begin(model)
     try:
-        for epoch in range(int(epochs)):
-            order = rng.permutation(len(x)) if shuffle else None
+        for epoch in range(int(initial_epoch), int(epochs)):
+            order = np.random.default_rng([seed, epoch]).permutation(len(x)) if shuffle else None
             total_loss, correct, seen = 0.0, 0, 0
             for batch, indices in enumerate(_batches(len(x), batch_size, order)):
                 inputs, targets = x[indices], y[indices]
@@ -269,6 +275,8 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
                 # L1/L2 penalties count in the reported loss, as in Keras.
                 value += model.regularize()
                 optimizer.step()
+                if schedule is not None and schedule.per_batch:
+                    schedule.step()
                 total_loss += value * len(targets)
                 seen += len(targets)
                 hits = _accuracy_count(outputs, targets)
@@ -278,6 +286,8 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
                     logs["accuracy"] = correct / seen
                 if progress is not None:
                     progress(epoch, batch, batches, logs)
+            if schedule is not None and not schedule.per_batch:
+                schedule.step()
             if validation_data is not None:
                 logs.update({f"val_{key}": value for key, value in
                              evaluate(model, x_val, y_val, loss=loss,
