@@ -1,0 +1,379 @@
+"""The command-line tool: ``cnncli train | finetune | eval | predict | summary | models``.
+
+Each command parses its options, calls one job from ``cnncli.jobs`` and
+prints the result. Expected failures (a missing file, a bad model file, bad
+data, a class mismatch, a bad argument) print one line to stderr and exit
+with code 1; a loss that stops being finite exits with code 3; Ctrl-C exits
+with code 130 after telling where the last checkpoint is.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from typing_extensions import Annotated
+
+from cnncli import __version__, architectures, jobs
+from cnncli.data import DataError
+from cnncli.modelfile import ModelFileError, atomic_write
+
+EXIT_FAILURE = 1
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+                  help="Train, fine-tune, evaluate and use convolutional neural networks on "
+                       "the CPU.")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message, code=EXIT_FAILURE):
+    err.print(f"error: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+class _Run:
+    """Runs a job, turning expected failures into one line and an exit code."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if error is None or isinstance(error, typer.Exit):
+            return False
+        if isinstance(error, (jobs.JobError, ModelFileError, DataError, FileNotFoundError,
+                              FileExistsError)):
+            fail(str(error))
+        if isinstance(error, jobs.TrainingDiverged):
+            fail(str(error), EXIT_DIVERGED)
+        if isinstance(error, KeyboardInterrupt):
+            err.print("interrupted", markup=False)
+            raise typer.Exit(EXIT_INTERRUPTED)
+        if isinstance(error, OSError):
+            fail(f"{error.filename or ''}: {error.strerror or error}".lstrip(": "))
+        return False
+
+
+class ConsoleReporter(jobs.Reporter):
+    """One line per epoch, and a live progress bar with loss and accuracy on a terminal."""
+
+    def __init__(self, quiet=False):
+        self.quiet = quiet
+        self.progress = None
+        self.task = None
+
+    def message(self, text):
+        if not self.quiet:
+            err.print(text, markup=False)
+
+    def epoch_begin(self, epoch, epochs, batches, phase=""):
+        if self.quiet or not err.is_terminal:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
+            TimeRemainingColumn
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.fields[logs]}"),
+                                 TimeRemainingColumn(), console=err, transient=True)
+        label = f"epoch {epoch + 1}/{epochs}" + (f" ({phase})" if phase else "")
+        self.task = self.progress.add_task(label, total=batches, logs="")
+        self.progress.start()
+
+    def batch_end(self, epoch, batch, batches, logs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=batch + 1, logs=_metrics(logs))
+
+    def epoch_end(self, epoch, epochs, logs, seconds):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        if not self.quiet:
+            out.print(f"epoch {epoch + 1}/{epochs}  {_metrics(logs)}  {seconds:.1f}s",
+                      markup=False)
+
+
+def _metrics(logs):
+    return "  ".join(f"{key} {value:.4f}" for key, value in logs.items())
+
+
+def _size(text):
+    if text is None:
+        return None
+    try:
+        parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        fail(f"--size: expected HEIGHTxWIDTH or one number, got {text!r}")
+    return tuple(parts)
+
+
+DataArgument = Annotated[str, typer.Argument(
+    help="A folder of images (root/<class>/<image>, or root/train|val|test/<class>/...), an "
+         ".npz file with x/y or x_train/y_train/x_test/y_test, 'digits' or 'mnist'.")]
+Threads = Annotated[Optional[int], typer.Option(help="Threads for the kernels "
+                                                      "(default: all cores).")]
+Seed = Annotated[int, typer.Option(help="Seed of initialisation, shuffling, splitting and "
+                                        "augmentation.")]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite existing files.")]
+SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Leave out unreadable images and "
+                                                          "out-of-range labels, and report "
+                                                          "them, instead of stopping.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the results.")]
+
+
+@app.command()
+def train(
+    data: DataArgument,
+    arch: Annotated[str, typer.Option(help=f"Architecture: "
+                                           f"{', '.join(architectures.ARCHITECTURES)}.")] = "lenet",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write.")] =
+    Path("model.cnn"),
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    lr: Annotated[float, typer.Option(min=0.0, help="Learning rate.")] = 1e-3,
+    optimizer: Annotated[str, typer.Option(help="adam, adamw or sgd.")] = "adam",
+    schedule: Annotated[str, typer.Option(help="constant, step, cosine or onecycle.")] =
+    "constant",
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    val_split: Annotated[float, typer.Option(help="Fraction held out for validation when the "
+                                                  "data has no validation part (0: none).")] = 0.1,
+    shift: Annotated[int, typer.Option(min=0, help="Augmentation: random shifts of up to this "
+                                                   "many pixels.")] = 0,
+    flip: Annotated[bool, typer.Option("--flip", help="Augmentation: random horizontal "
+                                                      "flips.")] = False,
+    size: Annotated[Optional[str], typer.Option(help="Resize images to HEIGHTxWIDTH.")] = None,
+    channels: Annotated[Optional[int], typer.Option(help="1 (grayscale) or 3 (RGB); default: "
+                                                         "the data's.")] = None,
+    checkpoints: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default: "
+                                                             "OUTPUT-checkpoints).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last "
+                                                          "checkpoint.")] = False,
+    seed: Seed = 0, threads: Threads = None, skip_bad: SkipBad = False, force: Force = False,
+    quiet: Quiet = False,
+):
+    """Train a network from scratch.
+
+    Examples:
+
+      cnncli train digits --epochs 5 -o digits.cnn
+
+      cnncli train photos/ --arch vgg-small --size 32x32 --shift 2 --flip --schedule cosine
+
+      cnncli train mnist -o mnist.cnn --resume
+    """
+    with _Run():
+        result = jobs.train(data, arch=arch, output=output, epochs=epochs,
+                            batch_size=batch_size, lr=lr, optimizer=optimizer,
+                            schedule=schedule, momentum=momentum, weight_decay=weight_decay,
+                            seed=seed, threads=threads, val_split=val_split, shift=shift,
+                            flip=flip, size=_size(size), channels=channels,
+                            skip_bad=skip_bad, checkpoints=checkpoints, resume=resume,
+                            force=force, reporter=ConsoleReporter(quiet))
+        best = result.best
+        out.print(f"saved {result.output}; checkpoints in {result.checkpoints} "
+                  f"(best: epoch {best['epoch']}, {_metrics(best['metrics'])})", markup=False)
+
+
+@app.command()
+def finetune(
+    pretrained: Annotated[str, typer.Argument(help="A model file, or the name of a shipped "
+                                                   "pretrained model (see 'cnncli models').")],
+    data: DataArgument,
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("finetuned.cnn"),
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs of training the new head.")] = 5,
+    unfreeze_epochs: Annotated[int, typer.Option(min=0, help="Then train all layers this many "
+                                                             "epochs.")] = 0,
+    backbone_lr_factor: Annotated[float, typer.Option(help="Rate of the pretrained layers, "
+                                                           "relative to --lr, when "
+                                                           "unfrozen.")] = 0.1,
+    freeze: Annotated[Optional[str], typer.Option(help="Freeze up to this layer (default: all "
+                                                       "but the head; 'none' to train "
+                                                       "everything).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
+    optimizer: Annotated[str, typer.Option(help="adam, adamw or sgd.")] = "adam",
+    val_split: Annotated[float, typer.Option()] = 0.1,
+    shift: Annotated[int, typer.Option(min=0)] = 0,
+    flip: Annotated[bool, typer.Option("--flip")] = False,
+    seed: Seed = 0, threads: Threads = None, skip_bad: SkipBad = False, force: Force = False,
+    quiet: Quiet = False,
+):
+    """Transfer learning: replace the head of a pretrained model for the classes of DATA,
+    freeze the backbone, train.
+
+    Examples:
+
+      cnncli finetune lenet-mnist digits -o digits.cnn
+
+      cnncli finetune base.cnn photos/ --freeze flatten_1 --unfreeze-epochs 2
+    """
+    with _Run():
+        result = jobs.finetune(pretrained, data, output=output, epochs=epochs,
+                               batch_size=batch_size, lr=lr, freeze=freeze,
+                               unfreeze_epochs=unfreeze_epochs,
+                               backbone_lr_factor=backbone_lr_factor, optimizer=optimizer,
+                               seed=seed, threads=threads, val_split=val_split, shift=shift,
+                               flip=flip, skip_bad=skip_bad, force=force,
+                               reporter=ConsoleReporter(quiet))
+        out.print(f"saved {result.output}", markup=False)
+
+
+@app.command("eval")
+def evaluate(
+    model: Annotated[str, typer.Argument(help="A model file or a pretrained model's name.")],
+    data: DataArgument,
+    split: Annotated[Optional[str], typer.Option(
+        help="test, val, train or all. Default: the test part, else the validation part; "
+             "data without either is split as train splits it (--val-split, --seed).")] = None,
+    val_split: Annotated[float, typer.Option()] = 0.1,
+    seed: Seed = 0,
+    top_k: Annotated[int, typer.Option(min=1)] = 5,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics "
+                                                                     "to this file.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    threads: Threads = None, skip_bad: SkipBad = False, force: Force = False,
+):
+    """Accuracy, top-k, per-class precision/recall/F1 and the confusion matrix.
+
+    Examples:
+
+      cnncli eval digits.cnn digits
+
+      cnncli eval mnist.cnn mnist --json metrics.json
+    """
+    with _Run():
+        if json_path is not None and json_path.exists() and not force:
+            fail(f"{json_path}: already exists; pass --force to overwrite it")
+        result = jobs.evaluate(model, data, split=split, top_k=top_k, batch_size=batch_size,
+                               threads=threads, skip_bad=skip_bad, val_split=val_split,
+                               seed=seed,
+                               reporter=ConsoleReporter())
+        _print_evaluation(result)
+        if json_path is not None:
+            atomic_write(json_path, (json.dumps(result.as_dict(), indent=2) + "\n").encode())
+
+
+def _print_evaluation(result):
+    out.print(f"{result.source}: {result.count} samples", markup=False)
+    out.print(f"accuracy {result.accuracy:.4f}   top-{result.top_k} accuracy "
+              f"{result.top_k_accuracy:.4f}", markup=False)
+    table = Table("class", "precision", "recall", "f1", "support", box=None)
+    for row in result.per_class:
+        table.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+                      f"{row['f1']:.3f}", str(row["support"]))
+    out.print(table)
+    if len(result.classes) <= 20:
+        matrix = Table("true \\ predicted", *result.classes, box=None)
+        for name, row in zip(result.classes, result.confusion):
+            matrix.add_row(name, *[str(v) if v else "." for v in row])
+        out.print(matrix)
+    if result.confused:
+        out.print("most confused: " + ", ".join(
+            f"{pair['true']} -> {pair['predicted']} ({pair['count']})"
+            for pair in result.confused), markup=False)
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="A model file or a pretrained model's name.")],
+    inputs: Annotated[List[str], typer.Argument(help="Image files, folders of images, or one "
+                                                     ".npz file.")],
+    top_k: Annotated[int, typer.Option(min=1)] = 3,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    threads: Threads = None, skip_bad: SkipBad = False,
+):
+    """Class names and probabilities for images.
+
+    Examples:
+
+      cnncli predict digits.cnn photo.png other.jpg
+
+      cnncli predict mnist.cnn samples/ --top-k 5
+    """
+    with _Run():
+        result = jobs.predict(model, inputs, top_k=top_k, batch_size=batch_size,
+                              threads=threads, skip_bad=skip_bad, reporter=ConsoleReporter())
+        for name, top in zip(result.names, result.top):
+            out.print(f"{name}: " + ", ".join(f"{label} {p:.3f}" for label, p in top),
+                      markup=False)
+
+
+@app.command()
+def summary(
+    model: Annotated[str, typer.Argument(help="A model file, a pretrained model's name, or an "
+                                              "architecture name.")],
+    input_shape: Annotated[Optional[str], typer.Option(help="For an architecture: C,H,W "
+                                                            "(default: its usual input).")] = None,
+    classes: Annotated[int, typer.Option(min=1, help="For an architecture: outputs.")] = 10,
+):
+    """The architecture table: layers, output shapes, parameters (trainable and frozen).
+
+    Examples:
+
+      cnncli summary digits.cnn
+
+      cnncli summary alexnet --classes 1000
+    """
+    with _Run():
+        if model in architectures.ARCHITECTURES and not os.path.exists(model):
+            builder = architectures.ARCHITECTURES[model]
+            options = {}
+            if input_shape is not None:
+                try:
+                    options["input_shape"] = tuple(int(v) for v in input_shape.split(","))
+                except ValueError:
+                    fail(f"--input-shape: expected C,H,W, got {input_shape!r}")
+            try:
+                built = builder(classes=classes, **options)
+            except ValueError as error:
+                fail(f"{model}: {error}")
+        else:
+            built = jobs.open_model(model)
+        out.print(built.summary(), markup=False)
+        if built.classes:
+            out.print(f"Classes: {', '.join(built.classes[:20])}"
+                      + (" ..." if len(built.classes) > 20 else ""), markup=False)
+        if built.preprocessing is not None:
+            out.print(f"Preprocessing: {built.preprocessing}", markup=False)
+
+
+@app.command()
+def models():
+    """The shipped pretrained models and what each was trained on."""
+    found = jobs.zoo_models()
+    if not found:
+        out.print("no pretrained models are installed", markup=False)
+        return
+    for name, path, card in found:
+        first = next((line.strip("# ").strip() for line in card.splitlines() if line.strip()),
+                     "")
+        out.print(f"{name}: {first}", markup=False)
+
+
+def version_callback(value: bool):
+    if value:
+        out.print(f"cnncli {__version__}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=version_callback,
+                                               is_eager=True, help="Show the version.")] = False):
+    """cnncli: convolutional neural networks on the CPU."""
+
+
+def run():
+    app(prog_name="cnncli")
+
+
+if __name__ == "__main__":
+    sys.exit(run())

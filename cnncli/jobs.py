@@ -1,0 +1,729 @@
+"""The jobs behind the command-line tool: train, finetune, evaluate, predict.
+
+Each job takes plain arguments, reports progress through a ``Reporter`` and
+returns a result object; none prints. The CLI turns arguments into a call
+and results into text.
+
+Checkpoints. ``train`` writes two files in its checkpoint folder after every
+epoch, atomically: ``last.cnn`` (the model with its training state:
+optimizer moments, schedule, epoch, history, the random generators of
+dropout and augmentation, and the run's settings) and ``best.cnn`` (the best
+model by validation accuracy, or training loss without validation). Both are
+ordinary model files. ``resume=True`` continues from ``last.cnn``: the
+shuffling order of epoch e comes from (seed, e), so a resumed run ends with
+the same weights as an uninterrupted one. An interrupted epoch is redone from
+its start.
+"""
+
+import math
+import os
+
+import numpy as np
+
+from cnncli import architectures, data as datasets
+from cnncli.data import DataError
+from cnncli.functional import set_num_threads
+from cnncli.layers import Dense, Dropout
+from cnncli.modelfile import ModelFileError, load_model, read_training_state, save_model
+from cnncli.optimizers import SGD, Adam, AdamW, CosineLR, OneCycleLR, StepLR
+from cnncli.preprocessing import Preprocessing
+from cnncli.training import Callback, fit, predict_outputs
+
+__all__ = ["train", "finetune", "evaluate", "predict", "Reporter", "JobError", "ZOO"]
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+
+# Settings that must match for --resume to continue a run exactly.
+RESUME_SETTINGS = ("data", "arch", "batch_size", "lr", "optimizer", "schedule", "seed",
+                   "val_split", "shift", "flip", "size", "channels", "weight_decay",
+                   "momentum")
+
+
+class JobError(ValueError):
+    """An expected failure of a job (bad argument, existing file, class mismatch...):
+    the message is one line for the user."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Reporter:
+    """Receives progress; the CLI draws it. Every method may be left as is."""
+
+    def message(self, text):
+        """A line of information (data skipped, features cached...)."""
+
+    def epoch_begin(self, epoch, epochs, batches, phase=""):
+        """Epoch ``epoch`` (from 0) of ``epochs`` starts, with ``batches`` batches."""
+
+    def batch_end(self, epoch, batch, batches, logs):
+        """A batch finished; ``logs`` has the epoch's running loss and accuracy."""
+
+    def epoch_end(self, epoch, epochs, logs, seconds):
+        """An epoch finished with its metrics."""
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+
+def _check_output(path, force):
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise JobError(f"{path}: is a folder; give a file name for the model")
+    if os.path.exists(path) and not force:
+        raise JobError(f"{path}: already exists; pass --force to overwrite it")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise JobError(f"{folder}: no such folder for the output")
+    return path
+
+
+def _positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise JobError(f"{name}: expected a positive integer, got {value!r}")
+
+
+def _load_splits(data_source, skip_bad, channels=None, size=None, reporter=None):
+    try:
+        splits = datasets.load_dataset(data_source, channels=channels, size=size,
+                                       skip_bad=skip_bad)
+    except DataError as error:
+        raise JobError(str(error)) from None
+    skipped = splits.train.skipped
+    if skipped and reporter is not None:
+        reporter.message(f"skipped {len(skipped)} bad item(s), e.g. {skipped[0]}")
+    return splits
+
+
+def _train_val(splits, val_split, seed):
+    """The training and validation parts: the source's own, or a stratified split."""
+    if splits.val is not None:
+        return splits.train, splits.val
+    if not val_split:
+        return splits.train, None
+    try:
+        return datasets.stratified_split(splits.train, val_split, seed=seed)
+    except (DataError, ValueError) as error:
+        raise JobError(str(error)) from None
+
+
+def _make_optimizer(name, groups, lr, momentum, weight_decay):
+    if name == "sgd":
+        return SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return AdamW(groups, lr=lr, weight_decay=weight_decay)
+    return Adam(groups, lr=lr, weight_decay=weight_decay)
+
+
+def _make_schedule(name, optimizer, epochs, batches):
+    if name == "step":
+        return StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
+    if name == "cosine":
+        return CosineLR(optimizer, total=epochs)
+    if name == "onecycle":
+        return OneCycleLR(optimizer, total=max(2, epochs * batches))
+    return None
+
+
+def _random_layers(model):
+    """Every Dropout layer, nested blocks included, in a fixed order."""
+    found = []
+    for layer in model:
+        if isinstance(layer, Dropout):
+            found.append(layer)
+        for branch in ("body", "shortcut"):
+            inner = getattr(layer, branch, None)
+            if inner is not None and hasattr(inner, "layers"):
+                found.extend(_random_layers(inner))
+    return found
+
+
+class _EpochReporter(Callback):
+    """Times epochs and forwards them to the reporter."""
+
+    def __init__(self, reporter, epochs, batches, phase=""):
+        self.reporter, self.epochs, self.batches, self.phase = reporter, epochs, batches, phase
+
+    def start(self, epoch):
+        import time
+        self.started = time.perf_counter()
+        self.reporter.epoch_begin(epoch, self.epochs, self.batches, self.phase)
+
+    def on_epoch_end(self, epoch, logs, model):
+        import time
+        self.reporter.epoch_end(epoch, self.epochs, logs, time.perf_counter() - self.started)
+        if epoch + 1 < self.epochs:
+            self.start(epoch + 1)
+
+
+class TrainResult:
+    """What ``train`` and ``finetune`` did."""
+
+    def __init__(self, model, history, output, checkpoints=None, best=None, resumed_from=None,
+                 skipped=(), interrupted=False, cached_features=False):
+        self.model = model
+        self.history = history          # list of per-epoch metric dicts
+        self.output = output
+        self.checkpoints = checkpoints
+        self.best = best                # (epoch, metrics) of the best epoch
+        self.resumed_from = resumed_from
+        self.skipped = list(skipped)
+        self.interrupted = interrupted
+        self.cached_features = cached_features
+
+
+# ---------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------
+
+
+class _Checkpointer(Callback):
+    """Writes last.cnn (with training state) and best.cnn after every epoch."""
+
+    def __init__(self, folder, settings, optimizer, schedule, augmentation, history, monitor):
+        self.folder = folder
+        self.settings = settings
+        self.optimizer, self.schedule, self.augmentation = optimizer, schedule, augmentation
+        self.history = history
+        self.monitor = monitor
+        self.best = None
+        higher = "accuracy" in monitor
+        self.better = (lambda a, b: a > b) if higher else (lambda a, b: a < b)
+
+    def training_state(self, model, epochs_done):
+        optimizer = self.optimizer.state_dict()
+        arrays = {}
+        scalars = {}
+        for name, slots in optimizer["parameters"].items():
+            for slot, value in slots.items():
+                if isinstance(value, np.ndarray):
+                    arrays[f"optimizer/{name}/{slot}"] = value
+                else:
+                    scalars.setdefault(name, {})[slot] = value
+        state = {
+            "epochs_done": epochs_done,
+            "settings": self.settings,
+            "history": self.history,
+            "best": self.best,
+            "optimizer": {"steps": optimizer["steps"], "lr": optimizer["lr"],
+                          "scalars": scalars},
+            "schedule": None if self.schedule is None else self.schedule.state_dict(),
+            "augmentation": None if self.augmentation is None
+            else self.augmentation.rng.bit_generator.state,
+            "dropout": [layer.rng.bit_generator.state for layer in _random_layers(model)],
+        }
+        return state, arrays
+
+    def save_last(self, model, epochs_done):
+        save_model(model, os.path.join(self.folder, "last.cnn"),
+                   provenance={"epochs": epochs_done},
+                   training_state=self.training_state(model, epochs_done))
+
+    def on_epoch_end(self, epoch, logs, model):
+        self.history.append({key: float(value) for key, value in logs.items()})
+        value = logs[self.monitor]
+        if self.best is None or self.better(value, self.best["value"]):
+            self.best = {"epoch": epoch + 1, "value": float(value), "metrics": self.history[-1]}
+            save_model(model, os.path.join(self.folder, "best.cnn"),
+                       provenance={"epochs": epoch + 1, "metrics": self.history[-1]})
+        self.save_last(model, epoch + 1)
+
+
+def _restore_training_state(path, model, optimizer, schedule, augmentation, settings):
+    loaded = read_training_state(path)
+    if loaded is None:
+        raise JobError(f"{path}: holds no training state to resume from")
+    state, arrays = loaded
+    try:
+        saved = state["settings"]
+        # A schedule's shape depends on the number of epochs; without one, a
+        # resumed run may go on for more epochs than first asked.
+        keys = RESUME_SETTINGS + (("epochs",) if settings["schedule"] != "constant" else ())
+        different = [key for key in keys if saved.get(key) != settings.get(key)]
+        if different:
+            key = different[0]
+            raise JobError(f"--resume: the checkpoint was made with {key}={saved.get(key)!r}, "
+                           f"this run has {key}={settings.get(key)!r}; use the same settings")
+        parameters = {}
+        for name, slots in state["optimizer"]["scalars"].items():
+            parameters.setdefault(name, {}).update(slots)
+        for key, array in arrays.items():
+            _, name, slot = key.split("/")
+            parameters.setdefault(name, {})[slot] = array
+        optimizer.load_state_dict({"steps": state["optimizer"]["steps"],
+                                   "lr": state["optimizer"]["lr"], "parameters": parameters})
+        if schedule is not None:
+            schedule.load_state_dict(state["schedule"])
+        if augmentation is not None:
+            augmentation.rng.bit_generator.state = state["augmentation"]
+        layers = _random_layers(model)
+        for layer, generator in zip(layers, state["dropout"]):
+            layer.rng.bit_generator.state = generator
+        return int(state["epochs_done"]), list(state["history"]), state["best"]
+    except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, JobError):
+            raise
+        raise JobError(f"{path}: the training state cannot be restored ({error})") from None
+
+
+def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1e-3,
+          optimizer="adam", schedule="constant", momentum=0.9, weight_decay=0.0, seed=0,
+          threads=None, val_split=0.1, shift=0, flip=False, size=None, channels=None,
+          skip_bad=False, checkpoints=None, resume=False, force=False, reporter=None):
+    """Train architecture ``arch`` from scratch on ``data`` and save it to ``output``.
+
+    See the module notes for checkpoints and ``resume``. Raises JobError for
+    expected failures, TrainingDiverged when the loss is no longer finite, and
+    lets KeyboardInterrupt through after making sure a checkpoint exists.
+    """
+    reporter = reporter or Reporter()
+    if arch not in architectures.ARCHITECTURES:
+        raise JobError(f"--arch: expected one of {', '.join(architectures.ARCHITECTURES)}, "
+                       f"got {arch!r}")
+    if optimizer not in OPTIMIZERS:
+        raise JobError(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if schedule not in SCHEDULES:
+        raise JobError(f"--schedule: expected one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    for name, value in (("--epochs", epochs), ("--batch-size", batch_size)):
+        _positive(name, value)
+    if not (lr > 0 and math.isfinite(lr)):
+        raise JobError(f"--lr: expected a positive learning rate, got {lr!r}")
+    if not 0 <= val_split < 1:
+        raise JobError(f"--val-split: expected a fraction in [0, 1), got {val_split!r}")
+    output = os.fspath(output)
+    if not resume:
+        _check_output(output, force)
+    folder = os.fspath(checkpoints) if checkpoints else \
+        os.path.splitext(output)[0] + "-checkpoints"
+    last = os.path.join(folder, "last.cnn")
+    if resume and not os.path.exists(last):
+        raise JobError(f"--resume: no checkpoint at {last}")
+    if not resume and os.path.exists(last) and not force:
+        raise JobError(f"{folder}: holds checkpoints of an earlier run; pass --resume to "
+                       "continue it or --force to start over")
+    if threads is not None:
+        _positive("--threads", threads)
+        set_num_threads(threads)
+
+    splits = _load_splits(data, skip_bad, channels, size, reporter)
+    train_part, val_part = _train_val(splits, val_split, seed)
+    shape = train_part.image_shape
+    input_shape = (channels or shape[0],) + (tuple(size) if size else shape[1:])
+    try:
+        model = architectures.build(arch, input_shape, len(train_part.classes), seed=seed)
+    except ValueError as error:
+        raise JobError(str(error)) from None
+    mean, std = datasets.channel_statistics(train_part.x, train_part.pixel_max)
+    if len(mean) != input_shape[0]:
+        mean, std = [float(np.mean(mean))] * input_shape[0], [float(np.mean(std))] * input_shape[0]
+    model.preprocessing = Preprocessing(input_shape[0], input_shape[1:], mean=mean, std=std,
+                                        scale=1 / train_part.pixel_max)
+    model.classes = list(train_part.classes)
+    settings = {"data": os.fspath(data), "arch": arch, "batch_size": batch_size, "lr": lr,
+                "optimizer": optimizer, "schedule": schedule, "seed": seed,
+                "val_split": val_split, "shift": shift, "flip": bool(flip),
+                "size": list(size) if size else None, "channels": channels,
+                "weight_decay": weight_decay, "momentum": momentum, "epochs": epochs}
+    model.provenance = {"command": "train", **settings, "dataset_size": len(train_part)}
+
+    batches = math.ceil(len(train_part) / batch_size)
+    opt = _make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
+    sched = _make_schedule(schedule, opt, epochs, batches)
+    augmentation = datasets.Augmentation(shift=shift, flip=flip, seed=seed) \
+        if shift or flip else None
+    history, best, start = [], None, 0
+    if resume:
+        try:
+            saved = load_model(last)
+        except ModelFileError as error:
+            raise JobError(str(error)) from None
+        model.load_state_dict(saved.state_dict())
+        model.provenance = saved.provenance
+        start, history, best = _restore_training_state(last, model, opt, sched, augmentation,
+                                                       settings)
+        reporter.message(f"resuming from {last} after epoch {start}")
+        if start >= epochs:
+            raise JobError(f"--resume: the checkpoint has done {start} epochs already; ask "
+                           f"for more with --epochs")
+    os.makedirs(folder, exist_ok=True)
+    transform = datasets.batch_transform(model.preprocessing, train_part.pixel_max, augmentation)
+    val_transform = datasets.batch_transform(model.preprocessing, train_part.pixel_max)
+    monitor = "val_accuracy" if val_part is not None else "loss"
+    checkpointer = _Checkpointer(folder, settings, opt, sched, augmentation, history, monitor)
+    checkpointer.best = best
+    if not resume:
+        checkpointer.save_last(model, 0)
+    epoch_reporter = _EpochReporter(reporter, epochs, batches)
+    epoch_reporter.start(start)
+    try:
+        fit(model, train_part.x, train_part.y, epochs=epochs, batch_size=batch_size,
+            optimizer=opt, schedule=sched, seed=seed, initial_epoch=start,
+            validation_data=None if val_part is None else (val_part.x, val_part.y),
+            transform=transform, validation_transform=val_transform,
+            callbacks=[checkpointer, epoch_reporter],
+            progress=lambda epoch, batch, count, logs: reporter.batch_end(epoch, batch, count,
+                                                                          logs))
+    except FloatingPointError as error:
+        raise TrainingDiverged(f"{error}; the last good checkpoint is {last}") from None
+    save_model(model, output, overwrite=True,
+               provenance={"epochs": epochs, "metrics": history[-1] if history else {}})
+    return TrainResult(model, history, output, checkpoints=folder,
+                       best=checkpointer.best, resumed_from=last if resume else None,
+                       skipped=train_part.skipped)
+
+
+# ---------------------------------------------------------------------------
+# Pretrained models
+# ---------------------------------------------------------------------------
+
+
+def zoo_folder():
+    """The folder of the shipped pretrained models (installed with the package)."""
+    from importlib import resources
+    try:
+        return str(resources.files("cnncli.zoo"))
+    except ModuleNotFoundError:
+        return None
+
+
+def zoo_models():
+    """[(name, path, card text)] of the shipped pretrained models."""
+    folder = zoo_folder()
+    if folder is None or not os.path.isdir(folder):
+        return []
+    found = []
+    for entry in sorted(os.listdir(folder)):
+        if entry.endswith(".cnn"):
+            name = entry[:-4]
+            card = os.path.join(folder, name + ".md")
+            text = open(card, encoding="utf-8").read() if os.path.exists(card) else ""
+            found.append((name, os.path.join(folder, entry), text))
+    return found
+
+
+ZOO = zoo_models
+
+
+def resolve_model(name_or_path):
+    """A model file's path from a path or the name of a shipped pretrained model."""
+    text = os.fspath(name_or_path)
+    if os.path.exists(text):
+        return text
+    for name, path, _ in zoo_models():
+        if name == text:
+            return path
+    known = ", ".join(name for name, _, _ in zoo_models()) or "none installed"
+    raise JobError(f"{text}: no such model file or pretrained model (pretrained: {known})")
+
+
+def open_model(name_or_path):
+    try:
+        return load_model(resolve_model(name_or_path))
+    except ModelFileError as error:
+        raise JobError(str(error)) from None
+
+
+# ---------------------------------------------------------------------------
+# finetune
+# ---------------------------------------------------------------------------
+
+
+def _lowest_trainable(model):
+    for position, layer in enumerate(model):
+        if layer.parameters() and layer.trainable:
+            return position
+    return len(model)
+
+
+def finetune(pretrained, data, output="finetuned.cnn", epochs=5, batch_size=32, lr=1e-3,
+             freeze=None, unfreeze_epochs=0, backbone_lr_factor=0.1, optimizer="adam",
+             seed=0, threads=None, val_split=0.1, shift=0, flip=False, skip_bad=False,
+             cache_features=True, force=False, reporter=None):
+    """Transfer learning: replace the head of ``pretrained`` for the classes of ``data``,
+    freeze the backbone (up to ``freeze``, default everything but the head), train, and
+    optionally train everything for ``unfreeze_epochs`` more with the pretrained layers at
+    ``backbone_lr_factor`` times the rate.
+
+    With a frozen backbone and no augmentation, the backbone's outputs are
+    computed once and the trainable top trains on them (``cache_features``):
+    the same result, for a fraction of the cost.
+    """
+    reporter = reporter or Reporter()
+    for name, value in (("--epochs", epochs), ("--batch-size", batch_size)):
+        _positive(name, value)
+    if isinstance(unfreeze_epochs, bool) or not isinstance(unfreeze_epochs, int) \
+            or unfreeze_epochs < 0:
+        raise JobError(f"--unfreeze-epochs: expected an integer >= 0, got {unfreeze_epochs!r}")
+    if optimizer not in OPTIMIZERS:
+        raise JobError(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    output = _check_output(output, force)
+    if threads is not None:
+        _positive("--threads", threads)
+        set_num_threads(threads)
+    model = open_model(pretrained)
+    source = os.fspath(pretrained)
+    splits = _load_splits(data, skip_bad, reporter=reporter)
+    train_part, val_part = _train_val(splits, val_split, seed)
+
+    if model.preprocessing is None:
+        mean, std = datasets.channel_statistics(train_part.x, train_part.pixel_max)
+        channels = model.input_shape[0]
+        if len(mean) != channels:
+            mean, std = [float(np.mean(mean))] * channels, [float(np.mean(std))] * channels
+        model.preprocessing = Preprocessing(channels, model.input_shape[1:], mean=mean,
+                                            std=std, scale=1 / train_part.pixel_max)
+    head = model.head
+    if head is None or not isinstance(head, Dense):
+        raise JobError(f"{source}: the model has no Dense head to replace")
+    position = model._position(head)
+    model[position] = Dense(len(train_part.classes), name=head.name)
+    model.classes = list(train_part.classes)
+    model.unfreeze()
+    try:
+        if freeze is None:
+            if position > 0:
+                model.freeze(upto=position - 1)
+        elif freeze != "none":
+            model.freeze(upto=freeze)
+    except KeyError as error:
+        raise JobError(f"--freeze: {error.args[0]}") from None
+    reporter.message(f"{source}: head replaced by {len(train_part.classes)} classes; "
+                     f"{model.count_parameters()[1]:,} parameters frozen")
+
+    transform = datasets.batch_transform(model.preprocessing, train_part.pixel_max)
+    augmentation = datasets.Augmentation(shift=shift, flip=flip, seed=seed) \
+        if shift or flip else None
+    train_transform = datasets.batch_transform(model.preprocessing, train_part.pixel_max,
+                                               augmentation)
+    validation = None if val_part is None else (val_part.x, val_part.y)
+    cut = _lowest_trainable(model)
+    history = []
+    cached = cache_features and augmentation is None and 0 < cut < len(model)
+    phase_epochs = epochs
+    if cached:
+        # The frozen layers run in inference mode during training anyway, so
+        # their outputs can be computed once.
+        backbone, top = model[:cut], model[cut:]
+        reporter.message(f"computing the frozen backbone's features once ({cut} layers)")
+        features = predict_outputs(backbone, train_part.x, batch_size=256, transform=transform)
+        val_features = None if val_part is None else \
+            (predict_outputs(backbone, val_part.x, batch_size=256, transform=transform),
+             val_part.y)
+        history += _run_phase(top, features, train_part.y, val_features, None, None,
+                              phase_epochs, batch_size, lr, optimizer, seed, reporter,
+                              "head")
+    else:
+        history += _run_phase(model, train_part.x, train_part.y, validation, train_transform,
+                              transform, phase_epochs, batch_size, lr, optimizer, seed,
+                              reporter, "head")
+    if unfreeze_epochs:
+        model.unfreeze()
+        groups = [{"params": model[:position].parameters(), "lr": lr * backbone_lr_factor},
+                  {"params": model[position:].parameters()}]
+        history += _run_phase(model, train_part.x, train_part.y, validation, train_transform,
+                              transform, unfreeze_epochs, batch_size, lr, optimizer, seed + 1,
+                              reporter, "all layers", groups=groups)
+    model.provenance = {**model.provenance, "command": "finetune", "pretrained": source,
+                        "data": os.fspath(data), "epochs": epochs,
+                        "unfreeze_epochs": unfreeze_epochs, "lr": lr, "seed": seed,
+                        "metrics": history[-1] if history else {}}
+    save_model(model, output, overwrite=True)
+    return TrainResult(model, history, output, skipped=train_part.skipped,
+                       cached_features=cached)
+
+
+def _run_phase(model, x, y, validation, transform, validation_transform, epochs, batch_size,
+               lr, optimizer, seed, reporter, phase, groups=None):
+    opt = _make_optimizer(optimizer, groups or model.parameters(trainable_only=True), lr,
+                          0.9, 0.0)
+    batches = math.ceil(len(y) / batch_size)
+    epoch_reporter = _EpochReporter(reporter, epochs, batches, phase)
+    epoch_reporter.start(0)
+    try:
+        history = fit(model, x, y, epochs=epochs, batch_size=batch_size, optimizer=opt,
+                      seed=seed, validation_data=validation, transform=transform,
+                      validation_transform=validation_transform, callbacks=[epoch_reporter],
+                      progress=lambda e, b, n, logs: reporter.batch_end(e, b, n, logs))
+    except FloatingPointError as error:
+        raise TrainingDiverged(str(error)) from None
+    return [{key: float(value) for key, value in logs.items()} for logs in history.epochs]
+
+
+# ---------------------------------------------------------------------------
+# evaluate and predict
+# ---------------------------------------------------------------------------
+
+
+class Evaluation:
+    """Metrics of a model on a labelled dataset (see ``as_dict`` for the JSON form)."""
+
+    def __init__(self, classes, labels, probabilities, top_k, source):
+        from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+        self.classes = list(classes)
+        self.source = source
+        self.count = len(labels)
+        predicted = probabilities.argmax(axis=1)
+        everything = np.arange(len(self.classes))
+        self.accuracy = float(np.mean(predicted == labels)) if len(labels) else 0.0
+        self.top_k = min(top_k, len(self.classes))
+        ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :self.top_k]
+        self.top_k_accuracy = float(np.mean((ranked == labels[:, None]).any(axis=1)))
+        precision, recall, f1, support = precision_recall_fscore_support(
+            labels, predicted, labels=everything, zero_division=0)
+        self.per_class = [{"class": name, "precision": float(p), "recall": float(r),
+                           "f1": float(f), "support": int(s)}
+                          for name, p, r, f, s in zip(self.classes, precision, recall, f1,
+                                                      support)]
+        self.confusion = confusion_matrix(labels, predicted, labels=everything)
+        off = self.confusion.copy()
+        np.fill_diagonal(off, 0)
+        pairs = np.dstack(np.unravel_index(np.argsort(-off, axis=None, kind="stable"),
+                                           off.shape))[0]
+        self.confused = [{"true": self.classes[t], "predicted": self.classes[p],
+                          "count": int(off[t, p])} for t, p in pairs[:5] if off[t, p] > 0]
+        self.predicted = predicted
+
+    def as_dict(self):
+        return {"source": self.source, "samples": self.count, "accuracy": self.accuracy,
+                f"top_{self.top_k}_accuracy": self.top_k_accuracy, "top_k": self.top_k,
+                "per_class": self.per_class, "classes": self.classes,
+                "confusion_matrix": self.confusion.tolist(), "most_confused": self.confused}
+
+
+def _label_map(model, dataset, source):
+    """Data labels -> model output indices, by class name."""
+    if model.classes is None:
+        if len(dataset.classes) > model.output_shape[0]:
+            raise JobError(f"{source}: {len(dataset.classes)} classes, but the model has "
+                           f"{model.output_shape[0]} outputs")
+        return np.arange(len(dataset.classes)), [str(k) for k in range(model.output_shape[0])]
+    unknown = [name for name in dataset.classes if name not in model.classes]
+    if unknown:
+        raise JobError(f"{source}: classes {unknown[:5]} are not among the model's classes "
+                       f"{model.classes[:10]}")
+    return np.array([model.classes.index(name) for name in dataset.classes]), model.classes
+
+
+def _model_transform(model, pixel_max):
+    if model.preprocessing is None:
+        raise JobError("the model file has no preprocessing; it cannot read raw images")
+    return datasets.batch_transform(model.preprocessing, pixel_max)
+
+
+def evaluate(model_path, data, split=None, top_k=5, batch_size=256, threads=None,
+             skip_bad=False, val_split=0.1, seed=0, reporter=None):
+    """Evaluate a model file on a part of a dataset.
+
+    ``split``: "test", "val", "train" or "all". By default the test part,
+    else the validation part; data with neither is split as ``train`` splits
+    it (``val_split``, ``seed``), so the default evaluates on the images that
+    training held out.
+    """
+    reporter = reporter or Reporter()
+    if threads is not None:
+        _positive("--threads", threads)
+        set_num_threads(threads)
+    _positive("--top-k", top_k)
+    _positive("--batch-size", batch_size)
+    model = open_model(model_path)
+    splits = _load_splits(data, skip_bad, reporter=reporter)
+    if split is None:
+        split = "test" if splits.test is not None else "val"
+    if split not in ("train", "val", "test", "all"):
+        raise JobError(f"--split: expected train, val, test or all, got {split!r}")
+    if split in ("train", "val") and splits.val is None:
+        held_out = _train_val(splits, val_split, seed)
+        dataset = held_out[0 if split == "train" else 1]
+    else:
+        dataset = splits.train if split == "all" else getattr(splits, split)
+    if dataset is None:
+        raise JobError(f"--split: {data} has no {split!r} part")
+    remap, classes = _label_map(model, dataset, os.fspath(data))
+    probabilities = _probabilities(model, dataset.x, dataset.pixel_max, batch_size)
+    return Evaluation(classes, remap[dataset.y], probabilities, top_k,
+                      f"{os.fspath(data)} ({split})")
+
+
+def _probabilities(model, x, pixel_max, batch_size):
+    from cnncli.training import predict_proba
+    try:
+        return predict_proba(model, x, batch_size=batch_size,
+                             transform=_model_transform(model, pixel_max))
+    except DataError as error:
+        raise JobError(str(error)) from None
+
+
+class Prediction:
+    """Top-k classes and probabilities for each input."""
+
+    def __init__(self, names, classes, probabilities, top_k):
+        self.names = names
+        self.classes = classes
+        self.probabilities = probabilities
+        ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :min(top_k, len(classes))]
+        self.top = [[(classes[k], float(row[k])) for k in order]
+                    for order, row in zip(ranked, probabilities)]
+
+
+def _images_of(paths, skip_bad, reporter):
+    """(names, list of PIL images) from image files and folders (searched recursively)."""
+    files = []
+    for path in paths:
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            for folder, subfolders, names in os.walk(path):
+                subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+                files += [os.path.join(folder, name) for name in sorted(names)
+                          if name.lower().endswith(datasets.IMAGE_EXTENSIONS)]
+        elif os.path.exists(path):
+            files.append(path)
+        else:
+            raise JobError(f"{path}: no such file or folder")
+    names, images = [], []
+    for path in files:
+        try:
+            images.append(datasets._open_image(path))
+            names.append(path)
+        except DataError as error:
+            if not skip_bad:
+                raise JobError(f"{error}; pass --skip-bad to leave bad files out") from None
+            reporter.message(f"skipped {error}")
+    if not images:
+        raise JobError("no images to predict")
+    return names, images
+
+
+def predict(model_path, inputs, top_k=3, batch_size=256, threads=None, skip_bad=False,
+            reporter=None):
+    """Class probabilities for image files, folders of images, or the ``x`` of an .npz."""
+    reporter = reporter or Reporter()
+    if threads is not None:
+        _positive("--threads", threads)
+        set_num_threads(threads)
+    _positive("--top-k", top_k)
+    model = open_model(model_path)
+    if model.preprocessing is None:
+        raise JobError(f"{model_path}: the model has no preprocessing; it cannot read images")
+    classes = model.classes or [str(k) for k in range(model.output_shape[0])]
+    inputs = [os.fspath(path) for path in inputs]
+    if len(inputs) == 1 and inputs[0].endswith(".npz") and os.path.isfile(inputs[0]):
+        try:
+            splits = datasets.load_npz(inputs[0], skip_bad=True)
+        except DataError as error:
+            raise JobError(str(error)) from None
+        dataset = splits.test or splits.train
+        names = [f"{inputs[0]}[{index}]" for index in range(len(dataset))]
+        probabilities = _probabilities(model, dataset.x, dataset.pixel_max, batch_size)
+        return Prediction(names, classes, probabilities, top_k)
+    names, images = _images_of(inputs, skip_bad, reporter)
+    preprocessing = model.preprocessing
+    x = np.empty((len(images),) + preprocessing.input_shape, dtype=np.uint8)
+    for index, image in enumerate(images):
+        x[index] = datasets.image_to_array(image, preprocessing.channels, preprocessing.size)
+        image.close()
+    probabilities = _probabilities(model, x, 255, batch_size)
+    return Prediction(names, classes, probabilities, top_k)
