@@ -257,6 +257,10 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
     batches = math.ceil(len(x) / batch_size)
     for callback in callbacks:
         callback.on_train_begin(model)
+    # A diverging run overflows before its loss turns non-finite; the check
+    # below reports it once, so NumPy's warnings along the way are noise.
+    quiet_overflow = np.errstate(over="ignore", invalid="ignore")
+    quiet_overflow.__enter__()
     try:
         for epoch in range(int(initial_epoch), int(epochs)):
             order = np.random.default_rng([seed, epoch]).permutation(len(x)) if shuffle else None
@@ -305,6 +309,7 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
     except StopTraining:
         history.stopped_early = True
     finally:
+        quiet_overflow.__exit__(None, None, None)
         for callback in callbacks:
             callback.on_train_end(model)
     return history

@@ -1,0 +1,272 @@
+"""The command-line tool, end to end: CliRunner in-process, and the console script in
+subprocesses for signals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from typer.testing import CliRunner
+
+from cnncli.cli import app
+from cnncli.modelfile import load_model
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def cnncli_process(*args, cwd=None, **options):
+    return subprocess.Popen([sys.executable, "-m", "cnncli", *map(str, args)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
+
+
+@pytest.fixture(scope="module")
+def digits_npz(tmp_path_factory):
+    """Digits as an .npz with train and test parts."""
+    data = load_digits()
+    x = data.images.astype(np.uint8)
+    path = tmp_path_factory.mktemp("npz") / "digits.npz"
+    np.savez(path, x_train=x[:1400], y_train=data.target[:1400], x_test=x[1400:],
+             y_test=data.target[1400:])
+    return path
+
+
+@pytest.fixture(scope="module")
+def digit_images(tmp_path_factory):
+    """Digits 0, 1 and 2 as PNG files in root/<class>/ folders, 30 per class."""
+    data = load_digits()
+    root = tmp_path_factory.mktemp("images") / "digits"
+    for digit in range(3):
+        folder = root / f"digit{digit}"
+        folder.mkdir(parents=True)
+        for index, image in enumerate(data.images[data.target == digit][:30]):
+            Image.fromarray((image * 255 / 16).astype(np.uint8)).save(folder / f"{index}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A LeNet trained on digits for two epochs, through the CLI."""
+    folder = tmp_path_factory.mktemp("trained")
+    result = invoke("train", "digits", "--epochs", 2, "--lr", 0.003, "-o", folder / "d.cnn",
+                    "--quiet")
+    assert result.exit_code == 0, result.output
+    return folder / "d.cnn"
+
+
+def test_train_writes_the_model_and_checkpoints(trained):
+    model = load_model(trained)
+    assert model.classes == [str(d) for d in range(10)]
+    assert model.preprocessing.size == (8, 8) and model.preprocessing.scale == 1 / 16
+    assert model.provenance["command"] == "train" and model.provenance["arch"] == "lenet"
+    folder = trained.parent / "d-checkpoints"
+    assert load_model(folder / "last.cnn").provenance["epochs"] == 2
+    assert load_model(folder / "best.cnn").provenance["metrics"]["val_accuracy"] > 0.8
+
+
+def test_train_prints_one_line_per_epoch(tmp_path):
+    result = invoke("train", "digits", "--epochs", 2, "-o", tmp_path / "m.cnn", "--val-split",
+                    0.2)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and "val_accuracy" in lines[1]
+    assert "saved" in result.stdout
+
+
+def test_nothing_is_overwritten_without_force(trained, tmp_path):
+    before = trained.read_bytes()
+    result = invoke("train", "digits", "--epochs", 1, "-o", trained)
+    assert result.exit_code == 1
+    assert "already exists; pass --force" in result.stderr
+    assert trained.read_bytes() == before
+    # Checkpoints of an earlier run are not silently replaced either.
+    target = tmp_path / "other.cnn"
+    (tmp_path / "other-checkpoints").mkdir()
+    (tmp_path / "other-checkpoints" / "last.cnn").write_bytes(trained.read_bytes())
+    result = invoke("train", "digits", "--epochs", 1, "-o", target)
+    assert result.exit_code == 1 and "--resume" in result.stderr
+
+
+def test_resume_after_an_interruption_gives_the_same_weights(tmp_path):
+    common = ("train", "digits", "--epochs", 3, "--lr", 0.003, "--schedule", "cosine",
+              "--shift", 1, "--seed", 5)
+    whole = invoke(*common, "-o", tmp_path / "whole.cnn")
+    assert whole.exit_code == 0, whole.output
+
+    process = cnncli_process(*common, "-o", tmp_path / "cut.cnn", cwd=tmp_path)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("epoch 1/3"):
+            process.send_signal(signal.SIGINT)
+            break
+    process.wait(timeout=120)
+    stderr = process.stderr.read()
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "cut.cnn").exists()
+    last = load_model(tmp_path / "cut-checkpoints" / "last.cnn")
+    assert last.provenance["epochs"] in (1, 2)
+
+    resumed = invoke(*common, "-o", tmp_path / "cut.cnn", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    a = load_model(tmp_path / "whole.cnn").state_dict()
+    b = load_model(tmp_path / "cut.cnn").state_dict()
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+
+
+def test_resume_refuses_different_settings(trained):
+    result = invoke("train", "digits", "--epochs", 3, "--lr", 0.1, "-o", trained, "--resume")
+    assert result.exit_code == 1
+    assert "checkpoint was made with lr=0.003" in result.stderr
+
+
+def test_a_killed_run_leaves_a_loadable_checkpoint(tmp_path):
+    process = cnncli_process("train", "digits", "--epochs", 50, "-o", tmp_path / "k.cnn",
+                             cwd=tmp_path)
+    for line in process.stdout:
+        if line.startswith("epoch 2/50"):
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    process.stdout.close()
+    process.stderr.close()
+    last = load_model(tmp_path / "k-checkpoints" / "last.cnn")
+    assert last.provenance["epochs"] >= 2
+    resumed = invoke("train", "digits", "--epochs", last.provenance["epochs"] + 1, "-o",
+                     tmp_path / "k.cnn", "--resume", "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+
+
+def test_a_diverging_loss_stops_with_its_own_exit_code(tmp_path):
+    result = invoke("train", "digits", "--epochs", 3, "--optimizer", "sgd", "--lr", 1e12,
+                    "-o", tmp_path / "nan.cnn", "--quiet")
+    assert result.exit_code == 3, result.output
+    assert "loss became" in result.stderr and "last good checkpoint" in result.stderr
+    assert not (tmp_path / "nan.cnn").exists()
+    load_model(tmp_path / "nan-checkpoints" / "last.cnn")
+
+
+def test_eval_json_matches_scikit_learn_on_predict_output(trained, digits_npz, tmp_path):
+    metrics_path = tmp_path / "metrics.json"
+    result = invoke("eval", trained, digits_npz, "--json", metrics_path, "--top-k", 3)
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.stdout and "most confused" in result.stdout
+    metrics = json.loads(metrics_path.read_text())
+
+    predicted = invoke("predict", trained, digits_npz, "--top-k", 1)
+    assert predicted.exit_code == 0, predicted.output
+    labels = [int(line.split(": ")[1].split()[0]) for line in predicted.stdout.splitlines()]
+    with np.load(digits_npz) as arrays:
+        truth = arrays["y_test"]
+    assert metrics["samples"] == len(truth) == len(labels)
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(truth, labels))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, labels, labels=range(10), zero_division=0)
+    for row, p, r, f, s in zip(metrics["per_class"], precision, recall, f1, support):
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == \
+            pytest.approx((p, r, f, s))
+    assert metrics["confusion_matrix"] == confusion_matrix(truth, labels).tolist()
+    assert metrics["top_3_accuracy"] >= metrics["accuracy"]
+
+
+def test_finetune_on_an_image_folder(trained, digit_images, tmp_path):
+    output = tmp_path / "three.cnn"
+    result = invoke("finetune", trained, digit_images, "-o", output, "--epochs", 3,
+                    "--lr", 0.01, "--val-split", 0.2)
+    assert result.exit_code == 0, result.output
+    assert "features once" in result.stderr
+    model = load_model(output)
+    assert model.classes == ["digit0", "digit1", "digit2"]
+    assert not model["conv2d_1"].trainable and model.head.trainable
+    evaluation = invoke("eval", output, digit_images, "--json", tmp_path / "m.json")
+    assert evaluation.exit_code == 0, evaluation.output
+    assert json.loads((tmp_path / "m.json").read_text())["accuracy"] >= 0.8
+
+    # Then unfreeze everything for one epoch at a lower rate for the backbone.
+    again = invoke("finetune", trained, digit_images, "-o", tmp_path / "all.cnn",
+                   "--epochs", 1, "--unfreeze-epochs", 1, "--quiet")
+    assert again.exit_code == 0, again.output
+    assert load_model(tmp_path / "all.cnn")["conv2d_1"].trainable
+
+
+def test_predict_images_and_folders(trained, digit_images):
+    image = digit_images / "digit1" / "0.png"
+    result = invoke("predict", trained, image, digit_images / "digit2", "--top-k", 2)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 31 and lines[0].startswith(f"{image}: ")
+    assert len(lines[0].split(", ")) == 2
+
+
+def test_summary_and_models(trained):
+    result = invoke("summary", trained)
+    assert result.exit_code == 0 and "Trainable params" in result.stdout
+    assert "Classes: 0, 1" in result.stdout
+    alexnet = invoke("summary", "alexnet", "--classes", 1000)
+    assert "(None, 96, 55, 55)" in alexnet.stdout and "34,944" in alexnet.stdout
+    assert "62,378,344" in alexnet.stdout
+    assert invoke("models").exit_code == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (("eval", "absent.cnn", "digits"), "absent.cnn: no such model file"),
+    (("predict", "{trained}", "absent.png"), "absent.png: no such file"),
+    (("train", "absent-folder"), "absent-folder: no such file or folder"),
+    (("train", "digits", "--arch", "resnet9000"), "--arch: expected one of"),
+    (("train", "digits", "--optimizer", "rmsprop"), "--optimizer: expected one of"),
+    (("train", "digits", "--size", "big"), "--size: expected HEIGHTxWIDTH"),
+    (("train", "digits", "--arch", "alexnet"), "does not fit inputs of shape (1, 8, 8)"),
+    (("eval", "{bad_model}", "digits"), "not a valid model file"),
+    (("eval", "{trained}", "{images}"), "classes ['digit0', 'digit1', 'digit2'] are not among"),
+    (("finetune", "{trained}", "digits", "--freeze", "nope", "-o", "{tmp}/f.cnn"),
+     "--freeze: no layer named 'nope'"),
+])
+def test_expected_failures_print_one_line(args, message, trained, digit_images, tmp_path):
+    bad_model = tmp_path / "bad.cnn"
+    bad_model.write_bytes(b"not a model")
+    values = {"trained": trained, "bad_model": bad_model, "images": digit_images,
+              "tmp": tmp_path}
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        result = invoke(*[str(a).format(**values) for a in args])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 1, result.output
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_bad_images_stop_or_are_skipped(trained, digit_images, tmp_path):
+    import shutil
+    root = tmp_path / "images"
+    shutil.copytree(digit_images, root)
+    (root / "digit1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    result = invoke("finetune", trained, root, "-o", tmp_path / "f.cnn")
+    assert result.exit_code == 1
+    assert "broken.png: " in result.stderr and "--skip-bad" in result.stderr
+    result = invoke("finetune", trained, root, "-o", tmp_path / "f.cnn", "--skip-bad",
+                    "--epochs", 1)
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 bad item(s)" in result.stderr
+
+
+def test_console_script_and_module_entry_points():
+    for command in (["cnncli", "--help"], [sys.executable, "-m", "cnncli", "--help"]):
+        completed = subprocess.run(command, capture_output=True, text=True)
+        assert completed.returncode == 0, completed.stderr
+        assert "finetune" in completed.stdout
+    completed = subprocess.run([sys.executable, "-m", "cnncli", "train", "--help"],
+                               capture_output=True, text=True)
+    assert "Examples" in completed.stdout and "--resume" in completed.stdout
