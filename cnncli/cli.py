@@ -52,6 +52,9 @@ class _Run:
             fail(str(error))
         if isinstance(error, jobs.TrainingDiverged):
             fail(str(error), EXIT_DIVERGED)
+        if isinstance(error, jobs.TrainingInterrupted):
+            err.print(str(error), markup=False)
+            raise typer.Exit(EXIT_INTERRUPTED)
         if isinstance(error, KeyboardInterrupt):
             err.print("interrupted", markup=False)
             raise typer.Exit(EXIT_INTERRUPTED)

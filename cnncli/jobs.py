@@ -27,7 +27,7 @@ from cnncli.layers import Dense, Dropout
 from cnncli.modelfile import ModelFileError, load_model, read_training_state, save_model
 from cnncli.optimizers import SGD, Adam, AdamW, CosineLR, OneCycleLR, StepLR
 from cnncli.preprocessing import Preprocessing
-from cnncli.training import Callback, fit, predict_outputs
+from cnncli.training import Callback, Interrupted, fit, predict_outputs
 
 __all__ = ["train", "finetune", "evaluate", "predict", "Reporter", "JobError", "ZOO"]
 
@@ -47,6 +47,41 @@ class JobError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C stopped training between two batches; a checkpoint of that point was saved."""
+
+
+class _CtrlC:
+    """While active, Ctrl-C asks training to stop after the current batch; a second Ctrl-C
+    interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self):
+        import signal
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, number, frame):
+        import signal
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        import signal
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+    def __call__(self):
+        return self.requested
 
 
 class Reporter:
@@ -194,7 +229,7 @@ class _Checkpointer(Callback):
         higher = "accuracy" in monitor
         self.better = (lambda a, b: a > b) if higher else (lambda a, b: a < b)
 
-    def training_state(self, model, epochs_done):
+    def training_state(self, model, epochs_done, position=None):
         optimizer = self.optimizer.state_dict()
         arrays = {}
         scalars = {}
@@ -206,6 +241,7 @@ class _Checkpointer(Callback):
                     scalars.setdefault(name, {})[slot] = value
         state = {
             "epochs_done": epochs_done,
+            "position": position,
             "settings": self.settings,
             "history": self.history,
             "best": self.best,
@@ -218,10 +254,11 @@ class _Checkpointer(Callback):
         }
         return state, arrays
 
-    def save_last(self, model, epochs_done):
+    def save_last(self, model, epochs_done, position=None):
+        """Write last.cnn; ``position`` ({"batch", "totals"}) marks a point inside an epoch."""
         save_model(model, os.path.join(self.folder, "last.cnn"),
                    provenance={"epochs": epochs_done},
-                   training_state=self.training_state(model, epochs_done))
+                   training_state=self.training_state(model, epochs_done, position))
 
     def on_epoch_end(self, epoch, logs, model):
         self.history.append({key: float(value) for key, value in logs.items()})
@@ -263,7 +300,8 @@ def _restore_training_state(path, model, optimizer, schedule, augmentation, sett
         layers = _random_layers(model)
         for layer, generator in zip(layers, state["dropout"]):
             layer.rng.bit_generator.state = generator
-        return int(state["epochs_done"]), list(state["history"]), state["best"]
+        return (int(state["epochs_done"]), state.get("position"), list(state["history"]),
+                state["best"])
     except (KeyError, TypeError, ValueError) as error:
         if isinstance(error, JobError):
             raise
@@ -335,7 +373,7 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
     sched = _make_schedule(schedule, opt, epochs, batches)
     augmentation = datasets.Augmentation(shift=shift, flip=flip, seed=seed) \
         if shift or flip else None
-    history, best, start = [], None, 0
+    history, best, start, position = [], None, 0, None
     if resume:
         try:
             saved = load_model(last)
@@ -343,9 +381,11 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
             raise JobError(str(error)) from None
         model.load_state_dict(saved.state_dict())
         model.provenance = saved.provenance
-        start, history, best = _restore_training_state(last, model, opt, sched, augmentation,
-                                                       settings)
-        reporter.message(f"resuming from {last} after epoch {start}")
+        start, position, history, best = _restore_training_state(last, model, opt, sched,
+                                                                 augmentation, settings)
+        where = f"epoch {start}" if not position else \
+            f"batch {position['batch']} of epoch {start + 1}"
+        reporter.message(f"resuming from {last} after {where}")
         if start >= epochs:
             raise JobError(f"--resume: the checkpoint has done {start} epochs already; ask "
                            f"for more with --epochs")
@@ -360,15 +400,24 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
     epoch_reporter = _EpochReporter(reporter, epochs, batches)
     epoch_reporter.start(start)
     try:
-        fit(model, train_part.x, train_part.y, epochs=epochs, batch_size=batch_size,
-            optimizer=opt, schedule=sched, seed=seed, initial_epoch=start,
-            validation_data=None if val_part is None else (val_part.x, val_part.y),
-            transform=transform, validation_transform=val_transform,
-            callbacks=[checkpointer, epoch_reporter],
-            progress=lambda epoch, batch, count, logs: reporter.batch_end(epoch, batch, count,
-                                                                          logs))
+        with _CtrlC() as ctrl_c:
+            fit(model, train_part.x, train_part.y, epochs=epochs, batch_size=batch_size,
+                optimizer=opt, schedule=sched, seed=seed, initial_epoch=start,
+                initial_batch=position["batch"] if position else 0,
+                initial_totals=tuple(position["totals"]) if position else None,
+                interrupt=ctrl_c,
+                validation_data=None if val_part is None else (val_part.x, val_part.y),
+                transform=transform, validation_transform=val_transform,
+                callbacks=[checkpointer, epoch_reporter],
+                progress=lambda epoch, batch, count, logs: reporter.batch_end(epoch, batch,
+                                                                              count, logs))
     except FloatingPointError as error:
         raise TrainingDiverged(f"{error}; the last good checkpoint is {last}") from None
+    except Interrupted as stop:
+        checkpointer.save_last(model, stop.epoch, {"batch": stop.batch,
+                                                   "totals": list(stop.totals)})
+        raise TrainingInterrupted(f"interrupted in epoch {stop.epoch + 1} after batch "
+                                  f"{stop.batch}; saved {last}; continue with --resume") from None
     save_model(model, output, overwrite=True,
                provenance={"epochs": epochs, "metrics": history[-1] if history else {}})
     return TrainResult(model, history, output, checkpoints=folder,

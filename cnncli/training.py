@@ -22,11 +22,25 @@ from cnncli.losses import SoftmaxCrossEntropy
 from cnncli.optimizers import Adam
 
 __all__ = ["fit", "evaluate", "predict", "predict_proba", "predict_outputs", "History", "Callback",
-           "EarlyStopping", "ModelCheckpoint", "StopTraining"]
+           "EarlyStopping", "ModelCheckpoint", "StopTraining", "Interrupted"]
 
 
 class StopTraining(Exception):
     """Raised by a callback to end training after the current epoch."""
+
+
+class Interrupted(Exception):
+    """Training stopped between two batches because ``interrupt()`` asked it to.
+
+    ``epoch`` is the epoch under way (from 0), ``batch`` the number of its
+    batches done, and ``totals`` the epoch's running (loss sum, correct,
+    seen): what ``fit(initial_epoch=epoch, initial_batch=batch,
+    initial_totals=totals)`` needs to carry on exactly.
+    """
+
+    def __init__(self, epoch, batch, totals):
+        super().__init__(f"interrupted in epoch {epoch + 1} after batch {batch}")
+        self.epoch, self.batch, self.totals = epoch, batch, totals
 
 
 class History:
@@ -206,7 +220,8 @@ def _accuracy_count(outputs, labels):
 
 def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None,
         callbacks=(), shuffle=True, seed=0, progress=None, transform=None,
-        validation_transform=None, schedule=None, initial_epoch=0):
+        validation_transform=None, schedule=None, initial_epoch=0, initial_batch=0,
+        initial_totals=None, interrupt=None):
     """Train ``model`` on (x, y) with mini-batch gradient descent.
 
     Parameters
@@ -231,6 +246,13 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
     initial_epoch : int
         The number of epochs already done (when resuming); training runs
         epochs ``initial_epoch .. epochs - 1``.
+    initial_batch, initial_totals : optional
+        Resume inside epoch ``initial_epoch``: skip its first
+        ``initial_batch`` batches, starting from the running totals an
+        ``Interrupted`` exception carried.
+    interrupt : callable, optional
+        Checked after every batch; when it returns True, training stops
+        there by raising ``Interrupted`` (a clean point to save a checkpoint).
     progress : callable, optional
         ``progress(epoch, batch, batches, logs)`` after every batch, with the
         running loss and accuracy of the epoch.
@@ -265,7 +287,13 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
         for epoch in range(int(initial_epoch), int(epochs)):
             order = np.random.default_rng([seed, epoch]).permutation(len(x)) if shuffle else None
             total_loss, correct, seen = 0.0, 0, 0
+            first = 0
+            if epoch == initial_epoch and initial_batch:
+                first = int(initial_batch)
+                total_loss, correct, seen = initial_totals
             for batch, indices in enumerate(_batches(len(x), batch_size, order)):
+                if batch < first:
+                    continue
                 inputs, targets = x[indices], y[indices]
                 if transform is not None:
                     inputs = transform(inputs)
@@ -290,6 +318,8 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
                     logs["accuracy"] = correct / seen
                 if progress is not None:
                     progress(epoch, batch, batches, logs)
+                if interrupt is not None and batch + 1 < batches and interrupt():
+                    raise Interrupted(epoch, batch + 1, (total_loss, correct, seen))
             if schedule is not None and not schedule.per_batch:
                 schedule.step()
             if validation_data is not None:
