@@ -91,7 +91,11 @@ class BuildKernels(build_ext):
 extensions = [Extension(name, [source]) for name, source in KERNEL_MODULES.items()]
 
 setup(
-    packages=["cnncli"],
+    # models/ is installed as cnncli.zoo, so `finetune NAME` finds the shipped
+    # pretrained models from any working directory.
+    packages=["cnncli", "cnncli.zoo"],
+    package_dir={"cnncli.zoo": "models"},
+    package_data={"cnncli.zoo": ["*.cnn", "*.md"]},
     ext_modules=cythonize(extensions, compiler_directives=COMPILER_DIRECTIVES,
                           include_path=["pyx"]),
     cmdclass={"build_ext": BuildKernels},

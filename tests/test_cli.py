@@ -272,3 +272,25 @@ def test_console_script_and_module_entry_points():
     completed = subprocess.run([sys.executable, "-m", "cnncli", "train", "--help"],
                                capture_output=True, text=True)
     assert "Examples" in completed.stdout and "--resume" in completed.stdout
+
+
+def test_pretrained_models_are_found_by_name(trained, digit_images, tmp_path, monkeypatch):
+    from cnncli import jobs
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    (zoo / "lenet-digits.cnn").write_bytes(trained.read_bytes())
+    (zoo / "lenet-digits.md").write_text("# LeNet on scikit-learn's digits\n\nDetails.\n")
+    monkeypatch.setattr(jobs, "zoo_folder", lambda: str(zoo))
+    listing = invoke("models")
+    assert "lenet-digits: LeNet on scikit-learn's digits" in listing.stdout
+    result = invoke("finetune", "lenet-digits", digit_images, "-o", tmp_path / "f.cnn",
+                    "--epochs", 1, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert load_model(tmp_path / "f.cnn").provenance["pretrained"] == "lenet-digits"
+    missing = invoke("finetune", "lenet-nothing", digit_images, "-o", tmp_path / "g.cnn")
+    assert missing.exit_code == 1 and "pretrained: lenet-digits" in missing.stderr
+
+
+def test_the_installed_zoo_folder_is_the_models_folder():
+    from cnncli import jobs
+    assert os.path.isfile(os.path.join(jobs.zoo_folder(), "README.md"))
