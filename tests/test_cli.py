@@ -294,3 +294,42 @@ def test_pretrained_models_are_found_by_name(trained, digit_images, tmp_path, mo
 def test_the_installed_zoo_folder_is_the_models_folder():
     from cnncli import jobs
     assert os.path.isfile(os.path.join(jobs.zoo_folder(), "README.md"))
+
+
+def test_cached_features_train_the_head_as_the_full_model_would(trained, digit_images, tmp_path):
+    from cnncli import jobs
+    results = [jobs.finetune(trained, digit_images, output=tmp_path / f"{cache}.cnn", epochs=2,
+                             cache_features=cache) for cache in (True, False)]
+    assert results[0].cached_features and not results[1].cached_features
+    cached, full = (r.model.state_dict() for r in results)
+    for name in cached:
+        np.testing.assert_allclose(cached[name], full[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (dict(x=np.zeros((4, 8, 8), np.uint8), y=[0, 1, 2]), "4 images but 3 labels"),
+    (dict(x=np.zeros((3, 8, 8), np.uint8), y=[0, 1, 12], classes=np.array(["a", "b"])),
+     "label 12 of sample 2 is outside 0..1"),
+])
+def test_bad_arrays_through_the_cli(arrays, message, trained, tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    result = invoke("train", path, "-o", tmp_path / "m.cnn")
+    assert result.exit_code == 1 and message in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_empty_class_folder_and_non_image_through_the_cli(digit_images, tmp_path):
+    import shutil
+    root = tmp_path / "images"
+    shutil.copytree(digit_images, root)
+    (root / "empty").mkdir()
+    result = invoke("train", root, "-o", tmp_path / "m.cnn")
+    assert result.exit_code == 1 and "the class folder has no images" in result.stderr
+    (root / "empty" / "notes.txt").write_text("not an image")
+    result = invoke("train", root, "-o", tmp_path / "m.cnn")
+    assert result.exit_code == 1 and "notes.txt: not an image file" in result.stderr
+    result = invoke("train", root, "-o", tmp_path / "m.cnn", "--skip-bad", "--epochs", 1,
+                    "--quiet")
+    assert result.exit_code == 0, result.output
+    assert load_model(tmp_path / "m.cnn").classes == ["digit0", "digit1", "digit2"]
