@@ -17,6 +17,9 @@ its start.
 
 import math
 import os
+import signal
+import threading
+import time
 
 import numpy as np
 
@@ -62,20 +65,16 @@ class _CtrlC:
         self.previous = None
 
     def __enter__(self):
-        import signal
-        import threading
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
     def _handle(self, number, frame):
-        import signal
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
 
     def __exit__(self, *exc):
-        import signal
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
         return False
@@ -184,12 +183,10 @@ class _EpochReporter(Callback):
         self.reporter, self.epochs, self.batches, self.phase = reporter, epochs, batches, phase
 
     def start(self, epoch):
-        import time
         self.started = time.perf_counter()
         self.reporter.epoch_begin(epoch, self.epochs, self.batches, self.phase)
 
     def on_epoch_end(self, epoch, logs, model):
-        import time
         self.reporter.epoch_end(epoch, self.epochs, logs, time.perf_counter() - self.started)
         if epoch + 1 < self.epochs:
             self.start(epoch + 1)

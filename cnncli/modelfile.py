@@ -29,6 +29,7 @@ flushed to disk, then renamed over the target, so a crash or a full disk
 leaves the previous file intact.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -110,22 +111,16 @@ def atomic_write(path, data, overwrite=True):
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
-        except FileNotFoundError:
-            pass
         raise
-    # Make the rename itself durable.
-    try:
+    # Make the rename itself durable, where the file system lets a folder be synced.
+    with contextlib.suppress(OSError):
         folder = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(folder)
-    except OSError:
-        pass
-    finally:
-        os.close(folder)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def _to_json(value, what):

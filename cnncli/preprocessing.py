@@ -10,6 +10,7 @@ files into arrays of that size and channel count is the data pipeline's job;
 this is the arithmetic after it.
 """
 
+import contextlib
 import math
 
 import numpy as np
@@ -25,10 +26,8 @@ def _finite_numbers(name, values, count, positive=False):
         number = None
         if not isinstance(value, bool) and isinstance(value, (int, float, np.integer,
                                                               np.floating)):
-            try:
+            with contextlib.suppress(OverflowError):     # an int beyond any float
                 number = float(value)
-            except OverflowError:
-                pass
         if number is None or not math.isfinite(number) or (positive and number <= 0):
             kind = "positive finite numbers" if positive else "finite numbers"
             raise ValueError(f"{name}: expected {kind}, got {values!r}"[:300])

@@ -281,65 +281,63 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
         callback.on_train_begin(model)
     # A diverging run overflows before its loss turns non-finite; the check
     # below reports it once, so NumPy's warnings along the way are noise.
-    quiet_overflow = np.errstate(over="ignore", invalid="ignore")
-    quiet_overflow.__enter__()
     try:
-        for epoch in range(int(initial_epoch), int(epochs)):
-            order = np.random.default_rng([seed, epoch]).permutation(len(x)) if shuffle else None
-            total_loss, correct, seen = 0.0, 0, 0
-            first = 0
-            if epoch == initial_epoch and initial_batch:
-                first = int(initial_batch)
-                total_loss, correct, seen = initial_totals
-            for batch, indices in enumerate(_batches(len(x), batch_size, order)):
-                if batch < first:
-                    continue
-                inputs, targets = x[indices], y[indices]
-                if transform is not None:
-                    inputs = transform(inputs)
-                outputs = model.forward(inputs, training=True)
-                value, grad = loss(outputs, targets)
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"loss became {value} at epoch {epoch + 1}, "
-                                             f"batch {batch + 1}; lower the learning rate")
-                optimizer.zero_grad()
-                model.backward(grad)
-                # L1/L2 penalties count in the reported loss, as in Keras.
-                value += model.regularize()
-                optimizer.step()
-                if schedule is not None and schedule.per_batch:
+        with np.errstate(over="ignore", invalid="ignore"):
+            for epoch in range(int(initial_epoch), int(epochs)):
+                order = np.random.default_rng([seed, epoch]).permutation(len(x)) if shuffle else None
+                total_loss, correct, seen = 0.0, 0, 0
+                first = 0
+                if epoch == initial_epoch and initial_batch:
+                    first = int(initial_batch)
+                    total_loss, correct, seen = initial_totals
+                for batch, indices in enumerate(_batches(len(x), batch_size, order)):
+                    if batch < first:
+                        continue
+                    inputs, targets = x[indices], y[indices]
+                    if transform is not None:
+                        inputs = transform(inputs)
+                    outputs = model.forward(inputs, training=True)
+                    value, grad = loss(outputs, targets)
+                    if not math.isfinite(value):
+                        raise FloatingPointError(f"loss became {value} at epoch {epoch + 1}, "
+                                                 f"batch {batch + 1}; lower the learning rate")
+                    optimizer.zero_grad()
+                    model.backward(grad)
+                    # L1/L2 penalties count in the reported loss, as in Keras.
+                    value += model.regularize()
+                    optimizer.step()
+                    if schedule is not None and schedule.per_batch:
+                        schedule.step()
+                    total_loss += value * len(targets)
+                    seen += len(targets)
+                    hits = _accuracy_count(outputs, targets)
+                    correct = None if hits is None or correct is None else correct + hits
+                    logs = {"loss": total_loss / seen}
+                    if correct is not None:
+                        logs["accuracy"] = correct / seen
+                    if progress is not None:
+                        progress(epoch, batch, batches, logs)
+                    if interrupt is not None and batch + 1 < batches and interrupt():
+                        raise Interrupted(epoch, batch + 1, (total_loss, correct, seen))
+                if schedule is not None and not schedule.per_batch:
                     schedule.step()
-                total_loss += value * len(targets)
-                seen += len(targets)
-                hits = _accuracy_count(outputs, targets)
-                correct = None if hits is None or correct is None else correct + hits
-                logs = {"loss": total_loss / seen}
-                if correct is not None:
-                    logs["accuracy"] = correct / seen
-                if progress is not None:
-                    progress(epoch, batch, batches, logs)
-                if interrupt is not None and batch + 1 < batches and interrupt():
-                    raise Interrupted(epoch, batch + 1, (total_loss, correct, seen))
-            if schedule is not None and not schedule.per_batch:
-                schedule.step()
-            if validation_data is not None:
-                logs.update({f"val_{key}": value for key, value in
-                             evaluate(model, x_val, y_val, loss=loss,
-                                      transform=validation_transform).items()})
-            history.append(logs)
-            # Every callback sees the epoch, even after one asked to stop.
-            stop = False
-            for callback in callbacks:
-                try:
-                    callback.on_epoch_end(epoch, logs, model)
-                except StopTraining:
-                    stop = True
-            if stop:
-                raise StopTraining
+                if validation_data is not None:
+                    logs.update({f"val_{key}": value for key, value in
+                                 evaluate(model, x_val, y_val, loss=loss,
+                                          transform=validation_transform).items()})
+                history.append(logs)
+                # Every callback sees the epoch, even after one asked to stop.
+                stop = False
+                for callback in callbacks:
+                    try:
+                        callback.on_epoch_end(epoch, logs, model)
+                    except StopTraining:
+                        stop = True
+                if stop:
+                    raise StopTraining
     except StopTraining:
         history.stopped_early = True
     finally:
-        quiet_overflow.__exit__(None, None, None)
         for callback in callbacks:
             callback.on_train_end(model)
     return history
