@@ -172,7 +172,8 @@ def load_dataset(source, channels=None, size=None, skip_bad=False, cache_dir=Non
     if text == "digits":
         return Splits(load_digits())
     if text == "mnist":
-        return load_npz(load_mnist(cache_dir), skip_bad=skip_bad, classes=[str(d) for d in range(10)])
+        return load_npz(load_mnist(cache_dir), skip_bad=skip_bad,
+                        classes=[str(d) for d in range(10)])
     if os.path.isdir(text):
         return load_image_folder(text, channels=channels, size=size, skip_bad=skip_bad)
     if not os.path.exists(text):

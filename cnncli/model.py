@@ -296,7 +296,8 @@ class Sequential:
         Float arrays are converted to the model's dtype. Returns a LoadReport.
         """
         if not isinstance(state, dict):
-            raise ValueError(f"state: expected a dict of arrays by name, got {type(state).__name__}")
+            raise ValueError(f"state: expected a dict of arrays by name, got "
+                             f"{type(state).__name__}")
         targets = self._state_arrays()
         report = LoadReport()
         accepted = {}

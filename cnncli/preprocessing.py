@@ -82,7 +82,8 @@ class Preprocessing:
         if images.shape[1:] != self.input_shape:
             raise ValueError(f"images: expected shape (N, {', '.join(map(str, self.input_shape))})"
                              f", got {images.shape}")
-        if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
+        if not (np.issubdtype(images.dtype, np.integer)
+                or np.issubdtype(images.dtype, np.floating)):
             raise ValueError(f"images: expected integer or float pixels, got {images.dtype}")
         dtype = np.dtype(dtype)
         shape = (1, self.channels, 1, 1)

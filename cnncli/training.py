@@ -284,7 +284,8 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             for epoch in range(int(initial_epoch), int(epochs)):
-                order = np.random.default_rng([seed, epoch]).permutation(len(x)) if shuffle else None
+                order = np.random.default_rng([seed, epoch]).permutation(len(x)) \
+                    if shuffle else None
                 total_loss, correct, seen = 0.0, 0, 0
                 first = 0
                 if epoch == initial_epoch and initial_batch:
