@@ -449,7 +449,7 @@ def image_to_array(image, channels, size):
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
-def _decode_folder(root, channels, size, skip_bad, skipped):
+def _decode_folder(root, skip_bad, skipped):
     samples, classes = _scan(root, skip_bad, skipped)
     images, labels, shapes, gray = [], [], [], True
     for path, label in samples:
@@ -504,7 +504,7 @@ def load_image_folder(root, channels=None, size=None, skip_bad=False):
         if "test" in parts:
             layout["test"] = parts["test"]
     skipped = []
-    decoded = {part: _decode_folder(folder, channels, size, skip_bad, skipped)
+    decoded = {part: _decode_folder(folder, skip_bad, skipped)
                for part, folder in layout.items()}
     classes = decoded["train"][4]
     for part, (_, _, _, _, part_classes) in decoded.items():

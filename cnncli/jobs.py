@@ -30,9 +30,10 @@ from cnncli.layers import Dense, Dropout
 from cnncli.modelfile import ModelFileError, load_model, read_training_state, save_model
 from cnncli.optimizers import SGD, Adam, AdamW, CosineLR, OneCycleLR, StepLR
 from cnncli.preprocessing import Preprocessing
-from cnncli.training import Callback, Interrupted, fit, predict_outputs
+from cnncli.training import Callback, Interrupted, Monitor, fit, predict_outputs
 
-__all__ = ["train", "finetune", "evaluate", "predict", "Reporter", "JobError", "ZOO"]
+__all__ = ["train", "finetune", "evaluate", "predict", "Reporter", "JobError",
+           "TrainingDiverged", "TrainingInterrupted", "zoo_models", "open_model"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
@@ -221,10 +222,14 @@ class _Checkpointer(Callback):
         self.settings = settings
         self.optimizer, self.schedule, self.augmentation = optimizer, schedule, augmentation
         self.history = history
-        self.monitor = monitor
+        self.tracker = Monitor(monitor, min_delta=0.0)
         self.best = None
-        higher = "accuracy" in monitor
-        self.better = (lambda a, b: a > b) if higher else (lambda a, b: a < b)
+
+    def restore_best(self, best):
+        """Carry on from the best epoch a checkpoint recorded ({"epoch", "value", ...})."""
+        self.best = best
+        if best is not None:
+            self.tracker.best, self.tracker.best_epoch = best["value"], best["epoch"] - 1
 
     def training_state(self, model, epochs_done, position=None):
         optimizer = self.optimizer.state_dict()
@@ -259,9 +264,9 @@ class _Checkpointer(Callback):
 
     def on_epoch_end(self, epoch, logs, model):
         self.history.append({key: float(value) for key, value in logs.items()})
-        value = logs[self.monitor]
-        if self.best is None or self.better(value, self.best["value"]):
-            self.best = {"epoch": epoch + 1, "value": float(value), "metrics": self.history[-1]}
+        if self.tracker.improved(epoch, logs):
+            self.best = {"epoch": epoch + 1, "value": float(self.tracker.best),
+                         "metrics": self.history[-1]}
             save_model(model, os.path.join(self.folder, "best.cnn"),
                        provenance={"epochs": epoch + 1, "metrics": self.history[-1]})
         self.save_last(model, epoch + 1)
@@ -391,7 +396,7 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
     val_transform = datasets.batch_transform(model.preprocessing, train_part.pixel_max)
     monitor = "val_accuracy" if val_part is not None else "loss"
     checkpointer = _Checkpointer(folder, settings, opt, sched, augmentation, history, monitor)
-    checkpointer.best = best
+    checkpointer.restore_best(best)
     if not resume:
         checkpointer.save_last(model, 0)
     epoch_reporter = _EpochReporter(reporter, epochs, batches)
@@ -450,8 +455,6 @@ def zoo_models():
             found.append((name, os.path.join(folder, entry), text))
     return found
 
-
-ZOO = zoo_models
 
 
 def resolve_model(name_or_path):

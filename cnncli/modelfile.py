@@ -296,7 +296,7 @@ def _open(path):
         raise ModelFileError(f"{path}: cannot be read ({error.strerror or error})") from None
 
 
-def _tensor_specs(reader, handle):
+def _tensor_specs(handle):
     """{name: (shape, safetensors dtype)} from the header."""
     specs = {}
     for name in handle.keys():
@@ -448,7 +448,7 @@ def load_model(path):
             expected, output_shape = plan(layers, input_shape)
         except (ValueError, TypeError, OverflowError) as error:
             reader.fail(f"the architecture does not fit together ({error})")
-        specs = _tensor_specs(reader, handle)
+        specs = _tensor_specs(handle)
         model_specs = {name: spec for name, spec in specs.items()
                        if not name.startswith(TRAINING_PREFIX)}
         _check_tensors(reader, model_specs, expected, architecture["dtype"])
@@ -492,7 +492,7 @@ def read_tensors(path):
     as float arrays. Used to load weights into a model of another architecture."""
     reader = _Reader(path)
     with _open(path) as handle:
-        specs = {name: spec for name, spec in _tensor_specs(reader, handle).items()
+        specs = {name: spec for name, spec in _tensor_specs(handle).items()
                  if not name.startswith(TRAINING_PREFIX)}
         for name, (shape, dtype) in specs.items():
             reader.check(dtype in ("F16", "F32", "F64", "I64", "I32"),
@@ -511,7 +511,7 @@ def read_training_state(path):
         settings = info["training_state"]
         reader.check(isinstance(settings, dict), "'training_state' must be an object")
         arrays = {}
-        for name, (shape, dtype) in _tensor_specs(reader, handle).items():
+        for name, (shape, dtype) in _tensor_specs(handle).items():
             if name.startswith(TRAINING_PREFIX):
                 reader.check(dtype in ("F32", "F64"), f"tensor {name!r} has dtype {dtype}")
                 arrays[name[len(TRAINING_PREFIX):]] = _read_tensor(reader, handle, name)

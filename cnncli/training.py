@@ -22,7 +22,7 @@ from cnncli.losses import SoftmaxCrossEntropy
 from cnncli.optimizers import Adam
 
 __all__ = ["fit", "evaluate", "predict", "predict_proba", "predict_outputs", "History", "Callback",
-           "EarlyStopping", "ModelCheckpoint", "StopTraining", "Interrupted"]
+           "EarlyStopping", "ModelCheckpoint", "StopTraining", "Interrupted", "Monitor"]
 
 
 class StopTraining(Exception):
@@ -76,7 +76,7 @@ class Callback:
         """Called once after the last epoch, also when training stopped early or failed."""
 
 
-class _Monitor:
+class Monitor:
     """Tracks the best value of one metric; ``accuracy`` metrics improve upwards, others down."""
 
     def __init__(self, monitor, min_delta):
@@ -110,7 +110,7 @@ class EarlyStopping(Callback):
     """
 
     def __init__(self, monitor="val_loss", patience=3, min_delta=0.0, restore_best=False):
-        self.tracker = _Monitor(monitor, min_delta)
+        self.tracker = Monitor(monitor, min_delta)
         self.patience = int(patience)
         self.restore_best = bool(restore_best)
 
@@ -154,7 +154,7 @@ class ModelCheckpoint(Callback):
 
     def __init__(self, path, monitor="val_loss", save_best_only=True, min_delta=0.0):
         self.path = os.fspath(path)
-        self.tracker = _Monitor(monitor, min_delta)
+        self.tracker = Monitor(monitor, min_delta)
         self.save_best_only = bool(save_best_only)
         self.saved = []         # paths written, in order
 
