@@ -19,6 +19,7 @@ from setuptools.command.build_ext import build_ext
 KERNEL_MODULES = {
     "cnncli._conv": "pyx/conv.pyx",
     "cnncli._pool": "pyx/pool.pyx",
+    "cnncli._linear": "pyx/linear.pyx",
     "cnncli._parallel": "pyx/parallel.pyx",
 }
 

@@ -1,4 +1,4 @@
-"""Convolution and pooling on NumPy arrays, with the signatures of ``torch.nn.functional``.
+"""Convolution, pooling and dense layers on NumPy arrays, with the signatures of ``torch.nn.functional``.
 
 Layout is NCHW and convolution weights are ``(out_channels, in_channels / groups,
 kernel_height, kernel_width)``, so any result can be checked against PyTorch.
@@ -24,10 +24,11 @@ from typing import NamedTuple, Optional, Tuple, Union
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from cnncli import _conv, _parallel, _pool
+from cnncli import _conv, _linear, _parallel, _pool
 
 __all__ = [
     "conv2d", "conv2d_backward",
+    "linear", "linear_backward",
     "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward",
     "global_avg_pool2d", "global_avg_pool2d_backward",
@@ -331,6 +332,76 @@ def conv2d_backward(grad_output, x, weight, stride: IntPair = 1,
         _conv.conv2d_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias,
                               geometry.stride, geometry.padding, geometry.dilation,
                               geometry.groups, get_num_threads())
+    return grad_input, grad_weight, grad_bias
+
+
+# ---------------------------------------------------------------------------
+# Fully connected
+# ---------------------------------------------------------------------------
+
+
+def _linear_operands(x, weight):
+    x = _float_array("x", x, 2, "(N, in_features)")
+    weight = _float_array("weight", weight, 2, "(out_features, in_features)", dtype=x.dtype)
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"weight: expected {x.shape[1]} input features (x has shape "
+                         f"{x.shape}), got weight shape {weight.shape}")
+    if x.shape[1] < 1 or weight.shape[0] < 1:
+        raise ValueError(f"weight: expected at least one input and output feature, got "
+                         f"shape {weight.shape}")
+    return x, weight
+
+
+def linear(x, weight, bias=None) -> np.ndarray:
+    """Fully connected layer: ``x @ weight.T + bias``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, in_features)
+    weight : ndarray, shape (out_features, in_features)
+    bias : ndarray, shape (out_features,), optional
+
+    Returns
+    -------
+    ndarray, shape (N, out_features)
+    """
+    x, weight = _linear_operands(x, weight)
+    if bias is not None:
+        bias = _float_array("bias", bias, 1, "(out_features,)", dtype=x.dtype)
+        _expect_shape("bias", bias, (weight.shape[0],))
+    out = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
+    if x.shape[0] == 0:
+        return out
+    with _single_threaded_blas:
+        _linear.linear_forward(x, weight, bias, out, get_num_threads())
+    return out
+
+
+def linear_backward(grad_output, x, weight, need_input_grad: bool = True,
+                    need_weight_grad: bool = True):
+    """Gradients of ``linear`` with respect to its input, weight and bias.
+
+    Returns ``(grad_input, grad_weight, grad_bias)`` with the shapes of x,
+    weight and (out_features,); ``None`` for what was not asked for, as in
+    ``conv2d_backward``.
+    """
+    x, weight = _linear_operands(x, weight)
+    grad_output = _float_array("grad_output", grad_output, 2, "(N, out_features)",
+                               dtype=x.dtype)
+    _expect_shape("grad_output", grad_output, (x.shape[0], weight.shape[0]))
+    if not need_input_grad and not need_weight_grad:
+        return None, None, None
+    grad_input = np.empty_like(x) if need_input_grad else None
+    grad_weight = np.empty_like(weight) if need_weight_grad else None
+    grad_bias = np.empty(weight.shape[0], dtype=x.dtype) if need_weight_grad else None
+    if x.shape[0] == 0:
+        for gradient in (grad_weight, grad_bias):
+            if gradient is not None:
+                gradient.fill(0)
+        return grad_input, grad_weight, grad_bias
+    with _single_threaded_blas:
+        _linear.linear_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias,
+                                get_num_threads())
     return grad_input, grad_weight, grad_bias
 
 

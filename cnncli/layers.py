@@ -380,16 +380,16 @@ class Dense(_Weighted):
     def forward(self, x, training=False):
         x = self._check_input(x)
         self._cache = x if training else None
-        out = x @ self.weight.value.T
-        if self.bias is not None:
-            out += self.bias.value
-        return out
+        bias = self.bias.value if self.bias is not None else None
+        return F.linear(x, self.weight.value, bias)
 
     def backward(self, grad_output, need_input_grad=True):
         x = self._cached()
-        if self._needs_parameter_grads():
-            self._store_grads(grad_output.T @ x, grad_output.sum(axis=0))
-        return grad_output @ self.weight.value if need_input_grad else None
+        grad_input, grad_weight, grad_bias = F.linear_backward(
+            grad_output, x, self.weight.value, need_input_grad=need_input_grad,
+            need_weight_grad=self._needs_parameter_grads())
+        self._store_grads(grad_weight, grad_bias)
+        return grad_input
 
     def extra_repr(self):
         return f"{self.units}" + ("" if self.use_bias else ", use_bias=False")

@@ -21,11 +21,10 @@
 #   caps the BLAS library at one thread for the duration of the call.
 
 from cython.parallel cimport prange, threadid
-from cython cimport floating
 from libc.string cimport memcpy, memset
-from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 include "checks.pxi"
+include "blas.pxi"
 
 # Upper bound on grad_weight partial sums: enough to keep 16 threads busy,
 # small enough that the partials stay a few copies of the weight.
@@ -40,25 +39,6 @@ cdef struct Geometry:
     Py_ssize_t PH, PW          # top / left padding
     Py_ssize_t DH, DW          # dilation
     Py_ssize_t G               # groups
-
-
-cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                      floating alpha, const floating* a, Py_ssize_t lda,
-                      const floating* b, Py_ssize_t ldb, floating beta,
-                      floating* c, Py_ssize_t ldc) noexcept nogil:
-    """Row-major C[m, n] = alpha * op(A)[m, k] @ op(B)[k, n] + beta * C."""
-    # Column-major BLAS sees every row-major matrix transposed, so it is asked
-    # for C^T = op(B)^T @ op(A)^T: swap the operands, keep the flags.
-    cdef char trans_first = b'T' if trans_b else b'N'
-    cdef char trans_second = b'T' if trans_a else b'N'
-    cdef int rows = <int>n, cols = <int>m, inner = <int>k
-    cdef int ld_first = <int>ldb, ld_second = <int>lda, ld_out = <int>ldc
-    if floating is float:
-        sgemm(&trans_first, &trans_second, &rows, &cols, &inner, &alpha,
-              <float*>b, &ld_first, <float*>a, &ld_second, &beta, c, &ld_out)
-    else:
-        dgemm(&trans_first, &trans_second, &rows, &cols, &inner, &alpha,
-              <double*>b, &ld_first, <double*>a, &ld_second, &beta, c, &ld_out)
 
 
 cdef inline void valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,

@@ -149,3 +149,24 @@ def avg_pool2d_backward(grad_output, x, kernel_size, stride, padding, count_incl
         grad_input[:, :, rows.start:rows.stop, cols.start:cols.stop] += (
             grad_output[:, :, oh, ow][:, :, None, None] / divisor)
     return grad_input
+
+
+def linear(x, weight, bias):
+    """x @ weight.T + bias, one output element at a time, accumulated in float64."""
+    N, F = x.shape[0], weight.shape[0]
+    out = np.zeros((N, F))
+    for n in range(N):
+        for f in range(F):
+            out[n, f] = np.dot(x[n].astype(np.float64), weight[f].astype(np.float64))
+    if bias is not None:
+        out += bias
+    return out.astype(x.dtype)
+
+
+def linear_backward(grad_output, x, weight):
+    """(grad_input, grad_weight, grad_bias) of linear, as sums over the batch in float64."""
+    grad_output, x64, weight64 = (a.astype(np.float64) for a in (grad_output, x, weight))
+    grad_input = np.einsum("nf,fk->nk", grad_output, weight64)
+    grad_weight = np.einsum("nf,nk->fk", grad_output, x64)
+    grad_bias = grad_output.sum(axis=0)
+    return tuple(a.astype(x.dtype) for a in (grad_input, grad_weight, grad_bias))

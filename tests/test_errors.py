@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from cnncli import _conv, _pool
+from cnncli import _conv, _linear, _pool
 from cnncli import functional as F
 
 x32 = np.zeros((2, 3, 8, 8), dtype=np.float32)
@@ -87,6 +87,9 @@ def read_only(array):
 
 
 out32 = np.zeros((2, 4, 6, 6), dtype=np.float32)
+x2d = np.zeros((2, 6), dtype=np.float32)
+w2d = np.zeros((4, 6), dtype=np.float32)
+shared_weight_grad = np.zeros((4, 6), dtype=np.float32)
 CONV_ARGS = ((1, 1), (0, 0), (1, 1), 1, 2)
 
 KERNEL_ERRORS = [
@@ -129,6 +132,21 @@ KERNEL_ERRORS = [
     ("pool channels", lambda: _pool.avg_pool2d_forward(x32, np.zeros((2, 4, 4, 4), np.float32),
                                                        (2, 2), (2, 2), (0, 0), True, 1),
      "output: expected batch and channels (2, 3), got (2, 4)"),
+    ("linear non-contiguous out", lambda: _linear.linear_forward(x2d, w2d, None, x2d[:, :4], 1),
+     "out: expected a C-contiguous array"),
+    ("linear out shares x", lambda: _linear.linear_forward(x2d, w2d, None, x2d.reshape(-1)[:8].reshape(2, 4), 1),
+     "out: must not share memory with x"),
+    ("linear weight features", lambda: _linear.linear_forward(x2d, w2d[:, :5].copy(), None,
+                                                              np.zeros((2, 4), np.float32), 1),
+     "weight: expected shape (4, 6), got (4, 5)"),
+    ("linear grad_bias without grad_weight", lambda: _linear.linear_backward(
+        np.zeros((2, 4), np.float32), x2d, w2d, None, None, np.zeros(4, np.float32), 1),
+     "grad_weight and grad_bias: pass both or neither"),
+    ("linear grad_weight shares grad_bias", lambda: _linear.linear_backward(
+        np.zeros((2, 4), np.float32), x2d, w2d, None, shared_weight_grad, shared_weight_grad.reshape(-1)[:4], 1),
+     "grad_bias: must not share memory with grad_weight"),
+    ("linear empty batch", lambda: _linear.linear_forward(x2d[:0], w2d, None, np.zeros((0, 4), np.float32), 1),
+     "batch size: expected a value >= 1, got 0"),
 ]
 
 
@@ -147,6 +165,7 @@ def test_kernels_survive_inconsistent_arguments():
         x = rng.standard_normal(shape()).astype(np.float32)
         weight = rng.standard_normal(shape()).astype(np.float32)
         out = np.zeros(shape(), np.float32)
+        x2, weight2, out2 = (np.zeros(shape()[:2], np.float32) for _ in range(3))
         pair = lambda low: (int(rng.integers(low, 4)), int(rng.integers(low, 4)))
         params = (pair(-1), pair(-1), pair(-1), int(rng.integers(-1, 4)), int(rng.integers(1, 3)))
         for call in (lambda: _conv.conv2d_forward(x, weight, None, out, *params),
@@ -155,7 +174,11 @@ def test_kernels_survive_inconsistent_arguments():
                                                    np.zeros(weight.shape[0], np.float32), *params),
                      lambda: _pool.max_pool2d_forward(x, out, None, *params[:3], 1),
                      lambda: _pool.avg_pool2d_forward(x, out, *params[:3], False, 1),
-                     lambda: _pool.avg_pool2d_backward(out, x, *params[:3], True, 1)):
+                     lambda: _pool.avg_pool2d_backward(out, x, *params[:3], True, 1),
+                     lambda: _linear.linear_forward(x2, weight2, None, out2, 2),
+                     lambda: _linear.linear_backward(out2, x2, weight2, np.zeros_like(x2),
+                                                     np.zeros_like(weight2),
+                                                     np.zeros(weight2.shape[0], np.float32), 2)):
             try:
                 call()
             except ValueError:

@@ -1,0 +1,26 @@
+# Row-major GEMM over scipy's BLAS for both float types (textually included).
+#
+# Called from inside OpenMP loops: the Python caller (cnncli.functional) caps
+# every BLAS library at one thread for the duration of the kernel.
+
+from cython cimport floating
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+
+cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                      floating alpha, const floating* a, Py_ssize_t lda,
+                      const floating* b, Py_ssize_t ldb, floating beta,
+                      floating* c, Py_ssize_t ldc) noexcept nogil:
+    """Row-major C[m, n] = alpha * op(A)[m, k] @ op(B)[k, n] + beta * C."""
+    # Column-major BLAS sees every row-major matrix transposed, so it is asked
+    # for C^T = op(B)^T @ op(A)^T: swap the operands, keep the flags.
+    cdef char trans_first = b'T' if trans_b else b'N'
+    cdef char trans_second = b'T' if trans_a else b'N'
+    cdef int rows = <int>n, cols = <int>m, inner = <int>k
+    cdef int ld_first = <int>ldb, ld_second = <int>lda, ld_out = <int>ldc
+    if floating is float:
+        sgemm(&trans_first, &trans_second, &rows, &cols, &inner, &alpha,
+              <float*>b, &ld_first, <float*>a, &ld_second, &beta, c, &ld_out)
+    else:
+        dgemm(&trans_first, &trans_second, &rows, &cols, &inner, &alpha,
+              <double*>b, &ld_first, <double*>a, &ld_second, &beta, c, &ld_out)
