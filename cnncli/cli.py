@@ -130,6 +130,10 @@ SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Leave out unreadable 
                                                           "out-of-range labels, and report "
                                                           "them, instead of stopping.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the results.")]
+Classes = Annotated[Optional[str], typer.Option(help="Use only these classes of the data, "
+                                                     "comma-separated (e.g. 0,1,2,3,4).")]
+PerClass = Annotated[Optional[int], typer.Option(min=1, help="Train on at most this many "
+                                                             "images of each class.")]
 
 
 @app.command()
@@ -160,6 +164,7 @@ def train(
                                                              "OUTPUT-checkpoints).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last "
                                                           "checkpoint.")] = False,
+    classes: Classes = None, per_class: PerClass = None,
     seed: Seed = 0, threads: Threads = None, skip_bad: SkipBad = False, force: Force = False,
     quiet: Quiet = False,
 ):
@@ -171,7 +176,7 @@ def train(
 
       cnncli train photos/ --arch vgg-small --size 32x32 --shift 2 --flip --schedule cosine
 
-      cnncli train mnist -o mnist.cnn --resume
+      cnncli train mnist --classes 0,1,2,3,4 -o mnist-0-4.cnn --resume
     """
     with _Run():
         result = jobs.train(data, arch=arch, output=output, epochs=epochs,
@@ -180,7 +185,8 @@ def train(
                             seed=seed, threads=threads, val_split=val_split, shift=shift,
                             flip=flip, size=_size(size), channels=channels,
                             skip_bad=skip_bad, checkpoints=checkpoints, resume=resume,
-                            force=force, reporter=ConsoleReporter(quiet))
+                            force=force, classes=classes, per_class=per_class,
+                            reporter=ConsoleReporter(quiet))
         best = result.best
         out.print(f"saved {result.output}; checkpoints in {result.checkpoints} "
                   f"(best: epoch {best['epoch']}, {_metrics(best['metrics'])})", markup=False)
@@ -207,6 +213,7 @@ def finetune(
     val_split: Annotated[float, typer.Option()] = 0.1,
     shift: Annotated[int, typer.Option(min=0)] = 0,
     flip: Annotated[bool, typer.Option("--flip")] = False,
+    classes: Classes = None, per_class: PerClass = None,
     seed: Seed = 0, threads: Threads = None, skip_bad: SkipBad = False, force: Force = False,
     quiet: Quiet = False,
 ):
@@ -225,8 +232,8 @@ def finetune(
                                unfreeze_epochs=unfreeze_epochs,
                                backbone_lr_factor=backbone_lr_factor, optimizer=optimizer,
                                seed=seed, threads=threads, val_split=val_split, shift=shift,
-                               flip=flip, skip_bad=skip_bad, force=force,
-                               reporter=ConsoleReporter(quiet))
+                               flip=flip, skip_bad=skip_bad, force=force, classes=classes,
+                               per_class=per_class, reporter=ConsoleReporter(quiet))
         out.print(f"saved {result.output}", markup=False)
 
 
@@ -243,6 +250,7 @@ def evaluate(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics "
                                                                      "to this file.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    classes: Classes = None,
     threads: Threads = None, skip_bad: SkipBad = False, force: Force = False,
 ):
     """Accuracy, top-k, per-class precision/recall/F1 and the confusion matrix.
@@ -258,8 +266,7 @@ def evaluate(
             fail(f"{json_path}: already exists; pass --force to overwrite it")
         result = jobs.evaluate(model, data, split=split, top_k=top_k, batch_size=batch_size,
                                threads=threads, skip_bad=skip_bad, val_split=val_split,
-                               seed=seed,
-                               reporter=ConsoleReporter())
+                               seed=seed, classes=classes, reporter=ConsoleReporter())
         _print_evaluation(result)
         if json_path is not None:
             atomic_write(json_path, (json.dumps(result.as_dict(), indent=2) + "\n").encode())

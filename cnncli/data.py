@@ -31,7 +31,8 @@ import zipfile
 import numpy as np
 
 __all__ = ["Dataset", "Splits", "DataError", "load_dataset", "load_image_folder", "load_npz",
-           "load_digits", "load_mnist", "Rows", "stratified_split", "channel_statistics",
+           "load_digits", "load_mnist", "Rows", "stratified_split", "select_classes",
+           "sample_per_class", "channel_statistics",
            "Augmentation", "adapt_images", "batch_transform", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -128,7 +129,12 @@ class Dataset:
         return tuple(self.x.shape[1:])
 
     def subset(self, rows, source=None):
-        x = Rows(self.x, rows) if isinstance(self.x, (np.memmap, Rows)) else self.x[rows]
+        if isinstance(self.x, Rows):
+            x = Rows(self.x.base, self.x.rows[rows])
+        elif isinstance(self.x, np.memmap):
+            x = Rows(self.x, rows)
+        else:
+            x = self.x[rows]
         return Dataset(x, self.y[rows], self.classes, self.pixel_max,
                        source or self.source, self.skipped)
 
@@ -553,6 +559,35 @@ def stratified_split(dataset, fraction, seed=0):
                                             stratify=stratify)
     return (dataset.subset(np.sort(train_rows), f"{dataset.source} (train split)"),
             dataset.subset(np.sort(val_rows), f"{dataset.source} (validation split)"))
+
+
+def select_classes(dataset, names):
+    """The images of the classes ``names`` only, relabelled 0..k-1 in the order given."""
+    names = [str(name) for name in names]
+    unknown = [name for name in names if name not in dataset.classes]
+    if unknown:
+        raise DataError(f"{dataset.source}: no class {unknown[0]!r} (classes: "
+                        f"{', '.join(dataset.classes[:20])})")
+    if len(set(names)) != len(names):
+        raise DataError(f"classes: {', '.join(names)} names a class twice")
+    labels = np.full(len(dataset.classes), -1, dtype=np.int64)
+    labels[[dataset.classes.index(name) for name in names]] = np.arange(len(names))
+    rows = np.flatnonzero(labels[dataset.y] >= 0)
+    subset = dataset.subset(rows)
+    subset.y = labels[subset.y]
+    subset.classes = names
+    return subset
+
+
+def sample_per_class(dataset, count, seed=0):
+    """At most ``count`` images of each class, chosen by ``seed``, in their original order."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in range(len(dataset.classes)):
+        rows = np.flatnonzero(dataset.y == label)
+        chosen.append(rng.permutation(rows)[:count] if len(rows) > count else rows)
+    rows = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+    return dataset.subset(rows, f"{dataset.source} ({count} per class)")
 
 
 def channel_statistics(x, pixel_max, batch_size=4096):

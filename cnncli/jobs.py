@@ -41,7 +41,7 @@ SCHEDULES = ("constant", "step", "cosine", "onecycle")
 # Settings that must match for --resume to continue a run exactly.
 RESUME_SETTINGS = ("data", "arch", "batch_size", "lr", "optimizer", "schedule", "seed",
                    "val_split", "shift", "flip", "size", "channels", "weight_decay",
-                   "momentum")
+                   "momentum", "classes", "per_class")
 
 
 class JobError(ValueError):
@@ -122,10 +122,31 @@ def _positive(name, value):
         raise JobError(f"{name}: expected a positive integer, got {value!r}")
 
 
-def _load_splits(data_source, skip_bad, channels=None, size=None, reporter=None):
+def _class_list(classes):
+    """Class names from a list or a comma-separated string; None stays None."""
+    if classes is None:
+        return None
+    names = classes.split(",") if isinstance(classes, str) else list(classes)
+    names = [str(name).strip() for name in names]
+    if not names or not all(names):
+        raise JobError(f"--classes: expected comma-separated class names, got {classes!r}")
+    return names
+
+
+def _load_splits(data_source, skip_bad, channels=None, size=None, reporter=None,
+                 classes=None, per_class=None, seed=0):
+    """The dataset's parts, restricted to ``classes`` and to ``per_class`` training images
+    of each class (chosen by ``seed``) when given."""
     try:
         splits = datasets.load_dataset(data_source, channels=channels, size=size,
                                        skip_bad=skip_bad)
+        if classes is not None:
+            for part in ("train", "val", "test"):
+                if getattr(splits, part) is not None:
+                    setattr(splits, part, datasets.select_classes(getattr(splits, part),
+                                                                  classes))
+        if per_class is not None:
+            splits.train = datasets.sample_per_class(splits.train, per_class, seed)
     except DataError as error:
         raise JobError(str(error)) from None
     skipped = splits.train.skipped
@@ -313,10 +334,13 @@ def _restore_training_state(path, model, optimizer, schedule, augmentation, sett
 def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1e-3,
           optimizer="adam", schedule="constant", momentum=0.9, weight_decay=0.0, seed=0,
           threads=None, val_split=0.1, shift=0, flip=False, size=None, channels=None,
-          skip_bad=False, checkpoints=None, resume=False, force=False, reporter=None):
+          skip_bad=False, checkpoints=None, resume=False, force=False, classes=None,
+          per_class=None, reporter=None):
     """Train architecture ``arch`` from scratch on ``data`` and save it to ``output``.
 
-    See the module notes for checkpoints and ``resume``. Raises JobError for
+    ``classes`` keeps only the named classes of the data (a list, or names
+    separated by commas), ``per_class`` at most that many training images of
+    each. See the module notes for checkpoints and ``resume``. Raises JobError for
     expected failures, TrainingDiverged when the loss is no longer finite, and
     lets KeyboardInterrupt through after making sure a checkpoint exists.
     """
@@ -330,6 +354,9 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
         raise JobError(f"--schedule: expected one of {', '.join(SCHEDULES)}, got {schedule!r}")
     for name, value in (("--epochs", epochs), ("--batch-size", batch_size)):
         _positive(name, value)
+    classes = _class_list(classes)
+    if per_class is not None:
+        _positive("--per-class", per_class)
     if not (lr > 0 and math.isfinite(lr)):
         raise JobError(f"--lr: expected a positive learning rate, got {lr!r}")
     if not 0 <= val_split < 1:
@@ -349,7 +376,7 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
         _positive("--threads", threads)
         set_num_threads(threads)
 
-    splits = _load_splits(data, skip_bad, channels, size, reporter)
+    splits = _load_splits(data, skip_bad, channels, size, reporter, classes, per_class, seed)
     train_part, val_part = _train_val(splits, val_split, seed)
     shape = train_part.image_shape
     input_shape = (channels or shape[0],) + (tuple(size) if size else shape[1:])
@@ -367,7 +394,8 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
                 "optimizer": optimizer, "schedule": schedule, "seed": seed,
                 "val_split": val_split, "shift": shift, "flip": bool(flip),
                 "size": list(size) if size else None, "channels": channels,
-                "weight_decay": weight_decay, "momentum": momentum, "epochs": epochs}
+                "weight_decay": weight_decay, "momentum": momentum, "epochs": epochs,
+                "classes": classes, "per_class": per_class}
     model.provenance = {"command": "train", **settings, "dataset_size": len(train_part)}
 
     batches = math.ceil(len(train_part) / batch_size)
@@ -491,7 +519,7 @@ def _lowest_trainable(model):
 def finetune(pretrained, data, output="finetuned.cnn", epochs=5, batch_size=32, lr=1e-3,
              freeze=None, unfreeze_epochs=0, backbone_lr_factor=0.1, optimizer="adam",
              seed=0, threads=None, val_split=0.1, shift=0, flip=False, skip_bad=False,
-             cache_features=True, force=False, reporter=None):
+             cache_features=True, force=False, classes=None, per_class=None, reporter=None):
     """Transfer learning: replace the head of ``pretrained`` for the classes of ``data``,
     freeze the backbone (up to ``freeze``, default everything but the head), train, and
     optionally train everything for ``unfreeze_epochs`` more with the pretrained layers at
@@ -499,7 +527,8 @@ def finetune(pretrained, data, output="finetuned.cnn", epochs=5, batch_size=32, 
 
     With a frozen backbone and no augmentation, the backbone's outputs are
     computed once and the trainable top trains on them (``cache_features``):
-    the same result, for a fraction of the cost.
+    the same result, for a fraction of the cost. ``classes`` and ``per_class``
+    select data as in ``train``.
     """
     reporter = reporter or Reporter()
     for name, value in (("--epochs", epochs), ("--batch-size", batch_size)):
@@ -509,13 +538,17 @@ def finetune(pretrained, data, output="finetuned.cnn", epochs=5, batch_size=32, 
         raise JobError(f"--unfreeze-epochs: expected an integer >= 0, got {unfreeze_epochs!r}")
     if optimizer not in OPTIMIZERS:
         raise JobError(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    classes = _class_list(classes)
+    if per_class is not None:
+        _positive("--per-class", per_class)
     output = _check_output(output, force)
     if threads is not None:
         _positive("--threads", threads)
         set_num_threads(threads)
     model = open_model(pretrained)
     source = os.fspath(pretrained)
-    splits = _load_splits(data, skip_bad, reporter=reporter)
+    splits = _load_splits(data, skip_bad, reporter=reporter, classes=classes,
+                          per_class=per_class, seed=seed)
     train_part, val_part = _train_val(splits, val_split, seed)
 
     if model.preprocessing is None:
@@ -579,6 +612,7 @@ def finetune(pretrained, data, output="finetuned.cnn", epochs=5, batch_size=32, 
     model.provenance = {**model.provenance, "command": "finetune", "pretrained": source,
                         "data": os.fspath(data), "epochs": epochs,
                         "unfreeze_epochs": unfreeze_epochs, "lr": lr, "seed": seed,
+                        "classes": classes, "per_class": per_class,
                         "metrics": history[-1] if history else {}}
     save_model(model, output, overwrite=True)
     return TrainResult(model, history, output, skipped=train_part.skipped,
@@ -664,8 +698,8 @@ def _model_transform(model, pixel_max):
 
 
 def evaluate(model_path, data, split=None, top_k=5, batch_size=256, threads=None,
-             skip_bad=False, val_split=0.1, seed=0, reporter=None):
-    """Evaluate a model file on a part of a dataset.
+             skip_bad=False, val_split=0.1, seed=0, classes=None, reporter=None):
+    """Evaluate a model file on a part of a dataset (of its ``classes`` only, when given).
 
     ``split``: "test", "val", "train" or "all". By default the test part,
     else the validation part; data with neither is split as ``train`` splits
@@ -678,8 +712,9 @@ def evaluate(model_path, data, split=None, top_k=5, batch_size=256, threads=None
         set_num_threads(threads)
     _positive("--top-k", top_k)
     _positive("--batch-size", batch_size)
+    classes = _class_list(classes)
     model = open_model(model_path)
-    splits = _load_splits(data, skip_bad, reporter=reporter)
+    splits = _load_splits(data, skip_bad, reporter=reporter, classes=classes)
     if split is None:
         split = "test" if splits.test is not None else "val"
     if split not in ("train", "val", "test", "all"):
