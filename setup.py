@@ -92,11 +92,12 @@ class BuildKernels(build_ext):
 extensions = [Extension(name, [source]) for name, source in KERNEL_MODULES.items()]
 
 setup(
-    # models/ is installed as cnncli.zoo, so `finetune NAME` finds the shipped
-    # pretrained models from any working directory.
-    packages=["cnncli", "cnncli.zoo"],
-    package_dir={"cnncli.zoo": "models"},
-    package_data={"cnncli.zoo": ["*.cnn", "*.md"]},
+    # models/ is installed as cnncli.zoo and data/ as cnncli.sample_data, so
+    # `finetune NAME DATA` finds the shipped models and datasets from any folder.
+    packages=["cnncli", "cnncli.zoo", "cnncli.sample_data"],
+    package_dir={"cnncli.zoo": "models", "cnncli.sample_data": "data"},
+    package_data={"cnncli.zoo": ["*.cnn", "*.md"],
+                  "cnncli.sample_data": ["*.md", "*/*.md", "*/*/*/*.png"]},
     ext_modules=cythonize(extensions, compiler_directives=COMPILER_DIRECTIVES,
                           include_path=["pyx"]),
     cmdclass={"build_ext": BuildKernels},

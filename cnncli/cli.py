@@ -9,7 +9,9 @@ with code 130 after telling where the last checkpoint is.
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -120,7 +122,8 @@ def _size(text):
 
 DataArgument = Annotated[str, typer.Argument(
     help="A folder of images (root/<class>/<image>, or root/train|val|test/<class>/...), an "
-         ".npz file with x/y or x_train/y_train/x_test/y_test, 'digits' or 'mnist'.")]
+         ".npz file with x/y or x_train/y_train/x_test/y_test, 'digits', 'mnist', or a "
+         "dataset shipped with cnncli ('optdigits').")]
 Threads = Annotated[Optional[int], typer.Option(help="Threads for the kernels "
                                                       "(default: all cores).")]
 Seed = Annotated[int, typer.Option(help="Seed of initialisation, shuffling, splitting and "
@@ -317,6 +320,50 @@ def predict(
                       markup=False)
 
 
+# The demo: a shipped model fine-tuned on a shipped dataset, as a user would
+# with `cnncli finetune`; the docstring below shows the same two commands.
+DEMO_MODEL = "lenet-mnist"
+DEMO_DATA = "optdigits"
+DEMO_SETTINGS = dict(freeze="flatten_1", epochs=10, batch_size=32, lr=1e-3, seed=0)
+
+
+@app.command()
+def demo(
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Keep the fine-tuned "
+                                                                          "model here.")] = None,
+    threads: Threads = None, force: Force = False, quiet: Quiet = False,
+):
+    """Transfer learning on shipped defaults, no download: fine-tune lenet-mnist (trained by
+    cnncli on MNIST) on the optdigits images that ship with cnncli, then evaluate it on their
+    test part.
+
+    It does the same as:
+
+      cnncli finetune lenet-mnist optdigits --freeze flatten_1 --epochs 10 -o optdigits.cnn
+
+      cnncli eval optdigits.cnn optdigits
+    """
+    with _Run():
+        folder = None
+        if output is None:
+            folder = tempfile.mkdtemp(prefix="cnncli-demo-")
+            output = Path(folder) / "optdigits.cnn"
+        try:
+            reporter = ConsoleReporter(quiet)
+            if not quiet:
+                out.print(f"Fine-tuning {DEMO_MODEL} on {DEMO_DATA}: the convolutional layers "
+                          f"stay frozen, new dense layers learn the new data.", markup=False)
+            jobs.finetune(DEMO_MODEL, DEMO_DATA, output=output, threads=threads, force=force,
+                          reporter=reporter, **DEMO_SETTINGS)
+            result = jobs.evaluate(output, DEMO_DATA, reporter=reporter)
+            _print_evaluation(result)
+            if folder is None:
+                out.print(f"saved {output}", markup=False)
+        finally:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
 @app.command()
 def summary(
     model: Annotated[str, typer.Argument(help="A model file, a pretrained model's name, or an "
@@ -364,9 +411,10 @@ def models():
         out.print("no pretrained models are installed", markup=False)
         return
     for name, path, card in found:
-        first = next((line.strip("# ").strip() for line in card.splitlines() if line.strip()),
-                     "")
-        out.print(f"{name}: {first}", markup=False)
+        # The card's first paragraph after its title says what the model is.
+        about = next((line.strip() for line in card.splitlines()
+                      if line.strip() and not line.startswith("#")), "")
+        out.print(f"{name}: {about}", markup=False)
 
 
 def version_callback(value: bool):

@@ -31,7 +31,7 @@ import zipfile
 import numpy as np
 
 __all__ = ["Dataset", "Splits", "DataError", "load_dataset", "load_image_folder", "load_npz",
-           "load_digits", "load_mnist", "Rows", "stratified_split", "select_classes",
+           "load_digits", "load_mnist", "shipped_datasets", "Rows", "stratified_split", "select_classes",
            "sample_per_class", "channel_statistics",
            "Augmentation", "adapt_images", "batch_transform", "IMAGE_EXTENSIONS"]
 
@@ -166,7 +166,8 @@ def load_dataset(source, channels=None, size=None, skip_bad=False, cache_dir=Non
     source : str or path
         ``"digits"`` (scikit-learn's bundled 8x8 digits), ``"mnist"``
         (downloaded once and cached, or a local file: see ``load_mnist``), a
-        folder of images, or an ``.npz`` file.
+        folder of images, an ``.npz`` file, or the name of a dataset shipped
+        with cnncli (``shipped_datasets()``, e.g. ``"optdigits"``).
     channels, size : optional
         Convert images to this many channels and (height, width); by
         default the data's own (image folders: 1 channel if every image is
@@ -180,11 +181,14 @@ def load_dataset(source, channels=None, size=None, skip_bad=False, cache_dir=Non
     if text == "mnist":
         return load_npz(load_mnist(cache_dir), skip_bad=skip_bad,
                         classes=[str(d) for d in range(10)])
+    if not os.path.exists(text) and text in shipped_datasets():
+        text = shipped_datasets()[text]
     if os.path.isdir(text):
         return load_image_folder(text, channels=channels, size=size, skip_bad=skip_bad)
     if not os.path.exists(text):
+        shipped = "".join(f", '{name}'" for name in shipped_datasets())
         raise DataError(f"{text}: no such file or folder (expected a folder of images, an .npz "
-                        "file, 'digits' or 'mnist')")
+                        f"file, 'digits', 'mnist'{shipped})")
     if text.endswith(".npz"):
         return load_npz(text, skip_bad=skip_bad)
     raise DataError(f"{text}: not a dataset (expected a folder of images, an .npz file, "
@@ -194,6 +198,19 @@ def load_dataset(source, channels=None, size=None, skip_bad=False, cache_dir=Non
 # ---------------------------------------------------------------------------
 # Built-in datasets
 # ---------------------------------------------------------------------------
+
+
+def shipped_datasets():
+    """{name: folder} of the image-folder datasets installed with cnncli (data/)."""
+    from importlib import resources
+    try:
+        root = str(resources.files("cnncli.sample_data"))
+    except ModuleNotFoundError:
+        return {}
+    if not os.path.isdir(root):
+        return {}
+    return {name: os.path.join(root, name) for name in sorted(os.listdir(root))
+            if not name.startswith((".", "_")) and os.path.isdir(os.path.join(root, name))}
 
 
 def load_digits():
