@@ -513,6 +513,11 @@ class ReLU(_Activation):
     def derivative(self, out):
         return (out > 0).astype(out.dtype)
 
+    def backward(self, grad_output, need_input_grad=True):
+        out = self._cached()
+        # Multiplying by the boolean mask is one pass instead of two.
+        return grad_output * (out > 0) if need_input_grad else None
+
 
 class Sigmoid(_Activation):
     """1 / (1 + exp(-x)), computed without overflow for large |x|."""

@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from cnncli.layers import LeakyReLU, Layer, ReLU
+from cnncli.layers import LeakyReLU, Layer, MaxPool2D, ReLU
 
 __all__ = ["Sequential", "plan", "LoadReport", "IncompatibleWeightsError"]
 
@@ -70,6 +70,12 @@ def plan(layers, input_shape):
             expected[f"{layer.name}.{key}"] = tuple(state_shape)
         shape = output_shape
     return expected, shape
+
+
+def _pools_after_relu(layers, position):
+    """True where a ReLU is followed by a max pooling layer."""
+    return (type(layers[position]) is ReLU and position + 1 < len(layers)
+            and type(layers[position + 1]) is MaxPool2D)
 
 
 class Sequential:
@@ -429,8 +435,20 @@ class Sequential:
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)
         lowest = self._lowest_needed(need_input_grad) if training else len(self._layers)
-        for position, layer in enumerate(self._layers):
-            x = layer.forward(x, training=training and position >= lowest)
+        layers = self._layers
+        position = 0
+        while position < len(layers):
+            layer = layers[position]
+            if position + 1 >= lowest or not _pools_after_relu(layers, position):
+                x = layer.forward(x, training=training and position >= lowest)
+                position += 1
+                continue
+            # ReLU is monotone, so it commutes with max pooling: pooling first
+            # gives the same values with ReLU applied to a quarter of them.
+            pooled = layers[position + 1].forward(x)
+            layer._cache = None
+            x = layer.function(pooled)
+            position += 2
         return x
 
     __call__ = forward

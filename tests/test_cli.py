@@ -279,10 +279,10 @@ def test_pretrained_models_are_found_by_name(trained, digit_images, tmp_path, mo
     zoo = tmp_path / "zoo"
     zoo.mkdir()
     (zoo / "lenet-digits.cnn").write_bytes(trained.read_bytes())
-    (zoo / "lenet-digits.md").write_text("# LeNet on scikit-learn's digits\n\nDetails.\n")
+    (zoo / "lenet-digits.md").write_text("# lenet-digits\n\nLeNet on scikit-learn's digits.\n")
     monkeypatch.setattr(jobs, "zoo_folder", lambda: str(zoo))
     listing = invoke("models")
-    assert "lenet-digits: LeNet on scikit-learn's digits" in listing.stdout
+    assert "lenet-digits: LeNet on scikit-learn's digits." in listing.stdout
     result = invoke("finetune", "lenet-digits", digit_images, "-o", tmp_path / "f.cnn",
                     "--epochs", 1, "--quiet")
     assert result.exit_code == 0, result.output

@@ -294,3 +294,20 @@ def test_freezing_a_residual_block_freezes_its_inner_layers():
     model.backward(np.ones((3, 3)))
     assert all(p.grad is None for name, p in model.parameters().items()
                if name.startswith("residual"))
+
+
+def test_inference_pools_before_relu_with_the_same_result():
+    """Sequential runs ReLU -> MaxPool as MaxPool -> ReLU below the trained layers."""
+    model = Sequential([Conv2D(4, 3, padding=1), ReLU(), MaxPool2D(2, padding=1), Flatten(),
+                        Dense(5), ReLU(), Dense(3)], input_shape=(2, 7, 7), seed=0)
+    x = np.random.default_rng(0).standard_normal((6, 2, 7, 7)).astype(np.float32)
+    layer_by_layer = x
+    for layer in model:
+        layer_by_layer = layer.forward(layer_by_layer)
+    np.testing.assert_array_equal(model.forward(x), layer_by_layer)
+    model.freeze(upto="max_pool2d_1")
+    np.testing.assert_array_equal(model.forward(x, training=True), layer_by_layer)
+    assert model[1]._cache is None and model[2]._cache is None
+    model.unfreeze()
+    np.testing.assert_array_equal(model.forward(x, training=True), layer_by_layer)
+    assert model[1]._cache is not None
