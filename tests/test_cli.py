@@ -333,3 +333,66 @@ def test_empty_class_folder_and_non_image_through_the_cli(digit_images, tmp_path
                     "--quiet")
     assert result.exit_code == 0, result.output
     assert load_model(tmp_path / "m.cnn").classes == ["digit0", "digit1", "digit2"]
+
+
+def test_classes_and_per_class_select_the_data(tmp_path):
+    model_path = tmp_path / "m.cnn"
+    result = invoke("train", "digits", "--classes", "3,1", "--per-class", 20, "--val-split", 0,
+                    "--epochs", 1, "-o", model_path, "--quiet")
+    assert result.exit_code == 0, result.output
+    model = load_model(model_path)
+    assert model.classes == ["3", "1"]
+    assert model.provenance["dataset_size"] == 40 and model.provenance["per_class"] == 20
+    report = invoke("eval", model_path, "digits", "--classes", "1,3", "--split", "all")
+    assert report.exit_code == 0, report.output
+    assert "digits (all): 365 samples" in report.stdout
+    refused = invoke("eval", model_path, "digits")
+    assert refused.exit_code == 1 and "not among the model's classes" in refused.stderr
+    unknown = invoke("train", "digits", "--classes", "1,x", "-o", tmp_path / "n.cnn")
+    assert unknown.exit_code == 1 and "no class 'x'" in unknown.stderr
+
+
+def test_demo_fine_tunes_the_shipped_model_on_shipped_data(tmp_path):
+    """The README's main job: no download, no argument, an evaluation report."""
+    process = cnncli_process("demo", cwd=tmp_path)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    report = next(line for line in stdout.splitlines() if line.startswith("accuracy "))
+    assert float(report.split()[1]) >= 0.97, stdout
+    assert "optdigits (test): 599 samples" in stdout and "most confused" in stdout
+    assert os.listdir(tmp_path) == []
+    kept = invoke("demo", "-o", tmp_path / "kept.cnn", "--quiet")
+    assert kept.exit_code == 0, kept.output
+    assert load_model(tmp_path / "kept.cnn").provenance["pretrained"] == "lenet-mnist"
+    again = invoke("demo", "-o", tmp_path / "kept.cnn")
+    assert again.exit_code == 1 and "already exists" in again.stderr
+
+
+def test_the_shipped_models_match_their_cards():
+    import hashlib
+    from cnncli import jobs
+    shipped = {name: (path, card) for name, path, card in jobs.zoo_models()}
+    assert {"lenet-mnist", "lenet-mnist-0-4"} <= set(shipped)
+    listing = invoke("models").stdout
+    expected_classes = {"lenet-mnist": [str(d) for d in range(10)],
+                        "lenet-mnist-0-4": ["0", "1", "2", "3", "4"]}
+    for name, classes in expected_classes.items():
+        path, card = shipped[name]
+        assert f"{name}: LeNet-style CNN" in listing
+        digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+        assert f"file SHA-256 | `{digest}`" in card
+        for field in ("architecture", "input", "data", "seed", "test accuracy",
+                      "training time", f"cnncli train mnist"):
+            assert field in card, (name, field)
+        model = load_model(path)
+        assert model.classes == classes and model.input_shape == (1, 28, 28)
+        assert model.provenance["command"] == "train" and model.provenance["data"] == "mnist"
+        accuracy = float(card.split("test accuracy | **")[1].split("**")[0])
+        assert accuracy >= 0.99
+
+
+def test_pretrained_names_work_from_any_folder(tmp_path):
+    process = cnncli_process("summary", "lenet-mnist-0-4", cwd=tmp_path)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "Classes: 0, 1, 2, 3, 4" in stdout

@@ -273,3 +273,42 @@ def test_augmentation_shifts_and_flips_reproducibly():
     assert np.array_equal(first, second) and first.shape == batch.shape
     assert not np.array_equal(first, batch)
     assert data.Augmentation()(batch) is batch
+
+
+def test_select_classes_relabels_in_the_order_given(tmp_path):
+    dataset = load_dataset(image_folder(tmp_path / "set", ("ant", "bee", "cow"), 3)).train
+    chosen = data.select_classes(dataset, ["cow", "ant"])
+    assert chosen.classes == ["cow", "ant"] and len(chosen) == 6
+    np.testing.assert_array_equal(chosen.x[chosen.y == 0], dataset.x[dataset.y == 2])
+    np.testing.assert_array_equal(chosen.x[chosen.y == 1], dataset.x[dataset.y == 0])
+    with pytest.raises(DataError, match="no class 'dog'"):
+        data.select_classes(dataset, ["dog"])
+    with pytest.raises(DataError, match="names a class twice"):
+        data.select_classes(dataset, ["ant", "ant"])
+
+
+def test_sample_per_class_is_seeded_and_stays_lazy(tmp_path):
+    path = tmp_path / "set.npz"
+    np.savez(path, x=np.arange(60, dtype=np.uint8).reshape(15, 2, 2), y=np.arange(15) % 3)
+    dataset = data.select_classes(load_dataset(path).train, ["2", "0"])
+    sample = data.sample_per_class(dataset, 2, seed=1)
+    assert isinstance(sample.x, data.Rows) and isinstance(sample.x.base, np.memmap)
+    assert list(sample.class_counts()) == [2, 2]
+    again = data.sample_per_class(dataset, 2, seed=1)
+    np.testing.assert_array_equal(sample.x[:], again.x[:])
+    assert not np.array_equal(sample.x[:], data.sample_per_class(dataset, 2, seed=2).x[:])
+    assert len(data.sample_per_class(dataset, 50)) == len(dataset)
+
+
+def test_the_shipped_optdigits_images_load_by_name():
+    assert "optdigits" in data.shipped_datasets()
+    splits = load_dataset("optdigits")
+    assert (len(splits.train), len(splits.test)) == (1198, 599)
+    assert splits.train.classes == [str(d) for d in range(10)]
+    assert splits.train.image_shape == (1, 8, 8) and splits.train.x.dtype == np.uint8
+    assert min(splits.test.class_counts()) >= 58
+    # The PNG files hold scikit-learn's digits, rescaled from 0..16 to 0..255.
+    from sklearn.datasets import load_digits
+    images = np.rint(load_digits().images * 255 / 16).astype(np.uint8)
+    found = {bytes(image.tobytes()) for image in images}
+    assert all(bytes(image[0].tobytes()) in found for image in splits.test.x[:50])
