@@ -87,23 +87,25 @@ cdef void linear_backward_typed(const floating[:, ::1] grad_output,
                     grad_bias[f] = <floating>total
 
 
-cdef check_blas_sizes(Py_ssize_t N, Py_ssize_t K, Py_ssize_t F):
+cdef tuple check_operands(object x, object weight, int n_threads):
+    """(dtype, N, K, F) of a valid x (N, K) and weight (F, K)."""
+    dtype = working_dtype("x", x)
+    check_array("x", x, 2, dtype, False)
+    check_array("weight", weight, 2, dtype, False)
+    check_at_least("n_threads", n_threads, 1)
+    N, K, F = x.shape[0], x.shape[1], weight.shape[0]
+    for name, value in (("batch size", N), ("input features", K), ("units", F)):
+        check_at_least(name, value, 1)
     if N > BLAS_INT_MAX or K > BLAS_INT_MAX or F > BLAS_INT_MAX:
         raise ValueError("x: a matrix dimension exceeds the 2**31 BLAS accepts")
+    check_shape("weight", weight, (F, K))
+    return dtype, N, K, F
 
 
 def linear_forward(x, weight, bias, out, int n_threads):
     """out[n, f] = bias[f] + sum_k x[n, k] * weight[f, k]."""
-    dtype = working_dtype("x", x)
-    check_array("x", x, 2, dtype, False)
-    check_array("weight", weight, 2, dtype, False)
+    dtype, N, K, F = check_operands(x, weight, n_threads)
     check_array("out", out, 2, dtype, True)
-    check_at_least("n_threads", n_threads, 1)
-    cdef Py_ssize_t N = x.shape[0], K = x.shape[1], F = weight.shape[0]
-    for name, value in (("batch size", N), ("input features", K), ("units", F)):
-        check_at_least(name, value, 1)
-    check_blas_sizes(N, K, F)
-    check_shape("weight", weight, (F, K))
     check_shape("out", out, (N, F))
     if bias is not None:
         check_array("bias", bias, 1, dtype, False)
@@ -122,16 +124,8 @@ def linear_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias, 
     grad_input, or grad_weight together with grad_bias, may be None: what is
     not asked for is not computed.
     """
-    dtype = working_dtype("x", x)
+    dtype, N, K, F = check_operands(x, weight, n_threads)
     check_array("grad_output", grad_output, 2, dtype, False)
-    check_array("x", x, 2, dtype, False)
-    check_array("weight", weight, 2, dtype, False)
-    check_at_least("n_threads", n_threads, 1)
-    cdef Py_ssize_t N = x.shape[0], K = x.shape[1], F = weight.shape[0]
-    for name, value in (("batch size", N), ("input features", K), ("units", F)):
-        check_at_least(name, value, 1)
-    check_blas_sizes(N, K, F)
-    check_shape("weight", weight, (F, K))
     check_shape("grad_output", grad_output, (N, F))
     inputs = (("grad_output", grad_output), ("x", x), ("weight", weight))
     if grad_input is not None:
