@@ -511,12 +511,8 @@ class ReLU(_Activation):
         return np.maximum(x, 0)
 
     def derivative(self, out):
-        return (out > 0).astype(out.dtype)
-
-    def backward(self, grad_output, need_input_grad=True):
-        out = self._cached()
-        # Multiplying by the boolean mask is one pass instead of two.
-        return grad_output * (out > 0) if need_input_grad else None
+        # The boolean mask itself: multiplying by it is one pass, not two.
+        return out > 0
 
 
 class Sigmoid(_Activation):

@@ -382,7 +382,7 @@ def test_the_shipped_models_match_their_cards():
         digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
         assert f"file SHA-256 | `{digest}`" in card
         for field in ("architecture", "input", "data", "seed", "test accuracy",
-                      "training time", f"cnncli train mnist"):
+                      "training time", "cnncli train mnist"):
             assert field in card, (name, field)
         model = load_model(path)
         assert model.classes == classes and model.input_shape == (1, 28, 28)
