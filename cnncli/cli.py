@@ -1,4 +1,4 @@
-"""The command-line tool: ``cnncli train | finetune | eval | predict | summary | models``.
+"""The command-line tool: ``cnncli train | finetune | eval | predict | import | summary | models``.
 
 Each command parses its options, calls one job from ``cnncli.jobs`` and
 prints the result. Expected failures (a missing file, a bad model file, bad
@@ -362,6 +362,48 @@ def demo(
         finally:
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+@app.command("import")
+def import_weights(
+    source: Annotated[str, typer.Argument(help="torchvision-format weights: a PyTorch .pt/.pth "
+                                               "file (read without torch, nothing in it is "
+                                               "run) or a .safetensors file.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model file to "
+                                                   "write (default: SOURCE's name with "
+                                                   ".cnn).")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="resnet18, resnet34 or resnet50 "
+                                                     "(default: recognised from the "
+                                                     "weights).")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="Class names, comma-separated or a "
+                                                        "file with one per line (default: "
+                                                        "ImageNet's for 1000 outputs).")] = None,
+    size: Annotated[Optional[str], typer.Option(help="Input HEIGHTxWIDTH (default "
+                                                     "224x224).")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Per-channel mean (default ImageNet's: "
+                                                     "0.485,0.456,0.406).")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Per-channel std (default ImageNet's: "
+                                                    "0.229,0.224,0.225).")] = None,
+    force: Force = False,
+):
+    """Convert pretrained ResNet-18/34/50 weights from the PyTorch ecosystem (torchvision's
+    names and layout) into a cnncli model file, without PyTorch.
+
+    Examples:
+
+      cnncli import resnet18-f37072fd.pth -o resnet18.cnn
+
+      cnncli import resnet50.safetensors --classes labels.txt --size 160x160
+    """
+    with _Run():
+        result = jobs.import_model(source, output=output, arch=arch, classes=classes,
+                                   size=_size(size), mean=mean, std=std, force=force)
+        out.print(str(result.report), markup=False)
+        model = result.model
+        out.print(f"saved {result.output} ({sum(model.count_parameters()):,} parameters, "
+                  f"input {'x'.join(map(str, model.input_shape))}, "
+                  f"{len(model.classes) if model.classes else 'unnamed'} classes)",
+                  markup=False)
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""The jobs behind the command-line tool: train, finetune, evaluate, predict.
+"""The jobs behind the command-line tool: train, finetune, evaluate, predict, import.
 
 Each job takes plain arguments, reports progress through a ``Reporter`` and
 returns a result object; none prints. The CLI turns arguments into a call
@@ -32,7 +32,7 @@ from cnncli.optimizers import SGD, Adam, AdamW, CosineLR, OneCycleLR, StepLR
 from cnncli.preprocessing import Preprocessing
 from cnncli.training import Callback, Interrupted, Monitor, fit, predict_outputs
 
-__all__ = ["train", "finetune", "evaluate", "predict", "Reporter", "JobError",
+__all__ = ["train", "finetune", "evaluate", "predict", "import_model", "Reporter", "JobError",
            "TrainingDiverged", "TrainingInterrupted", "zoo_models", "open_model"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -131,6 +131,14 @@ def _class_list(classes):
     if not names or not all(names):
         raise JobError(f"--classes: expected comma-separated class names, got {classes!r}")
     return names
+
+
+def _model_image_format(model):
+    """The channels and size a model's images load at, so a folder of photos of any size
+    becomes what the model takes (None, None when the model does not say)."""
+    if model.preprocessing is None:
+        return {}
+    return {"channels": model.preprocessing.channels, "size": model.preprocessing.size}
 
 
 def _load_splits(data_source, skip_bad, channels=None, size=None, reporter=None,
@@ -548,7 +556,7 @@ def finetune(pretrained, data, output="finetuned.cnn", epochs=5, batch_size=32, 
     model = open_model(pretrained)
     source = os.fspath(pretrained)
     splits = _load_splits(data, skip_bad, reporter=reporter, classes=classes,
-                          per_class=per_class, seed=seed)
+                          per_class=per_class, seed=seed, **_model_image_format(model))
     train_part, val_part = _train_val(splits, val_split, seed)
 
     if model.preprocessing is None:
@@ -714,7 +722,8 @@ def evaluate(model_path, data, split=None, top_k=5, batch_size=256, threads=None
     _positive("--batch-size", batch_size)
     classes = _class_list(classes)
     model = open_model(model_path)
-    splits = _load_splits(data, skip_bad, reporter=reporter, classes=classes)
+    splits = _load_splits(data, skip_bad, reporter=reporter, classes=classes,
+                          **_model_image_format(model))
     if split is None:
         split = "test" if splits.test is not None else "val"
     if split not in ("train", "val", "test", "all"):
@@ -811,3 +820,64 @@ def predict(model_path, inputs, top_k=3, batch_size=256, threads=None, skip_bad=
         image.close()
     probabilities = _probabilities(model, x, 255, batch_size)
     return Prediction(names, classes, probabilities, top_k)
+
+
+# ---------------------------------------------------------------------------
+# import
+# ---------------------------------------------------------------------------
+
+
+class ImportResult:
+    def __init__(self, model, report, output):
+        self.model = model
+        self.report = report
+        self.output = output
+
+
+def _numbers(option, text, count):
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise JobError(f"{option}: expected {count} comma-separated numbers, got {text!r}")
+    return values
+
+
+def import_model(source, output=None, arch=None, classes=None, size=None, mean=None, std=None,
+                 force=False):
+    """Convert torchvision-format weights (``.pt``/``.pth`` or ``.safetensors``) into a cnncli
+    model file; see ``cnncli.importer``.
+
+    ``classes``: names, comma-separated, or a text file with one name per line
+    (default: ImageNet's for a 1000-class head). ``size`` (height, width),
+    ``mean`` and ``std`` (per channel, comma-separated) override ImageNet's
+    preprocessing. ``output`` defaults to the source's name with ``.cnn``.
+    """
+    from cnncli import importer
+    source = os.fspath(source)
+    if arch is not None and arch not in ("resnet18", "resnet34", "resnet50"):
+        raise JobError(f"--arch: expected resnet18, resnet34 or resnet50, got {arch!r}")
+    if output is None:
+        output = os.path.splitext(os.path.basename(source))[0] + ".cnn"
+    output = _check_output(output, force)
+    if isinstance(classes, str) and os.path.isfile(classes):
+        with open(classes, encoding="utf-8") as handle:
+            classes = [line.strip() for line in handle if line.strip()]
+    classes = _class_list(classes)
+    base = importer.IMAGENET_PREPROCESSING
+    try:
+        preprocessing = Preprocessing(
+            base.channels, tuple(size) if size is not None else base.size,
+            mean=_numbers("--mean", mean, base.channels) if mean is not None else base.mean,
+            std=_numbers("--std", std, base.channels) if std is not None else base.std,
+            scale=base.scale)
+    except ValueError as error:
+        raise JobError(str(error)) from None
+    try:
+        model, report = importer.import_weights(source, architecture=arch, classes=classes,
+                                                preprocessing=preprocessing)
+    except importer.WeightsImportError as error:
+        raise JobError(str(error)) from None
+    save_model(model, output, overwrite=True)
+    return ImportResult(model, report, output)

@@ -29,6 +29,8 @@ import io
 import os
 import pickletools
 import re
+import struct
+import warnings
 import zipfile
 
 import numpy as np
@@ -95,6 +97,13 @@ class _Tensor:
 
 class _OrderedDict(dict):
     """What ``collections.OrderedDict`` rebuilds to: a plain dict (insertion-ordered)."""
+
+
+def _kind(value):
+    """What a value is, in the file's terms."""
+    names = {_OrderedDict: "ordered dict", _Tensor: "tensor", _Storage: "storage",
+             _StorageType: "storage class", dict: "dict", list: "list", tuple: "tuple"}
+    return names.get(type(value), "function" if callable(value) else type(value).__name__)
 
 
 def _is_count(value):
@@ -182,13 +191,20 @@ class _Machine:
 
     def run(self, data):
         stream = io.BytesIO(data)
+        with warnings.catch_warnings():
+            # genops decodes a refused text opcode's argument before we see
+            # it, which may warn about its escapes.
+            warnings.simplefilter("ignore")
+            return self._run(stream, len(data))
+
+    def _run(self, stream, size):
         for opcode, argument, position in pickletools.genops(stream):
             name = opcode.name
             if name not in OPCODES:
                 raise _Refused(f"pickle opcode {name} at byte {position} is not allowed in a "
                                "weights file")
             if name == "STOP":
-                if stream.tell() != len(data):
+                if stream.tell() != size:
                     raise _Refused("the pickle has bytes after its end")
                 (result,) = self.pop()
                 if self.stack or self.marks:
@@ -226,15 +242,17 @@ class _Machine:
             items = self.pop() if name == "APPEND" else self.pop_mark()
             target = self.top()
             if type(target) is not list:
-                raise _Refused(f"{name} on a {type(target).__name__}, not a list")
+                raise _Refused(f"{name} on a {_kind(target)}, not a list")
             target.extend(items)
         elif name == "EMPTY_DICT":
             stack.append({})
         elif name in ("SETITEM", "SETITEMS"):
             items = self.pop(2) if name == "SETITEM" else self.pop_mark()
             target = self.top()
-            if not isinstance(target, dict) or len(items) % 2:
-                raise _Refused(f"{name} on a {type(target).__name__}, not a dict")
+            if not isinstance(target, dict):
+                raise _Refused(f"{name} on a {_kind(target)}, not a dict")
+            if len(items) % 2:
+                raise _Refused(f"{name} with a key and no value")
             for key, value in zip(items[::2], items[1::2]):
                 if not isinstance(key, (str, int, bytes, tuple, type(None))):
                     raise _Refused(f"a dict key is a {type(key).__name__}")
@@ -265,8 +283,9 @@ class _Machine:
             try:
                 stack.append(function(*arguments))
             except TypeError:
-                raise _Refused(f"{function.__name__.lstrip('_')} called with "
-                               f"{len(arguments)} arguments") from None
+                name = next(f"{module}.{qualified}" for (module, qualified), allowed
+                            in ALLOWED.items() if allowed is function)
+                raise _Refused(f"{name} called with {len(arguments)} arguments") from None
         elif name == "BUILD":
             (state,) = self.pop()
             # An OrderedDict state dict carries its per-module version numbers
@@ -282,6 +301,8 @@ def _check_entry_names(infos):
     seen = set()
     for info in infos:
         name = info.filename
+        if info.flag_bits & 0x1:
+            raise _Refused(f"the archive entry {name[:100]!r} is encrypted")
         if not SAFE_ENTRY.match(name) or any(part in ("", ".", "..") for part in name.split("/")):
             raise _Refused(f"the archive has an entry with an unsafe name {name[:100]!r}")
         if name in seen:
@@ -353,9 +374,8 @@ def _state_dict(saved):
             if isinstance(inner, dict) and inner and \
                     all(isinstance(v, _Tensor) for v in inner.values()):
                 return inner
-    kind = type(saved).__name__ if not isinstance(saved, _OrderedDict) else "OrderedDict"
     raise _Refused(f"expected a state dict (names to tensors) or a checkpoint holding one "
-                   f"under 'state_dict' or 'model', found a {kind}")
+                   f"under 'state_dict' or 'model', found a {_kind(saved)}")
 
 
 def read_torch_file(path):
@@ -371,19 +391,26 @@ def read_torch_file(path):
     if os.path.isdir(path):
         raise ModelFileError(f"{path}: is a folder, not a PyTorch file")
     try:
-        return _read(path)
-    except _Refused as error:
-        raise ModelFileError(f"{path}: {error}") from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
-        raise ModelFileError(f"{path}: not a readable PyTorch archive ({error})") from None
+        with open(path, "rb") as handle:
+            start = handle.read(4)
     except OSError as error:
         raise ModelFileError(f"{path}: cannot be read ({error.strerror or error})") from None
+    try:
+        return _read(path, start)
+    except _Refused as error:
+        raise ModelFileError(f"{path}: {error}") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
+            struct.error, NotImplementedError, OverflowError) as error:
+        # What the zipfile module raises for a damaged archive (bad magic
+        # numbers, undecodable names, seeks outside the file, unknown
+        # compression, bad CRC...).
+        detail = getattr(error, "strerror", None) or error
+        raise ModelFileError(f"{path}: not a readable PyTorch archive ({detail})"[:400]) \
+            from None
 
 
-def _read(path):
+def _read(path, start):
     size_of_file = os.path.getsize(path)
-    with open(path, "rb") as handle:
-        start = handle.read(4)
     if start[:1] == b"\x80":    # a bare pickle protocol header
         raise _Refused("saved in PyTorch's legacy format (before 1.6), which cnncli does not "
                        "read; re-save it with a recent torch.save, or as .safetensors")
@@ -411,7 +438,8 @@ def _read(path):
         def storage_of(identifier):
             if not (isinstance(identifier, tuple) and len(identifier) == 5
                     and identifier[0] == "storage"):
-                raise _Refused(f"unsupported persistent id {str(identifier)[:80]}")
+                raise _Refused(f"unsupported persistent id (a {_kind(identifier)}; expected "
+                               "('storage', dtype class, key, location, element count))")
             _, storage_type, key, location, count = identifier
             if not isinstance(storage_type, _StorageType):
                 raise _Refused("a storage has no known dtype class")
