@@ -104,10 +104,14 @@ class Residual(Layer):
         # While training, both branches keep what the input gradient needs:
         # the block may sit above trainable layers.
         out = self.body.forward(x, training=training, need_input_grad=training)
-        if self.shortcut is not None:
-            out = out + self.shortcut.forward(x, training=training, need_input_grad=training)
+        side = x if self.shortcut is None else \
+            self.shortcut.forward(x, training=training, need_input_grad=training)
+        if training or np.may_share_memory(out, x):
+            # Training layers may keep their output for backward (a ReLU's
+            # mask), and a body may pass its input through: add out of place.
+            out = out + side
         else:
-            out = out + x
+            out += side
         self._cache = True if training else None
         return out
 

@@ -335,6 +335,15 @@ class Conv2D(_Weighted):
         self._cache = x if training else None
         return F.conv2d(x, self.weight.value, bias, **self._arguments())
 
+    def forward_scaled(self, x, scale, shift):
+        """Inference of this convolution followed by ``y * scale[f] + shift[f]`` per output
+        channel, in one pass: the scale folds into the weights, the shift into the bias."""
+        x = self._check_input(x)
+        self._cache = None
+        weight = self.weight.value * scale.reshape(-1, 1, 1, 1)
+        bias = shift if self.bias is None else self.bias.value * scale + shift
+        return F.conv2d(x, weight, bias, **self._arguments())
+
     def backward(self, grad_output, need_input_grad=True):
         x = self._cached()
         grad_input, grad_weight, grad_bias = F.conv2d_backward(
@@ -677,9 +686,20 @@ class BatchNorm2D(Layer):
     def _per_channel(self, values):
         return values.reshape(1, -1, 1, 1)
 
+    def inference_affine(self):
+        """(scale, shift) per channel such that inference computes ``x * scale + shift``."""
+        scale = self.gamma.value / np.sqrt(self.running_var + self.eps)
+        return scale, self.beta.value - self.running_mean * scale
+
     def forward(self, x, training=False):
         x = self._check_input(x)
         use_batch = training and self.trainable
+        if not training:
+            self._cache = None
+            scale, shift = self.inference_affine()
+            out = x * self._per_channel(scale)
+            out += self._per_channel(shift)
+            return out
         if use_batch:
             count = x.shape[0] * x.shape[2] * x.shape[3]
             if count < 2:

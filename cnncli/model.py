@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from cnncli.layers import LeakyReLU, Layer, MaxPool2D, ReLU
+from cnncli.layers import BatchNorm2D, Conv2D, LeakyReLU, Layer, MaxPool2D, ReLU
 
 __all__ = ["Sequential", "plan", "LoadReport", "IncompatibleWeightsError"]
 
@@ -76,6 +76,12 @@ def _pools_after_relu(layers, position):
     """True where a ReLU is followed by a max pooling layer."""
     return (type(layers[position]) is ReLU and position + 1 < len(layers)
             and type(layers[position + 1]) is MaxPool2D)
+
+
+def _batchnorm_after_conv(layers, position):
+    """True where a convolution is followed by a BatchNorm."""
+    return (type(layers[position]) is Conv2D and position + 1 < len(layers)
+            and type(layers[position + 1]) is BatchNorm2D)
 
 
 class Sequential:
@@ -439,16 +445,23 @@ class Sequential:
         position = 0
         while position < len(layers):
             layer = layers[position]
-            if position + 1 >= lowest or not _pools_after_relu(layers, position):
+            if position + 1 < lowest and _pools_after_relu(layers, position):
+                # ReLU is monotone, so it commutes with max pooling: pooling first
+                # gives the same values with ReLU applied to a quarter of them.
+                pooled = layers[position + 1].forward(x)
+                layer._cache = None
+                x = layer.function(pooled)
+                position += 2
+            elif position + 1 < lowest and _batchnorm_after_conv(layers, position):
+                # In inference a BatchNorm is a per-channel affine map, which
+                # folds into the convolution before it: one pass instead of two.
+                batchnorm = layers[position + 1]
+                batchnorm._cache = None
+                x = layer.forward_scaled(x, *batchnorm.inference_affine())
+                position += 2
+            else:
                 x = layer.forward(x, training=training and position >= lowest)
                 position += 1
-                continue
-            # ReLU is monotone, so it commutes with max pooling: pooling first
-            # gives the same values with ReLU applied to a quarter of them.
-            pooled = layers[position + 1].forward(x)
-            layer._cache = None
-            x = layer.function(pooled)
-            position += 2
         return x
 
     __call__ = forward

@@ -80,3 +80,70 @@ def test_resnet_trains_and_survives_a_model_file(tmp_path):
     loaded = load_model(path)
     np.testing.assert_array_equal(loaded.predict_proba(x), model.predict_proba(x))
     assert loaded.summary() == model.summary()
+
+
+def _randomize_batchnorms(model, rng):
+    for name, array in model.buffers().items():
+        array[...] = rng.random(array.shape) + 0.5 if name.endswith("running_var") else \
+            rng.normal(size=array.shape) * 0.1
+    for name, parameter in model.parameters().items():
+        if ".gamma" in name or ".beta" in name or name.startswith("bn"):
+            parameter.value[...] = rng.normal(size=parameter.shape) * 0.2 + \
+                (1 if name.endswith("gamma") else 0)
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_inference_folds_batchnorm_into_the_convolution_before_it(use_bias):
+    from cnncli.layers import BatchNorm2D, Conv2D, ReLU
+    from cnncli.model import Sequential
+    model = Sequential([Conv2D(5, 3, padding=1, use_bias=use_bias), BatchNorm2D(), ReLU(),
+                        Conv2D(4, 3, stride=2), BatchNorm2D()], input_shape=(3, 9, 9),
+                       dtype=np.float64)
+    rng = np.random.default_rng(0)
+    _randomize_batchnorms(model, rng)
+    if use_bias:
+        model[0].bias.value[...] = rng.normal(size=5)
+    x = rng.normal(size=(3, 3, 9, 9))
+    layer_by_layer = x
+    for layer in model:
+        layer_by_layer = layer.forward(layer_by_layer)
+    np.testing.assert_allclose(model.forward(x), layer_by_layer, rtol=1e-12, atol=1e-12)
+    # A frozen backbone runs in inference while the layers above it train: folded too.
+    model.freeze(upto=2)
+    out = model.forward(x, training=True)
+    assert model[0]._cache is None and model[1]._cache is None
+    assert model[3]._cache is not None
+    model.unfreeze()
+    model.forward(x, training=True)
+    assert model[0]._cache is not None and model[1]._cache is not None
+
+
+def test_folded_resnet_matches_layer_by_layer_in_float32():
+    model = architectures.resnet50(input_shape=(3, 32, 32), classes=5, width=4)
+    rng = np.random.default_rng(2)
+    _randomize_batchnorms(model, rng)
+    x = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
+
+    def unfused(layers, value):
+        for layer in layers:
+            if hasattr(layer, "body"):
+                side = value if layer.shortcut is None else unfused(layer.shortcut, value)
+                value = unfused(layer.body, value) + side
+            else:
+                value = layer.forward(value)
+        return value
+    expected = unfused(model, x)
+    assert np.abs(model.forward(x) - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_residual_inference_adds_in_place_without_touching_the_input():
+    from cnncli.blocks import Residual
+    from cnncli.layers import Dropout, ReLU
+    from cnncli.model import Sequential
+    model = Sequential([Residual([ReLU()]), Residual([Dropout(0.5)])], input_shape=(2, 3, 3))
+    x = np.random.default_rng(0).normal(size=(2, 2, 3, 3)).astype(np.float32)
+    before = x.copy()
+    # The second block's body passes its input through in inference.
+    expected = 2 * (np.maximum(x, 0) + x)
+    np.testing.assert_allclose(model.forward(x), expected, rtol=1e-6)
+    np.testing.assert_array_equal(x, before)
