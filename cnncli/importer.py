@@ -96,11 +96,14 @@ def read_state_dict(path):
         raise ModelFileError(f"{path}: is a folder, not a weights file")
     with open(path, "rb") as handle:
         start = handle.read(9)
-    if start[:2] == b"PK" or start[:1] == b"\x80":
-        return read_torch_file(path)
-    # safetensors: an 8-byte header length, then the JSON header.
+    # safetensors: an 8-byte little-endian header length, then the JSON header.
+    # Checked first: the length's first byte may be anything, 0x80 included.
     if len(start) == 9 and start[8:9] == b"{":
         return read_tensors(path)
+    # PyTorch: a zip archive (since 1.6), or a bare pickle (the legacy format,
+    # which the reader names in its error).
+    if start[:2] == b"PK" or start[:1] == b"\x80":
+        return read_torch_file(path)
     raise ModelFileError(f"{path}: neither a PyTorch archive (.pt/.pth) nor a .safetensors "
                          "file")
 

@@ -370,12 +370,27 @@ def evaluate(model, x, y, batch_size=256, loss=None, transform=None):
     return metrics
 
 
+# Inference batches are made smaller where needed to keep the largest
+# activation of one batch under this size: a ResNet at 224x224 has 3 MiB of
+# activations per image in its first layers, so 256 images would take
+# gigabytes, while about 40 keep the kernels just as busy.
+INFERENCE_ACTIVATION_BYTES = 128 << 20
+
+
+def inference_batch_size(model, batch_size):
+    """``batch_size``, or fewer where the model's activations would not fit the budget."""
+    shapes = [model.input_shape] + [layer.output_shape for layer in model]
+    per_sample = max(math.prod(shape) for shape in shapes) * model.dtype.itemsize
+    return max(1, min(batch_size, INFERENCE_ACTIVATION_BYTES // per_sample))
+
+
 def predict_outputs(model, x, batch_size=256, transform=None):
     """The model's outputs for x, (N,) + model.output_shape, computed in batches in inference
-    mode; ``transform`` is applied to each batch of x first (see ``fit``)."""
+    mode; ``transform`` is applied to each batch of x first (see ``fit``). Batches are cut
+    to ``inference_batch_size`` so large inputs do not take gigabytes."""
     x, _ = _check_data(x, None, model, transform)
     outputs = np.empty((len(x),) + tuple(model.output_shape), dtype=model.dtype)
-    for indices in _batches(len(x), batch_size):
+    for indices in _batches(len(x), inference_batch_size(model, batch_size)):
         outputs[indices] = model.forward(_batch_inputs(x, indices, transform))
     return outputs
 

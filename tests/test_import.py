@@ -301,3 +301,17 @@ def test_finetune_an_imported_resnet_on_a_photo_folder_at_224(tmp_path, photo_fo
                                   original["layer3_0"].body["conv1"].weight.value)
     evaluation = jobs.evaluate(tmp_path / "photos.cnn", photo_folder)
     assert evaluation.count == 12 and evaluation.accuracy >= 0.9
+
+
+def test_a_safetensors_header_length_starting_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    from safetensors.numpy import save
+    from cnncli.importer import read_state_dict
+    state = {"w": np.ones(3, np.float32)}
+    for padding in range(200):
+        data = save(state, metadata={"note": "x" * padding})
+        if data[0] == 0x80:
+            break
+    assert data[0] == 0x80
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(data)
+    np.testing.assert_array_equal(read_state_dict(path)["w"], np.ones(3))

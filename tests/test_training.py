@@ -115,3 +115,19 @@ def test_training_errors_name_the_problem(call, message, digits):
     x_train, _, y_train, _ = digits
     with pytest.raises(ValueError, match=re.escape(message)):
         call(small_cnn(), x_train[:10], y_train[:10])
+
+
+def test_inference_batches_shrink_for_large_activations_and_give_the_same_outputs(monkeypatch):
+    from cnncli import architectures, training
+    model = architectures.resnet18(input_shape=(3, 32, 32), classes=3, width=4)
+    assert training.inference_batch_size(model, 256) == 256
+    x = np.random.default_rng(0).normal(size=(10, 3, 32, 32)).astype(np.float32)
+    whole = training.predict_outputs(model, x)
+    # The input, 3x32x32 float32 values per image, is this narrow model's largest
+    # activation: a budget of three of them makes batches of three.
+    monkeypatch.setattr(training, "INFERENCE_ACTIVATION_BYTES", 3 * 3 * 32 * 32 * 4)
+    assert training.inference_batch_size(model, 256) == 3
+    # The kernels may block a batch differently: equal up to float32 rounding.
+    np.testing.assert_allclose(training.predict_outputs(model, x), whole, rtol=1e-5,
+                               atol=1e-5 * np.abs(whole).max())
+    assert training.inference_batch_size(architectures.resnet18(), 256) == 1
