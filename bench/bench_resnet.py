@@ -38,6 +38,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
+from peak_memory import run_measured  # noqa: E402
+
 
 def make_weights(depth, folder):
     """A random torchvision-layout ResNet saved both ways; its outputs on fixed inputs."""
@@ -67,21 +69,6 @@ def cnncli_command(arguments):
     if completed.returncode:
         sys.exit(f"failed: cnncli {' '.join(arguments)}\n{completed.stderr}")
     return completed
-
-
-def timed_process(arguments):
-    """(seconds, peak resident MiB, stdout, stderr) of a command in a fresh process."""
-    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        started = time.perf_counter()
-        process = subprocess.Popen(arguments, stdout=stdout, stderr=stderr)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - started
-        stdout.seek(0)
-        stderr.seek(0)
-        out, err = stdout.read(), stderr.read()
-    if os.waitstatus_to_exitcode(status):
-        sys.exit(f"failed: {' '.join(arguments)}\n{err}")
-    return seconds, usage.ru_maxrss / 1024, out, err
 
 
 # ---------------------------------------------------------------------------
@@ -125,9 +112,9 @@ def worker_torch(path, threads, batch, repeats):
 
 
 def throughput(framework, path, args):
-    _, memory, out, _ = timed_process([sys.executable, __file__, "--worker", framework, path,
-                                       "--threads", str(args.threads), "--batch",
-                                       str(args.batch), "--repeats", str(args.repeats)])
+    _, memory, out, _ = run_measured([__file__, "--worker", framework, path, "--threads",
+                                      str(args.threads), "--batch", str(args.batch),
+                                      "--repeats", str(args.repeats)])
     times = json.loads(out)
     return args.batch / float(np.median(times)), memory
 
@@ -182,13 +169,13 @@ def main():
 
         print(f"\n## Fine-tuning the imported ResNet-18 on an image folder at 224x224\n")
         output = os.path.join(work, "optdigits-resnet18.cnn")
-        seconds, memory, _, err = timed_process(
-            [sys.executable, "-m", "cnncli", "finetune", imported[18][0], "optdigits",
+        seconds, memory, _, err = run_measured(
+            ["-m", "cnncli", "finetune", imported[18][0], "optdigits",
              "--per-class", str(args.per_class), "--val-split", "0", "--epochs", "10",
              "--threads", str(args.threads), "-o", output])
         cached = "features once" in err
-        eval_seconds, eval_memory, _, _ = timed_process(
-            [sys.executable, "-m", "cnncli", "eval", output, "optdigits", "--threads",
+        eval_seconds, eval_memory, _, _ = run_measured(
+            ["-m", "cnncli", "eval", output, "optdigits", "--threads",
              str(args.threads)])
         print("| step | images | wall s (whole command) | peak MiB |")
         print("|---|---|---|---|")

@@ -2,6 +2,7 @@
 
     python bench/bench_transfer.py --mnist PATH/mnist.npz [--threads 2]
     python bench/bench_transfer.py --mnist PATH/mnist.npz --quick   # speed only, 1/4 epoch
+    python bench/bench_transfer.py --mnist PATH/mnist.npz --speed-only
 
 1. Classic transfer protocol (Keras' mnist_transfer_cnn): pretrain LeNet on
    MNIST 0-4, freeze the convolutional layers, replace the head, fine-tune on
@@ -38,6 +39,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
+from peak_memory import run_measured  # noqa: E402
 from train_zoo import ZOO, sha256  # noqa: E402
 
 BATCH = 64
@@ -144,17 +146,9 @@ def worker_torch(path, mode, threads, fraction):
 
 def measure(framework, mode, mnist, threads, fraction):
     """(epoch times, peak resident memory in MiB) of one worker run in a fresh process."""
-    with tempfile.TemporaryFile("w+") as output:
-        process = subprocess.Popen([sys.executable, __file__, "--worker", framework, mode,
-                                    "--mnist", mnist, "--threads", str(threads),
-                                    "--fraction", str(fraction)], stdout=output)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode:
-            sys.exit(f"worker {framework} {mode} failed")
-        output.seek(0)
-        times = json.loads(output.read())
-    return times, usage.ru_maxrss / 1024
+    _, peak, out, _ = run_measured([__file__, "--worker", framework, mode, "--mnist", mnist,
+                                    "--threads", str(threads), "--fraction", str(fraction)])
+    return json.loads(out), peak
 
 
 # ---------------------------------------------------------------------------
@@ -238,6 +232,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true",
                         help="speed only, on a quarter of an epoch")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="speed and memory only, on full epochs")
     parser.add_argument("--fraction", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -286,7 +282,7 @@ def main():
         print(f"\nfrozen epoch / full epoch: {speed['frozen'] / speed['train']:.2f} "
               f"(target <= 0.35); cached head epoch / full epoch: "
               f"{np.mean(cached[1:]) / speed['train']:.3f}\n")
-        if args.quick:
+        if args.quick or args.speed_only:
             return
 
         print("## Transfer protocol and full MNIST (test accuracy)\n")
