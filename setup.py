@@ -96,7 +96,7 @@ setup(
     # `finetune NAME DATA` finds the shipped models and datasets from any folder.
     packages=["cnncli", "cnncli.zoo", "cnncli.sample_data"],
     package_dir={"cnncli.zoo": "models", "cnncli.sample_data": "data"},
-    package_data={"cnncli.zoo": ["*.cnn", "*.md"],
+    package_data={"cnncli": ["imagenet_classes.txt"], "cnncli.zoo": ["*.cnn", "*.md"],
                   "cnncli.sample_data": ["*.md", "*/*.md", "*/*/*/*.png"]},
     ext_modules=cythonize(extensions, compiler_directives=COMPILER_DIRECTIVES,
                           include_path=["pyx"]),
