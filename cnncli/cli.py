@@ -1,4 +1,5 @@
-"""The command-line tool: ``cnncli train | finetune | eval | predict | import | summary | models``.
+"""The command-line tool: ``cnncli train | finetune | eval | predict | import | show | summary |
+models``.
 
 Each command parses its options, calls one job from ``cnncli.jobs`` and
 prints the result. Expected failures (a missing file, a bad model file, bad
@@ -443,6 +444,124 @@ def summary(
                       + (" ..." if len(built.classes) > 20 else ""), markup=False)
         if built.preprocessing is not None:
             out.print(f"Preprocessing: {built.preprocessing}", markup=False)
+
+
+show_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                       help="Pictures of a network, written as PNG files: filters, feature "
+                            "maps, training curves, confusion matrices.")
+app.add_typer(show_app, name="show")
+PictureOutput = Annotated[Optional[Path], typer.Option("--output", "-o", help="PNG file to "
+                                                       "write (default: beside the model).")]
+ModelArgument = Annotated[str, typer.Argument(help="A model file or a pretrained model's "
+                                                   "name.")]
+
+
+@show_app.command("filters")
+def show_filters(
+    model: ModelArgument,
+    layer: Annotated[Optional[str], typer.Option(help="The convolutional layer (default: the "
+                                                      "first); inside blocks as "
+                                                      "layer1_0.body.conv1.")] = None,
+    channel: Annotated[Optional[int], typer.Option(help="For kernels over other than 1 or 3 "
+                                                        "channels: draw this input channel "
+                                                        "(default: their mean).")] = None,
+    output: PictureOutput = None, force: Force = False,
+):
+    """The learned kernels of a convolutional layer as a grid, each normalised on its own;
+    RGB kernels in colour.
+
+    Examples:
+
+      cnncli show filters digits.cnn
+
+      cnncli show filters resnet18.cnn -o filters.png
+    """
+    with _Run():
+        path, grid = jobs.show_filters(model, layer=layer, channel=channel, output=output,
+                                       force=force)
+        out.print(f"wrote {path} ({grid.title}; {len(grid.cells)} cells)", markup=False)
+
+
+@show_app.command("features")
+def show_features(
+    model: ModelArgument,
+    image: Annotated[str, typer.Argument(help="The image file to run through the model.")],
+    layer: Annotated[Optional[List[str]], typer.Option(help="A layer to show (repeatable; "
+                                                            "default: every convolutional "
+                                                            "and pooling layer).")] = None,
+    max_maps: Annotated[int, typer.Option(min=1, help="At most this many maps per "
+                                                      "layer.")] = 256,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the PNG "
+                                                   "files (default: beside the model).")] = None,
+    force: Force = False,
+):
+    """The feature maps each convolutional and pooling layer computes for one image: one
+    grid per layer, labelled with the layer's name and output shape.
+
+    Examples:
+
+      cnncli show features digits.cnn seven.png
+
+      cnncli show features resnet18.cnn cat.jpg --layer conv1 --layer layer4_1
+    """
+    with _Run():
+        written = jobs.show_features(model, image, layers=layer or None, output=output,
+                                     force=force, max_maps=max_maps)
+        for path, grid in written:
+            out.print(f"wrote {path} ({grid.title})", markup=False)
+
+
+@show_app.command("history")
+def show_history(
+    run: Annotated[str, typer.Argument(help="A model written by train or finetune (its "
+                                            "history is beside it), the history file, or a "
+                                            "checkpoint.")],
+    output: PictureOutput = None, force: Force = False,
+):
+    """Loss and accuracy per epoch, training and validation, from a run's history.
+
+    Examples:
+
+      cnncli show history digits.cnn
+
+      cnncli show history digits.cnn-checkpoints/last.cnn -o so-far.png
+    """
+    with _Run():
+        path, epochs = jobs.show_history(run, output=output, force=force)
+        out.print(f"wrote {path} ({len(epochs)} epochs)", markup=False)
+
+
+@show_app.command("confusion")
+def show_confusion(
+    model: ModelArgument,
+    data: DataArgument,
+    split: Annotated[Optional[str], typer.Option(help="test, val, train or all (as for "
+                                                      "eval).")] = None,
+    normalize: Annotated[bool, typer.Option("--normalize", help="Show each row as fractions "
+                                                                "of its true class.")] = False,
+    val_split: Annotated[float, typer.Option()] = 0.1,
+    seed: Seed = 0,
+    classes: Classes = None,
+    output: PictureOutput = None, threads: Threads = None, skip_bad: SkipBad = False,
+    force: Force = False,
+):
+    """The confusion matrix of a model on data as a labelled heat map, beside the table
+    that eval prints.
+
+    Examples:
+
+      cnncli show confusion digits.cnn digits
+
+      cnncli show confusion mnist.cnn mnist --normalize -o confusion.png
+    """
+    with _Run():
+        path, result = jobs.show_confusion(model, data, output=output, force=force,
+                                           normalize=normalize, split=split,
+                                           val_split=val_split, seed=seed, classes=classes,
+                                           threads=threads, skip_bad=skip_bad,
+                                           reporter=ConsoleReporter())
+        _print_evaluation(result)
+        out.print(f"wrote {path}", markup=False)
 
 
 @app.command()

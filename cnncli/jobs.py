@@ -15,6 +15,7 @@ the same weights as an uninterrupted one. An interrupted epoch is redone from
 its start.
 """
 
+import json
 import math
 import os
 import signal
@@ -27,7 +28,8 @@ from cnncli import architectures, data as datasets
 from cnncli.data import DataError
 from cnncli.functional import set_num_threads
 from cnncli.layers import Dense, Dropout
-from cnncli.modelfile import ModelFileError, load_model, read_training_state, save_model
+from cnncli.modelfile import (ModelFileError, atomic_write, load_model, read_training_state,
+                              save_model)
 from cnncli.optimizers import SGD, Adam, AdamW, CosineLR, OneCycleLR, StepLR
 from cnncli.preprocessing import Preprocessing
 from cnncli.training import Callback, Interrupted, Monitor, fit, predict_outputs
@@ -236,6 +238,71 @@ class TrainResult:
         self.skipped = list(skipped)
         self.interrupted = interrupted
         self.cached_features = cached_features
+
+
+# ---------------------------------------------------------------------------
+# Training histories
+# ---------------------------------------------------------------------------
+
+HISTORY_FORMAT = "cnncli-history/1"
+
+
+def history_path(model_path):
+    """Where the history of the run that wrote ``model_path`` lives: beside it,
+    ``digits.cnn`` -> ``digits.history.json``."""
+    root, extension = os.path.splitext(os.fspath(model_path))
+    return (root if extension == ".cnn" else os.fspath(model_path)) + ".history.json"
+
+
+def write_history(model_path, command, history, phases):
+    """Write the per-epoch metrics of a run next to its model, atomically."""
+    epochs = [{"epoch": number, "phase": phase, **metrics}
+              for number, (metrics, phase) in enumerate(zip(history, phases), start=1)]
+    document = {"format": HISTORY_FORMAT, "model": os.path.basename(os.fspath(model_path)),
+                "command": command, "epochs": epochs}
+    path = history_path(model_path)
+    atomic_write(path, (json.dumps(document, indent=1) + "\n").encode("utf-8"))
+    return path
+
+
+def read_history(run):
+    """The per-epoch metrics of a run, from its history file, a model file beside one, or a
+    checkpoint (``last.cnn`` keeps the history of the epochs it has done)."""
+    run = os.fspath(run)
+    if not os.path.exists(run):
+        raise JobError(f"{run}: no such file")
+    candidates = [run] if run.endswith(".json") else [history_path(run)]
+    for path in candidates:
+        if os.path.isfile(path):
+            return _parse_history(path)
+    try:
+        state = read_training_state(run)
+    except ModelFileError as error:
+        raise JobError(f"{run}: no history beside it ({candidates[0]}) and {error}") from None
+    if state is None or not state[0].get("history"):
+        raise JobError(f"{run}: no history beside it ({candidates[0]}) and no training state "
+                       "in it; train and finetune write one next to the model")
+    return [dict(metrics, epoch=number, phase="train")
+            for number, metrics in enumerate(state[0]["history"], start=1)]
+
+
+def _parse_history(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise JobError(f"{path}: not a readable history file ({error})") from None
+    if not isinstance(document, dict) or document.get("format") != HISTORY_FORMAT:
+        raise JobError(f"{path}: not a cnncli history file (expected format "
+                       f"{HISTORY_FORMAT!r})")
+    epochs = document.get("epochs")
+    if not isinstance(epochs, list) or not epochs or not all(
+            isinstance(epoch, dict) and all(
+                isinstance(value, (int, float)) and not isinstance(value, bool)
+                for key, value in epoch.items() if key != "phase")
+            for epoch in epochs):
+        raise JobError(f"{path}: the history has no epochs, or values that are not numbers")
+    return epochs
 
 
 # ---------------------------------------------------------------------------
@@ -458,6 +525,7 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
                                   f"{stop.batch}; saved {last}; continue with --resume") from None
     save_model(model, output, overwrite=True,
                provenance={"epochs": epochs, "metrics": history[-1] if history else {}})
+    write_history(output, "train", history, ["train"] * len(history))
     return TrainResult(model, history, output, checkpoints=folder,
                        best=checkpointer.best, resumed_from=last if resume else None,
                        skipped=train_part.skipped)
@@ -610,6 +678,7 @@ def finetune(pretrained, data, output="finetuned.cnn", epochs=5, batch_size=32, 
         history += _run_phase(model, train_part.x, train_part.y, validation, train_transform,
                               transform, phase_epochs, batch_size, lr, optimizer, seed,
                               reporter, "head")
+    phases = ["head"] * len(history)
     if unfreeze_epochs:
         model.unfreeze()
         groups = [{"params": model[:position].parameters(), "lr": lr * backbone_lr_factor},
@@ -617,12 +686,14 @@ def finetune(pretrained, data, output="finetuned.cnn", epochs=5, batch_size=32, 
         history += _run_phase(model, train_part.x, train_part.y, validation, train_transform,
                               transform, unfreeze_epochs, batch_size, lr, optimizer, seed + 1,
                               reporter, "all layers", groups=groups)
+        phases += ["all layers"] * (len(history) - len(phases))
     model.provenance = {**model.provenance, "command": "finetune", "pretrained": source,
                         "data": os.fspath(data), "epochs": epochs,
                         "unfreeze_epochs": unfreeze_epochs, "lr": lr, "seed": seed,
                         "classes": classes, "per_class": per_class,
                         "metrics": history[-1] if history else {}}
     save_model(model, output, overwrite=True)
+    write_history(output, "finetune", history, phases)
     return TrainResult(model, history, output, skipped=train_part.skipped,
                        cached_features=cached)
 
@@ -881,3 +952,103 @@ def import_model(source, output=None, arch=None, classes=None, size=None, mean=N
         raise JobError(str(error)) from None
     save_model(model, output, overwrite=True)
     return ImportResult(model, report, output)
+
+
+# ---------------------------------------------------------------------------
+# show: pictures of filters, feature maps, histories, confusion matrices
+# ---------------------------------------------------------------------------
+
+
+def _picture_path(model, suffix, output, force):
+    """``output``, or ``<model>-<suffix>`` beside a model file (in the current folder for a
+    shipped model's name), checked like any output."""
+    if output is None:
+        text = os.fspath(model)
+        stem = os.path.splitext(os.path.basename(text))[0]
+        folder = os.path.dirname(text) if os.path.exists(text) else ""
+        output = os.path.join(folder, f"{stem}-{suffix}")
+    return _check_output(output, force)
+
+
+def show_filters(model_path, layer=None, channel=None, output=None, force=False):
+    """Draw a convolutional layer's kernels as a grid; returns (path written, Grid)."""
+    from cnncli import visualize
+    model = open_model(model_path)
+    path = _picture_path(model_path, f"filters{'-' + layer if layer else ''}.png", output,
+                         force)
+    try:
+        grid = visualize.filter_grid(model, layer, channel)
+    except (KeyError, ValueError) as error:
+        raise JobError(f"--layer: {error.args[0]}" if isinstance(error, KeyError)
+                       else str(error)) from None
+    atomic_write(path, grid.png())
+    return path, grid
+
+
+def show_features(model_path, image_path, layers=None, output=None, force=False,
+                  max_maps=256):
+    """Draw the feature maps of each convolutional and pooling layer (or of ``layers``) for
+    one image, one PNG per layer in a folder; returns [(path, Grid)]."""
+    from cnncli import visualize
+    model = open_model(model_path)
+    if model.preprocessing is None:
+        raise JobError("the model file has no preprocessing; it cannot read raw images")
+    image_path = os.fspath(image_path)
+    if not os.path.isfile(image_path):
+        raise JobError(f"{image_path}: no such image file")
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    if output is None:
+        text = os.fspath(model_path)
+        output = os.path.join(os.path.dirname(text) if os.path.exists(text) else "",
+                              f"{os.path.splitext(os.path.basename(text))[0]}-features-{stem}")
+    folder = os.fspath(output)
+    if os.path.exists(folder) and not (os.path.isdir(folder) and force):
+        raise JobError(f"{folder}: already exists; pass --force to overwrite it"
+                       if os.path.isdir(folder) else f"{folder}: is a file, not a folder")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(folder))):
+        raise JobError(f"{os.path.dirname(os.path.abspath(folder))}: no such folder for the "
+                       "output")
+    try:
+        image = datasets._open_image(image_path)
+    except DataError as error:
+        raise JobError(str(error)) from None
+    preprocessing = model.preprocessing
+    pixels = datasets.image_to_array(image, preprocessing.channels, preprocessing.size)
+    image.close()
+    x = preprocessing(pixels[None])[0]
+    try:
+        grids = visualize.feature_grids(model, x, layers, max_maps=max_maps)
+    except KeyError as error:
+        raise JobError(f"--layer: {error.args[0]}") from None
+    except ValueError as error:
+        raise JobError(str(error)) from None
+    os.makedirs(folder, exist_ok=True)
+    written = []
+    for index, (name, grid) in enumerate(grids.items(), start=1):
+        path = os.path.join(folder, f"{index:02d}-{name}.png")
+        atomic_write(path, grid.png())
+        written.append((path, grid))
+    return written
+
+
+def show_history(run, output=None, force=False):
+    """Draw a run's loss and accuracy curves; returns (path, epochs)."""
+    from cnncli import visualize
+    epochs = read_history(run)
+    text = os.fspath(run)
+    base = text[:-len(".history.json")] if text.endswith(".history.json") else text
+    path = _picture_path(base, "history.png", output, force)
+    atomic_write(path, visualize.history_png(epochs, title=os.path.basename(base)))
+    return path, epochs
+
+
+def show_confusion(model_path, data, output=None, force=False, normalize=False, **options):
+    """Evaluate (see ``evaluate``) and draw the confusion matrix; returns (path, Evaluation)."""
+    from cnncli import visualize
+    path = _picture_path(model_path, "confusion.png", output, force)
+    result = evaluate(model_path, data, **options)
+    title = f"{os.path.basename(os.fspath(model_path))} on {result.source}: accuracy " \
+            f"{result.accuracy:.4f}"
+    atomic_write(path, visualize.confusion_png(result.confusion, result.classes, title,
+                                               normalise_rows=normalize))
+    return path, result
