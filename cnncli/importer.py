@@ -144,7 +144,7 @@ def _recognise_resnet(state, source):
     return depth, int(stem.shape[0]), int(head.shape[0]), int(stem.shape[1])
 
 
-def import_weights(path, architecture=None, classes=None, preprocessing=None, dtype=np.float32):
+def import_weights(path, architecture=None, classes=None, preprocessing=None):
     """A cnncli ResNet holding the torchvision-format weights of ``path``, and a report.
 
     Parameters
@@ -186,9 +186,6 @@ def import_weights(path, architecture=None, classes=None, preprocessing=None, dt
                                      classes=outputs, width=width)
     except ValueError as error:
         raise WeightsImportError(f"{source}: {error}") from None
-    if dtype != np.float32:
-        model = type(model)(model.layers, input_shape=model.input_shape, dtype=dtype,
-                            name=model.name)
 
     report = ImportReport(found + ("" if width == 64 else f" (width {width})"), source)
     targets = model._state_arrays()
