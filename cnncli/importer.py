@@ -34,7 +34,7 @@ import re
 import numpy as np
 
 from cnncli import architectures
-from cnncli.modelfile import ModelFileError, read_tensors
+from cnncli.modelfile import ModelFileError, check_file, read_tensors
 from cnncli.preprocessing import Preprocessing
 from cnncli.torchfile import read_torch_file
 
@@ -89,11 +89,7 @@ def read_state_dict(path):
 
     The format is recognised from the file's first bytes, not its name.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise ModelFileError(f"{path}: is a folder, not a weights file")
+    path = check_file(path, "weights file")
     with open(path, "rb") as handle:
         start = handle.read(9)
     # safetensors: an 8-byte little-endian header length, then the JSON header.

@@ -959,15 +959,18 @@ def import_model(source, output=None, arch=None, classes=None, size=None, mean=N
 # ---------------------------------------------------------------------------
 
 
+def _beside(model, suffix):
+    """``<model>-<suffix>`` beside a model file, or in the current folder for a shipped
+    model's name."""
+    text = os.fspath(model)
+    stem = os.path.splitext(os.path.basename(text))[0]
+    return os.path.join(os.path.dirname(text) if os.path.exists(text) else "",
+                        f"{stem}-{suffix}")
+
+
 def _picture_path(model, suffix, output, force):
-    """``output``, or ``<model>-<suffix>`` beside a model file (in the current folder for a
-    shipped model's name), checked like any output."""
-    if output is None:
-        text = os.fspath(model)
-        stem = os.path.splitext(os.path.basename(text))[0]
-        folder = os.path.dirname(text) if os.path.exists(text) else ""
-        output = os.path.join(folder, f"{stem}-{suffix}")
-    return _check_output(output, force)
+    """``output``, or the picture's default place beside the model, checked like any output."""
+    return _check_output(_beside(model, suffix) if output is None else output, force)
 
 
 def show_filters(model_path, layer=None, channel=None, output=None, force=False):
@@ -997,11 +1000,7 @@ def show_features(model_path, image_path, layers=None, output=None, force=False,
     if not os.path.isfile(image_path):
         raise JobError(f"{image_path}: no such image file")
     stem = os.path.splitext(os.path.basename(image_path))[0]
-    if output is None:
-        text = os.fspath(model_path)
-        output = os.path.join(os.path.dirname(text) if os.path.exists(text) else "",
-                              f"{os.path.splitext(os.path.basename(text))[0]}-features-{stem}")
-    folder = os.fspath(output)
+    folder = os.fspath(_beside(model_path, f"features-{stem}") if output is None else output)
     if os.path.exists(folder) and not (os.path.isdir(folder) and force):
         raise JobError(f"{folder}: already exists; pass --force to overwrite it"
                        if os.path.isdir(folder) else f"{folder}: is a file, not a folder")

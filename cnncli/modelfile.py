@@ -281,13 +281,20 @@ class _Reader:
             self.fail(message)
 
 
-def _open(path):
-    """The safetensors handle of ``path``: header parsed and checked, no tensor read yet."""
+def check_file(path, kind="model file"):
+    """``path`` as a string, if it names a file: FileNotFoundError when it does not exist,
+    ModelFileError when it is a folder."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     if os.path.isdir(path):
-        raise ModelFileError(f"{path}: is a folder, not a model file")
+        raise ModelFileError(f"{path}: is a folder, not a {kind}")
+    return path
+
+
+def _open(path):
+    """The safetensors handle of ``path``: header parsed and checked, no tensor read yet."""
+    path = check_file(path)
     try:
         return safetensors.safe_open(path, framework="numpy")
     except safetensors.SafetensorError as error:

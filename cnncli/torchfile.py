@@ -35,7 +35,7 @@ import zipfile
 
 import numpy as np
 
-from cnncli.modelfile import ModelFileError
+from cnncli.modelfile import ModelFileError, check_file
 
 __all__ = ["read_torch_file", "STORAGE_DTYPES"]
 
@@ -385,11 +385,7 @@ def read_torch_file(path):
     or ``model`` works too. Raises FileNotFoundError for a missing file and
     ModelFileError for anything the file gets wrong or is not allowed to do.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise ModelFileError(f"{path}: is a folder, not a PyTorch file")
+    path = check_file(path, "PyTorch file")
     try:
         with open(path, "rb") as handle:
             start = handle.read(4)
