@@ -11,7 +11,7 @@ from cnncli.layers import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalA
 from cnncli.model import Sequential
 
 __all__ = ["ARCHITECTURES", "build", "lenet", "vgg_small", "alexnet", "resnet", "resnet18",
-           "resnet34", "resnet50", "RESNET_DEPTHS"]
+           "resnet34", "resnet50", "resnet_layers", "RESNET_DEPTHS"]
 
 
 def lenet(input_shape=(1, 28, 28), classes=10, seed=0):
@@ -95,8 +95,15 @@ def resnet(depth, input_shape=(3, 224, 224), classes=1000, seed=0, width=64):
     at the start of stages 2-4; then global average pooling and a dense head.
     ``width`` below 64 gives a narrower network of the same shape (for tests).
     Layer names follow torchvision's parameter names (``layer2_0`` is
-    ``layer2.0``), which is what lets ``cnncli.imports`` map its weights.
+    ``layer2.0``), which is what lets ``cnncli.importer`` map its weights.
     """
+    return Sequential(resnet_layers(depth, classes, width), input_shape=input_shape, seed=seed,
+                      name=f"resnet{depth}")
+
+
+def resnet_layers(depth, classes=1000, width=64):
+    """The unbuilt layers of ``resnet(depth, ...)``: ``model.plan`` sizes them without
+    allocating anything."""
     if depth not in RESNET_DEPTHS:
         raise ValueError(f"depth: expected one of {sorted(RESNET_DEPTHS)}, got {depth!r}")
     kind, stages = RESNET_DEPTHS[depth]
@@ -111,7 +118,7 @@ def resnet(depth, input_shape=(3, 224, 224), classes=1000, seed=0, width=64):
                                                    f"layer{stage}_{block}")
             layers += block_layers
     layers += [GlobalAvgPool2D(name="avgpool"), Dense(classes, name="fc")]
-    return Sequential(layers, input_shape=input_shape, seed=seed, name=f"resnet{depth}")
+    return layers
 
 
 def resnet18(input_shape=(3, 224, 224), classes=1000, seed=0, width=64):

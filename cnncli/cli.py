@@ -10,6 +10,7 @@ with code 130 after telling where the last checkpoint is.
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -23,7 +24,9 @@ from typing_extensions import Annotated
 
 from cnncli import __version__, architectures, jobs
 from cnncli.data import DataError
-from cnncli.modelfile import ModelFileError, atomic_write
+from cnncli.files import atomic_write
+from cnncli.limits import LimitError
+from cnncli.modelfile import ModelFileError
 
 EXIT_FAILURE = 1
 EXIT_DIVERGED = 3
@@ -36,8 +39,35 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+# Characters a terminal acts on rather than shows (escape sequences can set
+# the window title, clear the screen or fake output), lone surrogates (which
+# cannot be printed at all) and the bidirectional overrides that reorder text.
+UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+                         "\ud800-\udfff]")
+
+
+def printable(text, newlines=True):
+    """``text`` with every character a terminal would act on written as an escape (``\\x1b``),
+    so names and messages taken from files print as they are; tabs and (with ``newlines``)
+    line breaks stay."""
+    text = str(text)
+    if not newlines:
+        text = text.replace("\n", "\\n").replace("\r", "\\r")
+    return UNPRINTABLE.sub(lambda found: ascii(found.group())[1:-1], text)
+
+
+def say(text):
+    """Print a line of results to stdout."""
+    out.print(printable(text), markup=False)
+
+
+def tell(text):
+    """Print a line of progress or warning to stderr."""
+    err.print(printable(text), markup=False)
+
+
 def fail(message, code=EXIT_FAILURE):
-    err.print(f"error: {message}", markup=False)
+    err.print(f"error: {printable(message, newlines=False)}", markup=False)
     raise typer.Exit(code)
 
 
@@ -51,15 +81,15 @@ class _Run:
         if error is None or isinstance(error, typer.Exit):
             return False
         if isinstance(error, (jobs.JobError, ModelFileError, DataError, FileNotFoundError,
-                              FileExistsError)):
+                              FileExistsError, LimitError)):
             fail(str(error))
         if isinstance(error, jobs.TrainingDiverged):
             fail(str(error), EXIT_DIVERGED)
         if isinstance(error, jobs.TrainingInterrupted):
-            err.print(str(error), markup=False)
+            tell(str(error))
             raise typer.Exit(EXIT_INTERRUPTED)
         if isinstance(error, KeyboardInterrupt):
-            err.print("interrupted", markup=False)
+            tell("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED)
         if isinstance(error, OSError):
             fail(f"{error.filename or ''}: {error.strerror or error}".lstrip(": "))
@@ -76,7 +106,7 @@ class ConsoleReporter(jobs.Reporter):
 
     def message(self, text):
         if not self.quiet:
-            err.print(text, markup=False)
+            tell(text)
 
     def epoch_begin(self, epoch, epochs, batches, phase=""):
         if self.quiet or not err.is_terminal:
@@ -99,8 +129,7 @@ class ConsoleReporter(jobs.Reporter):
             self.progress.stop()
             self.progress = None
         if not self.quiet:
-            out.print(f"epoch {epoch + 1}/{epochs}  {_metrics(logs)}  {seconds:.1f}s",
-                      markup=False)
+            say(f"epoch {epoch + 1}/{epochs}  {_metrics(logs)}  {seconds:.1f}s")
 
 
 def _metrics(logs):
@@ -192,8 +221,8 @@ def train(
                             force=force, classes=classes, per_class=per_class,
                             reporter=ConsoleReporter(quiet))
         best = result.best
-        out.print(f"saved {result.output}; checkpoints in {result.checkpoints} "
-                  f"(best: epoch {best['epoch']}, {_metrics(best['metrics'])})", markup=False)
+        say(f"saved {result.output}; checkpoints in {result.checkpoints} "
+            f"(best: epoch {best['epoch']}, {_metrics(best['metrics'])})")
 
 
 @app.command()
@@ -238,7 +267,7 @@ def finetune(
                                seed=seed, threads=threads, val_split=val_split, shift=shift,
                                flip=flip, skip_bad=skip_bad, force=force, classes=classes,
                                per_class=per_class, reporter=ConsoleReporter(quiet))
-        out.print(f"saved {result.output}", markup=False)
+        say(f"saved {result.output}")
 
 
 @app.command("eval")
@@ -277,23 +306,24 @@ def evaluate(
 
 
 def _print_evaluation(result):
-    out.print(f"{result.source}: {result.count} samples", markup=False)
-    out.print(f"accuracy {result.accuracy:.4f}   top-{result.top_k} accuracy "
-              f"{result.top_k_accuracy:.4f}", markup=False)
+    say(f"{result.source}: {result.count} samples")
+    say(f"accuracy {result.accuracy:.4f}   top-{result.top_k} accuracy "
+        f"{result.top_k_accuracy:.4f}")
     table = Table("class", "precision", "recall", "f1", "support", box=None)
     for row in result.per_class:
-        table.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}",
-                      f"{row['f1']:.3f}", str(row["support"]))
+        table.add_row(printable(row["class"], newlines=False), f"{row['precision']:.3f}",
+                      f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
     out.print(table)
     if len(result.classes) <= 20:
-        matrix = Table("true \\ predicted", *result.classes, box=None)
-        for name, row in zip(result.classes, result.confusion):
+        names = [printable(name, newlines=False) for name in result.classes]
+        matrix = Table("true \\ predicted", *names, box=None)
+        for name, row in zip(names, result.confusion):
             matrix.add_row(name, *[str(v) if v else "." for v in row])
         out.print(matrix)
     if result.confused:
-        out.print("most confused: " + ", ".join(
+        say("most confused: " + ", ".join(
             f"{pair['true']} -> {pair['predicted']} ({pair['count']})"
-            for pair in result.confused), markup=False)
+            for pair in result.confused))
 
 
 @app.command()
@@ -317,8 +347,8 @@ def predict(
         result = jobs.predict(model, inputs, top_k=top_k, batch_size=batch_size,
                               threads=threads, skip_bad=skip_bad, reporter=ConsoleReporter())
         for name, top in zip(result.names, result.top):
-            out.print(f"{name}: " + ", ".join(f"{label} {p:.3f}" for label, p in top),
-                      markup=False)
+            say(f"{printable(name, newlines=False)}: "
+                + ", ".join(f"{printable(label, newlines=False)} {p:.3f}" for label, p in top))
 
 
 # The demo: a shipped model fine-tuned on a shipped dataset, as a user would
@@ -352,14 +382,14 @@ def demo(
         try:
             reporter = ConsoleReporter(quiet)
             if not quiet:
-                out.print(f"Fine-tuning {DEMO_MODEL} on {DEMO_DATA}: the convolutional layers "
-                          f"stay frozen, new dense layers learn the new data.", markup=False)
+                say(f"Fine-tuning {DEMO_MODEL} on {DEMO_DATA}: the convolutional layers stay "
+                    "frozen, new dense layers learn the new data.")
             jobs.finetune(DEMO_MODEL, DEMO_DATA, output=output, threads=threads, force=force,
                           reporter=reporter, **DEMO_SETTINGS)
             result = jobs.evaluate(output, DEMO_DATA, reporter=reporter)
             _print_evaluation(result)
             if folder is None:
-                out.print(f"saved {output}", markup=False)
+                say(f"saved {output}")
         finally:
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -399,12 +429,11 @@ def import_weights(
     with _Run():
         result = jobs.import_model(source, output=output, arch=arch, classes=classes,
                                    size=_size(size), mean=mean, std=std, force=force)
-        out.print(str(result.report), markup=False)
+        say(str(result.report))
         model = result.model
-        out.print(f"saved {result.output} ({sum(model.count_parameters()):,} parameters, "
-                  f"input {'x'.join(map(str, model.input_shape))}, "
-                  f"{len(model.classes) if model.classes else 'unnamed'} classes)",
-                  markup=False)
+        say(f"saved {result.output} ({sum(model.count_parameters()):,} parameters, "
+            f"input {'x'.join(map(str, model.input_shape))}, "
+            f"{len(model.classes) if model.classes else 'unnamed'} classes)")
 
 
 @app.command()
@@ -438,12 +467,12 @@ def summary(
                 fail(f"{model}: {error}")
         else:
             built = jobs.open_model(model)
-        out.print(built.summary(), markup=False)
+        say(built.summary())
         if built.classes:
-            out.print(f"Classes: {', '.join(built.classes[:20])}"
-                      + (" ..." if len(built.classes) > 20 else ""), markup=False)
+            say(f"Classes: {', '.join(built.classes[:20])}"
+                + (" ..." if len(built.classes) > 20 else ""))
         if built.preprocessing is not None:
-            out.print(f"Preprocessing: {built.preprocessing}", markup=False)
+            say(f"Preprocessing: {built.preprocessing}")
 
 
 show_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
@@ -479,7 +508,7 @@ def show_filters(
     with _Run():
         path, grid = jobs.show_filters(model, layer=layer, channel=channel, output=output,
                                        force=force)
-        out.print(f"wrote {path} ({grid.title}; {len(grid.cells)} cells)", markup=False)
+        say(f"wrote {path} ({grid.title}; {len(grid.cells)} cells)")
 
 
 @show_app.command("features")
@@ -508,7 +537,7 @@ def show_features(
         written = jobs.show_features(model, image, layers=layer or None, output=output,
                                      force=force, max_maps=max_maps)
         for path, grid in written:
-            out.print(f"wrote {path} ({grid.title})", markup=False)
+            say(f"wrote {path} ({grid.title})")
 
 
 @show_app.command("history")
@@ -528,7 +557,7 @@ def show_history(
     """
     with _Run():
         path, epochs = jobs.show_history(run, output=output, force=force)
-        out.print(f"wrote {path} ({len(epochs)} epochs)", markup=False)
+        say(f"wrote {path} ({len(epochs)} epochs)")
 
 
 @show_app.command("confusion")
@@ -561,7 +590,7 @@ def show_confusion(
                                            threads=threads, skip_bad=skip_bad,
                                            reporter=ConsoleReporter())
         _print_evaluation(result)
-        out.print(f"wrote {path}", markup=False)
+        say(f"wrote {path}")
 
 
 @app.command()
@@ -569,18 +598,18 @@ def models():
     """The shipped pretrained models and what each was trained on."""
     found = jobs.zoo_models()
     if not found:
-        out.print("no pretrained models are installed", markup=False)
+        say("no pretrained models are installed")
         return
     for name, path, card in found:
         # The card's first paragraph after its title says what the model is.
         about = next((line.strip() for line in card.splitlines()
                       if line.strip() and not line.startswith("#")), "")
-        out.print(f"{name}: {about}", markup=False)
+        say(f"{name}: {about}")
 
 
 def version_callback(value: bool):
     if value:
-        out.print(f"cnncli {__version__}", markup=False)
+        say(f"cnncli {__version__}")
         raise typer.Exit()
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from cnncli import _conv, _linear, _parallel, _pool
+from cnncli.limits import MAX_THREADS
 
 __all__ = [
     "conv2d", "conv2d_backward",
@@ -78,18 +79,29 @@ def _threads_from_environment():
     return os.cpu_count() or 1
 
 
+def _within_thread_limit(name, count):
+    """``count`` threads, refused beyond ``limits.MAX_THREADS``: far more threads than cores
+    only slows the kernels, and tens of thousands exhaust the OpenMP runtime."""
+    problem = MAX_THREADS.exceeded(count, f"{name}: {count:,} threads")
+    if problem:
+        raise ValueError(problem)
+    return count
+
+
 def get_num_threads() -> int:
     """Number of OpenMP threads the kernels use."""
     global _num_threads
     if _num_threads is None:
-        _num_threads = _threads_from_environment()
+        _num_threads = _within_thread_limit("the thread count from the environment",
+                                            _threads_from_environment())
     return _num_threads
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of OpenMP threads the kernels use (a positive int)."""
+    """Set the number of OpenMP threads the kernels use (a positive int, at most
+    ``cnncli.limits.MAX_THREADS``: 4 per core unless raised)."""
     global _num_threads
-    _num_threads = _positive_int("n", n)
+    _num_threads = _within_thread_limit("n", _positive_int("n", n))
 
 
 @contextlib.contextmanager

@@ -28,12 +28,15 @@ stops the import; a tensor left over is reported as not placed.
 """
 
 import importlib.resources
+import math
 import os
 import re
 
 import numpy as np
 
 from cnncli import architectures
+from cnncli.limits import MAX_ARRAY_BYTES
+from cnncli.model import plan
 from cnncli.modelfile import ModelFileError, check_file, read_tensors
 from cnncli.preprocessing import Preprocessing
 from cnncli.torchfile import read_torch_file
@@ -177,6 +180,18 @@ def import_weights(path, architecture=None, classes=None, preprocessing=None):
     if classes is not None and len(classes) != outputs:
         raise WeightsImportError(f"{source}: {len(classes)} class names for a head with {outputs} "
                            "outputs")
+    try:
+        # Tensors sharing one storage can make a small file declare a very wide
+        # network: size it before building it.
+        shapes, _ = plan(architectures.resnet_layers(depth, outputs, width),
+                         preprocessing.input_shape)
+    except ValueError as error:
+        raise WeightsImportError(f"{source}: {error}") from None
+    too_large = MAX_ARRAY_BYTES.exceeded(4 * sum(math.prod(shape) for shape in shapes.values()),
+                                         f"{source}: a {found} of width {width} with "
+                                         f"{outputs} classes")
+    if too_large:
+        raise WeightsImportError(too_large)
     try:
         model = architectures.resnet(depth, input_shape=preprocessing.input_shape,
                                      classes=outputs, width=width)

@@ -15,6 +15,7 @@ the same weights as an uninterrupted one. An interrupted epoch is redone from
 its start.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -26,10 +27,11 @@ import numpy as np
 
 from cnncli import architectures, data as datasets
 from cnncli.data import DataError
+from cnncli.files import OutputLocked, RunLock, atomic_write, read_json_file
 from cnncli.functional import set_num_threads
 from cnncli.layers import Dense, Dropout
-from cnncli.modelfile import (ModelFileError, atomic_write, load_model, read_training_state,
-                              save_model)
+from cnncli.modelfile import ModelFileError, load_model, read_training_state, save_model
+from cnncli.trainstate import TrainingStateError, check_training_state
 from cnncli.optimizers import SGD, Adam, AdamW, CosineLR, OneCycleLR, StepLR
 from cnncli.preprocessing import Preprocessing
 from cnncli.training import Callback, Interrupted, Monitor, fit, predict_outputs
@@ -39,6 +41,9 @@ __all__ = ["train", "finetune", "evaluate", "predict", "import_model", "Reporter
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
+
+# Skipped items named one by one in the progress messages.
+MAX_LISTED = 20
 
 # Settings that must match for --resume to continue a run exactly.
 RESUME_SETTINGS = ("data", "arch", "batch_size", "lr", "optimizer", "schedule", "seed",
@@ -124,6 +129,17 @@ def _positive(name, value):
         raise JobError(f"{name}: expected a positive integer, got {value!r}")
 
 
+def _use_threads(threads):
+    """Run the kernels on ``threads`` threads (None: leave the setting as it is)."""
+    if threads is None:
+        return
+    _positive("--threads", threads)
+    try:
+        set_num_threads(threads)
+    except ValueError as error:
+        raise JobError(f"--threads: {error}") from None
+
+
 def _class_list(classes):
     """Class names from a list or a comma-separated string; None stays None."""
     if classes is None:
@@ -161,8 +177,20 @@ def _load_splits(data_source, skip_bad, channels=None, size=None, reporter=None,
         raise JobError(str(error)) from None
     skipped = splits.train.skipped
     if skipped and reporter is not None:
-        reporter.message(f"skipped {len(skipped)} bad item(s), e.g. {skipped[0]}")
+        listed = "\n  ".join(skipped[:MAX_LISTED])
+        more = f"\n  ... and {len(skipped) - MAX_LISTED} more" if len(skipped) > MAX_LISTED else ""
+        reporter.message(f"skipped {len(skipped)} bad item(s):\n  {listed}{more}")
     return splits
+
+
+def _at_least_two_classes(dataset):
+    """Training needs two classes to tell apart (and a sample to learn from)."""
+    if len(dataset) == 0:
+        raise JobError(f"{dataset.source}: no samples to train on")
+    present = np.count_nonzero(dataset.class_counts())
+    if present < 2:
+        raise JobError(f"{dataset.source}: {present} class with images "
+                       f"({', '.join(dataset.classes[:3])}); training needs at least 2")
 
 
 def _train_val(splits, val_split, seed):
@@ -282,26 +310,33 @@ def read_history(run):
     if state is None or not state[0].get("history"):
         raise JobError(f"{run}: no history beside it ({candidates[0]}) and no training state "
                        "in it; train and finetune write one next to the model")
+    history = state[0]["history"]
+    _check_epochs(history, run)
     return [dict(metrics, epoch=number, phase="train")
-            for number, metrics in enumerate(state[0]["history"], start=1)]
+            for number, metrics in enumerate(history, start=1)]
+
+
+def _check_epochs(epochs, path):
+    """A history's epochs: a list of {name: finite number}, with a text ``phase``."""
+    if not isinstance(epochs, list) or not epochs or not all(
+            isinstance(epoch, dict) and isinstance(epoch.get("phase", ""), str) and all(
+                isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value) for key, value in epoch.items() if key != "phase")
+            for epoch in epochs):
+        raise JobError(f"{path}: the history has no epochs, or values that are not finite "
+                       "numbers")
 
 
 def _parse_history(path):
     try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
-    except (OSError, ValueError) as error:
-        raise JobError(f"{path}: not a readable history file ({error})") from None
+        document = read_json_file(path, "history file")
+    except ValueError as error:
+        raise JobError(str(error)) from None
     if not isinstance(document, dict) or document.get("format") != HISTORY_FORMAT:
         raise JobError(f"{path}: not a cnncli history file (expected format "
                        f"{HISTORY_FORMAT!r})")
     epochs = document.get("epochs")
-    if not isinstance(epochs, list) or not epochs or not all(
-            isinstance(epoch, dict) and all(
-                isinstance(value, (int, float)) and not isinstance(value, bool)
-                for key, value in epoch.items() if key != "phase")
-            for epoch in epochs):
-        raise JobError(f"{path}: the history has no epochs, or values that are not numbers")
+    _check_epochs(epochs, path)
     return epochs
 
 
@@ -368,42 +403,56 @@ class _Checkpointer(Callback):
         self.save_last(model, epoch + 1)
 
 
-def _restore_training_state(path, model, optimizer, schedule, augmentation, settings):
+def _restore_training_state(path, model, optimizer, schedule, augmentation, settings,
+                            batches):
     loaded = read_training_state(path)
     if loaded is None:
         raise JobError(f"{path}: holds no training state to resume from")
     state, arrays = loaded
-    try:
-        saved = state["settings"]
+    saved = state.get("settings")
+    if isinstance(saved, dict):
         # A schedule's shape depends on the number of epochs; without one, a
         # resumed run may go on for more epochs than first asked.
         keys = RESUME_SETTINGS + (("epochs",) if settings["schedule"] != "constant" else ())
         different = [key for key in keys if saved.get(key) != settings.get(key)]
         if different:
             key = different[0]
-            raise JobError(f"--resume: the checkpoint was made with {key}={saved.get(key)!r}, "
-                           f"this run has {key}={settings.get(key)!r}; use the same settings")
-        parameters = {}
-        for name, slots in state["optimizer"]["scalars"].items():
-            parameters.setdefault(name, {}).update(slots)
-        for key, array in arrays.items():
-            _, name, slot = key.split("/")
-            parameters.setdefault(name, {})[slot] = array
-        optimizer.load_state_dict({"steps": state["optimizer"]["steps"],
-                                   "lr": state["optimizer"]["lr"], "parameters": parameters})
-        if schedule is not None:
+            raise JobError(f"--resume: the checkpoint was made with {key}="
+                           f"{str(saved.get(key))[:80]}, this run has {key}="
+                           f"{settings.get(key)!r}; use the same settings")
+    parameters = model.parameters()
+    dropout = _random_layers(model)
+    try:
+        check_training_state(state, arrays, epochs=max(settings["epochs"],
+                                                       _int_or_zero(state.get("epochs_done"))),
+                             batches=batches, optimizer_name=settings["optimizer"],
+                             parameters={name: p.value for name, p in parameters.items()},
+                             groups=len(optimizer.groups), schedule=schedule,
+                             augmentation=augmentation, dropout_layers=dropout)
+    except TrainingStateError as error:
+        raise JobError(f"{path}: {error}; it cannot be resumed") from None
+    slots = {}
+    for name, values in state["optimizer"]["scalars"].items():
+        slots.setdefault(name, {}).update(values)
+    for key, array in arrays.items():
+        _, name, slot = key.split("/")
+        slots.setdefault(name, {})[slot] = array
+    optimizer.load_state_dict({"steps": state["optimizer"]["steps"],
+                               "lr": state["optimizer"]["lr"], "parameters": slots})
+    if schedule is not None:
+        try:
             schedule.load_state_dict(state["schedule"])
-        if augmentation is not None:
-            augmentation.rng.bit_generator.state = state["augmentation"]
-        layers = _random_layers(model)
-        for layer, generator in zip(layers, state["dropout"]):
-            layer.rng.bit_generator.state = generator
-        return (int(state["epochs_done"]), state.get("position"), list(state["history"]),
-                state["best"])
-    except (KeyError, TypeError, ValueError) as error:
-        if isinstance(error, JobError):
-            raise
-        raise JobError(f"{path}: the training state cannot be restored ({error})") from None
+        except (TypeError, ValueError) as error:
+            raise JobError(f"{path}: the training state has a bad schedule ({error})") from None
+    if augmentation is not None:
+        augmentation.rng.bit_generator.state = state["augmentation"]
+    for layer, generator in zip(dropout, state["dropout"]):
+        layer.rng.bit_generator.state = generator
+    return int(state["epochs_done"]), state["position"], list(state["history"]), state["best"]
+
+
+def _int_or_zero(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1e-3,
@@ -436,27 +485,53 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
         raise JobError(f"--lr: expected a positive learning rate, got {lr!r}")
     if not 0 <= val_split < 1:
         raise JobError(f"--val-split: expected a fraction in [0, 1), got {val_split!r}")
+    _use_threads(threads)
     output = os.fspath(output)
-    if not resume:
-        _check_output(output, force)
     folder = os.fspath(checkpoints) if checkpoints else \
         os.path.splitext(output)[0] + "-checkpoints"
-    last = os.path.join(folder, "last.cnn")
-    if resume and not os.path.exists(last):
-        raise JobError(f"--resume: no checkpoint at {last}")
-    if not resume and os.path.exists(last) and not force:
-        raise JobError(f"{folder}: holds checkpoints of an earlier run; pass --resume to "
-                       "continue it or --force to start over")
-    if threads is not None:
-        _positive("--threads", threads)
-        set_num_threads(threads)
+    settings = {"data": os.fspath(data), "arch": arch, "batch_size": batch_size, "lr": lr,
+                "optimizer": optimizer, "schedule": schedule, "seed": seed,
+                "val_split": val_split, "shift": shift, "flip": bool(flip),
+                "size": list(size) if size else None, "channels": channels,
+                "weight_decay": weight_decay, "momentum": momentum, "epochs": epochs,
+                "classes": classes, "per_class": per_class}
+    # Checked under the locks, so two runs cannot both find the output free.
+    with _locked(output, folder):
+        last = os.path.join(folder, "last.cnn")
+        if not resume:
+            _check_output(output, force)
+        if resume and not os.path.exists(last):
+            raise JobError(f"--resume: no checkpoint at {last}")
+        if not resume and os.path.exists(last) and not force:
+            raise JobError(f"{folder}: holds checkpoints of an earlier run; pass --resume to "
+                           "continue it or --force to start over")
+        splits = _load_splits(data, skip_bad, channels, size, reporter, classes, per_class,
+                              seed)
+        train_part, val_part = _train_val(splits, val_split, seed)
+        _at_least_two_classes(train_part)
+        return _train_run(settings, train_part, val_part, output, folder, resume, reporter)
 
-    splits = _load_splits(data, skip_bad, channels, size, reporter, classes, per_class, seed)
-    train_part, val_part = _train_val(splits, val_split, seed)
+
+def _locked(*targets):
+    """The run locks of every file and folder a run writes (see ``cnncli.files.RunLock``)."""
+    stack = contextlib.ExitStack()
+    try:
+        for target in targets:
+            stack.enter_context(RunLock(target))
+    except OutputLocked as error:
+        stack.close()
+        raise JobError(str(error)) from None
+    return stack
+
+
+def _new_model(settings, train_part):
+    """The architecture built for the data, with preprocessing from its statistics."""
+    size, channels = settings["size"], settings["channels"]
     shape = train_part.image_shape
     input_shape = (channels or shape[0],) + (tuple(size) if size else shape[1:])
     try:
-        model = architectures.build(arch, input_shape, len(train_part.classes), seed=seed)
+        model = architectures.build(settings["arch"], input_shape, len(train_part.classes),
+                                    seed=settings["seed"])
     except ValueError as error:
         raise JobError(str(error)) from None
     mean, std = datasets.channel_statistics(train_part.x, train_part.pixel_max)
@@ -465,17 +540,20 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
     model.preprocessing = Preprocessing(input_shape[0], input_shape[1:], mean=mean, std=std,
                                         scale=1 / train_part.pixel_max)
     model.classes = list(train_part.classes)
-    settings = {"data": os.fspath(data), "arch": arch, "batch_size": batch_size, "lr": lr,
-                "optimizer": optimizer, "schedule": schedule, "seed": seed,
-                "val_split": val_split, "shift": shift, "flip": bool(flip),
-                "size": list(size) if size else None, "channels": channels,
-                "weight_decay": weight_decay, "momentum": momentum, "epochs": epochs,
-                "classes": classes, "per_class": per_class}
     model.provenance = {"command": "train", **settings, "dataset_size": len(train_part)}
+    return model
 
+
+def _train_run(settings, train_part, val_part, output, folder, resume, reporter):
+    """The run of ``train`` once its options are checked and its outputs locked."""
+    epochs, batch_size, seed = settings["epochs"], settings["batch_size"], settings["seed"]
+    model = _new_model(settings, train_part)
+    last = os.path.join(folder, "last.cnn")
     batches = math.ceil(len(train_part) / batch_size)
-    opt = _make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
-    sched = _make_schedule(schedule, opt, epochs, batches)
+    opt = _make_optimizer(settings["optimizer"], model.parameters(), settings["lr"],
+                          settings["momentum"], settings["weight_decay"])
+    sched = _make_schedule(settings["schedule"], opt, epochs, batches)
+    shift, flip = settings["shift"], settings["flip"]
     augmentation = datasets.Augmentation(shift=shift, flip=flip, seed=seed) \
         if shift or flip else None
     history, best, start, position = [], None, 0, None
@@ -484,30 +562,53 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
             saved = load_model(last)
         except ModelFileError as error:
             raise JobError(str(error)) from None
-        model.load_state_dict(saved.state_dict())
+        try:
+            model.load_state_dict(saved.state_dict())
+        except ValueError as error:
+            raise JobError(f"{last}: does not fit this run's model ({error})") from None
         model.provenance = saved.provenance
         start, position, history, best = _restore_training_state(last, model, opt, sched,
-                                                                 augmentation, settings)
+                                                                 augmentation, settings,
+                                                                 batches)
         where = f"epoch {start}" if not position else \
             f"batch {position['batch']} of epoch {start + 1}"
         reporter.message(f"resuming from {last} after {where}")
-        if start >= epochs:
+        if start > epochs or (start == epochs and position):
             raise JobError(f"--resume: the checkpoint has done {start} epochs already; ask "
                            f"for more with --epochs")
     os.makedirs(folder, exist_ok=True)
-    transform = datasets.batch_transform(model.preprocessing, train_part.pixel_max, augmentation)
-    val_transform = datasets.batch_transform(model.preprocessing, train_part.pixel_max)
     monitor = "val_accuracy" if val_part is not None else "loss"
     checkpointer = _Checkpointer(folder, settings, opt, sched, augmentation, history, monitor)
     checkpointer.restore_best(best)
     if not resume:
         checkpointer.save_last(model, 0)
-    epoch_reporter = _EpochReporter(reporter, epochs, batches)
+    if start < epochs:
+        _fit_with_checkpoints(model, train_part, val_part, settings, opt, sched, augmentation,
+                              checkpointer, start, position, batches, reporter)
+    else:
+        # Every epoch was done, but the final model was never written (say,
+        # the disk was full): the checkpoint holds the finished weights.
+        reporter.message(f"{last} has finished all {epochs} epochs; writing the final model")
+    save_model(model, output, overwrite=True,
+               provenance={"epochs": epochs, "metrics": history[-1] if history else {}})
+    write_history(output, "train", history, ["train"] * len(history))
+    return TrainResult(model, history, output, checkpoints=folder,
+                       best=checkpointer.best, resumed_from=last if resume else None,
+                       skipped=train_part.skipped)
+
+
+def _fit_with_checkpoints(model, train_part, val_part, settings, optimizer, schedule,
+                          augmentation, checkpointer, start, position, batches, reporter):
+    last = os.path.join(checkpointer.folder, "last.cnn")
+    transform = datasets.batch_transform(model.preprocessing, train_part.pixel_max, augmentation)
+    val_transform = datasets.batch_transform(model.preprocessing, train_part.pixel_max)
+    epoch_reporter = _EpochReporter(reporter, settings["epochs"], batches)
     epoch_reporter.start(start)
     try:
         with _CtrlC() as ctrl_c:
-            fit(model, train_part.x, train_part.y, epochs=epochs, batch_size=batch_size,
-                optimizer=opt, schedule=sched, seed=seed, initial_epoch=start,
+            fit(model, train_part.x, train_part.y, epochs=settings["epochs"],
+                batch_size=settings["batch_size"], optimizer=optimizer, schedule=schedule,
+                seed=settings["seed"], initial_epoch=start,
                 initial_batch=position["batch"] if position else 0,
                 initial_totals=tuple(position["totals"]) if position else None,
                 interrupt=ctrl_c,
@@ -523,12 +624,6 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
                                                    "totals": list(stop.totals)})
         raise TrainingInterrupted(f"interrupted in epoch {stop.epoch + 1} after batch "
                                   f"{stop.batch}; saved {last}; continue with --resume") from None
-    save_model(model, output, overwrite=True,
-               provenance={"epochs": epochs, "metrics": history[-1] if history else {}})
-    write_history(output, "train", history, ["train"] * len(history))
-    return TrainResult(model, history, output, checkpoints=folder,
-                       best=checkpointer.best, resumed_from=last if resume else None,
-                       skipped=train_part.skipped)
 
 
 # ---------------------------------------------------------------------------
@@ -617,15 +712,24 @@ def finetune(pretrained, data, output="finetuned.cnn", epochs=5, batch_size=32, 
     classes = _class_list(classes)
     if per_class is not None:
         _positive("--per-class", per_class)
-    output = _check_output(output, force)
-    if threads is not None:
-        _positive("--threads", threads)
-        set_num_threads(threads)
+    _use_threads(threads)
+    with _locked(os.fspath(output)):
+        output = _check_output(output, force)
+        return _finetune_run(pretrained, data, output, epochs, batch_size, lr, freeze,
+                             unfreeze_epochs, backbone_lr_factor, optimizer, seed, val_split,
+                             shift, flip, skip_bad, cache_features, classes, per_class,
+                             reporter)
+
+
+def _finetune_run(pretrained, data, output, epochs, batch_size, lr, freeze, unfreeze_epochs,
+                  backbone_lr_factor, optimizer, seed, val_split, shift, flip, skip_bad,
+                  cache_features, classes, per_class, reporter):
     model = open_model(pretrained)
     source = os.fspath(pretrained)
     splits = _load_splits(data, skip_bad, reporter=reporter, classes=classes,
                           per_class=per_class, seed=seed, **_model_image_format(model))
     train_part, val_part = _train_val(splits, val_split, seed)
+    _at_least_two_classes(train_part)
 
     if model.preprocessing is None:
         mean, std = datasets.channel_statistics(train_part.x, train_part.pixel_max)
@@ -786,9 +890,7 @@ def evaluate(model_path, data, split=None, top_k=5, batch_size=256, threads=None
     training held out.
     """
     reporter = reporter or Reporter()
-    if threads is not None:
-        _positive("--threads", threads)
-        set_num_threads(threads)
+    _use_threads(threads)
     _positive("--top-k", top_k)
     _positive("--batch-size", batch_size)
     classes = _class_list(classes)
@@ -806,6 +908,8 @@ def evaluate(model_path, data, split=None, top_k=5, batch_size=256, threads=None
         dataset = splits.train if split == "all" else getattr(splits, split)
     if dataset is None:
         raise JobError(f"--split: {data} has no {split!r} part")
+    if len(dataset) == 0:
+        raise JobError(f"{dataset.source}: no samples to evaluate ({split} part)")
     remap, classes = _label_map(model, dataset, os.fspath(data))
     probabilities = _probabilities(model, dataset.x, dataset.pixel_max, batch_size)
     return Evaluation(classes, remap[dataset.y], probabilities, top_k,
@@ -815,10 +919,15 @@ def evaluate(model_path, data, split=None, top_k=5, batch_size=256, threads=None
 def _probabilities(model, x, pixel_max, batch_size):
     from cnncli.training import predict_proba
     try:
-        return predict_proba(model, x, batch_size=batch_size,
-                             transform=_model_transform(model, pixel_max))
+        probabilities = predict_proba(model, x, batch_size=batch_size,
+                                      transform=_model_transform(model, pixel_max))
     except DataError as error:
         raise JobError(str(error)) from None
+    broken = np.count_nonzero(~np.isfinite(probabilities).all(axis=1))
+    if broken:
+        raise JobError(f"the model gives NaN or infinite outputs for {broken} of "
+                       f"{len(probabilities)} inputs; its weights or preprocessing are broken")
+    return probabilities
 
 
 class Prediction:
@@ -833,8 +942,8 @@ class Prediction:
                     for order, row in zip(ranked, probabilities)]
 
 
-def _images_of(paths, skip_bad, reporter):
-    """(names, list of PIL images) from image files and folders (searched recursively)."""
+def _image_files(paths):
+    """The image files named, and those in the folders named (searched recursively)."""
     files = []
     for path in paths:
         path = os.fspath(path)
@@ -843,32 +952,24 @@ def _images_of(paths, skip_bad, reporter):
                 subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
                 files += [os.path.join(folder, name) for name in sorted(names)
                           if name.lower().endswith(datasets.IMAGE_EXTENSIONS)]
-        elif os.path.exists(path):
+        elif os.path.lexists(path):
             files.append(path)
         else:
             raise JobError(f"{path}: no such file or folder")
-    names, images = [], []
-    for path in files:
-        try:
-            images.append(datasets._open_image(path))
-            names.append(path)
-        except DataError as error:
-            if not skip_bad:
-                raise JobError(f"{error}; pass --skip-bad to leave bad files out") from None
-            reporter.message(f"skipped {error}")
-    if not images:
-        raise JobError("no images to predict")
-    return names, images
+    return files
 
 
 def predict(model_path, inputs, top_k=3, batch_size=256, threads=None, skip_bad=False,
             reporter=None):
-    """Class probabilities for image files, folders of images, or the ``x`` of an .npz."""
+    """Class probabilities for image files, folders of images, or the ``x`` of an .npz.
+
+    Images are decoded ``batch_size`` at a time, so memory holds one batch
+    of them, however many files there are.
+    """
     reporter = reporter or Reporter()
-    if threads is not None:
-        _positive("--threads", threads)
-        set_num_threads(threads)
+    _use_threads(threads)
     _positive("--top-k", top_k)
+    _positive("--batch-size", batch_size)
     model = open_model(model_path)
     if model.preprocessing is None:
         raise JobError(f"{model_path}: the model has no preprocessing; it cannot read images")
@@ -883,14 +984,27 @@ def predict(model_path, inputs, top_k=3, batch_size=256, threads=None, skip_bad=
         names = [f"{inputs[0]}[{index}]" for index in range(len(dataset))]
         probabilities = _probabilities(model, dataset.x, dataset.pixel_max, batch_size)
         return Prediction(names, classes, probabilities, top_k)
-    names, images = _images_of(inputs, skip_bad, reporter)
     preprocessing = model.preprocessing
-    x = np.empty((len(images),) + preprocessing.input_shape, dtype=np.uint8)
-    for index, image in enumerate(images):
-        x[index] = datasets.image_to_array(image, preprocessing.channels, preprocessing.size)
-        image.close()
-    probabilities = _probabilities(model, x, 255, batch_size)
-    return Prediction(names, classes, probabilities, top_k)
+    names, parts = [], []
+    files = _image_files(inputs)
+    for start in range(0, len(files), batch_size):
+        batch, batch_names = [], []
+        for path in files[start:start + batch_size]:
+            try:
+                batch.append(datasets.load_image(path, preprocessing.channels,
+                                                 preprocessing.size))
+            except DataError as error:
+                if not skip_bad:
+                    raise JobError(f"{error}; pass --skip-bad to leave bad files out") from None
+                reporter.message(f"skipped {error}")
+                continue
+            batch_names.append(path)
+        if batch:
+            parts.append(_probabilities(model, np.stack(batch), 255, batch_size))
+            names += batch_names
+    if not names:
+        raise JobError("no images to predict")
+    return Prediction(names, classes, np.concatenate(parts), top_k)
 
 
 # ---------------------------------------------------------------------------
@@ -1007,13 +1121,11 @@ def show_features(model_path, image_path, layers=None, output=None, force=False,
     if not os.path.isdir(os.path.dirname(os.path.abspath(folder))):
         raise JobError(f"{os.path.dirname(os.path.abspath(folder))}: no such folder for the "
                        "output")
+    preprocessing = model.preprocessing
     try:
-        image = datasets._open_image(image_path)
+        pixels = datasets.load_image(image_path, preprocessing.channels, preprocessing.size)
     except DataError as error:
         raise JobError(str(error)) from None
-    preprocessing = model.preprocessing
-    pixels = datasets.image_to_array(image, preprocessing.channels, preprocessing.size)
-    image.close()
     x = preprocessing(pixels[None])[0]
     try:
         grids = visualize.feature_grids(model, x, layers, max_maps=max_maps)

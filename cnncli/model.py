@@ -48,13 +48,14 @@ def name_layer(layer, taken):
         raise ValueError(f"name: layer names may not contain '.', got {layer.name!r}")
 
 
-def plan(layers, input_shape):
+def plan(layers, input_shape, max_values=MAX_ELEMENTS):
     """Names, state shapes and output shape of ``layers`` applied to ``input_shape``.
 
     Nothing is built or allocated: returns ``({dotted name: shape}, output_shape)``
     for the parameters and buffers a model of these layers would create, so a
     model file can be checked against its architecture before loading it.
-    Unnamed layers get the names ``Sequential`` would give them.
+    Unnamed layers get the names ``Sequential`` would give them. A layer whose
+    output has more than ``max_values`` values per sample raises ValueError.
     """
     taken = set()
     expected = {}
@@ -63,9 +64,9 @@ def plan(layers, input_shape):
         name_layer(layer, taken)
         taken.add(layer.name)
         output_shape = tuple(layer.compute_output_shape(shape))
-        if math.prod(output_shape) > MAX_ELEMENTS:
+        if math.prod(output_shape) > max_values:
             raise ValueError(f"{layer.describe()}: outputs {output_shape} per sample, more than "
-                             f"the {MAX_ELEMENTS:,} values the kernels handle")
+                             f"the limit of {max_values:,} values")
         for key, state_shape in layer.state_shapes(shape).items():
             expected[f"{layer.name}.{key}"] = tuple(state_shape)
         shape = output_shape

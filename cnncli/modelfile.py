@@ -24,21 +24,21 @@ compared with the plan. Only then is the model built, so no declared size
 can cause an allocation larger than the file itself. Every problem with a
 file raises ``ModelFileError`` naming the file and what is wrong.
 
-Saving is atomic: the bytes go to a temporary file in the same folder, are
-flushed to disk, then renamed over the target, so a crash or a full disk
-leaves the previous file intact.
+Saving is atomic (``cnncli.files.atomic_write``): the bytes go to a temporary
+file in the same folder, are flushed to disk, then renamed over the target,
+so a crash or a full disk leaves the previous file intact.
 """
 
-import contextlib
 import json
 import math
 import os
-import secrets
 
 import numpy as np
 import safetensors
 
-from cnncli import __version__, layers as layer_module, regularizers
+from cnncli import __version__, files, layers as layer_module, regularizers
+from cnncli.files import atomic_write
+from cnncli.limits import MAX_ACTIVATION_VALUES
 from cnncli.blocks import Residual
 from cnncli.layers import layer_config
 from cnncli.model import MAX_ELEMENTS, Sequential, plan
@@ -75,9 +75,6 @@ TRAINING_PREFIX = "training_state/"
 MAX_CLASSES = 100_000
 MAX_NAME_CHARS = 1000
 
-WRITE_CHUNK = 1 << 20
-
-
 class ModelFileError(ValueError):
     """A file that is not a valid cnncli model file: the message names the file and the problem."""
 
@@ -85,42 +82,6 @@ class ModelFileError(ValueError):
 # ---------------------------------------------------------------------------
 # Saving
 # ---------------------------------------------------------------------------
-
-
-def atomic_write(path, data, overwrite=True):
-    """Write ``data`` (bytes) to ``path`` so that the file is either the old one or the new one.
-
-    The bytes go to a temporary file beside ``path``, are flushed to disk and
-    renamed over it; on any failure the temporary file is removed and the
-    previous file is untouched.
-    """
-    path = os.path.abspath(os.fspath(path))
-    if not overwrite and os.path.exists(path):
-        raise FileExistsError(f"{path}: already exists")
-    directory = os.path.dirname(path)
-    temporary = os.path.join(directory,
-                             f".{os.path.basename(path)}.{secrets.token_hex(6)}.partial")
-    # os.open applies the umask to 0o666, so the file gets the usual permissions.
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            view = memoryview(data)
-            for start in range(0, len(view), WRITE_CHUNK):
-                handle.write(view[start:start + WRITE_CHUNK])
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    # Make the rename itself durable, where the file system lets a folder be synced.
-    with contextlib.suppress(OSError):
-        folder = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
 
 
 def _to_json(value, what):
@@ -252,27 +213,8 @@ class _Reader:
         text = metadata[key]
         if len(text) > MAX_METADATA_CHARS[key]:
             self.fail(f"the '{key}' entry is implausibly large ({len(text):,} characters)")
-
-        def unique_keys(pairs):
-            keys = [key for key, _ in pairs]
-            if len(set(keys)) != len(keys):
-                raise ValueError(f"duplicate keys in an object: {sorted(keys)}")
-            return dict(pairs)
-
-        def no_constants(constant):
-            raise ValueError(f"{constant} is not allowed")
-
-        def finite_float(text):
-            value = float(text)
-            if not math.isfinite(value):
-                raise ValueError(f"{text} is out of range")
-            return value
-
         try:
-            return json.loads(text, object_pairs_hook=unique_keys, parse_constant=no_constants,
-                              parse_float=finite_float)
-        except RecursionError:
-            self.fail(f"the '{key}' entry is nested too deeply")
+            return files.parse_json(text)
         except ValueError as error:
             self.fail(f"the '{key}' entry is not valid JSON ({error})")
 
@@ -282,14 +224,9 @@ class _Reader:
 
 
 def check_file(path, kind="model file"):
-    """``path`` as a string, if it names a file: FileNotFoundError when it does not exist,
-    ModelFileError when it is a folder."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise ModelFileError(f"{path}: is a folder, not a {kind}")
-    return path
+    """``path`` as a string, if it names a readable file: FileNotFoundError when it does not
+    exist, ModelFileError when it is a folder, not a regular file, or unreadable."""
+    return files.check_file(path, kind, ModelFileError)
 
 
 def _open(path):
@@ -391,11 +328,12 @@ def _architecture(reader, architecture):
     check(isinstance(architecture, dict) and set(architecture) == keys,
           f"the architecture must be an object with exactly the entries {sorted(keys)}")
     input_shape = architecture["input_shape"]
+    limit = min(MAX_ELEMENTS, MAX_ACTIVATION_VALUES.value)
     check(isinstance(input_shape, list) and 1 <= len(input_shape) <= 3
-          and all(_is_int(v, 1, MAX_ELEMENTS) for v in input_shape)
-          and math.prod(input_shape) <= MAX_ELEMENTS,
-          f"the input shape must be 1 to 3 positive sizes of at most {MAX_ELEMENTS:,} values "
-          f"in all, got {str(input_shape)[:100]}")
+          and all(_is_int(v, 1, limit) for v in input_shape)
+          and math.prod(input_shape) <= limit,
+          f"the input shape must be 1 to 3 positive sizes of at most {limit:,} values "
+          f"in all, got {str(input_shape)[:100]} (the limit is {MAX_ACTIVATION_VALUES.variable})")
     check(isinstance(architecture["dtype"], str) and architecture["dtype"] in DTYPES,
           f"the dtype must be one of {sorted(DTYPES)}")
     check(_is_int(architecture["seed"], 0, 2**63 - 1), "the seed must be an int >= 0")
@@ -452,7 +390,8 @@ def load_model(path):
         info = _read_metadata(reader, handle.metadata())
         architecture, input_shape, layers = _architecture(reader, info["architecture"])
         try:
-            expected, output_shape = plan(layers, input_shape)
+            expected, output_shape = plan(layers, input_shape,
+                                          min(MAX_ELEMENTS, MAX_ACTIVATION_VALUES.value))
         except (ValueError, TypeError, OverflowError) as error:
             reader.fail(f"the architecture does not fit together ({error})")
         specs = _tensor_specs(handle)

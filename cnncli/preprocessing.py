@@ -17,6 +17,10 @@ import numpy as np
 
 __all__ = ["Preprocessing"]
 
+# The largest input a preprocessing may produce from a 16-bit pixel: far
+# beyond any sensible normalisation, far below float32's overflow.
+MAX_INPUT_MAGNITUDE = 1e30
+
 
 def _finite_numbers(name, values, count, positive=False):
     if not isinstance(values, (list, tuple)) or len(values) != count:
@@ -65,6 +69,13 @@ class Preprocessing:
         self.std = _finite_numbers("std", [1.0] * self.channels if std is None else std,
                                    self.channels, positive=True)
         (self.scale,) = _finite_numbers("scale", [scale], 1, positive=True)
+        # Pixels of up to 16 bits must become finite float32 inputs, or every
+        # output of the model would be NaN.
+        extremes = [abs((pixel * self.scale - mean) / std) for pixel in (0, 65535)
+                    for mean, std in zip(self.mean, self.std)]
+        if not all(value <= MAX_INPUT_MAGNITUDE for value in extremes):
+            raise ValueError(f"preprocessing: scale {self.scale:g}, mean and std map pixel "
+                             f"values 0..65535 beyond +-{MAX_INPUT_MAGNITUDE:g}"[:300])
 
     @property
     def input_shape(self):

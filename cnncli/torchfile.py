@@ -20,8 +20,11 @@ any opcode outside ``OPCODES``, refuses the file with ``ModelFileError``.
 Before a byte of tensor data is read, every storage is checked against the
 archive (its entry exists, is stored uncompressed, holds exactly element
 count x item size bytes within the file) and every tensor's offset, sizes
-and strides against its storage, so no declared size can cause an
-allocation larger than the file. Entry names with path tricks (absolute,
+and strides against its storage; tensors are returned as read-only views of
+their storages, so however many tensors share one, no declared size can
+cause an allocation larger than the file (twice it for bfloat16, widened to
+float32). The pickle machine caps its opcodes and the nesting of tuples, so
+no key is too deep to hash. Entry names with path tricks (absolute,
 ``..``, backslashes) and duplicate names are refused.
 """
 
@@ -62,6 +65,11 @@ OPCODES = frozenset({
 })
 
 MAX_PICKLE_BYTES = 64 << 20     # a ResNet-152 state dict's pickle is about 100 KB
+# A ResNet-152 state dict's pickle runs about 20,000 opcodes and nests
+# containers 5 deep; the caps bound the memory and the recursion (hashing a
+# tuple key, describing a value) that a hostile pickle can ask for.
+MAX_OPCODES = 2_000_000
+MAX_NESTING = 32
 MAX_DIMENSIONS = 8
 SAFE_ENTRY = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*\Z")
 STORAGE_KEY = re.compile(r"[A-Za-z0-9_]{1,64}\Z")
@@ -106,6 +114,20 @@ def _kind(value):
     return names.get(type(value), "function" if callable(value) else type(value).__name__)
 
 
+def _short(value, depth=0):
+    """A short description of a value from the file, never recursing far (``str`` of a
+    deeply nested container would)."""
+    if isinstance(value, (str, bytes)):
+        return repr(value[:60]) + ("..." if len(value) > 60 else "")
+    if isinstance(value, (int, float, bool, type(None))):
+        return repr(value)[:40]
+    if isinstance(value, (tuple, list)) and depth < 2:
+        inner = ", ".join(_short(item, depth + 1) for item in value[:6])
+        more = ", ..." if len(value) > 6 else ""
+        return f"({inner}{more})" if isinstance(value, tuple) else f"[{inner}{more}]"
+    return f"a {_kind(value)}"
+
+
 def _is_count(value):
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -114,7 +136,7 @@ def _int_tuple(value, what):
     if not isinstance(value, tuple) or len(value) > MAX_DIMENSIONS \
             or not all(_is_count(v) for v in value):
         raise _Refused(f"a tensor's {what} must be up to {MAX_DIMENSIONS} non-negative ints, "
-                       f"got {str(value)[:80]}")
+                       f"got {_short(value)}")
     return value
 
 
@@ -166,6 +188,9 @@ class _Machine:
         self.marks = []
         self.memo = {}
         self.storage_of = storage_of
+        # Nesting depth of each tuple made, by id: a tuple is immutable, so its
+        # depth is known when it is made, before anything hashes it.
+        self.depths = {}
 
     def pop_mark(self):
         if not self.marks:
@@ -189,6 +214,15 @@ class _Machine:
             raise _Refused("the pickle reads an empty stack")
         return self.stack[-1]
 
+    def tuple(self, items):
+        depth = 1 + max((self.depths.get(id(item), 1) for item in items
+                         if type(item) is tuple), default=0)
+        if depth > MAX_NESTING:
+            raise _Refused(f"the pickle nests tuples more than {MAX_NESTING} deep")
+        made = tuple(items)
+        self.depths[id(made)] = depth
+        return made
+
     def run(self, data):
         stream = io.BytesIO(data)
         with warnings.catch_warnings():
@@ -198,7 +232,10 @@ class _Machine:
             return self._run(stream, len(data))
 
     def _run(self, stream, size):
-        for opcode, argument, position in pickletools.genops(stream):
+        for count, (opcode, argument, position) in enumerate(pickletools.genops(stream)):
+            if count >= MAX_OPCODES:
+                raise _Refused(f"the pickle runs more than {MAX_OPCODES:,} opcodes, more than a "
+                               "weights file needs")
             name = opcode.name
             if name not in OPCODES:
                 raise _Refused(f"pickle opcode {name} at byte {position} is not allowed in a "
@@ -233,9 +270,9 @@ class _Machine:
         elif name == "EMPTY_TUPLE":
             stack.append(())
         elif name == "TUPLE":
-            stack.append(tuple(self.pop_mark()))
+            stack.append(self.tuple(self.pop_mark()))
         elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            stack.append(tuple(self.pop(int(name[-1]))))
+            stack.append(self.tuple(self.pop(int(name[-1]))))
         elif name == "EMPTY_LIST":
             stack.append([])
         elif name in ("APPEND", "APPENDS"):
@@ -354,14 +391,15 @@ def _read_storage(archive, folder, storage, size_of_file, byteorder):
 
 
 def _materialize(tensor):
+    """The tensor as a read-only view of its storage: tensors that share a storage share its
+    memory, so what is read never exceeds the archive's size."""
     storage = tensor.storage
     base = storage.array
     if 0 in tensor.size:
         return np.zeros(tensor.size, dtype=base.dtype)
     strides = tuple(step * base.itemsize for step in tensor.stride)
-    view = np.lib.stride_tricks.as_strided(base[tensor.offset:], shape=tensor.size,
+    return np.lib.stride_tricks.as_strided(base[tensor.offset:], shape=tensor.size,
                                            strides=strides, writeable=False)
-    return np.array(view, copy=True)
 
 
 def _state_dict(saved):
@@ -440,7 +478,7 @@ def _read(path, start):
             if not isinstance(storage_type, _StorageType):
                 raise _Refused("a storage has no known dtype class")
             if not isinstance(key, str) or not STORAGE_KEY.match(key):
-                raise _Refused(f"a storage key must be a short name, got {str(key)[:80]!r}")
+                raise _Refused(f"a storage key must be a short name, got {_short(key)}")
             if not isinstance(location, str) or not _is_count(count):
                 raise _Refused(f"storage {key!r} has a bad location or element count")
             if key in storages:
@@ -461,7 +499,7 @@ def _read(path, start):
         tensors = _state_dict(saved)
         names = [name for name in tensors if not isinstance(name, str)]
         if names:
-            raise _Refused(f"tensor names must be strings, found {str(names[0])[:80]!r}")
+            raise _Refused(f"tensor names must be strings, found {_short(names[0])}")
         for tensor in tensors.values():
             storage = tensor.storage
             if storage.array is None:
