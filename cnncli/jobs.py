@@ -405,7 +405,10 @@ class _Checkpointer(Callback):
 
 def _restore_training_state(path, model, optimizer, schedule, augmentation, settings,
                             batches):
-    loaded = read_training_state(path)
+    try:
+        loaded = read_training_state(path)
+    except ModelFileError as error:
+        raise JobError(str(error)) from None
     if loaded is None:
         raise JobError(f"{path}: holds no training state to resume from")
     state, arrays = loaded

@@ -8,6 +8,7 @@ after their declared size has been checked against ``limits.MAX_ARRAY_BYTES``
 
 import io
 import math
+import tokenize
 import zipfile
 
 import numpy as np
@@ -207,7 +208,10 @@ def _npz_arrays(path):
             if not parts and {"x", "y"} <= keys:
                 parts["train"] = (_npz_member(path, archive, "x"),
                                   _npz_member(path, archive, "y"), "x")
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError) as error:
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError,
+                SyntaxError, tokenize.TokenError) as error:
+            # numpy parses an array's header as a Python literal: a damaged one
+            # raises the parser's errors.
             if isinstance(error, DataError):
                 raise
             raise DataError(f"{path}: cannot read its arrays ({cut(error)})") from None

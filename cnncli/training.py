@@ -403,9 +403,12 @@ def predict_proba(model, x, batch_size=256, transform=None):
     outputs = predict_outputs(model, x, batch_size, transform)
     if isinstance(model[-1], Softmax):
         return outputs
-    outputs -= outputs.max(axis=1, keepdims=True)
-    np.exp(outputs, out=outputs)
-    outputs /= outputs.sum(axis=1, keepdims=True)
+    # Infinite logits give NaN probabilities, which callers check for; NumPy's
+    # warnings about them would only be noise.
+    with np.errstate(invalid="ignore", over="ignore"):
+        outputs -= outputs.max(axis=1, keepdims=True)
+        np.exp(outputs, out=outputs)
+        outputs /= outputs.sum(axis=1, keepdims=True)
     return outputs
 
 

@@ -365,7 +365,12 @@ def _mutate(data, rng):
     for _ in range(rng.randint(1, 8)):
         choice = rng.random()
         position = rng.randrange(len(data)) if data else 0
-        if choice < 0.5 and data:
+        if choice < 0.08:
+            # Deep nesting: tuples of tuples (hashed as keys), marks, lists in lists.
+            depth = rng.choice([31, 32, 33, 1200, 50_000])
+            data[position:position] = rng.choice([b")" + b"\x85" * depth, b"(" * depth,
+                                                  b"]" * depth + b"a" * (depth - 1)])
+        elif choice < 0.5 and data:
             data[position] = rng.randrange(256)
         elif choice < 0.7:
             data[position:position] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
@@ -413,3 +418,31 @@ def test_fuzz_the_reader(tmp_path):
             outcomes["read"] += 1
         assert time.monotonic() < deadline, "the fuzz test is too slow for CI"
     assert outcomes["refused"] > 100
+
+
+def test_fuzz_tensors_sharing_storages(tmp_path):
+    """Random views over a few shared storages: each read either refuses the file or returns
+    views into those storages only, so what is read never exceeds the archive."""
+    rng = random.Random(99)
+    path = tmp_path / "shared.pt"
+    outcomes = {"read": 0, "refused": 0}
+    for trial in range(300):
+        counts = {str(key): rng.choice([1, 7, 64, 1000]) for key in range(rng.randint(1, 3))}
+        entries = {}
+        for index in range(rng.randint(1, 8)):
+            key = rng.choice(list(counts))
+            size = tuple(rng.choice([0, 1, 2, 2, 5, 10**6]) for _ in range(rng.randint(0, 3)))
+            stride = tuple(rng.choice([0, 1, 1, 3, 10**9]) for _ in size)
+            offset = rng.choice([0, 0, 1, counts[key] - 1, counts[key], 2**40])
+            entries[f"t{index}"] = tensor("FloatStorage", key, counts[key], offset, size, stride)
+        storages = {key: bytes(4 * count) for key, count in counts.items()}
+        write_archive(path, state_dict_pickle(entries), storages)
+        try:
+            tensors = read_torch_file(path)
+        except ModelFileError:
+            outcomes["refused"] += 1
+            continue
+        outcomes["read"] += 1
+        for value in tensors.values():
+            assert value.size == 0 or value.base is not None or not value.flags.owndata
+    assert outcomes["read"] > 20 and outcomes["refused"] > 20
