@@ -143,6 +143,21 @@ def _recognise_resnet(state, source):
     return depth, int(stem.shape[0]), int(head.shape[0]), int(stem.shape[1])
 
 
+def _check_size(source, depth, width, outputs, preprocessing):
+    """Refuse, before building it, a network too large for memory: tensors sharing one
+    storage can make a small file declare a very wide one."""
+    try:
+        shapes, _ = plan(architectures.resnet_layers(depth, outputs, width),
+                         preprocessing.input_shape)
+    except ValueError as error:
+        raise WeightsImportError(f"{source}: {error}") from None
+    too_large = MAX_ARRAY_BYTES.exceeded(4 * sum(math.prod(shape) for shape in shapes.values()),
+                                         f"{source}: a resnet{depth} of width {width} with "
+                                         f"{outputs} classes")
+    if too_large:
+        raise WeightsImportError(too_large)
+
+
 def import_weights(path, architecture=None, classes=None, preprocessing=None):
     """A cnncli ResNet holding the torchvision-format weights of ``path``, and a report.
 
@@ -180,18 +195,7 @@ def import_weights(path, architecture=None, classes=None, preprocessing=None):
     if classes is not None and len(classes) != outputs:
         raise WeightsImportError(f"{source}: {len(classes)} class names for a head with {outputs} "
                            "outputs")
-    try:
-        # Tensors sharing one storage can make a small file declare a very wide
-        # network: size it before building it.
-        shapes, _ = plan(architectures.resnet_layers(depth, outputs, width),
-                         preprocessing.input_shape)
-    except ValueError as error:
-        raise WeightsImportError(f"{source}: {error}") from None
-    too_large = MAX_ARRAY_BYTES.exceeded(4 * sum(math.prod(shape) for shape in shapes.values()),
-                                         f"{source}: a {found} of width {width} with "
-                                         f"{outputs} classes")
-    if too_large:
-        raise WeightsImportError(too_large)
+    _check_size(source, depth, width, outputs, preprocessing)
     try:
         model = architectures.resnet(depth, input_shape=preprocessing.input_shape,
                                      classes=outputs, width=width)

@@ -38,7 +38,7 @@ import safetensors
 
 from cnncli import __version__, files, layers as layer_module, regularizers
 from cnncli.files import atomic_write
-from cnncli.limits import MAX_ACTIVATION_VALUES
+from cnncli.limits import MAX_ACTIVATION_VALUES, MAX_CLASSES
 from cnncli.blocks import Residual
 from cnncli.layers import layer_config
 from cnncli.model import MAX_ELEMENTS, Sequential, plan
@@ -72,7 +72,6 @@ OPTIONAL_ENTRIES = ("training_state",)
 # Tensors of a checkpoint's training state (optimizer moments...) are named
 # under this prefix; loading a model ignores them.
 TRAINING_PREFIX = "training_state/"
-MAX_CLASSES = 100_000
 MAX_NAME_CHARS = 1000
 
 class ModelFileError(ValueError):
@@ -179,7 +178,7 @@ def _check_classes(classes, output_shape, error):
     if len(output_shape) != 1 or len(classes) != output_shape[0]:
         raise error(f"classes: {len(classes)} names for a model whose output has shape "
                     f"{output_shape}; give one name per output, or None")
-    if len(classes) > MAX_CLASSES or not all(
+    if len(classes) > MAX_CLASSES.value or not all(
             isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS for name in classes):
         raise error("classes: expected non-empty strings as class names")
     if len(set(classes)) != len(classes):

@@ -47,8 +47,10 @@ def guarded(args, cwd, limit_mib=SMALL, timeout=120, env=None):
     records.mkdir()
     environment = dict(os.environ, CNNCLI_TEST_SPAWNED=str(records / "spawned"),
                        CNNCLI_TEST_PEAK=str(records / "peak"), **(env or {}))
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [TESTS,
-                                                              os.environ.get("PYTHONPATH")]))
+    # CNNCLI_TEST_PACKAGE runs the commands on another checkout of cnncli (to see
+    # these tests fail on code from before a fix).
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [
+        os.environ.get("CNNCLI_TEST_PACKAGE"), TESTS, os.environ.get("PYTHONPATH")]))
     completed = subprocess.run([sys.executable, str(GUARD), str(limit_mib), *map(str, args)],
                                cwd=cwd, capture_output=True, text=True, timeout=timeout,
                                env=environment)
@@ -636,3 +638,17 @@ def test_exif_orientation_is_applied(tmp_path):
     Image.fromarray(np.repeat(np.repeat(pixels, 8, 0), 8, 1)).save(jpeg, exif=exif,
                                                                   quality=100)
     assert images.image_header(str(jpeg))[:2] == (48, 16)
+
+
+def test_an_imported_network_is_sized_before_it_is_built(monkeypatch):
+    from cnncli import importer
+    fixture = Path(__file__).parent / "fixtures" / "torchvision" / "resnet18_w8.pt"
+    monkeypatch.setenv("CNNCLI_MAX_ARRAY_BYTES", "100000")
+    with pytest.raises(importer.WeightsImportError,
+                       match="a resnet18 of width 8 with .* more than cnncli's limit"):
+        importer.import_weights(fixture, preprocessing=hostile_preprocessing())
+
+
+def hostile_preprocessing():
+    from cnncli.preprocessing import Preprocessing
+    return Preprocessing(3, (32, 32), mean=[0.5] * 3, std=[0.25] * 3)
