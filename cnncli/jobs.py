@@ -488,6 +488,8 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
         raise JobError(f"--lr: expected a positive learning rate, got {lr!r}")
     if not 0 <= val_split < 1:
         raise JobError(f"--val-split: expected a fraction in [0, 1), got {val_split!r}")
+    if channels not in (None, 1, 3):
+        raise JobError(f"--channels: expected 1 (grayscale) or 3 (RGB), got {channels!r}")
     _use_threads(threads)
     output = os.fspath(output)
     folder = os.fspath(checkpoints) if checkpoints else \

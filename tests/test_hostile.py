@@ -432,6 +432,18 @@ def test_too_many_threads_are_refused(threads, work, model):
                     "more than cnncli's limit")
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--channels", 2, "expected 1 (grayscale) or 3 (RGB)"),
+    ("--size", "0x8", "expected HEIGHTxWIDTH"),
+    ("--size", "100000x100000", "smaller --size"),
+])
+def test_impossible_arguments_are_one_line(option, value, message, work):
+    inputs, folder = work
+    root = hostile.image_folder(str(inputs / "set"))
+    assert_one_line(guarded(["train", root, "-o", "m.cnn", option, value], folder), message)
+    assert listing(folder) == []
+
+
 def test_the_thread_limit_is_stated_and_can_be_raised(monkeypatch):
     from cnncli import functional
     before = functional.get_num_threads()
