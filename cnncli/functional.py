@@ -26,6 +26,7 @@ from threadpoolctl import ThreadpoolController
 
 from cnncli import _conv, _linear, _parallel, _pool
 from cnncli.limits import MAX_THREADS
+from cnncli.validation import positive_int
 
 __all__ = [
     "conv2d", "conv2d_backward",
@@ -34,7 +35,7 @@ __all__ = [
     "avg_pool2d", "avg_pool2d_backward",
     "global_avg_pool2d", "global_avg_pool2d_backward",
     "unfold", "fold",
-    "conv_output_size",
+    "conv_output_size", "softmax", "sigmoid",
     "get_num_threads", "set_num_threads", "threads", "openmp_enabled",
 ]
 
@@ -54,11 +55,7 @@ _INT_MAX = 2**31 - 1
 
 
 def _positive_int(name, value):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    if not 1 <= value <= _INT_MAX:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return int(value)
+    return positive_int(name, value, _INT_MAX)
 
 
 def _threads_from_environment():
@@ -196,6 +193,26 @@ def _float_array(name, array, ndim, layout, dtype=None):
 def _expect_shape(name, array, expected):
     if array.shape != tuple(expected):
         raise ValueError(f"{name}: expected shape {tuple(expected)}, got {array.shape}")
+
+
+def softmax(input: np.ndarray, dim: int = -1, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """``exp(x - max) / sum(exp(x - max))`` along ``dim``: finite for any finite input.
+
+    ``out`` (which may be ``input`` itself) receives the result in place.
+    """
+    input = np.asarray(input)
+    out = np.empty_like(input) if out is None else out
+    np.subtract(input, input.max(axis=dim, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out /= out.sum(axis=dim, keepdims=True)
+    return out
+
+
+def sigmoid(input: np.ndarray) -> np.ndarray:
+    """``1 / (1 + exp(-x))``, exponentiating only non-positive numbers so nothing
+    overflows."""
+    negative_part = np.exp(-np.abs(input))
+    return np.where(input >= 0, 1 / (1 + negative_part), negative_part / (1 + negative_part))
 
 
 def conv_output_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0,

@@ -32,6 +32,7 @@ from cnncli.functional import set_num_threads
 from cnncli.layers import Dense, Dropout
 from cnncli.modelfile import ModelFileError, load_model, read_training_state, save_model
 from cnncli.trainstate import TrainingStateError, check_training_state
+from cnncli.validation import positive_int
 from cnncli.optimizers import SGD, Adam, AdamW, CosineLR, OneCycleLR, StepLR
 from cnncli.preprocessing import Preprocessing
 from cnncli.training import Callback, Interrupted, Monitor, fit, predict_outputs
@@ -125,8 +126,10 @@ def _check_output(path, force):
 
 
 def _positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise JobError(f"{name}: expected a positive integer, got {value!r}")
+    try:
+        positive_int(name, value)
+    except ValueError as error:
+        raise JobError(str(error)) from None
 
 
 def _use_threads(threads):

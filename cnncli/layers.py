@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from cnncli import functional as F
+from cnncli.validation import is_positive_int, positive_int
 
 __all__ = [
     "Parameter", "Layer", "Conv2D", "Dense", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
@@ -50,24 +51,14 @@ class Parameter:
         return f"Parameter(shape={self.value.shape}, dtype={self.value.dtype}{state})"
 
 
-def _is_positive_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
-
-
 def _shape_tuple(name, value, length):
-    if _is_positive_int(value):
+    if is_positive_int(value):
         return (int(value),) * length
     if isinstance(value, (tuple, list)) and len(value) == length \
-            and all(_is_positive_int(item) for item in value):
+            and all(is_positive_int(item) for item in value):
         return tuple(int(item) for item in value)
     raise ValueError(f"{name}: expected a positive int or a tuple of {length} positive ints, "
                      f"got {value!r}")
-
-
-def _positive(name, value):
-    if not _is_positive_int(value):
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return int(value)
 
 
 def _shape_probe(input_shape):
@@ -300,12 +291,12 @@ class Conv2D(_Weighted):
     def __init__(self, filters, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  use_bias=True, init="auto", regularizer=None, name=None):
         super().__init__(use_bias, init, regularizer, name)
-        self.filters = _positive("filters", filters)
+        self.filters = positive_int("filters", filters)
         self.kernel_size = _shape_tuple("kernel_size", kernel_size, 2)
         self.stride = stride
         self.padding = padding
         self.dilation = dilation
-        self.groups = _positive("groups", groups)
+        self.groups = positive_int("groups", groups)
 
     config_keys = ("filters", "kernel_size", "stride", "padding", "dilation", "groups",
                    "use_bias", "init", "regularizer")
@@ -370,7 +361,7 @@ class Dense(_Weighted):
 
     def __init__(self, units, use_bias=True, init="auto", regularizer=None, name=None):
         super().__init__(use_bias, init, regularizer, name)
-        self.units = _positive("units", units)
+        self.units = positive_int("units", units)
 
     config_keys = ("units", "use_bias", "init", "regularizer")
 
@@ -528,9 +519,7 @@ class Sigmoid(_Activation):
     """1 / (1 + exp(-x)), computed without overflow for large |x|."""
 
     def function(self, x):
-        # exp of a non-positive number only, so nothing overflows.
-        negative_part = np.exp(-np.abs(x))
-        return np.where(x >= 0, 1 / (1 + negative_part), negative_part / (1 + negative_part))
+        return F.sigmoid(x)
 
     def derivative(self, out):
         return out * (1 - out)
@@ -582,8 +571,7 @@ class Softmax(Layer):
 
     def forward(self, x, training=False):
         x = self._check_input(x)
-        shifted = np.exp(x - x.max(axis=-1, keepdims=True))
-        out = shifted / shifted.sum(axis=-1, keepdims=True)
+        out = F.softmax(x, dim=-1)
         self._cache = out if training else None
         return out
 

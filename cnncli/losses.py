@@ -9,6 +9,8 @@ log never meet as separate steps) and saves a pass.
 
 import numpy as np
 
+from cnncli import functional as F
+
 __all__ = ["SoftmaxCrossEntropy", "BinaryCrossEntropy", "MeanSquaredError"]
 
 
@@ -77,10 +79,7 @@ class BinaryCrossEntropy:
         size = outputs.size
         if self.from_logits:
             loss = np.maximum(outputs, 0) - outputs * targets + np.log1p(np.exp(-np.abs(outputs)))
-            negative_part = np.exp(-np.abs(outputs))
-            sigmoid = np.where(outputs >= 0, 1 / (1 + negative_part),
-                               negative_part / (1 + negative_part))
-            return float(loss.mean()), (sigmoid - targets) / size
+            return float(loss.mean()), (F.sigmoid(outputs) - targets) / size
         p = np.clip(outputs, self.eps, 1 - self.eps)
         loss = -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
         grad = (p - targets) / (p * (1 - p)) / size

@@ -17,9 +17,11 @@ import os
 
 import numpy as np
 
+from cnncli.functional import softmax
 from cnncli.layers import Softmax
 from cnncli.losses import SoftmaxCrossEntropy
 from cnncli.optimizers import Adam
+from cnncli.validation import positive_int
 
 __all__ = ["fit", "evaluate", "predict", "predict_proba", "predict_outputs", "History", "Callback",
            "EarlyStopping", "ModelCheckpoint", "StopTraining", "Interrupted", "Monitor"]
@@ -266,8 +268,7 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
     History
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        positive_int(name, value)
     x, y = _check_data(x, y, model, transform)
     if len(x) == 0:
         raise ValueError("x: expected at least one sample, got none")
@@ -406,10 +407,7 @@ def predict_proba(model, x, batch_size=256, transform=None):
     # Infinite logits give NaN probabilities, which callers check for; NumPy's
     # warnings about them would only be noise.
     with np.errstate(invalid="ignore", over="ignore"):
-        outputs -= outputs.max(axis=1, keepdims=True)
-        np.exp(outputs, out=outputs)
-        outputs /= outputs.sum(axis=1, keepdims=True)
-    return outputs
+        return softmax(outputs, dim=1, out=outputs)
 
 
 def predict(model, x, batch_size=256, transform=None):

@@ -68,3 +68,19 @@ def test_mean_squared_error():
 def test_loss_errors_name_the_problem(call, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         call()
+
+
+def test_functional_softmax_and_sigmoid_match_the_definitions_and_never_overflow():
+    from cnncli import functional as F
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(5, 7))
+    expected = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(F.softmax(z, dim=1), expected, rtol=1e-12)
+    np.testing.assert_allclose(F.softmax(z.T, dim=0), expected.T, rtol=1e-12)
+    np.testing.assert_allclose(F.sigmoid(z), 1 / (1 + np.exp(-z)), rtol=1e-12)
+    huge = np.array([[1000.0, -1000.0, 0.0]], dtype=np.float32)
+    assert np.isfinite(F.softmax(huge)).all() and F.softmax(huge)[0, 0] == 1
+    assert F.sigmoid(huge).tolist() == [[1.0, 0.0, 0.5]]
+    inplace = z.copy()
+    assert F.softmax(inplace, dim=1, out=inplace) is inplace
+    np.testing.assert_allclose(inplace, expected, rtol=1e-12)
