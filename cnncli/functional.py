@@ -103,13 +103,15 @@ def set_num_threads(n: int) -> None:
 
 @contextlib.contextmanager
 def threads(n: int):
-    """Run the enclosed kernels on ``n`` threads, then restore the previous count."""
-    previous = get_num_threads()
+    """Run the enclosed kernels on ``n`` threads, then restore the previous setting (an
+    unset count stays unset, to be read from the environment when first needed)."""
+    global _num_threads
+    previous = _num_threads
     set_num_threads(n)
     try:
         yield
     finally:
-        set_num_threads(previous)
+        _num_threads = previous
 
 
 def openmp_enabled() -> bool:

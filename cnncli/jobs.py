@@ -16,6 +16,8 @@ its start.
 """
 
 import contextlib
+import functools
+import inspect
 import json
 import math
 import os
@@ -28,7 +30,7 @@ import numpy as np
 from cnncli import architectures, data as datasets
 from cnncli.data import DataError
 from cnncli.files import OutputLocked, RunLock, atomic_write, read_json_file
-from cnncli.functional import set_num_threads
+from cnncli.functional import threads
 from cnncli.layers import Dense, Dropout
 from cnncli.modelfile import ModelFileError, load_model, read_training_state, save_model
 from cnncli.trainstate import TrainingStateError, check_training_state
@@ -132,15 +134,25 @@ def _positive(name, value):
         raise JobError(str(error)) from None
 
 
-def _use_threads(threads):
-    """Run the kernels on ``threads`` threads (None: leave the setting as it is)."""
-    if threads is None:
-        return
-    _positive("--threads", threads)
-    try:
-        set_num_threads(threads)
-    except ValueError as error:
-        raise JobError(f"--threads: {error}") from None
+def _on_threads(job):
+    """Run ``job`` with the kernels on its ``threads`` argument's count (None: as they are),
+    restoring the previous setting when it ends."""
+    signature = inspect.signature(job)
+
+    @functools.wraps(job)
+    def run(*args, **kwargs):
+        count = signature.bind(*args, **kwargs).arguments.get("threads")
+        if count is None:
+            return job(*args, **kwargs)
+        _positive("--threads", count)
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(threads(count))
+            except ValueError as error:
+                raise JobError(f"--threads: {error}") from None
+            return job(*args, **kwargs)
+
+    return run
 
 
 def _class_list(classes):
@@ -461,6 +473,7 @@ def _int_or_zero(value):
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+@_on_threads
 def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1e-3,
           optimizer="adam", schedule="constant", momentum=0.9, weight_decay=0.0, seed=0,
           threads=None, val_split=0.1, shift=0, flip=False, size=None, channels=None,
@@ -493,7 +506,6 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
         raise JobError(f"--val-split: expected a fraction in [0, 1), got {val_split!r}")
     if channels not in (None, 1, 3):
         raise JobError(f"--channels: expected 1 (grayscale) or 3 (RGB), got {channels!r}")
-    _use_threads(threads)
     output = os.fspath(output)
     folder = os.fspath(checkpoints) if checkpoints else \
         os.path.splitext(output)[0] + "-checkpoints"
@@ -695,6 +707,7 @@ def _lowest_trainable(model):
     return len(model)
 
 
+@_on_threads
 def finetune(pretrained, data, output="finetuned.cnn", epochs=5, batch_size=32, lr=1e-3,
              freeze=None, unfreeze_epochs=0, backbone_lr_factor=0.1, optimizer="adam",
              seed=0, threads=None, val_split=0.1, shift=0, flip=False, skip_bad=False,
@@ -720,7 +733,6 @@ def finetune(pretrained, data, output="finetuned.cnn", epochs=5, batch_size=32, 
     classes = _class_list(classes)
     if per_class is not None:
         _positive("--per-class", per_class)
-    _use_threads(threads)
     with _locked(os.fspath(output)):
         output = _check_output(output, force)
         return _finetune_run(pretrained, data, output, epochs, batch_size, lr, freeze,
@@ -888,6 +900,7 @@ def _model_transform(model, pixel_max):
     return datasets.batch_transform(model.preprocessing, pixel_max)
 
 
+@_on_threads
 def evaluate(model_path, data, split=None, top_k=5, batch_size=256, threads=None,
              skip_bad=False, val_split=0.1, seed=0, classes=None, reporter=None):
     """Evaluate a model file on a part of a dataset (of its ``classes`` only, when given).
@@ -898,7 +911,6 @@ def evaluate(model_path, data, split=None, top_k=5, batch_size=256, threads=None
     training held out.
     """
     reporter = reporter or Reporter()
-    _use_threads(threads)
     _positive("--top-k", top_k)
     _positive("--batch-size", batch_size)
     classes = _class_list(classes)
@@ -967,6 +979,7 @@ def _image_files(paths):
     return files
 
 
+@_on_threads
 def predict(model_path, inputs, top_k=3, batch_size=256, threads=None, skip_bad=False,
             reporter=None):
     """Class probabilities for image files, folders of images, or the ``x`` of an .npz.
@@ -975,7 +988,6 @@ def predict(model_path, inputs, top_k=3, batch_size=256, threads=None, skip_bad=
     of them, however many files there are.
     """
     reporter = reporter or Reporter()
-    _use_threads(threads)
     _positive("--top-k", top_k)
     _positive("--batch-size", batch_size)
     model = open_model(model_path)

@@ -104,3 +104,22 @@ def test_openmp_spin_is_shortened_unless_the_user_chose():
     assert spin_setting({}) == "10000"
     assert spin_setting({"GOMP_SPINCOUNT": "500"}) == "500"
     assert spin_setting({"OMP_WAIT_POLICY": "active"}) == "None"
+
+
+def test_a_job_sets_threads_for_its_run_only(tmp_path, monkeypatch):
+    from cnncli import jobs
+    from cnncli.functional import get_num_threads, threads
+    seen = []
+    original = jobs.fit
+
+    def recording(*args, **kwargs):
+        seen.append(get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "fit", recording)
+    with threads(1):
+        jobs.train("digits", output=tmp_path / "d.cnn", epochs=1, threads=2)
+        assert seen == [2] and get_num_threads() == 1
+        with pytest.raises(jobs.JobError, match="--threads: expected a positive int, got 0"):
+            jobs.evaluate(tmp_path / "d.cnn", "digits", threads=0)
+        assert get_num_threads() == 1
