@@ -11,8 +11,12 @@ dropout and augmentation, and the run's settings) and ``best.cnn`` (the best
 model by validation accuracy, or training loss without validation). Both are
 ordinary model files. ``resume=True`` continues from ``last.cnn``: the
 shuffling order of epoch e comes from (seed, e), so a resumed run ends with
-the same weights as an uninterrupted one. An interrupted epoch is redone from
-its start.
+the same weights as an uninterrupted one. Ctrl-C saves ``last.cnn`` after
+the current batch with the position inside the epoch (batches done, running
+totals), and a resumed run carries on from that batch. Every run holds a
+lock on its output and checkpoint folder (``cnncli.files.RunLock``); a
+checkpoint whose epochs are all done, but whose final model was never
+written, gives the final model on ``--resume``.
 """
 
 import contextlib
@@ -271,7 +275,7 @@ class TrainResult:
     """What ``train`` and ``finetune`` did."""
 
     def __init__(self, model, history, output, checkpoints=None, best=None, resumed_from=None,
-                 skipped=(), interrupted=False, cached_features=False):
+                 skipped=(), cached_features=False):
         self.model = model
         self.history = history          # list of per-epoch metric dicts
         self.output = output
@@ -279,7 +283,6 @@ class TrainResult:
         self.best = best                # (epoch, metrics) of the best epoch
         self.resumed_from = resumed_from
         self.skipped = list(skipped)
-        self.interrupted = interrupted
         self.cached_features = cached_features
 
 

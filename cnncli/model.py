@@ -528,7 +528,7 @@ class Sequential:
             last = self._position(upto)
         part = self[:last + 1]
         if not part._layers:
-            raise ValueError(f"upto: the head is the first layer; nothing comes before it")
+            raise ValueError("upto: the head is the first layer; nothing comes before it")
         features = training.predict_outputs(part, x, batch_size=batch_size)
         return features.reshape(len(features), -1)
 

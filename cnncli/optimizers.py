@@ -31,8 +31,6 @@ def _non_negative(name, value):
 class Optimizer:
     """Base class: parameter groups, per-parameter state, the frozen check."""
 
-    defaults = {}
-
     def __init__(self, params, **hyper):
         for key, value in hyper.items():
             hyper[key] = _non_negative(key, value) if key != "nesterov" else bool(value)
