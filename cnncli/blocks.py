@@ -80,23 +80,33 @@ class Residual(Layer):
         return {"body": described(self.body_layers), "shortcut": described(self.shortcut_layers),
                 "name": self.name}
 
-    def _branches(self):
+    def children(self):
+        if self.body is None:
+            return []
         return [("body", self.body)] + ([("shortcut", self.shortcut)] if self.shortcut else [])
+
+    def forward_layer_by_layer(self, x, visit, prefix=""):
+        """``forward`` in inference with each inner layer on its own (see
+        ``Sequential.forward_layer_by_layer``)."""
+        out = self.body.forward_layer_by_layer(x, visit, prefix + "body.")
+        side = x if self.shortcut is None else \
+            self.shortcut.forward_layer_by_layer(x, visit, prefix + "shortcut.")
+        return out + side
 
     def parameters(self):
         if self.body is None:
             return {}
-        return {f"{branch}.{key}": parameter for branch, model in self._branches()
+        return {f"{branch}.{key}": parameter for branch, model in self.children()
                 for key, parameter in model.parameters().items()}
 
     def buffers(self):
         if self.body is None:
             return {}
-        return {f"{branch}.{key}": buffer for branch, model in self._branches()
+        return {f"{branch}.{key}": buffer for branch, model in self.children()
                 for key, buffer in model.buffers().items()}
 
     def regularized(self):
-        return [pair for _, model in self._branches() if model is not None
+        return [pair for _, model in self.children() if model is not None
                 for pair in model.regularized()]
 
     def forward(self, x, training=False):

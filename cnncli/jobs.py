@@ -244,15 +244,7 @@ def _make_schedule(name, optimizer, epochs, batches):
 
 def _random_layers(model):
     """Every Dropout layer, nested blocks included, in a fixed order."""
-    found = []
-    for layer in model:
-        if isinstance(layer, Dropout):
-            found.append(layer)
-        for branch in ("body", "shortcut"):
-            inner = getattr(layer, branch, None)
-            if inner is not None and hasattr(inner, "layers"):
-                found.extend(_random_layers(inner))
-    return found
+    return [layer for _, layer in model.named_layers() if isinstance(layer, Dropout)]
 
 
 class _EpochReporter(Callback):

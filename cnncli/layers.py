@@ -152,6 +152,10 @@ class Layer:
         """(parameter, regularizer) pairs whose penalty training adds to the loss."""
         return []
 
+    def children(self):
+        """(branch name, Sequential) of the layers inside this one: none, except in blocks."""
+        return []
+
     @property
     def trainable(self):
         return any(p.trainable for p in self.parameters().values())

@@ -185,6 +185,31 @@ class Sequential:
     def layers(self):
         return list(self._layers)
 
+    def named_layers(self, prefix=""):
+        """(dotted name, layer) of every layer, the layers inside blocks included, in order:
+        ``layer1_0``, then ``layer1_0.body.conv1``... The one walk over a model's tree."""
+        for layer in self._layers:
+            name = prefix + layer.name
+            yield name, layer
+            for branch, inner in layer.children():
+                yield from inner.named_layers(f"{name}.{branch}.")
+
+    def forward_layer_by_layer(self, x, visit, prefix=""):
+        """Inference with every layer run on its own, blocks entered and nothing fused,
+        calling ``visit(dotted name, layer, output)`` after each layer; returns the output.
+
+        The same values as ``forward`` (which fuses some pairs for speed), with every
+        layer's own output seen: what pictures of feature maps need.
+        """
+        for layer in self._layers:
+            name = prefix + layer.name
+            if layer.children():
+                x = layer.forward_layer_by_layer(x, visit, name + ".")
+            else:
+                x = layer.forward(x)
+            visit(name, layer, x)
+        return x
+
     # -- building -------------------------------------------------------------------
     def _check_layer(self, layer):
         if not isinstance(layer, Layer):

@@ -95,28 +95,17 @@ def _grid(maps, title):
 # ---------------------------------------------------------------------------
 
 
-def _walk(layers, prefix=""):
-    """(dotted name, layer) of every layer, blocks' inner layers included, in order."""
-    for layer in layers:
-        name = prefix + layer.name
-        yield name, layer
-        for branch in ("body", "shortcut"):
-            inner = getattr(layer, branch, None)
-            if inner is not None and hasattr(inner, "layers"):
-                yield from _walk(inner.layers, f"{name}.{branch}.")
-
-
 def conv_layers(model):
     """Dotted names of the model's convolutional layers, blocks included, in order."""
-    return [name for name, layer in _walk(model.layers) if isinstance(layer, Conv2D)]
+    return [name for name, layer in model.named_layers() if isinstance(layer, Conv2D)]
 
 
 def _find(model, name):
-    for dotted, layer in _walk(model.layers):
+    for dotted, layer in model.named_layers():
         if dotted == name:
             return layer
     raise KeyError(f"no layer named {name!r}; layers: "
-                   f"{', '.join(dotted for dotted, _ in _walk(model.layers))}"[:600])
+                   f"{', '.join(dotted for dotted, _ in model.named_layers())}"[:600])
 
 
 def filter_grid(model, layer=None, channel=None):
@@ -171,31 +160,16 @@ def layer_outputs(model, x, wanted=None):
     """
     recorded = {}
 
-    def keep(name, layer):
-        if wanted is None:
-            return isinstance(layer, (Conv2D, MaxPool2D, AvgPool2D))
-        return name in wanted
+    def keep(name, layer, output):
+        if (isinstance(layer, (Conv2D, MaxPool2D, AvgPool2D)) if wanted is None
+                else name in wanted):
+            recorded[name] = output
 
-    def run(layers, value, prefix):
-        for layer in layers:
-            name = prefix + layer.name
-            if getattr(layer, "body", None) is not None:
-                body = run(layer.body.layers, value, f"{name}.body.")
-                side = value if layer.shortcut is None else \
-                    run(layer.shortcut.layers, value, f"{name}.shortcut.")
-                value = body + side
-            else:
-                value = layer.forward(value)
-            if keep(name, layer):
-                recorded[name] = value
-        return value
-
-    x = np.asarray(x, dtype=model.dtype)
-    run(model.layers, x, "")
+    model.forward_layer_by_layer(np.asarray(x, dtype=model.dtype), keep)
     if wanted is not None:
         missing = [name for name in wanted if name not in recorded]
         if missing:
-            names = ", ".join(name for name, _ in _walk(model.layers))
+            names = ", ".join(name for name, _ in model.named_layers())
             raise KeyError(f"no layer named {missing[0]!r}; layers: {names}"[:600])
     return recorded
 

@@ -230,3 +230,28 @@ def test_inference_really_folds_batchnorm_into_the_convolution(monkeypatch):
     calls.clear()
     model.forward(x, training=True)
     assert calls == ["Conv2D.forward", "BatchNorm2D.forward"]
+
+
+def test_named_layers_walks_into_blocks_in_order():
+    model = residual_model()
+    names = [name for name, _ in model.named_layers()]
+    assert names[:4] == ["conv2d_1", "re_lu_1", "residual_1", "residual_1.body.conv2d_1"]
+    assert "residual_2.shortcut.batch_norm2d_1" in names
+    assert names.index("residual_2.body.conv2d_1") < names.index("residual_2.shortcut.conv2d_1")
+    layers = dict(model.named_layers())
+    assert layers["residual_1.body.conv2d_1"] is model["residual_1"].body[0]
+
+
+def test_layer_by_layer_inference_sees_every_layer_and_gives_the_forward_values():
+    model = residual_model()
+    x = np.random.default_rng(0).standard_normal((2, 2, 6, 6))
+    seen = []
+    out = model.forward_layer_by_layer(x, lambda name, layer, value: seen.append(name))
+    np.testing.assert_allclose(out, model.forward(x), rtol=1e-12)
+    # A block is seen after the layers inside it, whose outputs make its own.
+    assert seen == ["conv2d_1", "re_lu_1", "residual_1.body.conv2d_1",
+                    "residual_1.body.batch_norm2d_1", "residual_1.body.tanh_1",
+                    "residual_1.body.conv2d_2", "residual_1", "residual_2.body.conv2d_1",
+                    "residual_2.body.batch_norm2d_1", "residual_2.shortcut.conv2d_1",
+                    "residual_2.shortcut.batch_norm2d_1", "residual_2", "tanh_1",
+                    "global_avg_pool2d_1", "dense_1"]
