@@ -35,7 +35,7 @@ __all__ = [
     "avg_pool2d", "avg_pool2d_backward",
     "global_avg_pool2d", "global_avg_pool2d_backward",
     "unfold", "fold",
-    "conv_output_size", "softmax", "sigmoid",
+    "conv_output_size", "conv2d_output_size", "pool2d_output_size", "softmax", "sigmoid",
     "get_num_threads", "set_num_threads", "threads", "openmp_enabled",
 ]
 
@@ -195,6 +195,25 @@ def _float_array(name, array, ndim, layout, dtype=None):
 def _expect_shape(name, array, expected):
     if array.shape != tuple(expected):
         raise ValueError(f"{name}: expected shape {tuple(expected)}, got {array.shape}")
+
+
+def conv2d_output_size(input_shape, weight_shape, stride: IntPair = 1, padding=0,
+                       dilation: IntPair = 1, groups: int = 1) -> Tuple[int, int]:
+    """(height, width) of ``conv2d``'s output for an input of shape ``input_shape``
+    (N, C, H, W) and weights of ``weight_shape``, with ``conv2d``'s checks and messages,
+    without any data."""
+    def probe(shape):
+        return np.broadcast_to(np.float32(0), tuple(shape))
+    return _conv_geometry(probe(input_shape), probe(weight_shape), stride, padding, dilation,
+                          groups).output_size
+
+
+def pool2d_output_size(input_shape, kernel_size: IntPair, stride: Optional[IntPair] = None,
+                       padding: IntPair = 0) -> Tuple[int, int]:
+    """(height, width) of ``max_pool2d`` / ``avg_pool2d``'s output for an input of shape
+    ``input_shape`` (N, C, H, W), with their checks and messages, without any data."""
+    return _pool_geometry(np.broadcast_to(np.float32(0), tuple(input_shape)), kernel_size,
+                          stride, padding)[3]
 
 
 def softmax(input: np.ndarray, dim: int = -1, out: Optional[np.ndarray] = None) -> np.ndarray:

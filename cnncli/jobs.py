@@ -756,7 +756,7 @@ def _finetune_run(pretrained, data, output, epochs, batch_size, lr, freeze, unfr
     head = model.head
     if head is None or not isinstance(head, Dense):
         raise JobError(f"{source}: the model has no Dense head to replace")
-    position = model._position(head)
+    position = model.index(head)
     model[position] = Dense(len(train_part.classes), name=head.name)
     model.classes = list(train_part.classes)
     model.unfreeze()

@@ -61,11 +61,6 @@ def _shape_tuple(name, value, length):
                      f"got {value!r}")
 
 
-def _shape_probe(input_shape):
-    """A batch of one input of ``input_shape`` that takes no memory, for shape arithmetic."""
-    return np.broadcast_to(np.float32(0), (1,) + tuple(input_shape))
-
-
 def _plain(value):
     """A hyper-parameter as JSON can hold it: tuples become lists, NumPy scalars Python ones."""
     if isinstance(value, (tuple, list)):
@@ -307,11 +302,10 @@ class Conv2D(_Weighted):
 
     def compute_output_shape(self, input_shape):
         self._expect_image(input_shape)
-        kernel = _shape_probe(self._weight_shape(input_shape))[0]
         # The functional API validates the arguments and names what is wrong.
-        geometry = F._conv_geometry(_shape_probe(input_shape), kernel, self.stride, self.padding,
-                                    self.dilation, self.groups)
-        return (self.filters,) + geometry.output_size
+        return (self.filters,) + F.conv2d_output_size(
+            (1,) + tuple(input_shape), self._weight_shape(input_shape), self.stride,
+            self.padding, self.dilation, self.groups)
 
     def _weight_shape(self, input_shape):
         return (self.filters, input_shape[0] // self.groups) + self.kernel_size
@@ -410,9 +404,9 @@ class _Pool2D(Layer):
 
     def compute_output_shape(self, input_shape):
         self._expect_image(input_shape)
-        _, _, _, output_size = F._pool_geometry(_shape_probe(input_shape), self.pool_size,
-                                                self.stride, self.padding)
-        return (input_shape[0],) + output_size
+        return (input_shape[0],) + F.pool2d_output_size((1,) + tuple(input_shape),
+                                                        self.pool_size, self.stride,
+                                                        self.padding)
 
     def extra_repr(self):
         parts = [f"{self.pool_size}"]

@@ -427,12 +427,14 @@ class Sequential:
         if layers and upto is not None:
             raise ValueError("freeze: give layers or upto=, not both")
         if upto is not None:
-            return self._layers[:self._position(upto) + 1]
+            return self._layers[:self.index(upto) + 1]
         if not layers:
             return list(self._layers)
-        return [self._layers[self._position(key)] for key in layers]
+        return [self._layers[self.index(key)] for key in layers]
 
-    def _position(self, key):
+    def index(self, key):
+        """The position of a layer, given the layer, its name or a position (as
+        ``list.index``); KeyError naming the model's layers otherwise."""
         if isinstance(key, Layer):
             for position, layer in enumerate(self._layers):
                 if layer is key:
@@ -548,9 +550,9 @@ class Sequential:
             if self.head is None:
                 raise ValueError("upto: the model has no layer with parameters; name the layer "
                                  "to cut at")
-            last = self._position(self.head) - 1
+            last = self.index(self.head) - 1
         else:
-            last = self._position(upto)
+            last = self.index(upto)
         part = self[:last + 1]
         if not part._layers:
             raise ValueError("upto: the head is the first layer; nothing comes before it")

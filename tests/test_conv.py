@@ -197,3 +197,18 @@ def test_fold_is_the_adjoint_of_unfold(shape, kernel, stride, padding, dilation,
     left = np.sum(cols.astype(np.float64) * c)
     right = np.sum(x.astype(np.float64) * folded)
     np.testing.assert_allclose(left, right, rtol=1e-12 if dtype == np.float64 else 1e-5)
+
+
+def test_output_sizes_without_data_match_the_kernels():
+    x = np.zeros((1, 3, 11, 9), np.float32)
+    weight = np.zeros((4, 3, 3, 2), np.float32)
+    for stride, padding, dilation in ((1, 0, 1), (2, 1, 1), ((2, 1), (0, 2), (2, 1))):
+        expected = F.conv2d(x, weight, stride=stride, padding=padding, dilation=dilation).shape
+        assert F.conv2d_output_size(x.shape, weight.shape, stride, padding, dilation) == \
+            expected[2:]
+    # (W - F + 2P) / S + 1 for AlexNet's first layer: (227 - 11) / 4 + 1 = 55.
+    assert F.conv2d_output_size((1, 3, 227, 227), (96, 3, 11, 11), stride=4) == (55, 55)
+    assert F.pool2d_output_size((1, 3, 11, 9), 2) == F.max_pool2d(x, 2).shape[2:]
+    assert F.pool2d_output_size((1, 3, 11, 9), 3, 2, 1) == F.avg_pool2d(x, 3, 2, 1).shape[2:]
+    with pytest.raises(ValueError, match="groups: must divide"):
+        F.conv2d_output_size(x.shape, weight.shape, groups=2)
