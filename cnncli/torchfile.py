@@ -16,7 +16,8 @@ it decodes the opcodes with ``pickletools.genops`` (which only parses) and
 executes them on its own small stack machine whose only callables are
 those in ``ALLOWED``: an ordered dict and the two functions that rebuild a
 tensor or a parameter from a storage. Any other global the file names, or
-any opcode outside ``OPCODES``, refuses the file with ``ModelFileError``.
+any opcode outside ``OPCODES``, refuses the file with ``TorchFileError`` (a
+``ModelFileError``, so callers that catch model-file errors catch it too).
 Before a byte of tensor data is read, every storage is checked against the
 archive (its entry exists, is stored uncompressed, holds exactly element
 count x item size bytes within the file) and every tensor's offset, sizes
@@ -40,7 +41,7 @@ import numpy as np
 
 from cnncli.modelfile import ModelFileError, check_file
 
-__all__ = ["read_torch_file", "STORAGE_DTYPES"]
+__all__ = ["read_torch_file", "TorchFileError", "STORAGE_DTYPES"]
 
 # The dtype of each storage class a persistent id may name.
 STORAGE_DTYPES = {
@@ -75,8 +76,12 @@ SAFE_ENTRY = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*\Z")
 STORAGE_KEY = re.compile(r"[A-Za-z0-9_]{1,64}\Z")
 
 
+class TorchFileError(ModelFileError):
+    """A .pt/.pth file that cannot be read safely: the message names the file and why."""
+
+
 class _Refused(Exception):
-    """A problem with the file; becomes a ModelFileError naming the file."""
+    """A problem with the file; becomes a TorchFileError naming the file."""
 
 
 class _StorageType:
@@ -421,25 +426,25 @@ def read_torch_file(path):
 
     A checkpoint holding the state dict under ``state_dict``, ``model_state_dict``
     or ``model`` works too. Raises FileNotFoundError for a missing file and
-    ModelFileError for anything the file gets wrong or is not allowed to do.
+    TorchFileError for anything the file gets wrong or is not allowed to do.
     """
     path = check_file(path, "PyTorch file")
     try:
         with open(path, "rb") as handle:
             start = handle.read(4)
     except OSError as error:
-        raise ModelFileError(f"{path}: cannot be read ({error.strerror or error})") from None
+        raise TorchFileError(f"{path}: cannot be read ({error.strerror or error})") from None
     try:
         return _read(path, start)
     except _Refused as error:
-        raise ModelFileError(f"{path}: {error}") from None
+        raise TorchFileError(f"{path}: {error}") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
             struct.error, NotImplementedError, OverflowError) as error:
         # What the zipfile module raises for a damaged archive (bad magic
         # numbers, undecodable names, seeks outside the file, unknown
         # compression, bad CRC...).
         detail = getattr(error, "strerror", None) or error
-        raise ModelFileError(f"{path}: not a readable PyTorch archive ({detail})"[:400]) \
+        raise TorchFileError(f"{path}: not a readable PyTorch archive ({detail})"[:400]) \
             from None
 
 

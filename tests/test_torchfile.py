@@ -446,3 +446,12 @@ def test_fuzz_tensors_sharing_storages(tmp_path):
         for value in tensors.values():
             assert value.size == 0 or value.base is not None or not value.flags.owndata
     assert outcomes["read"] > 20 and outcomes["refused"] > 20
+
+
+def test_refusals_have_their_own_error_class(tmp_path):
+    from cnncli.torchfile import TorchFileError
+    path = tmp_path / "bad.pt"
+    path.write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(TorchFileError, match="bad.pt"):
+        read_torch_file(path)
+    assert issubclass(TorchFileError, ModelFileError)
