@@ -248,19 +248,20 @@ def _random_layers(model):
 
 
 class _EpochReporter(Callback):
-    """Times epochs and forwards them to the reporter."""
+    """Times epochs and forwards epochs and batches to the reporter."""
 
-    def __init__(self, reporter, epochs, batches, phase=""):
-        self.reporter, self.epochs, self.batches, self.phase = reporter, epochs, batches, phase
+    def __init__(self, reporter, epochs, phase=""):
+        self.reporter, self.epochs, self.phase = reporter, epochs, phase
 
-    def start(self, epoch):
+    def on_epoch_begin(self, epoch, batches, model):
         self.started = time.perf_counter()
-        self.reporter.epoch_begin(epoch, self.epochs, self.batches, self.phase)
+        self.reporter.epoch_begin(epoch, self.epochs, batches, self.phase)
+
+    def on_batch_end(self, epoch, batch, batches, logs):
+        self.reporter.batch_end(epoch, batch, batches, logs)
 
     def on_epoch_end(self, epoch, logs, model):
         self.reporter.epoch_end(epoch, self.epochs, logs, time.perf_counter() - self.started)
-        if epoch + 1 < self.epochs:
-            self.start(epoch + 1)
 
 
 class TrainResult:
@@ -617,8 +618,7 @@ def _fit_with_checkpoints(model, train_part, val_part, settings, optimizer, sche
     last = os.path.join(checkpointer.folder, "last.cnn")
     transform = datasets.batch_transform(model.preprocessing, train_part.pixel_max, augmentation)
     val_transform = datasets.batch_transform(model.preprocessing, train_part.pixel_max)
-    epoch_reporter = _EpochReporter(reporter, settings["epochs"], batches)
-    epoch_reporter.start(start)
+    epoch_reporter = _EpochReporter(reporter, settings["epochs"])
     try:
         with _CtrlC() as ctrl_c:
             fit(model, train_part.x, train_part.y, epochs=settings["epochs"],
@@ -629,9 +629,7 @@ def _fit_with_checkpoints(model, train_part, val_part, settings, optimizer, sche
                 interrupt=ctrl_c,
                 validation_data=None if val_part is None else (val_part.x, val_part.y),
                 transform=transform, validation_transform=val_transform,
-                callbacks=[checkpointer, epoch_reporter],
-                progress=lambda epoch, batch, count, logs: reporter.batch_end(epoch, batch,
-                                                                              count, logs))
+                callbacks=[checkpointer, epoch_reporter])
     except FloatingPointError as error:
         raise TrainingDiverged(f"{error}; the last good checkpoint is {last}") from None
     except Interrupted as stop:
@@ -821,14 +819,11 @@ def _run_phase(model, x, y, validation, transform, validation_transform, epochs,
                lr, optimizer, seed, reporter, phase, groups=None):
     opt = _make_optimizer(optimizer, groups or model.parameters(trainable_only=True), lr,
                           0.9, 0.0)
-    batches = math.ceil(len(y) / batch_size)
-    epoch_reporter = _EpochReporter(reporter, epochs, batches, phase)
-    epoch_reporter.start(0)
     try:
         history = fit(model, x, y, epochs=epochs, batch_size=batch_size, optimizer=opt,
                       seed=seed, validation_data=validation, transform=transform,
-                      validation_transform=validation_transform, callbacks=[epoch_reporter],
-                      progress=lambda e, b, n, logs: reporter.batch_end(e, b, n, logs))
+                      validation_transform=validation_transform,
+                      callbacks=[_EpochReporter(reporter, epochs, phase)])
     except FloatingPointError as error:
         raise TrainingDiverged(str(error)) from None
     return [{key: float(value) for key, value in logs.items()} for logs in history.epochs]

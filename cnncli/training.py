@@ -6,8 +6,9 @@
                   callbacks=[EarlyStopping(patience=3, restore_best=True)])
     history["val_accuracy"]        # one value per epoch
 
-Training reports through callbacks and the ``progress`` hook (which a
-command-line tool can drive) and returns result objects; it never prints.
+Training reports through callbacks (``Callback``: train, epoch and batch
+hooks, which a command-line tool can drive) and returns result objects; it
+never prints.
 With the same seeds, a run gives the same weights whatever the thread
 count: the kernels are deterministic and shuffling is seeded.
 """
@@ -70,6 +71,12 @@ class Callback:
 
     def on_train_begin(self, model):
         """Called once before the first epoch."""
+
+    def on_epoch_begin(self, epoch, batches, model):
+        """Called before epoch ``epoch`` (from 0) of ``batches`` batches."""
+
+    def on_batch_end(self, epoch, batch, batches, logs):
+        """Called after every batch with the epoch's running ``loss`` (and ``accuracy``)."""
 
     def on_epoch_end(self, epoch, logs, model):
         """Called with the epoch's metrics; raise StopTraining to stop."""
@@ -221,7 +228,7 @@ def _accuracy_count(outputs, labels):
 
 
 def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None,
-        callbacks=(), shuffle=True, seed=0, progress=None, transform=None,
+        callbacks=(), shuffle=True, seed=0, transform=None,
         validation_transform=None, schedule=None, initial_epoch=0, initial_batch=0,
         initial_totals=None, interrupt=None):
     """Train ``model`` on (x, y) with mini-batch gradient descent.
@@ -255,9 +262,6 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
     interrupt : callable, optional
         Checked after every batch; when it returns True, training stops
         there by raising ``Interrupted`` (a clean point to save a checkpoint).
-    progress : callable, optional
-        ``progress(epoch, batch, batches, logs)`` after every batch, with the
-        running loss and accuracy of the epoch.
     transform, validation_transform : callable, optional
         Applied to each batch of x (of the validation x) before the model:
         preprocessing of raw pixels and, for training, augmentation. x may
@@ -287,6 +291,8 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
             for epoch in range(int(initial_epoch), int(epochs)):
                 order = np.random.default_rng([seed, epoch]).permutation(len(x)) \
                     if shuffle else None
+                for callback in callbacks:
+                    callback.on_epoch_begin(epoch, batches, model)
                 total_loss, correct, seen = 0.0, 0, 0
                 first = 0
                 if epoch == initial_epoch and initial_batch:
@@ -317,8 +323,8 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
                     logs = {"loss": total_loss / seen}
                     if correct is not None:
                         logs["accuracy"] = correct / seen
-                    if progress is not None:
-                        progress(epoch, batch, batches, logs)
+                    for callback in callbacks:
+                        callback.on_batch_end(epoch, batch, batches, logs)
                     if interrupt is not None and batch + 1 < batches and interrupt():
                         raise Interrupted(epoch, batch + 1, (total_loss, correct, seen))
                 if schedule is not None and not schedule.per_batch:

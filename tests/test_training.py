@@ -78,12 +78,25 @@ def test_early_stopping_restores_the_best_weights(digits):
         np.testing.assert_array_equal(restored, kept)
 
 
-def test_progress_hook_sees_every_batch(digits):
+def test_callbacks_see_every_epoch_and_batch(digits):
     x_train, _, y_train, _ = digits
     calls = []
+
+    class Recorder(Callback):
+        def on_epoch_begin(self, epoch, batches, model):
+            calls.append(("begin", epoch, batches))
+
+        def on_batch_end(self, epoch, batch, batches, logs):
+            calls.append((epoch, batch, batches))
+            assert set(logs) == {"loss", "accuracy"}
+
+        def on_epoch_end(self, epoch, logs, model):
+            calls.append(("end", epoch))
+
     fit(small_cnn(), x_train[:100], y_train[:100], epochs=2, batch_size=32,
-        progress=lambda epoch, batch, batches, logs: calls.append((epoch, batch, batches)))
-    assert calls == [(e, b, 4) for e in range(2) for b in range(4)]
+        callbacks=[Recorder()])
+    assert calls == [call for e in range(2) for call in
+                     [("begin", e, 4)] + [(e, b, 4) for b in range(4)] + [("end", e)]]
     assert not fit(small_cnn(), x_train[:32], y_train[:32], epochs=1).stopped_early
 
 
