@@ -37,6 +37,7 @@ from cnncli.files import atomic_write
 from cnncli.imagefolder import load_image_folder
 from cnncli.images import DataError, IMAGE_EXTENSIONS, image_to_array, load_image
 from cnncli.npzdata import load_npz
+from cnncli.resources import shipped_datasets
 
 __all__ = ["Dataset", "Splits", "DataError", "load_dataset", "load_image_folder", "load_npz",
            "load_digits", "load_mnist", "shipped_datasets", "Rows", "stratified_split",
@@ -92,19 +93,6 @@ def load_dataset(source, channels=None, size=None, skip_bad=False, cache_dir=Non
 # ---------------------------------------------------------------------------
 # Built-in datasets
 # ---------------------------------------------------------------------------
-
-
-def shipped_datasets():
-    """{name: folder} of the image-folder datasets installed with cnncli (data/)."""
-    from importlib import resources
-    try:
-        root = str(resources.files("cnncli.sample_data"))
-    except ModuleNotFoundError:
-        return {}
-    if not os.path.isdir(root):
-        return {}
-    return {name: os.path.join(root, name) for name in sorted(os.listdir(root))
-            if not name.startswith((".", "_")) and os.path.isdir(os.path.join(root, name))}
 
 
 def load_digits():

@@ -275,12 +275,12 @@ def test_console_script_and_module_entry_points():
 
 
 def test_pretrained_models_are_found_by_name(trained, digit_images, tmp_path, monkeypatch):
-    from cnncli import jobs
+    from cnncli import resources
     zoo = tmp_path / "zoo"
     zoo.mkdir()
     (zoo / "lenet-digits.cnn").write_bytes(trained.read_bytes())
     (zoo / "lenet-digits.md").write_text("# lenet-digits\n\nLeNet on scikit-learn's digits.\n")
-    monkeypatch.setattr(jobs, "zoo_folder", lambda: str(zoo))
+    monkeypatch.setattr(resources, "zoo_folder", lambda: str(zoo))
     listing = invoke("models")
     assert "lenet-digits: LeNet on scikit-learn's digits." in listing.stdout
     result = invoke("finetune", "lenet-digits", digit_images, "-o", tmp_path / "f.cnn",
@@ -292,8 +292,8 @@ def test_pretrained_models_are_found_by_name(trained, digit_images, tmp_path, mo
 
 
 def test_the_installed_zoo_folder_is_the_models_folder():
-    from cnncli import jobs
-    assert os.path.isfile(os.path.join(jobs.zoo_folder(), "README.md"))
+    from cnncli import resources
+    assert os.path.isfile(os.path.join(resources.zoo_folder(), "README.md"))
 
 
 def test_cached_features_train_the_head_as_the_full_model_would(trained, digit_images, tmp_path):

@@ -481,19 +481,20 @@ def test_escape_sequences_in_file_names_and_errors(work):
 
 
 def test_resume_writes_the_final_model_when_its_save_failed(tmp_path, monkeypatch):
+    from cnncli.jobs import trainer
     output = tmp_path / "d.cnn"
-    real_save = jobs.save_model
+    real_save = trainer.save_model
 
     def disk_full(model, path, *args, **kwargs):
         if os.fspath(path) == os.fspath(output):
             raise OSError(28, "No space left on device")
         return real_save(model, path, *args, **kwargs)
 
-    monkeypatch.setattr(jobs, "save_model", disk_full)
+    monkeypatch.setattr(trainer, "save_model", disk_full)
     with pytest.raises(OSError, match="No space left"):
         jobs.train("digits", output=output, epochs=2, lr=3e-3)
     assert not output.exists()
-    monkeypatch.setattr(jobs, "save_model", real_save)
+    monkeypatch.setattr(trainer, "save_model", real_save)
     result = jobs.train("digits", output=output, epochs=2, lr=3e-3, resume=True)
     last = load_model(tmp_path / "d-checkpoints" / "last.cnn")
     model = load_model(output)

@@ -1,0 +1,315 @@
+"""What the jobs share: their errors, option checks, data loading, optimizers and
+schedules, the reporter, run locks, opening a model by name or path.
+"""
+
+import contextlib
+import functools
+import inspect
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+
+from cnncli import data as datasets
+from cnncli.data import DataError
+from cnncli.files import OutputLocked, RunLock
+from cnncli.functional import threads
+from cnncli.layers import Dropout
+from cnncli.modelfile import ModelFileError, load_model
+from cnncli.validation import positive_int
+from cnncli.optimizers import SGD, Adam, AdamW, CosineLR, OneCycleLR, StepLR
+from cnncli.training import Callback, fit
+from cnncli.resources import zoo_models
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+
+
+# Skipped items named one by one in the progress messages.
+MAX_LISTED = 20
+
+
+class JobError(ValueError):
+    """An expected failure of a job (bad argument, existing file, class mismatch...):
+    the message is one line for the user."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C stopped training between two batches; a checkpoint of that point was saved."""
+
+
+class CtrlC:
+    """While active, Ctrl-C asks training to stop after the current batch; a second Ctrl-C
+    interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, number, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+    def __call__(self):
+        return self.requested
+
+
+class Reporter:
+    """Receives progress; the CLI draws it. Every method may be left as is."""
+
+    def message(self, text):
+        """A line of information (data skipped, features cached...)."""
+
+    def epoch_begin(self, epoch, epochs, batches, phase=""):
+        """Epoch ``epoch`` (from 0) of ``epochs`` starts, with ``batches`` batches."""
+
+    def batch_end(self, epoch, batch, batches, logs):
+        """A batch finished; ``logs`` has the epoch's running loss and accuracy."""
+
+    def epoch_end(self, epoch, epochs, logs, seconds):
+        """An epoch finished with its metrics."""
+
+
+def check_output(path, force):
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise JobError(f"{path}: is a folder; give a file name for the model")
+    if os.path.exists(path) and not force:
+        raise JobError(f"{path}: already exists; pass --force to overwrite it")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise JobError(f"{folder}: no such folder for the output")
+    return path
+
+
+def positive(name, value):
+    try:
+        positive_int(name, value)
+    except ValueError as error:
+        raise JobError(str(error)) from None
+
+
+def on_threads(job):
+    """Run ``job`` with the kernels on its ``threads`` argument's count (None: as they are),
+    restoring the previous setting when it ends."""
+    signature = inspect.signature(job)
+
+    @functools.wraps(job)
+    def run(*args, **kwargs):
+        count = signature.bind(*args, **kwargs).arguments.get("threads")
+        if count is None:
+            return job(*args, **kwargs)
+        positive("--threads", count)
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(threads(count))
+            except ValueError as error:
+                raise JobError(f"--threads: {error}") from None
+            return job(*args, **kwargs)
+
+    return run
+
+
+def class_list(classes):
+    """Class names from a list or a comma-separated string; None stays None."""
+    if classes is None:
+        return None
+    names = classes.split(",") if isinstance(classes, str) else list(classes)
+    names = [str(name).strip() for name in names]
+    if not names or not all(names):
+        raise JobError(f"--classes: expected comma-separated class names, got {classes!r}")
+    return names
+
+
+def model_image_format(model):
+    """The channels and size a model's images load at, so a folder of photos of any size
+    becomes what the model takes (None, None when the model does not say)."""
+    if model.preprocessing is None:
+        return {}
+    return {"channels": model.preprocessing.channels, "size": model.preprocessing.size}
+
+
+def load_splits(data_source, skip_bad, channels=None, size=None, reporter=None,
+                 classes=None, per_class=None, seed=0):
+    """The dataset's parts, restricted to ``classes`` and to ``per_class`` training images
+    of each class (chosen by ``seed``) when given."""
+    try:
+        splits = datasets.load_dataset(data_source, channels=channels, size=size,
+                                       skip_bad=skip_bad)
+        if classes is not None:
+            for part in ("train", "val", "test"):
+                if getattr(splits, part) is not None:
+                    setattr(splits, part, datasets.select_classes(getattr(splits, part),
+                                                                  classes))
+        if per_class is not None:
+            splits.train = datasets.sample_per_class(splits.train, per_class, seed)
+    except DataError as error:
+        raise JobError(str(error)) from None
+    skipped = splits.train.skipped
+    if skipped and reporter is not None:
+        listed = "\n  ".join(skipped[:MAX_LISTED])
+        more = f"\n  ... and {len(skipped) - MAX_LISTED} more" if len(skipped) > MAX_LISTED else ""
+        reporter.message(f"skipped {len(skipped)} bad item(s):\n  {listed}{more}")
+    return splits
+
+
+def at_least_two_classes(dataset):
+    """Training needs two classes to tell apart (and a sample to learn from)."""
+    if len(dataset) == 0:
+        raise JobError(f"{dataset.source}: no samples to train on")
+    present = np.count_nonzero(dataset.class_counts())
+    if present < 2:
+        raise JobError(f"{dataset.source}: {present} class with images "
+                       f"({', '.join(dataset.classes[:3])}); training needs at least 2")
+
+
+def train_val(splits, val_split, seed):
+    """The training and validation parts: the source's own, or a stratified split."""
+    if splits.val is not None:
+        return splits.train, splits.val
+    if not val_split:
+        return splits.train, None
+    try:
+        return datasets.stratified_split(splits.train, val_split, seed=seed)
+    except (DataError, ValueError) as error:
+        raise JobError(str(error)) from None
+
+
+def make_optimizer(name, groups, lr, momentum, weight_decay):
+    if name == "sgd":
+        return SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return AdamW(groups, lr=lr, weight_decay=weight_decay)
+    return Adam(groups, lr=lr, weight_decay=weight_decay)
+
+
+def make_schedule(name, optimizer, epochs, batches):
+    if name == "step":
+        return StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
+    if name == "cosine":
+        return CosineLR(optimizer, total=epochs)
+    if name == "onecycle":
+        return OneCycleLR(optimizer, total=max(2, epochs * batches))
+    return None
+
+
+def random_layers(model):
+    """Every Dropout layer, nested blocks included, in a fixed order."""
+    return [layer for _, layer in model.named_layers() if isinstance(layer, Dropout)]
+
+
+class EpochReporter(Callback):
+    """Times epochs and forwards epochs and batches to the reporter."""
+
+    def __init__(self, reporter, epochs, phase=""):
+        self.reporter, self.epochs, self.phase = reporter, epochs, phase
+
+    def on_epoch_begin(self, epoch, batches, model):
+        self.started = time.perf_counter()
+        self.reporter.epoch_begin(epoch, self.epochs, batches, self.phase)
+
+    def on_batch_end(self, epoch, batch, batches, logs):
+        self.reporter.batch_end(epoch, batch, batches, logs)
+
+    def on_epoch_end(self, epoch, logs, model):
+        self.reporter.epoch_end(epoch, self.epochs, logs, time.perf_counter() - self.started)
+
+
+class TrainResult:
+    """What ``train`` and ``finetune`` did."""
+
+    def __init__(self, model, history, output, checkpoints=None, best=None, resumed_from=None,
+                 skipped=(), cached_features=False):
+        self.model = model
+        self.history = history          # list of per-epoch metric dicts
+        self.output = output
+        self.checkpoints = checkpoints
+        self.best = best                # (epoch, metrics) of the best epoch
+        self.resumed_from = resumed_from
+        self.skipped = list(skipped)
+        self.cached_features = cached_features
+
+
+def locked(*targets):
+    """The run locks of every file and folder a run writes (see ``cnncli.files.RunLock``)."""
+    stack = contextlib.ExitStack()
+    try:
+        for target in targets:
+            stack.enter_context(RunLock(target))
+    except OutputLocked as error:
+        stack.close()
+        raise JobError(str(error)) from None
+    return stack
+
+
+def resolve_model(name_or_path):
+    """A model file's path from a path or the name of a shipped pretrained model."""
+    text = os.fspath(name_or_path)
+    if os.path.exists(text):
+        return text
+    for name, path, _ in zoo_models():
+        if name == text:
+            return path
+    known = ", ".join(name for name, _, _ in zoo_models()) or "none installed"
+    raise JobError(f"{text}: no such model file or pretrained model (pretrained: {known})")
+
+
+def open_model(name_or_path):
+    try:
+        return load_model(resolve_model(name_or_path))
+    except ModelFileError as error:
+        raise JobError(str(error)) from None
+
+
+def model_transform(model, pixel_max):
+    if model.preprocessing is None:
+        raise JobError("the model file has no preprocessing; it cannot read raw images")
+    return datasets.batch_transform(model.preprocessing, pixel_max)
+
+
+def class_probabilities(model, x, pixel_max, batch_size):
+    from cnncli.training import predict_proba
+    try:
+        probabilities = predict_proba(model, x, batch_size=batch_size,
+                                      transform=model_transform(model, pixel_max))
+    except DataError as error:
+        raise JobError(str(error)) from None
+    broken = np.count_nonzero(~np.isfinite(probabilities).all(axis=1))
+    if broken:
+        raise JobError(f"the model gives NaN or infinite outputs for {broken} of "
+                       f"{len(probabilities)} inputs; its weights or preprocessing are broken")
+    return probabilities
+
+
+def run_phase(model, x, y, validation, transform, validation_transform, epochs, batch_size,
+               lr, optimizer, seed, reporter, phase, groups=None):
+    opt = make_optimizer(optimizer, groups or model.parameters(trainable_only=True), lr,
+                          0.9, 0.0)
+    try:
+        history = fit(model, x, y, epochs=epochs, batch_size=batch_size, optimizer=opt,
+                      seed=seed, validation_data=validation, transform=transform,
+                      validation_transform=validation_transform,
+                      callbacks=[EpochReporter(reporter, epochs, phase)])
+    except FloatingPointError as error:
+        raise TrainingDiverged(str(error)) from None
+    return [{key: float(value) for key, value in logs.items()} for logs in history.epochs]

@@ -1,0 +1,94 @@
+"""The ``eval`` job: a model file on a part of a dataset, with its metrics.
+"""
+
+import os
+
+import numpy as np
+
+from cnncli.jobs.common import JobError, Reporter, class_list, load_splits, model_image_format, on_threads, open_model, positive, class_probabilities, train_val
+
+
+class Evaluation:
+    """Metrics of a model on a labelled dataset (see ``as_dict`` for the JSON form)."""
+
+    def __init__(self, classes, labels, probabilities, top_k, source):
+        from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+        self.classes = list(classes)
+        self.source = source
+        self.count = len(labels)
+        predicted = probabilities.argmax(axis=1)
+        everything = np.arange(len(self.classes))
+        self.accuracy = float(np.mean(predicted == labels)) if len(labels) else 0.0
+        self.top_k = min(top_k, len(self.classes))
+        ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :self.top_k]
+        self.top_k_accuracy = float(np.mean((ranked == labels[:, None]).any(axis=1)))
+        precision, recall, f1, support = precision_recall_fscore_support(
+            labels, predicted, labels=everything, zero_division=0)
+        self.per_class = [{"class": name, "precision": float(p), "recall": float(r),
+                           "f1": float(f), "support": int(s)}
+                          for name, p, r, f, s in zip(self.classes, precision, recall, f1,
+                                                      support)]
+        self.confusion = confusion_matrix(labels, predicted, labels=everything)
+        off = self.confusion.copy()
+        np.fill_diagonal(off, 0)
+        pairs = np.dstack(np.unravel_index(np.argsort(-off, axis=None, kind="stable"),
+                                           off.shape))[0]
+        self.confused = [{"true": self.classes[t], "predicted": self.classes[p],
+                          "count": int(off[t, p])} for t, p in pairs[:5] if off[t, p] > 0]
+        self.predicted = predicted
+
+    def as_dict(self):
+        return {"source": self.source, "samples": self.count, "accuracy": self.accuracy,
+                f"top_{self.top_k}_accuracy": self.top_k_accuracy, "top_k": self.top_k,
+                "per_class": self.per_class, "classes": self.classes,
+                "confusion_matrix": self.confusion.tolist(), "most_confused": self.confused}
+
+
+def _label_map(model, dataset, source):
+    """Data labels -> model output indices, by class name."""
+    if model.classes is None:
+        if len(dataset.classes) > model.output_shape[0]:
+            raise JobError(f"{source}: {len(dataset.classes)} classes, but the model has "
+                           f"{model.output_shape[0]} outputs")
+        return np.arange(len(dataset.classes)), [str(k) for k in range(model.output_shape[0])]
+    unknown = [name for name in dataset.classes if name not in model.classes]
+    if unknown:
+        raise JobError(f"{source}: classes {unknown[:5]} are not among the model's classes "
+                       f"{model.classes[:10]}")
+    return np.array([model.classes.index(name) for name in dataset.classes]), model.classes
+
+
+@on_threads
+def evaluate(model_path, data, split=None, top_k=5, batch_size=256, threads=None,
+             skip_bad=False, val_split=0.1, seed=0, classes=None, reporter=None):
+    """Evaluate a model file on a part of a dataset (of its ``classes`` only, when given).
+
+    ``split``: "test", "val", "train" or "all". By default the test part,
+    else the validation part; data with neither is split as ``train`` splits
+    it (``val_split``, ``seed``), so the default evaluates on the images that
+    training held out.
+    """
+    reporter = reporter or Reporter()
+    positive("--top-k", top_k)
+    positive("--batch-size", batch_size)
+    classes = class_list(classes)
+    model = open_model(model_path)
+    splits = load_splits(data, skip_bad, reporter=reporter, classes=classes,
+                          **model_image_format(model))
+    if split is None:
+        split = "test" if splits.test is not None else "val"
+    if split not in ("train", "val", "test", "all"):
+        raise JobError(f"--split: expected train, val, test or all, got {split!r}")
+    if split in ("train", "val") and splits.val is None:
+        held_out = train_val(splits, val_split, seed)
+        dataset = held_out[0 if split == "train" else 1]
+    else:
+        dataset = splits.train if split == "all" else getattr(splits, split)
+    if dataset is None:
+        raise JobError(f"--split: {data} has no {split!r} part")
+    if len(dataset) == 0:
+        raise JobError(f"{dataset.source}: no samples to evaluate ({split} part)")
+    remap, classes = _label_map(model, dataset, os.fspath(data))
+    probabilities = class_probabilities(model, dataset.x, dataset.pixel_max, batch_size)
+    return Evaluation(classes, remap[dataset.y], probabilities, top_k,
+                      f"{os.fspath(data)} ({split})")
