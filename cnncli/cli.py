@@ -8,12 +8,8 @@ with code 1; a loss that stops being finite exits with code 3; Ctrl-C exits
 with code 130 after telling where the last checkpoint is.
 """
 
-import json
-import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -24,7 +20,6 @@ from typing_extensions import Annotated
 
 from cnncli import __version__, architectures, jobs
 from cnncli.data import DataError
-from cnncli.files import atomic_write
 from cnncli.limits import LimitError
 from cnncli.modelfile import ModelFileError
 
@@ -155,7 +150,7 @@ DataArgument = Annotated[str, typer.Argument(
          ".npz file with x/y or x_train/y_train/x_test/y_test, 'digits', 'mnist', or a "
          "dataset shipped with cnncli ('optdigits').")]
 Threads = Annotated[Optional[int], typer.Option(help="Threads for the kernels "
-                                                      "(default: all cores).")]
+                                                "(default: all cores).")]
 Seed = Annotated[int, typer.Option(help="Seed of initialisation, shuffling, splitting and "
                                         "augmentation.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing files.")]
@@ -295,14 +290,11 @@ def evaluate(
       cnncli eval mnist.cnn mnist --json metrics.json
     """
     with _Run():
-        if json_path is not None and json_path.exists() and not force:
-            fail(f"{json_path}: already exists; pass --force to overwrite it")
         result = jobs.evaluate(model, data, split=split, top_k=top_k, batch_size=batch_size,
                                threads=threads, skip_bad=skip_bad, val_split=val_split,
-                               seed=seed, classes=classes, reporter=ConsoleReporter())
+                               seed=seed, classes=classes, json_path=json_path, force=force,
+                               reporter=ConsoleReporter())
         _print_evaluation(result)
-        if json_path is not None:
-            atomic_write(json_path, (json.dumps(result.as_dict(), indent=2) + "\n").encode())
 
 
 def _print_evaluation(result):
@@ -351,13 +343,6 @@ def predict(
                 + ", ".join(f"{printable(label, newlines=False)} {p:.3f}" for label, p in top))
 
 
-# The demo: a shipped model fine-tuned on a shipped dataset, as a user would
-# with `cnncli finetune`; the docstring below shows the same two commands.
-DEMO_MODEL = "lenet-mnist"
-DEMO_DATA = "optdigits"
-DEMO_SETTINGS = dict(freeze="flatten_1", epochs=10, batch_size=32, lr=1e-3, seed=0)
-
-
 @app.command()
 def demo(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Keep the fine-tuned "
@@ -375,24 +360,14 @@ def demo(
       cnncli eval optdigits.cnn optdigits
     """
     with _Run():
-        folder = None
-        if output is None:
-            folder = tempfile.mkdtemp(prefix="cnncli-demo-")
-            output = Path(folder) / "optdigits.cnn"
-        try:
-            reporter = ConsoleReporter(quiet)
-            if not quiet:
-                say(f"Fine-tuning {DEMO_MODEL} on {DEMO_DATA}: the convolutional layers stay "
-                    "frozen, new dense layers learn the new data.")
-            jobs.finetune(DEMO_MODEL, DEMO_DATA, output=output, threads=threads, force=force,
-                          reporter=reporter, **DEMO_SETTINGS)
-            result = jobs.evaluate(output, DEMO_DATA, reporter=reporter)
-            _print_evaluation(result)
-            if folder is None:
-                say(f"saved {output}")
-        finally:
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+        if not quiet:
+            say(f"Fine-tuning {jobs.DEMO_MODEL} on {jobs.DEMO_DATA}: the convolutional layers "
+                "stay frozen, new dense layers learn the new data.")
+        result = jobs.demo(output=output, threads=threads, force=force,
+                           reporter=ConsoleReporter(quiet))
+        _print_evaluation(result)
+        if output is not None:
+            say(f"saved {output}")
 
 
 @app.command("import")
@@ -453,20 +428,7 @@ def summary(
       cnncli summary alexnet --classes 1000
     """
     with _Run():
-        if model in architectures.ARCHITECTURES and not os.path.exists(model):
-            builder = architectures.ARCHITECTURES[model]
-            options = {}
-            if input_shape is not None:
-                try:
-                    options["input_shape"] = tuple(int(v) for v in input_shape.split(","))
-                except ValueError:
-                    fail(f"--input-shape: expected C,H,W, got {input_shape!r}")
-            try:
-                built = builder(classes=classes, **options)
-            except ValueError as error:
-                fail(f"{model}: {error}")
-        else:
-            built = jobs.open_model(model)
+        built = jobs.describe(model, input_shape=input_shape, classes=classes)
         say(built.summary())
         if built.classes:
             say(f"Classes: {', '.join(built.classes[:20])}"
@@ -596,14 +558,10 @@ def show_confusion(
 @app.command()
 def models():
     """The shipped pretrained models and what each was trained on."""
-    found = jobs.zoo_models()
+    found = jobs.list_models()
     if not found:
         say("no pretrained models are installed")
-        return
-    for name, path, card in found:
-        # The card's first paragraph after its title says what the model is.
-        about = next((line.strip() for line in card.splitlines()
-                      if line.strip() and not line.startswith("#")), "")
+    for name, about in found:
         say(f"{name}: {about}")
 
 

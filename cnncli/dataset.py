@@ -11,8 +11,6 @@ __all__ = ["Dataset", "Splits", "Rows", "class_name", "MAX_NOTES"]
 MAX_NOTES = 1000
 
 
-
-
 class Rows:
     """Selected rows of an array, read only when indexed: a lazy subset of a memory map.
 

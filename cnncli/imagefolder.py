@@ -20,7 +20,6 @@ from cnncli.limits import MAX_ARRAY_BYTES, cut
 __all__ = ["load_image_folder"]
 
 
-
 def _visible(entries):
     return sorted((entry for entry in entries if not entry.name.startswith(".")),
                   key=lambda entry: entry.name)

@@ -123,7 +123,7 @@ def _recognise_resnet(state, source):
     for name in ("conv1.weight", "fc.weight"):
         if name not in state:
             raise WeightsImportError(f"{source}: not a torchvision ResNet state dict (no {name!r}; "
-                               f"first names: {', '.join(list(state)[:5])})")
+                                     f"first names: {', '.join(list(state)[:5])})")
     blocks = {stage: set() for stage in "1234"}
     for name in state:
         match = BLOCK_KEY.match(name)
@@ -135,11 +135,11 @@ def _recognise_resnet(state, source):
                   if shape == (kind, counts)), None)
     if depth is None:
         raise WeightsImportError(f"{source}: a ResNet with {kind} blocks {counts} per stage, which "
-                           "is none of ResNet-18, -34 or -50")
+                                 "is none of ResNet-18, -34 or -50")
     stem, head = state["conv1.weight"], state["fc.weight"]
     if stem.ndim != 4 or head.ndim != 2:
         raise WeightsImportError(f"{source}: conv1.weight has shape {stem.shape} and fc.weight "
-                           f"{head.shape}; expected 4 and 2 dimensions")
+                                 f"{head.shape}; expected 4 and 2 dimensions")
     return depth, int(stem.shape[0]), int(head.shape[0]), int(stem.shape[1])
 
 
@@ -189,12 +189,12 @@ def import_weights(path, architecture=None, classes=None, preprocessing=None):
     preprocessing = preprocessing or IMAGENET_PREPROCESSING
     if preprocessing.channels != channels:
         raise WeightsImportError(f"{source}: the weights take {channels}-channel images but the "
-                           f"preprocessing gives {preprocessing.channels}")
+                                 f"preprocessing gives {preprocessing.channels}")
     if classes is None and outputs == 1000:
         classes = imagenet_classes()
     if classes is not None and len(classes) != outputs:
         raise WeightsImportError(f"{source}: {len(classes)} class names for a head with {outputs} "
-                           "outputs")
+                                 "outputs")
     _check_size(source, depth, width, outputs, preprocessing)
     try:
         model = architectures.resnet(depth, input_shape=preprocessing.input_shape,
@@ -221,7 +221,7 @@ def import_weights(path, architecture=None, classes=None, preprocessing=None):
             report.placed[name] = theirs
     if problems:
         raise WeightsImportError(f"{source}: cannot place the weights: " + "; ".join(problems[:10])
-                           + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""))
+                                 + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""))
     used = set(report.placed.values())
     for name, value in state.items():
         if name in used:

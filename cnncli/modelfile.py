@@ -74,6 +74,7 @@ OPTIONAL_ENTRIES = ("training_state",)
 TRAINING_PREFIX = "training_state/"
 MAX_NAME_CHARS = 1000
 
+
 class ModelFileError(ValueError):
     """A file that is not a valid cnncli model file: the message names the file and the problem."""
 

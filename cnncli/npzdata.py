@@ -21,7 +21,6 @@ from cnncli.limits import MAX_ARRAY_BYTES, MAX_CLASSES, cut
 __all__ = ["load_npz"]
 
 
-
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
                       (2, 0): np.lib.format.read_array_header_2_0}
 

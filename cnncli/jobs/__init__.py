@@ -25,6 +25,7 @@ written, gives the final model on ``--resume``.
 from cnncli.jobs.common import (JobError, Reporter, TrainingDiverged, TrainingInterrupted,
                                 TrainResult, open_model, resolve_model)
 from cnncli.jobs.conversion import ImportResult, import_model
+from cnncli.jobs.describer import DEMO_DATA, DEMO_MODEL, demo, describe, list_models
 from cnncli.jobs.evaluator import Evaluation, evaluate
 from cnncli.jobs.finetuner import finetune
 from cnncli.jobs.history import history_path, read_history, write_history
@@ -37,4 +38,5 @@ __all__ = ["train", "finetune", "evaluate", "predict", "import_model", "show_fil
            "show_features", "show_history", "show_confusion", "read_history", "write_history",
            "history_path", "Reporter", "JobError", "TrainingDiverged", "TrainingInterrupted",
            "TrainResult", "Evaluation", "Prediction", "ImportResult", "zoo_models",
-           "open_model", "resolve_model"]
+           "open_model", "resolve_model", "describe", "list_models", "demo", "DEMO_MODEL",
+           "DEMO_DATA"]

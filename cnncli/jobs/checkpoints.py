@@ -77,7 +77,7 @@ class Checkpointer(Callback):
 
 
 def restore_training_state(path, model, optimizer, schedule, augmentation, settings,
-                            batches):
+                           batches):
     try:
         loaded = read_training_state(path)
     except ModelFileError as error:

@@ -19,7 +19,7 @@ from cnncli.functional import threads
 from cnncli.layers import Dropout
 from cnncli.modelfile import ModelFileError, load_model
 from cnncli.validation import positive_int
-from cnncli.optimizers import SGD, Adam, AdamW, CosineLR, OneCycleLR, StepLR
+from cnncli.optimizers import Adam, AdamW, CosineLR, OneCycleLR, SGD, StepLR
 from cnncli.training import Callback, fit
 from cnncli.resources import zoo_models
 
@@ -150,7 +150,7 @@ def model_image_format(model):
 
 
 def load_splits(data_source, skip_bad, channels=None, size=None, reporter=None,
-                 classes=None, per_class=None, seed=0):
+                classes=None, per_class=None, seed=0):
     """The dataset's parts, restricted to ``classes`` and to ``per_class`` training images
     of each class (chosen by ``seed``) when given."""
     try:
@@ -302,9 +302,9 @@ def class_probabilities(model, x, pixel_max, batch_size):
 
 
 def run_phase(model, x, y, validation, transform, validation_transform, epochs, batch_size,
-               lr, optimizer, seed, reporter, phase, groups=None):
+              lr, optimizer, seed, reporter, phase, groups=None):
     opt = make_optimizer(optimizer, groups or model.parameters(trainable_only=True), lr,
-                          0.9, 0.0)
+                         0.9, 0.0)
     try:
         history = fit(model, x, y, epochs=epochs, batch_size=batch_size, optimizer=opt,
                       seed=seed, validation_data=validation, transform=transform,

@@ -1,11 +1,15 @@
 """The ``eval`` job: a model file on a part of a dataset, with its metrics.
 """
 
+import json
 import os
 
 import numpy as np
 
-from cnncli.jobs.common import JobError, Reporter, class_list, load_splits, model_image_format, on_threads, open_model, positive, class_probabilities, train_val
+from cnncli.files import atomic_write
+from cnncli.jobs.common import (JobError, Reporter, check_output, class_list, class_probabilities,
+                                load_splits, model_image_format, on_threads, open_model, positive,
+                                train_val)
 
 
 class Evaluation:
@@ -60,21 +64,25 @@ def _label_map(model, dataset, source):
 
 @on_threads
 def evaluate(model_path, data, split=None, top_k=5, batch_size=256, threads=None,
-             skip_bad=False, val_split=0.1, seed=0, classes=None, reporter=None):
+             skip_bad=False, val_split=0.1, seed=0, classes=None, json_path=None, force=False,
+             reporter=None):
     """Evaluate a model file on a part of a dataset (of its ``classes`` only, when given).
 
     ``split``: "test", "val", "train" or "all". By default the test part,
     else the validation part; data with neither is split as ``train`` splits
     it (``val_split``, ``seed``), so the default evaluates on the images that
-    training held out.
+    training held out. ``json_path`` also writes the metrics there as JSON
+    (an existing file only with ``force``).
     """
     reporter = reporter or Reporter()
+    if json_path is not None:
+        check_output(json_path, force)
     positive("--top-k", top_k)
     positive("--batch-size", batch_size)
     classes = class_list(classes)
     model = open_model(model_path)
     splits = load_splits(data, skip_bad, reporter=reporter, classes=classes,
-                          **model_image_format(model))
+                         **model_image_format(model))
     if split is None:
         split = "test" if splits.test is not None else "val"
     if split not in ("train", "val", "test", "all"):
@@ -90,5 +98,8 @@ def evaluate(model_path, data, split=None, top_k=5, batch_size=256, threads=None
         raise JobError(f"{dataset.source}: no samples to evaluate ({split} part)")
     remap, classes = _label_map(model, dataset, os.fspath(data))
     probabilities = class_probabilities(model, dataset.x, dataset.pixel_max, batch_size)
-    return Evaluation(classes, remap[dataset.y], probabilities, top_k,
-                      f"{os.fspath(data)} ({split})")
+    result = Evaluation(classes, remap[dataset.y], probabilities, top_k,
+                        f"{os.fspath(data)} ({split})")
+    if json_path is not None:
+        atomic_write(json_path, (json.dumps(result.as_dict(), indent=2) + "\n").encode())
+    return result

@@ -13,7 +13,9 @@ from cnncli.layers import Dense
 from cnncli.modelfile import save_model
 from cnncli.preprocessing import Preprocessing
 from cnncli.training import predict_outputs
-from cnncli.jobs.common import JobError, OPTIMIZERS, Reporter, TrainResult, at_least_two_classes, check_output, class_list, load_splits, locked, model_image_format, on_threads, open_model, positive, run_phase, train_val
+from cnncli.jobs.common import (JobError, OPTIMIZERS, Reporter, TrainResult, at_least_two_classes,
+                                check_output, class_list, load_splits, locked, model_image_format,
+                                on_threads, open_model, positive, run_phase, train_val)
 from cnncli.jobs.history import write_history
 
 
@@ -64,7 +66,7 @@ def _finetune_run(pretrained, data, output, epochs, batch_size, lr, freeze, unfr
     model = open_model(pretrained)
     source = os.fspath(pretrained)
     splits = load_splits(data, skip_bad, reporter=reporter, classes=classes,
-                          per_class=per_class, seed=seed, **model_image_format(model))
+                         per_class=per_class, seed=seed, **model_image_format(model))
     train_part, val_part = train_val(splits, val_split, seed)
     at_least_two_classes(train_part)
 
@@ -113,20 +115,20 @@ def _finetune_run(pretrained, data, output, epochs, batch_size, lr, freeze, unfr
             (predict_outputs(backbone, val_part.x, batch_size=256, transform=transform),
              val_part.y)
         history += run_phase(top, features, train_part.y, val_features, None, None,
-                              phase_epochs, batch_size, lr, optimizer, seed, reporter,
-                              "head")
+                             phase_epochs, batch_size, lr, optimizer, seed, reporter,
+                             "head")
     else:
         history += run_phase(model, train_part.x, train_part.y, validation, train_transform,
-                              transform, phase_epochs, batch_size, lr, optimizer, seed,
-                              reporter, "head")
+                             transform, phase_epochs, batch_size, lr, optimizer, seed,
+                             reporter, "head")
     phases = ["head"] * len(history)
     if unfreeze_epochs:
         model.unfreeze()
         groups = [{"params": model[:position].parameters(), "lr": lr * backbone_lr_factor},
                   {"params": model[position:].parameters()}]
         history += run_phase(model, train_part.x, train_part.y, validation, train_transform,
-                              transform, unfreeze_epochs, batch_size, lr, optimizer, seed + 1,
-                              reporter, "all layers", groups=groups)
+                             transform, unfreeze_epochs, batch_size, lr, optimizer, seed + 1,
+                             reporter, "all layers", groups=groups)
         phases += ["all layers"] * (len(history) - len(phases))
     model.provenance = {**model.provenance, "command": "finetune", "pretrained": source,
                         "data": os.fspath(data), "epochs": epochs,

@@ -8,7 +8,8 @@ import numpy as np
 
 from cnncli import data as datasets
 from cnncli.data import DataError
-from cnncli.jobs.common import JobError, Reporter, on_threads, open_model, positive, class_probabilities
+from cnncli.jobs.common import (JobError, Reporter, class_probabilities, on_threads, open_model,
+                                positive)
 
 
 class Prediction:

@@ -10,7 +10,10 @@ from cnncli import architectures, data as datasets
 from cnncli.modelfile import ModelFileError, load_model, save_model
 from cnncli.preprocessing import Preprocessing
 from cnncli.training import Interrupted, fit
-from cnncli.jobs.common import CtrlC, EpochReporter, JobError, OPTIMIZERS, Reporter, SCHEDULES, TrainResult, TrainingDiverged, TrainingInterrupted, at_least_two_classes, check_output, class_list, load_splits, locked, make_optimizer, make_schedule, on_threads, positive, train_val
+from cnncli.jobs.common import (CtrlC, EpochReporter, JobError, OPTIMIZERS, Reporter, SCHEDULES,
+                                TrainingDiverged, TrainingInterrupted, TrainResult,
+                                at_least_two_classes, check_output, class_list, load_splits, locked,
+                                make_optimizer, make_schedule, on_threads, positive, train_val)
 from cnncli.jobs.history import write_history
 from cnncli.jobs.checkpoints import Checkpointer, restore_training_state
 
@@ -68,7 +71,7 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
             raise JobError(f"{folder}: holds checkpoints of an earlier run; pass --resume to "
                            "continue it or --force to start over")
         splits = load_splits(data, skip_bad, channels, size, reporter, classes, per_class,
-                              seed)
+                             seed)
         train_part, val_part = train_val(splits, val_split, seed)
         at_least_two_classes(train_part)
         return _train_run(settings, train_part, val_part, output, folder, resume, reporter)
@@ -101,7 +104,7 @@ def _train_run(settings, train_part, val_part, output, folder, resume, reporter)
     last = os.path.join(folder, "last.cnn")
     batches = math.ceil(len(train_part) / batch_size)
     opt = make_optimizer(settings["optimizer"], model.parameters(), settings["lr"],
-                          settings["momentum"], settings["weight_decay"])
+                         settings["momentum"], settings["weight_decay"])
     sched = make_schedule(settings["schedule"], opt, epochs, batches)
     shift, flip = settings["shift"], settings["flip"]
     augmentation = datasets.Augmentation(shift=shift, flip=flip, seed=seed) \
@@ -118,8 +121,8 @@ def _train_run(settings, train_part, val_part, output, folder, resume, reporter)
             raise JobError(f"{last}: does not fit this run's model ({error})") from None
         model.provenance = saved.provenance
         start, position, history, best = restore_training_state(last, model, opt, sched,
-                                                                 augmentation, settings,
-                                                                 batches)
+                                                                augmentation, settings,
+                                                                batches)
         where = f"epoch {start}" if not position else \
             f"batch {position['batch']} of epoch {start + 1}"
         reporter.message(f"resuming from {last} after {where}")
