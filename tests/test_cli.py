@@ -396,3 +396,13 @@ def test_pretrained_names_work_from_any_folder(tmp_path):
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
     assert "Classes: 0, 1, 2, 3, 4" in stdout
+
+
+def test_eval_json_is_not_overwritten_without_force(trained, digits_npz, tmp_path):
+    metrics_path = tmp_path / "metrics.json"
+    metrics_path.write_text("keep me")
+    result = invoke("eval", trained, digits_npz, "--json", metrics_path)
+    assert result.exit_code == 1 and "already exists; pass --force" in result.stderr
+    assert metrics_path.read_text() == "keep me"
+    result = invoke("eval", trained, digits_npz, "--json", metrics_path, "--force")
+    assert result.exit_code == 0 and json.loads(metrics_path.read_text())["samples"] == 397
