@@ -151,6 +151,10 @@ class Layer:
         """(branch name, Sequential) of the layers inside this one: none, except in blocks."""
         return []
 
+    def clear_cache(self):
+        """Drop what the last training forward kept for backward."""
+        self._cache = None
+
     @property
     def trainable(self):
         return any(p.trainable for p in self.parameters().values())

@@ -20,7 +20,8 @@ import re
 
 import numpy as np
 
-from cnncli.layers import BatchNorm2D, Conv2D, LeakyReLU, Layer, MaxPool2D, ReLU
+from cnncli.inference import inference_steps
+from cnncli.layers import LeakyReLU, Layer, ReLU
 
 __all__ = ["Sequential", "plan", "LoadReport", "IncompatibleWeightsError"]
 
@@ -71,18 +72,6 @@ def plan(layers, input_shape, max_values=MAX_ELEMENTS):
             expected[f"{layer.name}.{key}"] = tuple(state_shape)
         shape = output_shape
     return expected, shape
-
-
-def _pools_after_relu(layers, position):
-    """True where a ReLU is followed by a max pooling layer."""
-    return (type(layers[position]) is ReLU and position + 1 < len(layers)
-            and type(layers[position + 1]) is MaxPool2D)
-
-
-def _batchnorm_after_conv(layers, position):
-    """True where a convolution is followed by a BatchNorm."""
-    return (type(layers[position]) is Conv2D and position + 1 < len(layers)
-            and type(layers[position + 1]) is BatchNorm2D)
 
 
 class Sequential:
@@ -458,38 +447,20 @@ class Sequential:
     def forward(self, x, training=False, need_input_grad=False):
         """Run the layers in order; with training=True, keep what backward needs.
 
-        Layers below the lowest trainable one run in inference mode and keep
+        Layers below the lowest trainable one run in inference mode, as an
+        inference plan that fuses some pairs (``cnncli.inference``), and keep
         nothing, since no gradient reaches them (a frozen backbone is
         deterministic), unless ``need_input_grad`` asks for the gradient with
         respect to the input (then pass it to ``backward`` too).
         """
         self._ready()
         self._fresh = None
-        x = np.asarray(x)
-        if x.dtype != self.dtype:
-            x = x.astype(self.dtype)
+        x = np.asarray(x, dtype=self.dtype)
         lowest = self._lowest_needed(need_input_grad) if training else len(self._layers)
-        layers = self._layers
-        position = 0
-        while position < len(layers):
-            layer = layers[position]
-            if position + 1 < lowest and _pools_after_relu(layers, position):
-                # ReLU is monotone, so it commutes with max pooling: pooling first
-                # gives the same values with ReLU applied to a quarter of them.
-                pooled = layers[position + 1].forward(x)
-                layer._cache = None
-                x = layer.function(pooled)
-                position += 2
-            elif position + 1 < lowest and _batchnorm_after_conv(layers, position):
-                # In inference a BatchNorm is a per-channel affine map, which
-                # folds into the convolution before it: one pass instead of two.
-                batchnorm = layers[position + 1]
-                batchnorm._cache = None
-                x = layer.forward_scaled(x, *batchnorm.inference_affine())
-                position += 2
-            else:
-                x = layer.forward(x, training=training and position >= lowest)
-                position += 1
+        for step in inference_steps(self._layers[:lowest]):
+            x = step(x)
+        for layer in self._layers[lowest:]:
+            x = layer.forward(x, training=training)
         return x
 
     __call__ = forward

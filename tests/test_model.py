@@ -255,3 +255,21 @@ def test_layer_by_layer_inference_sees_every_layer_and_gives_the_forward_values(
                     "residual_2.body.batch_norm2d_1", "residual_2.shortcut.conv2d_1",
                     "residual_2.shortcut.batch_norm2d_1", "residual_2", "tanh_1",
                     "global_avg_pool2d_1", "dense_1"]
+
+
+def test_an_inference_plan_fuses_exact_pairs_only():
+    from cnncli.inference import inference_steps
+
+    class MyReLU(ReLU):
+        pass
+
+    model = Sequential([Conv2D(4, 3), BatchNorm2D(), ReLU(), MaxPool2D(2), MyReLU(),
+                        MaxPool2D(1), Flatten()], input_shape=(2, 9, 9))
+    # conv+bn, relu+pool, then the subclass, its pool and flatten on their own.
+    assert len(inference_steps(model.layers)) == 5
+    x = np.random.default_rng(0).standard_normal((2, 2, 9, 9)).astype(np.float32)
+    value = x
+    for step in inference_steps(model.layers):
+        value = step(value)
+    expected = model.forward_layer_by_layer(x, lambda *seen: None)
+    np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
