@@ -78,7 +78,7 @@ def cnncli_command(arguments):
 
 def worker_cnncli(path, threads, batch, repeats):
     import cnncli
-    from cnncli.modelfile import load_model
+    from cnncli.loading import load_model
     cnncli.set_num_threads(threads)
     model = load_model(path)
     x = np.random.default_rng(0).normal(size=(batch,) + model.input_shape).astype(np.float32)
@@ -141,7 +141,7 @@ def main():
               "224x224, inference)\n")
         print("| model | from | max abs difference / max abs output | import s |")
         print("|---|---|---|---|")
-        from cnncli.modelfile import load_model
+        from cnncli.loading import load_model
         imported = {}
         for depth in (18, 50):
             paths, inputs, expected = make_weights(depth, work)

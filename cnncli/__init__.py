@@ -32,7 +32,8 @@ from cnncli import functional, gradcheck, layers  # noqa: E402
 from cnncli.blocks import Residual  # noqa: E402
 from cnncli.functional import get_num_threads, openmp_enabled, set_num_threads, threads  # noqa: E402
 from cnncli.model import IncompatibleWeightsError, LoadReport, Sequential  # noqa: E402
-from cnncli.modelfile import ModelFileError, load_model, save_model  # noqa: E402
+from cnncli.loading import load_model  # noqa: E402
+from cnncli.modelfile import ModelFileError, save_model  # noqa: E402
 from cnncli.preprocessing import Preprocessing  # noqa: E402
 
 __all__ = ["functional", "gradcheck", "layers", "Sequential", "Residual", "Preprocessing",

@@ -8,12 +8,13 @@ changes the shape.
 
 import numpy as np
 
-from cnncli.layers import Layer, layer_config
+from cnncli.layers import Layer, layer_config, register_layer
 from cnncli.model import Sequential, plan
 
 __all__ = ["Residual"]
 
 
+@register_layer
 class Residual(Layer):
     """``y = body(x) + shortcut(x)``.
 
@@ -26,6 +27,9 @@ class Residual(Layer):
     Parameters are named ``body.<layer>.<parameter>`` and
     ``shortcut.<layer>.<parameter>`` inside the block.
     """
+
+    # Config entries that hold lists of layers rather than values.
+    nested_keys = ("body", "shortcut")
 
     def __init__(self, body, shortcut=None, name=None):
         super().__init__(name)

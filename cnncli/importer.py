@@ -203,7 +203,7 @@ def import_weights(path, architecture=None, classes=None, preprocessing=None):
         raise WeightsImportError(f"{source}: {error}") from None
 
     report = ImportReport(found + ("" if width == 64 else f" (width {width})"), source)
-    targets = model._state_arrays()
+    targets = model.state_arrays()
     problems = []
     for name, target in targets.items():
         theirs = _torchvision_name(name)

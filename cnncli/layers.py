@@ -728,3 +728,19 @@ class BatchNorm2D(Layer):
 
     def extra_repr(self):
         return f"momentum={self.momentum}, eps={self.eps}"
+
+
+# The layer classes a model file may name, by class name; blocks add theirs
+# with ``register_layer``. Nothing outside this table is ever built from a file.
+LAYER_TYPES = {}
+
+
+def register_layer(cls):
+    """Make ``cls`` loadable from model files under its class name (a class decorator)."""
+    LAYER_TYPES[cls.__name__] = cls
+    return cls
+
+
+for _layer_class in (Conv2D, Dense, MaxPool2D, AvgPool2D, GlobalAvgPool2D, Flatten, ReLU,
+                     LeakyReLU, Sigmoid, Tanh, Softmax, Dropout, BatchNorm2D):
+    register_layer(_layer_class)

@@ -288,9 +288,10 @@ class Sequential:
     def state_dict(self):
         """Copies of every parameter and buffer by dotted name, layer by layer: what a model
         file holds."""
-        return {name: array.copy() for name, array in self._state_arrays().items()}
+        return {name: array.copy() for name, array in self.state_arrays().items()}
 
-    def _state_arrays(self):
+    def state_arrays(self):
+        """{dotted name: the model's own array} of every parameter and buffer (no copies)."""
         arrays = {}
         for layer in self._layers:
             arrays.update({f"{layer.name}.{key}": parameter.value
@@ -325,7 +326,7 @@ class Sequential:
         if not isinstance(state, dict):
             raise ValueError(f"state: expected a dict of arrays by name, got "
                              f"{type(state).__name__}")
-        targets = self._state_arrays()
+        targets = self.state_arrays()
         report = LoadReport()
         accepted = {}
         for name, value in state.items():

@@ -2,7 +2,7 @@
 preprocessing and provenance of a model.
 
     model.save("digits.cnn")            # or save_model(model, "digits.cnn")
-    model = load_model("digits.cnn")
+    model = cnncli.load_model("digits.cnn")     # see cnncli.loading
 
 Layout. A file is in the safetensors format: an 8-byte little-endian header
 length, a JSON header describing each tensor (dtype, shape, byte range), then
@@ -14,15 +14,15 @@ shape, dtype, seed and the layers as ``{"type", "config"}``), ``frozen`` (the
 names of frozen parameters), ``classes``, ``preprocessing`` and
 ``provenance``. Any safetensors reader can open the weights.
 
-Safety. Loading never runs code from the file: layers are looked up in a
-fixed table of cnncli classes and built from plain JSON values; there is no
-pickle and no fallback to anything that could run code. Everything is
-checked before any array is made: the safetensors library checks the header
-against the file (sizes, offsets, dtypes, truncation); then the architecture
-is planned without allocating, and every tensor's name, shape and dtype is
-compared with the plan. Only then is the model built, so no declared size
-can cause an allocation larger than the file itself. Every problem with a
-file raises ``ModelFileError`` naming the file and what is wrong.
+This module encodes and decodes the format, and knows no model class: saving
+takes any model with ``state_arrays()`` and its attributes, and the readers
+check the header (entry sizes, strict JSON), classes, preprocessing and
+tensors. ``cnncli.loading`` builds a model from a file with these readers.
+
+Safety. Loading never runs code from the file: there is no pickle and no
+fallback to anything that could run code; layers come from a fixed registry
+(see ``cnncli.loading``). Every problem with a file raises
+``ModelFileError`` naming the file and what is wrong.
 
 Saving is atomic (``cnncli.files.atomic_write``): the bytes go to a temporary
 file in the same folder, are flushed to disk, then renamed over the target,
@@ -30,40 +30,24 @@ so a crash or a full disk leaves the previous file intact.
 """
 
 import json
-import math
 import os
 
 import numpy as np
 import safetensors
 
-from cnncli import __version__, files, layers as layer_module, regularizers
+from cnncli import __version__, files
 from cnncli.files import atomic_write
-from cnncli.limits import MAX_ACTIVATION_VALUES, MAX_CLASSES
-from cnncli.blocks import Residual
 from cnncli.layers import layer_config
-from cnncli.model import MAX_ELEMENTS, Sequential, plan
+from cnncli.limits import MAX_CLASSES
 from cnncli.preprocessing import Preprocessing
 
-__all__ = ["save_model", "load_model", "read_tensors", "read_info", "read_training_state",
+__all__ = ["save_model", "read_tensors", "read_info", "read_training_state",
            "atomic_write", "ModelFileError", "FORMAT"]
 
 FORMAT = "cnncli-model/1"
 
-LAYER_TYPES = {cls.__name__: cls for cls in (
-    layer_module.Conv2D, layer_module.Dense, layer_module.MaxPool2D, layer_module.AvgPool2D,
-    layer_module.GlobalAvgPool2D, layer_module.Flatten, layer_module.ReLU,
-    layer_module.LeakyReLU, layer_module.Sigmoid, layer_module.Tanh, layer_module.Softmax,
-    layer_module.Dropout, layer_module.BatchNorm2D, Residual)}
-
-# Entries of a Residual's config that hold lists of layers rather than values.
-NESTED_KEYS = {"Residual": ("body", "shortcut")}
-
 DTYPES = {"float32": "F32", "float64": "F64"}
 
-# Bounds on what a file may declare, far above any real model (ResNet-152 has
-# about 500 layers), so a hostile file cannot make loading slow or deep.
-MAX_LAYERS = 4096
-MAX_NESTING = 16
 MAX_METADATA_CHARS = {"format": 64, "architecture": 4_000_000, "frozen": 4_000_000,
                       "classes": 4_000_000, "preprocessing": 100_000, "provenance": 1_000_000,
                       "training_state": 16_000_000}
@@ -103,8 +87,8 @@ def model_metadata(model, provenance=None):
                     "seed": model.seed, "name": model.name,
                     "layers": [layer_config(layer) for layer in model]}
     frozen = [name for name, parameter in parameters.items() if not parameter.trainable]
-    _check_classes(model.classes, tuple(model.output_shape), ValueError)
-    _check_preprocessing(model.preprocessing, model.input_shape, ValueError)
+    check_classes(model.classes, tuple(model.output_shape), ValueError)
+    check_preprocessing(model.preprocessing, model.input_shape, ValueError)
     if not isinstance(model.provenance, dict):
         raise ValueError(f"provenance: expected a dict, got {type(model.provenance).__name__}")
     if provenance is not None and not isinstance(provenance, dict):
@@ -157,7 +141,7 @@ def save_model(model, path, overwrite=True, provenance=None, training_state=None
     model always gives the same bytes, so a file's checksum identifies its
     contents.
     """
-    tensors = dict(model._state_arrays())
+    tensors = dict(model.state_arrays())
     metadata = model_metadata(model, provenance)
     if training_state is not None:
         settings, arrays = training_state
@@ -171,7 +155,7 @@ def save_model(model, path, overwrite=True, provenance=None, training_state=None
 # ---------------------------------------------------------------------------
 
 
-def _check_classes(classes, output_shape, error):
+def check_classes(classes, output_shape, error):
     if classes is None:
         return None
     if not isinstance(classes, (list, tuple)):
@@ -187,7 +171,7 @@ def _check_classes(classes, output_shape, error):
     return list(classes)
 
 
-def _check_preprocessing(preprocessing, input_shape, error):
+def check_preprocessing(preprocessing, input_shape, error):
     if preprocessing is None:
         return None
     if not isinstance(preprocessing, Preprocessing):
@@ -198,7 +182,7 @@ def _check_preprocessing(preprocessing, input_shape, error):
     return preprocessing
 
 
-class _Reader:
+class FileReader:
     """Turns everything wrong with one file into a ModelFileError naming it."""
 
     def __init__(self, path):
@@ -229,7 +213,7 @@ def check_file(path, kind="model file"):
     return files.check_file(path, kind, ModelFileError)
 
 
-def _open(path):
+def open_model_file(path):
     """The safetensors handle of ``path``: header parsed and checked, no tensor read yet."""
     path = check_file(path)
     try:
@@ -240,7 +224,7 @@ def _open(path):
         raise ModelFileError(f"{path}: cannot be read ({error.strerror or error})") from None
 
 
-def _tensor_specs(handle):
+def tensor_specs(handle):
     """{name: (shape, safetensors dtype)} from the header."""
     specs = {}
     for name in handle.keys():
@@ -249,7 +233,7 @@ def _tensor_specs(handle):
     return specs
 
 
-def _read_tensor(reader, handle, name):
+def read_tensor(reader, handle, name):
     try:
         array = handle.get_tensor(name)
     except (safetensors.SafetensorError, ValueError, TypeError) as error:
@@ -258,121 +242,15 @@ def _read_tensor(reader, handle, name):
     return array
 
 
-def _is_int(value, low, high):
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
-class _ArchitectureReader:
-    """Builds unbuilt layer objects from the JSON architecture, checking every value."""
-
-    def __init__(self, reader):
-        self.reader = reader
-        self.count = 0
-
-    def layers(self, specs, where, depth):
-        self.reader.check(isinstance(specs, list), f"{where}: expected a list of layers")
-        self.reader.check(depth <= MAX_NESTING, f"{where}: blocks nested more than "
-                                                f"{MAX_NESTING} deep")
-        return [self.layer(spec, f"{where}[{index}]", depth) for index, spec in enumerate(specs)]
-
-    def layer(self, spec, where, depth):
-        fail, check = self.reader.fail, self.reader.check
-        self.count += 1
-        check(self.count <= MAX_LAYERS, f"more than {MAX_LAYERS} layers")
-        check(isinstance(spec, dict) and set(spec) == {"type", "config"},
-              f"{where}: expected {{\"type\": ..., \"config\": {{...}}}}")
-        kind, config = spec["type"], spec["config"]
-        if not isinstance(kind, str) or kind not in LAYER_TYPES:
-            fail(f"{where}: unknown layer type {str(kind)[:100]!r}; known types: "
-                 f"{', '.join(sorted(LAYER_TYPES))}")
-        check(isinstance(config, dict), f"{where} ({kind}): the config is not an object")
-        cls = LAYER_TYPES[kind]
-        nested = NESTED_KEYS.get(kind, ())
-        allowed = set(cls.config_keys) | set(nested) | {"name"}
-        unknown = sorted(set(config) - allowed)
-        check(not unknown, f"{where} ({kind}): unknown settings {unknown}")
-        name = config.get("name")
-        check(name is None or (isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS),
-              f"{where} ({kind}): the name must be a non-empty string")
-        arguments = {}
-        for key, value in config.items():
-            if key in nested:
-                arguments[key] = None if value is None else \
-                    self.layers(value, f"{where}.{key}", depth + 1)
-            elif key == "regularizer" and value is not None:
-                arguments[key] = self.call(lambda: regularizers.from_config(value), where, kind)
-            else:
-                arguments[key] = self.value(value, f"{where} ({kind}) {key}")
-        return self.call(lambda: cls(**arguments), where, kind)
-
-    def value(self, value, where):
-        """A plain JSON value: a number, string, bool, None, or a short list of them."""
-        scalar = (int, float, str, bool, type(None))
-        if isinstance(value, list):
-            self.reader.check(len(value) <= 8 and all(isinstance(v, scalar) for v in value),
-                              f"{where}: expected a number or a short list of numbers")
-            return tuple(value)
-        self.reader.check(isinstance(value, scalar), f"{where}: expected a plain value")
-        return value
-
-    def call(self, make, where, kind):
-        try:
-            return make()
-        except (ValueError, TypeError, OverflowError) as error:
-            self.reader.fail(f"{where} ({kind}): {error}")
-
-
-def _architecture(reader, architecture):
-    check = reader.check
-    keys = {"input_shape", "dtype", "seed", "name", "layers"}
-    check(isinstance(architecture, dict) and set(architecture) == keys,
-          f"the architecture must be an object with exactly the entries {sorted(keys)}")
-    input_shape = architecture["input_shape"]
-    limit = min(MAX_ELEMENTS, MAX_ACTIVATION_VALUES.value)
-    check(isinstance(input_shape, list) and 1 <= len(input_shape) <= 3
-          and all(_is_int(v, 1, limit) for v in input_shape)
-          and math.prod(input_shape) <= limit,
-          f"the input shape must be 1 to 3 positive sizes of at most {limit:,} values "
-          f"in all, got {str(input_shape)[:100]} (the limit is {MAX_ACTIVATION_VALUES.variable})")
-    check(isinstance(architecture["dtype"], str) and architecture["dtype"] in DTYPES,
-          f"the dtype must be one of {sorted(DTYPES)}")
-    check(_is_int(architecture["seed"], 0, 2**63 - 1), "the seed must be an int >= 0")
-    name = architecture["name"]
-    check(name is None or (isinstance(name, str) and len(name) <= MAX_NAME_CHARS),
-          "the model name must be a string")
-    layers = _ArchitectureReader(reader).layers(architecture["layers"], "layers", 0)
-    check(layers, "the architecture has no layers")
-    return architecture, tuple(input_shape), layers
-
-
-def _check_tensors(reader, specs, expected, dtype):
-    """Every tensor the architecture needs is in the file with its shape and dtype, and no other."""
-    missing = [name for name in expected if name not in specs]
-    unexpected = [name for name in specs if name not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing tensors {missing[:10]}")
-        if unexpected:
-            parts.append(f"unexpected tensors {unexpected[:10]}")
-        reader.fail("the weights do not match the architecture: " + "; ".join(parts))
-    for name, shape in expected.items():
-        file_shape, file_dtype = specs[name]
-        reader.check(file_shape == shape, f"tensor {name!r} has shape {file_shape}, the "
-                                          f"architecture needs {shape}")
-        reader.check(file_dtype == DTYPES[dtype], f"tensor {name!r} is {file_dtype}, the "
-                                                  f"model is {dtype}")
-
-
 def read_info(path):
     """The metadata of a model file as Python values (format, architecture, classes...),
     checked, without reading any tensor."""
-    reader = _Reader(path)
-    with _open(path) as handle:
-        return _read_metadata(reader, handle.metadata())
+    reader = FileReader(path)
+    with open_model_file(path) as handle:
+        return read_metadata(reader, handle.metadata())
 
 
-def _read_metadata(reader, metadata):
+def read_metadata(reader, metadata):
     if not metadata or "format" not in metadata:
         reader.fail("not a cnncli model file (its header has no cnncli format entry)")
     reader.check(metadata["format"] == FORMAT,
@@ -382,83 +260,32 @@ def _read_metadata(reader, metadata):
             if key != "format" and (key in metadata or key not in OPTIONAL_ENTRIES)}
 
 
-def load_model(path):
-    """Load a model file: a built Sequential with its weights, frozen layers, classes,
-    preprocessing and provenance. Raises ModelFileError for anything wrong with the file."""
-    reader = _Reader(path)
-    with _open(path) as handle:
-        info = _read_metadata(reader, handle.metadata())
-        architecture, input_shape, layers = _architecture(reader, info["architecture"])
-        try:
-            expected, output_shape = plan(layers, input_shape,
-                                          min(MAX_ELEMENTS, MAX_ACTIVATION_VALUES.value))
-        except (ValueError, TypeError, OverflowError) as error:
-            reader.fail(f"the architecture does not fit together ({error})")
-        specs = _tensor_specs(handle)
-        model_specs = {name: spec for name, spec in specs.items()
-                       if not name.startswith(TRAINING_PREFIX)}
-        _check_tensors(reader, model_specs, expected, architecture["dtype"])
-
-        frozen = info["frozen"]
-        reader.check(isinstance(frozen, list) and all(isinstance(n, str) for n in frozen),
-                     "'frozen' must be a list of parameter names")
-        unknown = sorted(set(frozen) - set(expected))
-        reader.check(not unknown, f"'frozen' names tensors the model does not have: "
-                                  f"{unknown[:10]}")
-        try:
-            classes = _check_classes(info["classes"], output_shape, ValueError)
-            preprocessing = None if info["preprocessing"] is None else \
-                Preprocessing.from_config(info["preprocessing"])
-            _check_preprocessing(preprocessing, input_shape, ValueError)
-        except ValueError as error:
-            reader.fail(str(error))
-        reader.check(isinstance(info["provenance"], dict), "'provenance' must be an object")
-
-        # Everything is consistent: the arrays below are no larger than the file.
-        try:
-            model = Sequential(layers, input_shape=input_shape, seed=architecture["seed"],
-                               dtype=architecture["dtype"], name=architecture["name"])
-        except (ValueError, TypeError) as error:
-            reader.fail(f"the architecture cannot be built ({error})")
-        targets = model._state_arrays()
-        for name in expected:
-            targets[name][...] = _read_tensor(reader, handle, name)
-    parameters = model.parameters()
-    for name in frozen:
-        reader.check(name in parameters, f"'frozen' names {name!r}, which is not a parameter")
-        parameters[name].trainable = False
-    model.classes = classes
-    model.preprocessing = preprocessing
-    model.provenance = info["provenance"]
-    return model
-
-
 def read_tensors(path):
     """Every tensor of a safetensors file (a model file or weights from elsewhere), by name,
     as float arrays. Used to load weights into a model of another architecture."""
-    reader = _Reader(path)
-    with _open(path) as handle:
-        specs = {name: spec for name, spec in _tensor_specs(handle).items()
+    reader = FileReader(path)
+    with open_model_file(path) as handle:
+        specs = {name: spec for name, spec in tensor_specs(handle).items()
                  if not name.startswith(TRAINING_PREFIX)}
         for name, (shape, dtype) in specs.items():
             reader.check(dtype in ("F16", "F32", "F64", "I64", "I32"),
                          f"tensor {name!r} has dtype {dtype}, not numbers cnncli can use")
-        return {name: _read_tensor(reader, handle, name) for name in specs}
+        return {name: read_tensor(reader, handle, name) for name in specs}
 
 
 def read_training_state(path):
     """The training state a checkpoint was saved with: (settings dict, {name: array}),
     or None for a model file without one. Raises ModelFileError for a bad file."""
-    reader = _Reader(path)
-    with _open(path) as handle:
-        info = _read_metadata(reader, handle.metadata())
+    reader = FileReader(path)
+    with open_model_file(path) as handle:
+        info = read_metadata(reader, handle.metadata())
         if "training_state" not in info:
             return None
         settings = info["training_state"]
         reader.check(isinstance(settings, dict), "'training_state' must be an object")
         arrays = {}
-        for name, (shape, dtype) in _tensor_specs(handle).items():
+        for name, (shape, dtype) in tensor_specs(handle).items():
             if name.startswith(TRAINING_PREFIX):
                 reader.check(dtype in ("F32", "F64"), f"tensor {name!r} has dtype {dtype}")
-                arrays[name[len(TRAINING_PREFIX):]] = _read_tensor(reader, handle, name)
+                arrays[name[len(TRAINING_PREFIX):]] = read_tensor(reader, handle, name)
         return settings, arrays

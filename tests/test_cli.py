@@ -15,7 +15,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from cnncli.modelfile import load_model, read_training_state
+from cnncli.loading import load_model
+from cnncli.modelfile import read_training_state
 
 runner = CliRunner()
 

@@ -22,7 +22,8 @@ from PIL import Image
 import hostile
 from cnncli import data, images, jobs
 from cnncli.data import DataError, load_dataset
-from cnncli.modelfile import ModelFileError, load_model
+from cnncli.loading import load_model
+from cnncli.modelfile import ModelFileError
 from cnncli.torchfile import read_torch_file
 
 GUARD = Path(__file__).with_name("guarded_cli.py")

@@ -16,7 +16,8 @@ from cnncli import architectures, jobs
 from cnncli.cli import app
 from cnncli.importer import (IMAGENET_PREPROCESSING, WeightsImportError, _torchvision_name,
                              imagenet_classes, import_weights)
-from cnncli.modelfile import ModelFileError, load_model
+from cnncli.loading import load_model
+from cnncli.modelfile import ModelFileError
 from cnncli.preprocessing import Preprocessing
 
 from torch_archive import arrays_to_archive, write_archive
@@ -82,7 +83,7 @@ def test_name_mapping():
 def torchvision_state(model):
     """A cnncli ResNet's tensors under torchvision's names, with the BatchNorm counters."""
     state = {_torchvision_name(name): np.array(value)
-             for name, value in model._state_arrays().items()}
+             for name, value in model.state_arrays().items()}
     for name in list(state):
         if name.endswith(".running_mean"):
             state[name.replace("running_mean", "num_batches_tracked")] = np.array(5, np.int64)
@@ -94,7 +95,7 @@ def imagenet_resnet_file(tmp_path_factory):
     """A narrow ResNet-34 with a 1000-class head, under torchvision's names."""
     model = architectures.resnet34(input_shape=(3, 32, 32), width=2, seed=3)
     rng = np.random.default_rng(0)
-    for array in model._state_arrays().values():
+    for array in model.state_arrays().values():
         array[...] = rng.normal(size=array.shape) * 0.1 + (array.mean() if array.size else 0)
     for name, array in model.buffers().items():
         if name.endswith("running_var"):
@@ -165,7 +166,7 @@ def test_data_parallel_prefixes_are_stripped(tmp_path):
     state = {f"module.{k}": v for k, v in torchvision_state(model).items()}
     imported, report = import_weights(_write(tmp_path, state),
                                       preprocessing=Preprocessing(3, (32, 32)))
-    assert len(report.placed) == len(model._state_arrays()) and not report.not_placed
+    assert len(report.placed) == len(model.state_arrays()) and not report.not_placed
 
 
 def test_weights_that_are_not_a_resnet(tmp_path):

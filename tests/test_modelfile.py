@@ -21,7 +21,8 @@ from cnncli.blocks import Residual
 from cnncli.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
                            GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Softmax, Tanh)
 from cnncli.model import Sequential
-from cnncli.modelfile import ModelFileError, load_model, save_model
+from cnncli.loading import load_model
+from cnncli.modelfile import ModelFileError, save_model
 from cnncli.preprocessing import Preprocessing
 from cnncli.regularizers import L1, L2, L1L2
 

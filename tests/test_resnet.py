@@ -5,7 +5,7 @@ import pytest
 
 from cnncli import architectures
 from cnncli.gradcheck import check_gradient
-from cnncli.modelfile import load_model
+from cnncli.loading import load_model
 from cnncli.optimizers import SGD
 
 

@@ -160,7 +160,8 @@ def test_an_intact_state_resumes_exactly(run, tmp_path):
      "optimizer scalars"),
 ])
 def test_each_part_of_the_state_is_checked(run, change, message):
-    from cnncli.modelfile import load_model, read_training_state
+    from cnncli.loading import load_model
+    from cnncli.modelfile import read_training_state
     data, output, checkpoints = run
     state, arrays = read_training_state(checkpoints / "last.cnn")
     change(state)

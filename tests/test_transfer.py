@@ -12,7 +12,7 @@ from cnncli.blocks import Residual
 from cnncli.features import FeatureExtractor
 from cnncli.layers import BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from cnncli.model import IncompatibleWeightsError, Sequential
-from cnncli.modelfile import load_model
+from cnncli.loading import load_model
 from cnncli.optimizers import Adam
 from cnncli.training import EarlyStopping, ModelCheckpoint
 

@@ -52,7 +52,7 @@ def trained(tmp_path_factory):
 
 
 def test_a_32_filter_layer_gives_32_cells_showing_each_normalised_kernel(trained):
-    from cnncli.modelfile import load_model
+    from cnncli.loading import load_model
     _, model_path, _ = trained
     model = load_model(model_path)
     grid = visualize.filter_grid(model)
@@ -98,7 +98,7 @@ def test_rgb_filters_are_drawn_in_colour_and_other_layers_by_name():
 
 
 def test_feature_maps_in_the_picture_are_the_layer_outputs(trained):
-    from cnncli.modelfile import load_model
+    from cnncli.loading import load_model
     folder, model_path, image = trained
     model = load_model(model_path)
     pixels = np.asarray(Image.open(image))[None, None]

@@ -17,7 +17,8 @@ from cnncli.data import DataError
 from cnncli.files import OutputLocked, RunLock
 from cnncli.functional import threads
 from cnncli.layers import Dropout
-from cnncli.modelfile import ModelFileError, load_model
+from cnncli.loading import load_model
+from cnncli.modelfile import ModelFileError
 from cnncli.validation import positive_int
 from cnncli.optimizers import Adam, AdamW, CosineLR, OneCycleLR, SGD, StepLR
 from cnncli.training import Callback, fit

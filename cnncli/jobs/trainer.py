@@ -7,7 +7,8 @@ import os
 import numpy as np
 
 from cnncli import architectures, data as datasets
-from cnncli.modelfile import ModelFileError, load_model, save_model
+from cnncli.loading import load_model
+from cnncli.modelfile import ModelFileError, save_model
 from cnncli.preprocessing import Preprocessing
 from cnncli.training import Interrupted, fit
 from cnncli.jobs.common import (CtrlC, EpochReporter, JobError, OPTIMIZERS, Reporter, SCHEDULES,
