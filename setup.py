@@ -94,7 +94,7 @@ extensions = [Extension(name, [source]) for name, source in KERNEL_MODULES.items
 setup(
     # models/ is installed as cnncli.zoo and data/ as cnncli.sample_data, so
     # `finetune NAME DATA` finds the shipped models and datasets from any folder.
-    packages=["cnncli", "cnncli.jobs", "cnncli.zoo", "cnncli.sample_data"],
+    packages=["cnncli", "cnncli.jobs", "cnncli.layers", "cnncli.zoo", "cnncli.sample_data"],
     package_dir={"cnncli.zoo": "models", "cnncli.sample_data": "data"},
     package_data={"cnncli": ["imagenet_classes.txt"], "cnncli.zoo": ["*.cnn", "*.md"],
                   "cnncli.sample_data": ["*.md", "*/*.md", "*/*/*/*.png"]},

@@ -16,17 +16,15 @@ at one thread, so BLAS and OpenMP threads never oversubscribe the cores.
 Results are bit-identical for any thread count.
 """
 
-import contextlib
-import os
-import threading
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import Optional, Union
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from cnncli import _conv, _linear, _parallel, _pool
-from cnncli.limits import MAX_THREADS
-from cnncli.validation import positive_int
+from cnncli.geometry import (IntPair, conv2d_output_size, conv_geometry, conv_output_size,
+                             expect_shape, float_array, pair, pool2d_output_size, pool_geometry,
+                             unfold_geometry)
+from cnncli.parallelism import get_num_threads, set_num_threads, single_threaded_blas, threads
 
 __all__ = [
     "conv2d", "conv2d_backward",
@@ -39,181 +37,10 @@ __all__ = [
     "get_num_threads", "set_num_threads", "threads", "openmp_enabled",
 ]
 
-IntPair = Union[int, Tuple[int, int]]
-
-THREADS_VARIABLE = "CNNCLI_NUM_THREADS"
-
-# ---------------------------------------------------------------------------
-# Threads
-# ---------------------------------------------------------------------------
-
-_num_threads: Optional[int] = None
-
-
-# Sizes, strides and counts beyond 32 bits cannot describe a real image or kernel.
-_INT_MAX = 2**31 - 1
-
-
-def _positive_int(name, value):
-    return positive_int(name, value, _INT_MAX)
-
-
-def _threads_from_environment():
-    for variable in (THREADS_VARIABLE, "OMP_NUM_THREADS"):
-        text = os.environ.get(variable, "").strip()
-        if not text:
-            continue
-        if variable == THREADS_VARIABLE:
-            if not text.isdigit() or int(text) < 1:
-                raise ValueError(f"{THREADS_VARIABLE}: expected a positive integer, got {text!r}")
-            return int(text)
-        # OMP_NUM_THREADS may hold a per-level list ("4,2"): its first entry applies.
-        first = text.split(",")[0].strip()
-        if first.isdigit() and int(first) >= 1:
-            return int(first)
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def _within_thread_limit(name, count):
-    """``count`` threads, refused beyond ``limits.MAX_THREADS``: far more threads than cores
-    only slows the kernels, and tens of thousands exhaust the OpenMP runtime."""
-    problem = MAX_THREADS.exceeded(count, f"{name}: {count:,} threads")
-    if problem:
-        raise ValueError(problem)
-    return count
-
-
-def get_num_threads() -> int:
-    """Number of OpenMP threads the kernels use."""
-    global _num_threads
-    if _num_threads is None:
-        _num_threads = _within_thread_limit("the thread count from the environment",
-                                            _threads_from_environment())
-    return _num_threads
-
-
-def set_num_threads(n: int) -> None:
-    """Set the number of OpenMP threads the kernels use (a positive int, at most
-    ``cnncli.limits.MAX_THREADS``: 4 per core unless raised)."""
-    global _num_threads
-    _num_threads = _within_thread_limit("n", _positive_int("n", n))
-
-
-@contextlib.contextmanager
-def threads(n: int):
-    """Run the enclosed kernels on ``n`` threads, then restore the previous setting (an
-    unset count stays unset, to be read from the environment when first needed)."""
-    global _num_threads
-    previous = _num_threads
-    set_num_threads(n)
-    try:
-        yield
-    finally:
-        _num_threads = previous
-
 
 def openmp_enabled() -> bool:
     """True when the compiled kernels were built with OpenMP."""
     return _parallel.openmp_enabled()
-
-
-class _SingleThreadedBlas:
-    """Holds every loaded BLAS library at one thread while a kernel calls it.
-
-    The convolution kernels call BLAS from inside their OpenMP loop; a BLAS
-    with threads of its own would multiply the two. Nested uses (from several
-    Python threads) share one cap, lifted when the last one leaves.
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._libraries = None
-        self._saved = []
-
-    def __enter__(self):
-        with self._lock:
-            if self._depth == 0:
-                if self._libraries is None:
-                    self._libraries = [library for library in ThreadpoolController().lib_controllers
-                                       if library.user_api == "blas"]
-                self._saved = []
-                for library in self._libraries:
-                    count = library.get_num_threads()
-                    if count != 1:
-                        library.set_num_threads(1)
-                        self._saved.append((library, count))
-            self._depth += 1
-
-    def __exit__(self, *exc_info):
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0:
-                for library, count in self._saved:
-                    library.set_num_threads(count)
-                self._saved = []
-
-
-_single_threaded_blas = _SingleThreadedBlas()
-
-# ---------------------------------------------------------------------------
-# Argument checks
-# ---------------------------------------------------------------------------
-
-
-def _pair(name, value, minimum):
-    def is_int(item):
-        return isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_))
-
-    if is_int(value):
-        pair = (int(value), int(value))
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(is_int(v) for v in value):
-        pair = (int(value[0]), int(value[1]))
-    else:
-        raise ValueError(f"{name}: expected an int or a pair of ints, got {value!r}")
-    if min(pair) < minimum:
-        raise ValueError(f"{name}: expected values >= {minimum}, got {value!r}")
-    if max(pair) > _INT_MAX:
-        raise ValueError(f"{name}: expected values <= {_INT_MAX}, got {value!r}")
-    return pair
-
-
-def _float_array(name, array, ndim, layout, dtype=None):
-    """`array` as a C-contiguous float32/float64 ndarray of `ndim` dimensions."""
-    array = np.asarray(array)
-    if dtype is None and array.dtype not in (np.float32, np.float64):
-        raise ValueError(f"{name}: expected dtype float32 or float64, got {array.dtype}")
-    if dtype is not None and array.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {dtype} (the dtype of x), got {array.dtype}")
-    if array.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array {layout}, got shape {array.shape}")
-    return np.ascontiguousarray(array)
-
-
-def _expect_shape(name, array, expected):
-    if array.shape != tuple(expected):
-        raise ValueError(f"{name}: expected shape {tuple(expected)}, got {array.shape}")
-
-
-def conv2d_output_size(input_shape, weight_shape, stride: IntPair = 1, padding=0,
-                       dilation: IntPair = 1, groups: int = 1) -> Tuple[int, int]:
-    """(height, width) of ``conv2d``'s output for an input of shape ``input_shape``
-    (N, C, H, W) and weights of ``weight_shape``, with ``conv2d``'s checks and messages,
-    without any data."""
-    def probe(shape):
-        return np.broadcast_to(np.float32(0), tuple(shape))
-    return _conv_geometry(probe(input_shape), probe(weight_shape), stride, padding, dilation,
-                          groups).output_size
-
-
-def pool2d_output_size(input_shape, kernel_size: IntPair, stride: Optional[IntPair] = None,
-                       padding: IntPair = 0) -> Tuple[int, int]:
-    """(height, width) of ``max_pool2d`` / ``avg_pool2d``'s output for an input of shape
-    ``input_shape`` (N, C, H, W), with their checks and messages, without any data."""
-    return _pool_geometry(np.broadcast_to(np.float32(0), tuple(input_shape)), kernel_size,
-                          stride, padding)[3]
 
 
 def softmax(input: np.ndarray, dim: int = -1, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -236,72 +63,9 @@ def sigmoid(input: np.ndarray) -> np.ndarray:
     return np.where(input >= 0, 1 / (1 + negative_part), negative_part / (1 + negative_part))
 
 
-def conv_output_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                     dilation: int = 1) -> int:
-    """Output extent of a convolution or pooling along one axis.
-
-    ``(W - F + 2P) // S + 1``, where F is the dilated kernel ``D * (K - 1) + 1``
-    and ``2P`` the total padding of that axis.
-    """
-    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
-
-
-class _ConvGeometry(NamedTuple):
-    stride: Tuple[int, int]
-    padding: Tuple[int, int]        # top, left
-    dilation: Tuple[int, int]
-    groups: int
-    output_size: Tuple[int, int]
-
-
-def _conv_padding(padding, kernel_size, stride, dilation):
-    """(top, bottom, left, right) padding from an int, a pair, 'valid' or 'same'."""
-    if isinstance(padding, str):
-        if padding == "valid":
-            return (0, 0, 0, 0)
-        if padding == "same":
-            if stride != (1, 1):
-                raise ValueError(f"padding: 'same' needs stride 1, got stride {stride}")
-            sides = []
-            for k, d in zip(kernel_size, dilation):
-                total = d * (k - 1)
-                # An odd total puts the extra row/column at the bottom/right, as PyTorch does.
-                sides += [total // 2, total - total // 2]
-            return tuple(sides)
-        raise ValueError(f"padding: expected an int, a pair, 'valid' or 'same', got {padding!r}")
-    ph, pw = _pair("padding", padding, 0)
-    return (ph, ph, pw, pw)
-
-
-def _conv_geometry(x, weight, stride, padding, dilation, groups):
-    stride = _pair("stride", stride, 1)
-    dilation = _pair("dilation", dilation, 1)
-    groups = _positive_int("groups", groups)
-    batch, channels, height, width = x.shape
-    filters, group_channels, kernel_h, kernel_w = weight.shape
-    if channels % groups or filters % groups:
-        raise ValueError(f"groups: must divide the input channels ({channels}) and the "
-                         f"filters ({filters}), got {groups}")
-    if group_channels * groups != channels:
-        raise ValueError(f"weight: expected {channels // groups} input channels per group "
-                         f"(x has {channels} channels, groups={groups}), got weight shape "
-                         f"{weight.shape}")
-    if min(filters, kernel_h, kernel_w) < 1:
-        raise ValueError(f"weight: expected non-empty filters, got shape {weight.shape}")
-    top, bottom, left, right = _conv_padding(padding, (kernel_h, kernel_w), stride, dilation)
-    padded = (height + top + bottom, width + left + right)
-    dilated = (dilation[0] * (kernel_h - 1) + 1, dilation[1] * (kernel_w - 1) + 1)
-    if dilated[0] > padded[0] or dilated[1] > padded[1]:
-        raise ValueError(f"weight: the {dilated[0]}x{dilated[1]} (dilated) kernel is larger "
-                         f"than the {padded[0]}x{padded[1]} padded input")
-    output_size = ((padded[0] - dilated[0]) // stride[0] + 1,
-                   (padded[1] - dilated[1]) // stride[1] + 1)
-    return _ConvGeometry(stride, (top, left), dilation, groups, output_size)
-
-
 def _conv_operands(x, weight):
-    x = _float_array("x", x, 4, "(N, C, H, W)")
-    weight = _float_array("weight", weight, 4, "(out_channels, in_channels/groups, kH, kW)",
+    x = float_array("x", x, 4, "(N, C, H, W)")
+    weight = float_array("weight", weight, 4, "(out_channels, in_channels/groups, kH, kW)",
                           dtype=x.dtype)
     return x, weight
 
@@ -335,12 +99,12 @@ def conv2d(x, weight, bias=None, stride: IntPair = 1, padding: Union[IntPair, st
         (see ``conv_output_size``); likewise OH.
     """
     x, weight = _conv_operands(x, weight)
-    geometry = _conv_geometry(x, weight, stride, padding, dilation, groups)
+    geometry = conv_geometry(x, weight, stride, padding, dilation, groups)
     if bias is not None:
-        bias = _float_array("bias", bias, 1, "(out_channels,)", dtype=x.dtype)
-        _expect_shape("bias", bias, (weight.shape[0],))
+        bias = float_array("bias", bias, 1, "(out_channels,)", dtype=x.dtype)
+        expect_shape("bias", bias, (weight.shape[0],))
     out = np.empty((x.shape[0], weight.shape[0]) + geometry.output_size, dtype=x.dtype)
-    with _single_threaded_blas:
+    with single_threaded_blas:
         _conv.conv2d_forward(x, weight, bias, out, geometry.stride, geometry.padding,
                              geometry.dilation, geometry.groups, get_num_threads())
     return out
@@ -369,16 +133,16 @@ def conv2d_backward(grad_output, x, weight, stride: IntPair = 1,
         (grad_bias follows need_weight_grad).
     """
     x, weight = _conv_operands(x, weight)
-    geometry = _conv_geometry(x, weight, stride, padding, dilation, groups)
-    grad_output = _float_array("grad_output", grad_output, 4, "(N, F, OH, OW)", dtype=x.dtype)
-    _expect_shape("grad_output", grad_output,
+    geometry = conv_geometry(x, weight, stride, padding, dilation, groups)
+    grad_output = float_array("grad_output", grad_output, 4, "(N, F, OH, OW)", dtype=x.dtype)
+    expect_shape("grad_output", grad_output,
                   (x.shape[0], weight.shape[0]) + geometry.output_size)
     if not need_input_grad and not need_weight_grad:
         return None, None, None
     grad_input = np.empty_like(x) if need_input_grad else None
     grad_weight = np.empty_like(weight) if need_weight_grad else None
     grad_bias = np.empty(weight.shape[0], dtype=x.dtype) if need_weight_grad else None
-    with _single_threaded_blas:
+    with single_threaded_blas:
         _conv.conv2d_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias,
                               geometry.stride, geometry.padding, geometry.dilation,
                               geometry.groups, get_num_threads())
@@ -391,8 +155,8 @@ def conv2d_backward(grad_output, x, weight, stride: IntPair = 1,
 
 
 def _linear_operands(x, weight):
-    x = _float_array("x", x, 2, "(N, in_features)")
-    weight = _float_array("weight", weight, 2, "(out_features, in_features)", dtype=x.dtype)
+    x = float_array("x", x, 2, "(N, in_features)")
+    weight = float_array("weight", weight, 2, "(out_features, in_features)", dtype=x.dtype)
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"weight: expected {x.shape[1]} input features (x has shape "
                          f"{x.shape}), got weight shape {weight.shape}")
@@ -417,12 +181,12 @@ def linear(x, weight, bias=None) -> np.ndarray:
     """
     x, weight = _linear_operands(x, weight)
     if bias is not None:
-        bias = _float_array("bias", bias, 1, "(out_features,)", dtype=x.dtype)
-        _expect_shape("bias", bias, (weight.shape[0],))
+        bias = float_array("bias", bias, 1, "(out_features,)", dtype=x.dtype)
+        expect_shape("bias", bias, (weight.shape[0],))
     out = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
     if x.shape[0] == 0:
         return out
-    with _single_threaded_blas:
+    with single_threaded_blas:
         _linear.linear_forward(x, weight, bias, out, get_num_threads())
     return out
 
@@ -436,9 +200,9 @@ def linear_backward(grad_output, x, weight, need_input_grad: bool = True,
     ``conv2d_backward``.
     """
     x, weight = _linear_operands(x, weight)
-    grad_output = _float_array("grad_output", grad_output, 2, "(N, out_features)",
+    grad_output = float_array("grad_output", grad_output, 2, "(N, out_features)",
                                dtype=x.dtype)
-    _expect_shape("grad_output", grad_output, (x.shape[0], weight.shape[0]))
+    expect_shape("grad_output", grad_output, (x.shape[0], weight.shape[0]))
     if not need_input_grad and not need_weight_grad:
         return None, None, None
     grad_input = np.empty_like(x) if need_input_grad else None
@@ -449,23 +213,10 @@ def linear_backward(grad_output, x, weight, need_input_grad: bool = True,
             if gradient is not None:
                 gradient.fill(0)
         return grad_input, grad_weight, grad_bias
-    with _single_threaded_blas:
+    with single_threaded_blas:
         _linear.linear_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias,
                                 get_num_threads())
     return grad_input, grad_weight, grad_bias
-
-
-def _unfold_geometry(kernel_size, dilation, padding, stride, image_size):
-    kernel_size = _pair("kernel_size", kernel_size, 1)
-    dilation = _pair("dilation", dilation, 1)
-    padding = _pair("padding", padding, 0)
-    stride = _pair("stride", stride, 1)
-    output_size = tuple(conv_output_size(image_size[axis], kernel_size[axis], stride[axis],
-                                         padding[axis], dilation[axis]) for axis in (0, 1))
-    if min(output_size) < 1:
-        raise ValueError(f"kernel_size: the {kernel_size} kernel (dilation {dilation}) is "
-                         f"larger than the padded {image_size[0]}x{image_size[1]} image")
-    return kernel_size, dilation, padding, stride, output_size
 
 
 def unfold(x, kernel_size: IntPair, dilation: IntPair = 1, padding: IntPair = 0,
@@ -482,8 +233,8 @@ def unfold(x, kernel_size: IntPair, dilation: IntPair = 1, padding: IntPair = 0,
         Rows ordered (channel, kernel row, kernel column); zeros where a block
         covers padding. As ``torch.nn.functional.unfold``.
     """
-    x = _float_array("x", x, 4, "(N, C, H, W)")
-    kernel_size, dilation, padding, stride, output_size = _unfold_geometry(
+    x = float_array("x", x, 4, "(N, C, H, W)")
+    kernel_size, dilation, padding, stride, output_size = unfold_geometry(
         kernel_size, dilation, padding, stride, x.shape[2:])
     cols = np.empty((x.shape[0], x.shape[1] * kernel_size[0] * kernel_size[1],
                      output_size[0] * output_size[1]), dtype=x.dtype)
@@ -506,9 +257,9 @@ def fold(cols, output_size: IntPair, kernel_size: IntPair, dilation: IntPair = 1
     -------
     ndarray, shape (N, C, H, W). As ``torch.nn.functional.fold``.
     """
-    cols = _float_array("cols", cols, 3, "(N, C*kH*kW, L)")
-    image_size = _pair("output_size", output_size, 1)
-    kernel_size, dilation, padding, stride, blocks = _unfold_geometry(
+    cols = float_array("cols", cols, 3, "(N, C*kH*kW, L)")
+    image_size = pair("output_size", output_size, 1)
+    kernel_size, dilation, padding, stride, blocks = unfold_geometry(
         kernel_size, dilation, padding, stride, image_size)
     kernel_area = kernel_size[0] * kernel_size[1]
     if cols.shape[1] % kernel_area or cols.shape[1] == 0:
@@ -527,29 +278,13 @@ def fold(cols, output_size: IntPair, kernel_size: IntPair, dilation: IntPair = 1
 # ---------------------------------------------------------------------------
 
 
-def _pool_geometry(x, kernel_size, stride, padding):
-    kernel_size = _pair("kernel_size", kernel_size, 1)
-    stride = kernel_size if stride is None else _pair("stride", stride, 1)
-    padding = _pair("padding", padding, 0)
-    if padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
-        raise ValueError(f"padding: must be at most half the kernel size {kernel_size}, "
-                         f"got {padding}")
-    height, width = x.shape[2:]
-    if kernel_size[0] > height + 2 * padding[0] or kernel_size[1] > width + 2 * padding[1]:
-        raise ValueError(f"kernel_size: {kernel_size} is larger than the padded "
-                         f"{height + 2 * padding[0]}x{width + 2 * padding[1]} input")
-    output_size = (conv_output_size(height, kernel_size[0], stride[0], padding[0]),
-                   conv_output_size(width, kernel_size[1], stride[1], padding[1]))
-    return kernel_size, stride, padding, output_size
-
-
 def _pool_input(x):
-    return _float_array("x", x, 4, "(N, C, H, W)")
+    return float_array("x", x, 4, "(N, C, H, W)")
 
 
 def _pool_grad_output(grad_output, x, output_size):
-    grad_output = _float_array("grad_output", grad_output, 4, "(N, C, OH, OW)", dtype=x.dtype)
-    _expect_shape("grad_output", grad_output, x.shape[:2] + output_size)
+    grad_output = float_array("grad_output", grad_output, 4, "(N, C, OH, OW)", dtype=x.dtype)
+    expect_shape("grad_output", grad_output, x.shape[:2] + output_size)
     return grad_output
 
 
@@ -574,7 +309,7 @@ def max_pool2d(x, kernel_size: IntPair, stride: Optional[IntPair] = None,
     ndarray, shape (N, C, OH, OW), and the int64 indices if asked for.
     """
     x = _pool_input(x)
-    kernel_size, stride, padding, output_size = _pool_geometry(x, kernel_size, stride, padding)
+    kernel_size, stride, padding, output_size = pool_geometry(x, kernel_size, stride, padding)
     out = np.empty(x.shape[:2] + output_size, dtype=x.dtype)
     indices = np.empty(out.shape, dtype=np.int64) if return_indices else None
     _pool.max_pool2d_forward(x, out, indices, kernel_size, stride, padding, get_num_threads())
@@ -595,7 +330,7 @@ def max_pool2d_backward(grad_output, x, kernel_size: IntPair,
     ndarray, shape of x.
     """
     x = _pool_input(x)
-    kernel_size, stride, padding, output_size = _pool_geometry(x, kernel_size, stride, padding)
+    kernel_size, stride, padding, output_size = pool_geometry(x, kernel_size, stride, padding)
     grad_output = _pool_grad_output(grad_output, x, output_size)
     if indices is None:
         _, indices = max_pool2d(x, kernel_size, stride, padding, return_indices=True)
@@ -603,7 +338,7 @@ def max_pool2d_backward(grad_output, x, kernel_size: IntPair,
         indices = np.asarray(indices)
         if indices.dtype != np.int64:
             raise ValueError(f"indices: expected dtype int64, got {indices.dtype}")
-        _expect_shape("indices", indices, grad_output.shape)
+        expect_shape("indices", indices, grad_output.shape)
         indices = np.ascontiguousarray(indices)
     grad_input = np.empty_like(x)
     _pool.max_pool2d_backward(grad_output, indices, grad_input, get_num_threads())
@@ -628,7 +363,7 @@ def avg_pool2d(x, kernel_size: IntPair, stride: Optional[IntPair] = None,
     ndarray, shape (N, C, OH, OW)
     """
     x = _pool_input(x)
-    kernel_size, stride, padding, output_size = _pool_geometry(x, kernel_size, stride, padding)
+    kernel_size, stride, padding, output_size = pool_geometry(x, kernel_size, stride, padding)
     out = np.empty(x.shape[:2] + output_size, dtype=x.dtype)
     _pool.avg_pool2d_forward(x, out, kernel_size, stride, padding, bool(count_include_pad),
                              get_num_threads())
@@ -640,7 +375,7 @@ def avg_pool2d_backward(grad_output, x, kernel_size: IntPair,
                         count_include_pad: bool = True) -> np.ndarray:
     """Gradient of ``avg_pool2d`` with respect to x (shape of x)."""
     x = _pool_input(x)
-    kernel_size, stride, padding, output_size = _pool_geometry(x, kernel_size, stride, padding)
+    kernel_size, stride, padding, output_size = pool_geometry(x, kernel_size, stride, padding)
     grad_output = _pool_grad_output(grad_output, x, output_size)
     grad_input = np.empty_like(x)
     _pool.avg_pool2d_backward(grad_output, grad_input, kernel_size, stride, padding,

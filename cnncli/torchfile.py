@@ -289,16 +289,7 @@ class _Machine:
         elif name == "EMPTY_DICT":
             stack.append({})
         elif name in ("SETITEM", "SETITEMS"):
-            items = self.pop(2) if name == "SETITEM" else self.pop_mark()
-            target = self.top()
-            if not isinstance(target, dict):
-                raise _Refused(f"{name} on a {_kind(target)}, not a dict")
-            if len(items) % 2:
-                raise _Refused(f"{name} with a key and no value")
-            for key, value in zip(items[::2], items[1::2]):
-                if not isinstance(key, (str, int, bytes, tuple, type(None))):
-                    raise _Refused(f"a dict key is a {type(key).__name__}")
-                target[key] = value
+            self.set_items(name, self.pop(2) if name == "SETITEM" else self.pop_mark())
         elif name in ("BINPUT", "LONG_BINPUT", "MEMOIZE"):
             self.memo[len(self.memo) if name == "MEMOIZE" else argument] = self.top()
         elif name in ("BINGET", "LONG_BINGET"):
@@ -306,28 +297,9 @@ class _Machine:
                 raise _Refused(f"the pickle reads memo entry {argument}, which it never wrote")
             stack.append(self.memo[argument])
         elif name in ("GLOBAL", "STACK_GLOBAL"):
-            if name == "GLOBAL":
-                module, _, qualified = argument.partition(" ")
-            else:
-                module, qualified = self.pop(2)
-                if not isinstance(module, str) or not isinstance(qualified, str):
-                    raise _Refused("STACK_GLOBAL names something that is not a string")
-            if (module, qualified) not in ALLOWED:
-                raise _Refused(f"the pickle asks for {module[:100]}.{qualified[:100]}, which a "
-                               "weights file may not use (only tensors, their storages and "
-                               "ordered dicts are rebuilt)")
-            stack.append(ALLOWED[module, qualified])
+            stack.append(self.allowed_global(name, argument))
         elif name == "REDUCE":
-            function, arguments = self.pop(2)
-            if function not in (_ordered_dict, _rebuild_tensor, _rebuild_parameter) \
-                    or not isinstance(arguments, tuple):
-                raise _Refused("REDUCE calls something that is not an allowed function")
-            try:
-                stack.append(function(*arguments))
-            except TypeError:
-                name = next(f"{module}.{qualified}" for (module, qualified), allowed
-                            in ALLOWED.items() if allowed is function)
-                raise _Refused(f"{name} called with {len(arguments)} arguments") from None
+            stack.append(self.reduce(*self.pop(2)))
         elif name == "BUILD":
             (state,) = self.pop()
             # An OrderedDict state dict carries its per-module version numbers
@@ -337,6 +309,43 @@ class _Machine:
         elif name == "BINPERSID":
             (identifier,) = self.pop()
             stack.append(self.storage_of(identifier))
+
+    def set_items(self, name, items):
+        target = self.top()
+        if not isinstance(target, dict):
+            raise _Refused(f"{name} on a {_kind(target)}, not a dict")
+        if len(items) % 2:
+            raise _Refused(f"{name} with a key and no value")
+        for key, value in zip(items[::2], items[1::2]):
+            if not isinstance(key, (str, int, bytes, tuple, type(None))):
+                raise _Refused(f"a dict key is a {type(key).__name__}")
+            target[key] = value
+
+    def allowed_global(self, name, argument):
+        """What GLOBAL or STACK_GLOBAL names, if it is on the allow-list."""
+        if name == "GLOBAL":
+            module, _, qualified = argument.partition(" ")
+        else:
+            module, qualified = self.pop(2)
+            if not isinstance(module, str) or not isinstance(qualified, str):
+                raise _Refused("STACK_GLOBAL names something that is not a string")
+        if (module, qualified) not in ALLOWED:
+            raise _Refused(f"the pickle asks for {module[:100]}.{qualified[:100]}, which a "
+                           "weights file may not use (only tensors, their storages and "
+                           "ordered dicts are rebuilt)")
+        return ALLOWED[module, qualified]
+
+    def reduce(self, function, arguments):
+        """REDUCE: call one of the allowed rebuilding functions."""
+        if function not in (_ordered_dict, _rebuild_tensor, _rebuild_parameter) \
+                or not isinstance(arguments, tuple):
+            raise _Refused("REDUCE calls something that is not an allowed function")
+        try:
+            return function(*arguments)
+        except TypeError:
+            name = next(f"{module}.{qualified}" for (module, qualified), allowed
+                        in ALLOWED.items() if allowed is function)
+            raise _Refused(f"{name} called with {len(arguments)} arguments") from None
 
 
 def _check_entry_names(infos):

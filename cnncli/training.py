@@ -231,7 +231,7 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
         callbacks=(), shuffle=True, seed=0, transform=None,
         validation_transform=None, schedule=None, initial_epoch=0, initial_batch=0,
         initial_totals=None, interrupt=None):
-    """Train ``model`` on (x, y) with mini-batch gradient descent.
+    """Train ``model`` on (x, y) with mini-batch gradient descent; returns a ``History``.
 
     Parameters
     ----------
@@ -266,10 +266,6 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
         Applied to each batch of x (of the validation x) before the model:
         preprocessing of raw pixels and, for training, augmentation. x may
         then be any array-like with ``shape`` and row indexing (a memory map).
-
-    Returns
-    -------
-    History
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         positive_int(name, value)
@@ -280,12 +276,11 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
         x_val, y_val = _check_data(*validation_data, model, validation_transform)
     optimizer = Adam(model.parameters(), lr=1e-3) if optimizer is None else optimizer
     loss = SoftmaxCrossEntropy() if loss is None else loss
-    history = History()
-    batches = math.ceil(len(x) / batch_size)
+    history, batches = History(), math.ceil(len(x) / batch_size)
     for callback in callbacks:
         callback.on_train_begin(model)
     # A diverging run overflows before its loss turns non-finite; the check
-    # below reports it once, so NumPy's warnings along the way are noise.
+    # in the epoch reports it once, so NumPy's warnings along the way are noise.
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             for epoch in range(int(initial_epoch), int(epochs)):
@@ -293,62 +288,80 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
                     if shuffle else None
                 for callback in callbacks:
                     callback.on_epoch_begin(epoch, batches, model)
-                total_loss, correct, seen = 0.0, 0, 0
-                first = 0
-                if epoch == initial_epoch and initial_batch:
-                    first = int(initial_batch)
-                    total_loss, correct, seen = initial_totals
-                for batch, indices in enumerate(_batches(len(x), batch_size, order)):
-                    if batch < first:
-                        continue
-                    inputs, targets = x[indices], y[indices]
-                    if transform is not None:
-                        inputs = transform(inputs)
-                    outputs = model.forward(inputs, training=True)
-                    value, grad = loss(outputs, targets)
-                    if not math.isfinite(value):
-                        raise FloatingPointError(f"loss became {value} at epoch {epoch + 1}, "
-                                                 f"batch {batch + 1}; lower the learning rate")
-                    optimizer.zero_grad()
-                    model.backward(grad)
-                    # L1/L2 penalties count in the reported loss, as in Keras.
-                    value += model.regularize()
-                    optimizer.step()
-                    if schedule is not None and schedule.per_batch:
-                        schedule.step()
-                    total_loss += value * len(targets)
-                    seen += len(targets)
-                    hits = _accuracy_count(outputs, targets)
-                    correct = None if hits is None or correct is None else correct + hits
-                    logs = {"loss": total_loss / seen}
-                    if correct is not None:
-                        logs["accuracy"] = correct / seen
-                    for callback in callbacks:
-                        callback.on_batch_end(epoch, batch, batches, logs)
-                    if interrupt is not None and batch + 1 < batches and interrupt():
-                        raise Interrupted(epoch, batch + 1, (total_loss, correct, seen))
+                resume = epoch == initial_epoch and initial_batch
+                logs = _train_epoch(model, x, y, order, batch_size, epoch, optimizer, loss,
+                                    schedule, transform, callbacks, interrupt,
+                                    first=int(initial_batch) if resume else 0,
+                                    totals=initial_totals if resume else (0.0, 0, 0))
                 if schedule is not None and not schedule.per_batch:
                     schedule.step()
                 if validation_data is not None:
-                    logs.update({f"val_{key}": value for key, value in
-                                 evaluate(model, x_val, y_val, loss=loss,
-                                          transform=validation_transform).items()})
+                    logs.update(_validation_logs(model, x_val, y_val, loss,
+                                                 validation_transform))
                 history.append(logs)
-                # Every callback sees the epoch, even after one asked to stop.
-                stop = False
-                for callback in callbacks:
-                    try:
-                        callback.on_epoch_end(epoch, logs, model)
-                    except StopTraining:
-                        stop = True
-                if stop:
-                    raise StopTraining
+                _end_epoch(callbacks, epoch, logs, model)
     except StopTraining:
         history.stopped_early = True
     finally:
         for callback in callbacks:
             callback.on_train_end(model)
     return history
+
+
+def _train_epoch(model, x, y, order, batch_size, epoch, optimizer, loss, schedule, transform,
+                 callbacks, interrupt, first, totals):
+    """One epoch of ``fit`` from batch ``first`` on, starting from the running ``totals``
+    (loss sum, correct, seen); returns the epoch's logs."""
+    total_loss, correct, seen = totals
+    batches = math.ceil(len(x) / batch_size)
+    logs = {}
+    for batch, indices in enumerate(_batches(len(x), batch_size, order)):
+        if batch < first:
+            continue
+        inputs, targets = x[indices], y[indices]
+        if transform is not None:
+            inputs = transform(inputs)
+        outputs = model.forward(inputs, training=True)
+        value, grad = loss(outputs, targets)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at epoch {epoch + 1}, "
+                                     f"batch {batch + 1}; lower the learning rate")
+        optimizer.zero_grad()
+        model.backward(grad)
+        # L1/L2 penalties count in the reported loss, as in Keras.
+        value += model.regularize()
+        optimizer.step()
+        if schedule is not None and schedule.per_batch:
+            schedule.step()
+        total_loss += value * len(targets)
+        seen += len(targets)
+        hits = _accuracy_count(outputs, targets)
+        correct = None if hits is None or correct is None else correct + hits
+        logs = {"loss": total_loss / seen}
+        if correct is not None:
+            logs["accuracy"] = correct / seen
+        for callback in callbacks:
+            callback.on_batch_end(epoch, batch, batches, logs)
+        if interrupt is not None and batch + 1 < batches and interrupt():
+            raise Interrupted(epoch, batch + 1, (total_loss, correct, seen))
+    return logs
+
+
+def _validation_logs(model, x_val, y_val, loss, transform):
+    metrics = evaluate(model, x_val, y_val, loss=loss, transform=transform)
+    return {f"val_{key}": value for key, value in metrics.items()}
+
+
+def _end_epoch(callbacks, epoch, logs, model):
+    """Every callback sees the epoch, even after one asked to stop; then stop if one did."""
+    stop = False
+    for callback in callbacks:
+        try:
+            callback.on_epoch_end(epoch, logs, model)
+        except StopTraining:
+            stop = True
+    if stop:
+        raise StopTraining
 
 
 def _batch_inputs(x, indices, transform):

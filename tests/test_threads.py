@@ -8,6 +8,7 @@ from threadpoolctl import threadpool_info
 
 import cnncli
 from cnncli import functional as F
+from cnncli.parallelism import single_threaded_blas
 
 
 def run_every_kernel(rng):
@@ -83,8 +84,8 @@ def test_blas_runs_single_threaded_inside_the_kernels():
     blas = [info for info in threadpool_info() if info["user_api"] == "blas"]
     assert blas, "the kernels call BLAS, so a BLAS library must be loaded"
     before = [info["num_threads"] for info in blas]
-    with F._single_threaded_blas:
-        with F._single_threaded_blas:
+    with single_threaded_blas:
+        with single_threaded_blas:
             inside = [info["num_threads"] for info in threadpool_info()
                       if info["user_api"] == "blas"]
         assert set(inside) == {1}

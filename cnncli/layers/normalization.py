@@ -1,0 +1,117 @@
+"""Batch normalisation of image channels (``BatchNorm2D``)."""
+
+import math
+
+import numpy as np
+
+from cnncli.layers.base import Layer, Parameter
+
+__all__ = ["BatchNorm2D"]
+
+
+class BatchNorm2D(Layer):
+    """Batch normalisation of each channel: ``gamma * (x - mean) / sqrt(var + eps) + beta``.
+
+    Training uses the statistics of the batch (over N, H and W) and updates
+    the running estimates: ``running = (1 - momentum) * running + momentum *
+    batch`` (the running variance is the unbiased one). Inference uses the
+    running estimates. A frozen BatchNorm (gamma and beta not trainable) uses
+    its running estimates and leaves them unchanged whatever the mode, so a
+    frozen backbone behaves the same in training and in evaluation.
+    """
+
+    config_keys = ("momentum", "eps")
+
+    def __init__(self, momentum=0.1, eps=1e-5, name=None):
+        super().__init__(name)
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) \
+                or not 0 <= momentum <= 1:
+            raise ValueError(f"momentum: expected a value in [0, 1], got {momentum!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+            raise ValueError(f"eps: expected a positive value, got {eps!r}")
+        self.momentum = float(momentum)
+        self.eps = float(eps)
+        self.gamma = self.beta = None
+        self.running_mean = self.running_var = None
+
+    def compute_output_shape(self, input_shape):
+        self._expect_image(input_shape)
+        return input_shape
+
+    def state_shapes(self, input_shape):
+        channels = (input_shape[0],)
+        return {"gamma": channels, "beta": channels, "running_mean": channels,
+                "running_var": channels}
+
+    def build(self, input_shape, rng=None, dtype=np.float32, init=None):
+        output_shape = super().build(input_shape)
+        channels = self.input_shape[0]
+        self.gamma = Parameter(np.ones(channels, dtype=dtype))
+        self.beta = Parameter(np.zeros(channels, dtype=dtype))
+        self.running_mean = np.zeros(channels, dtype=dtype)
+        self.running_var = np.ones(channels, dtype=dtype)
+        return output_shape
+
+    def parameters(self):
+        return {} if self.gamma is None else {"gamma": self.gamma, "beta": self.beta}
+
+    def buffers(self):
+        if self.gamma is None:
+            return {}
+        return {"running_mean": self.running_mean, "running_var": self.running_var}
+
+    def _per_channel(self, values):
+        return values.reshape(1, -1, 1, 1)
+
+    def inference_affine(self):
+        """(scale, shift) per channel such that inference computes ``x * scale + shift``."""
+        scale = self.gamma.value / np.sqrt(self.running_var + self.eps)
+        return scale, self.beta.value - self.running_mean * scale
+
+    def forward(self, x, training=False):
+        x = self._check_input(x)
+        use_batch = training and self.trainable
+        if not training:
+            self._cache = None
+            scale, shift = self.inference_affine()
+            out = x * self._per_channel(scale)
+            out += self._per_channel(shift)
+            return out
+        if use_batch:
+            count = x.shape[0] * x.shape[2] * x.shape[3]
+            if count < 2:
+                raise ValueError(f"{self.describe()}: batch statistics need more than one value "
+                                 f"per channel, got input of shape {x.shape}")
+            mean = x.mean(axis=(0, 2, 3))
+            var = x.var(axis=(0, 2, 3))
+            self.running_mean *= 1 - self.momentum
+            self.running_mean += self.momentum * mean
+            self.running_var *= 1 - self.momentum
+            self.running_var += self.momentum * var * (count / (count - 1))
+        else:
+            mean, var = self.running_mean, self.running_var
+        inverse_std = 1 / np.sqrt(var + self.eps)
+        normalised = (x - self._per_channel(mean)) * self._per_channel(inverse_std)
+        self._cache = (normalised, inverse_std, use_batch) if training else None
+        return normalised * self._per_channel(self.gamma.value) + \
+            self._per_channel(self.beta.value)
+
+    def backward(self, grad_output, need_input_grad=True):
+        normalised, inverse_std, use_batch = self._cached()
+        if self.gamma.trainable:
+            self.gamma.grad = np.sum(grad_output * normalised, axis=(0, 2, 3))
+        if self.beta.trainable:
+            self.beta.grad = grad_output.sum(axis=(0, 2, 3))
+        if not need_input_grad:
+            return None
+        scale = self._per_channel(self.gamma.value * inverse_std)
+        if not use_batch:
+            return grad_output * scale
+        # The batch mean and variance depend on every input, hence the two
+        # correction terms.
+        mean_grad = grad_output.mean(axis=(0, 2, 3), keepdims=True)
+        mean_grad_normalised = np.mean(grad_output * normalised, axis=(0, 2, 3), keepdims=True)
+        return scale * (grad_output - mean_grad - normalised * mean_grad_normalised)
+
+    def extra_repr(self):
+        return f"momentum={self.momentum}, eps={self.eps}"

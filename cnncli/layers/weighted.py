@@ -1,0 +1,134 @@
+"""Weighted layers: the convolution (``Conv2D``) and the fully connected layer (``Dense``)."""
+
+from cnncli import functional as F
+from cnncli.layers.base import Weighted, shape_tuple
+from cnncli.validation import positive_int
+
+__all__ = ["Conv2D", "Dense"]
+
+
+class Conv2D(Weighted):
+    """2-D convolution: ``filters`` kernels of ``kernel_size``, shared across positions.
+
+    Output size per axis: ``(W - F + 2P) // S + 1`` (F the dilated kernel
+    extent); ``padding='same'`` keeps the input size (stride 1).
+
+    Parameters
+    ----------
+    filters : int
+        Number of kernels, i.e. output channels.
+    kernel_size, stride, dilation : int or (int, int)
+    padding : int, (int, int), 'valid' or 'same'
+    groups : int
+        ``groups == in_channels`` makes a depthwise convolution.
+    use_bias : bool
+    init : 'auto', 'he_normal' or 'glorot_uniform'
+        'auto' lets the model pick He before a ReLU, Glorot otherwise.
+    regularizer : L1, L2 or L1L2, optional
+        Penalty on the weights (not the bias), added to the loss by ``fit``.
+    """
+
+    def __init__(self, filters, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 use_bias=True, init="auto", regularizer=None, name=None):
+        super().__init__(use_bias, init, regularizer, name)
+        self.filters = positive_int("filters", filters)
+        self.kernel_size = shape_tuple("kernel_size", kernel_size, 2)
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
+        self.groups = positive_int("groups", groups)
+
+    config_keys = ("filters", "kernel_size", "stride", "padding", "dilation", "groups",
+                   "use_bias", "init", "regularizer")
+
+    def compute_output_shape(self, input_shape):
+        self._expect_image(input_shape)
+        # The functional API validates the arguments and names what is wrong.
+        return (self.filters,) + F.conv2d_output_size(
+            (1,) + tuple(input_shape), self._weight_shape(input_shape), self.stride,
+            self.padding, self.dilation, self.groups)
+
+    def _weight_shape(self, input_shape):
+        return (self.filters, input_shape[0] // self.groups) + self.kernel_size
+
+    def _fans(self, shape):
+        kernel_area = shape[2] * shape[3]
+        return shape[1] * kernel_area, shape[0] // self.groups * kernel_area
+
+    def _arguments(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    groups=self.groups)
+
+    def forward(self, x, training=False):
+        x = self._check_input(x)
+        bias = self.bias.value if self.bias is not None else None
+        self._cache = x if training else None
+        return F.conv2d(x, self.weight.value, bias, **self._arguments())
+
+    def forward_scaled(self, x, scale, shift):
+        """Inference of this convolution followed by ``y * scale[f] + shift[f]`` per output
+        channel, in one pass: the scale folds into the weights, the shift into the bias."""
+        x = self._check_input(x)
+        self._cache = None
+        weight = self.weight.value * scale.reshape(-1, 1, 1, 1)
+        bias = shift if self.bias is None else self.bias.value * scale + shift
+        return F.conv2d(x, weight, bias, **self._arguments())
+
+    def backward(self, grad_output, need_input_grad=True):
+        x = self._cached()
+        grad_input, grad_weight, grad_bias = F.conv2d_backward(
+            grad_output, x, self.weight.value, **self._arguments(),
+            need_input_grad=need_input_grad, need_weight_grad=self._needs_parameter_grads())
+        self._store_grads(grad_weight, grad_bias)
+        return grad_input
+
+    def extra_repr(self):
+        parts = [f"{self.filters}", f"kernel_size={self.kernel_size}"]
+        for key, default in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)):
+            if getattr(self, key) != default:
+                parts.append(f"{key}={getattr(self, key)!r}")
+        if not self.use_bias:
+            parts.append("use_bias=False")
+        return ", ".join(parts)
+
+
+class Dense(Weighted):
+    """Fully connected layer: ``y = x @ W.T + b`` with W of shape (units, in_features).
+
+    ``regularizer`` (L1, L2 or L1L2) penalises the weights, as for Conv2D.
+    """
+
+    def __init__(self, units, use_bias=True, init="auto", regularizer=None, name=None):
+        super().__init__(use_bias, init, regularizer, name)
+        self.units = positive_int("units", units)
+
+    config_keys = ("units", "use_bias", "init", "regularizer")
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(f"{self.describe()}: expected a flat input shape (features,), got "
+                             f"{input_shape}; add a Flatten layer before it")
+        return (self.units,)
+
+    def _weight_shape(self, input_shape):
+        return (self.units, input_shape[0])
+
+    def _fans(self, shape):
+        return shape[1], shape[0]
+
+    def forward(self, x, training=False):
+        x = self._check_input(x)
+        self._cache = x if training else None
+        bias = self.bias.value if self.bias is not None else None
+        return F.linear(x, self.weight.value, bias)
+
+    def backward(self, grad_output, need_input_grad=True):
+        x = self._cached()
+        grad_input, grad_weight, grad_bias = F.linear_backward(
+            grad_output, x, self.weight.value, need_input_grad=need_input_grad,
+            need_weight_grad=self._needs_parameter_grads())
+        self._store_grads(grad_weight, grad_bias)
+        return grad_input
+
+    def extra_repr(self):
+        return f"{self.units}" + ("" if self.use_bias else ", use_bias=False")

@@ -1,0 +1,122 @@
+"""How many threads the kernels use, and keeping BLAS at one thread while they run.
+
+The kernels use ``get_num_threads()`` OpenMP threads, set with
+``set_num_threads``, the ``threads`` context manager, or the environment
+variable ``CNNCLI_NUM_THREADS`` (then ``OMP_NUM_THREADS``, then every core
+this process may use). ``cnncli.functional`` passes the count to every kernel
+and holds every loaded BLAS library at one thread while a kernel calls it.
+"""
+
+import contextlib
+import os
+import threading
+from typing import Optional
+
+from threadpoolctl import ThreadpoolController
+
+from cnncli.geometry import INT_MAX
+from cnncli.limits import MAX_THREADS
+from cnncli.validation import positive_int
+
+__all__ = ["get_num_threads", "set_num_threads", "threads", "single_threaded_blas",
+           "THREADS_VARIABLE"]
+
+THREADS_VARIABLE = "CNNCLI_NUM_THREADS"
+
+_num_threads: Optional[int] = None
+
+
+def _threads_from_environment():
+    for variable in (THREADS_VARIABLE, "OMP_NUM_THREADS"):
+        text = os.environ.get(variable, "").strip()
+        if not text:
+            continue
+        if variable == THREADS_VARIABLE:
+            if not text.isdigit() or int(text) < 1:
+                raise ValueError(f"{THREADS_VARIABLE}: expected a positive integer, got {text!r}")
+            return int(text)
+        # OMP_NUM_THREADS may hold a per-level list ("4,2"): its first entry applies.
+        first = text.split(",")[0].strip()
+        if first.isdigit() and int(first) >= 1:
+            return int(first)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _within_thread_limit(name, count):
+    """``count`` threads, refused beyond ``limits.MAX_THREADS``: far more threads than cores
+    only slows the kernels, and tens of thousands exhaust the OpenMP runtime."""
+    problem = MAX_THREADS.exceeded(count, f"{name}: {count:,} threads")
+    if problem:
+        raise ValueError(problem)
+    return count
+
+
+def get_num_threads() -> int:
+    """Number of OpenMP threads the kernels use."""
+    global _num_threads
+    if _num_threads is None:
+        _num_threads = _within_thread_limit("the thread count from the environment",
+                                            _threads_from_environment())
+    return _num_threads
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of OpenMP threads the kernels use (a positive int, at most
+    ``cnncli.limits.MAX_THREADS``: 4 per core unless raised)."""
+    global _num_threads
+    _num_threads = _within_thread_limit("n", positive_int("n", n, INT_MAX))
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """Run the enclosed kernels on ``n`` threads, then restore the previous setting (an
+    unset count stays unset, to be read from the environment when first needed)."""
+    global _num_threads
+    previous = _num_threads
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        _num_threads = previous
+
+
+class SingleThreadedBlas:
+    """Holds every loaded BLAS library at one thread while a kernel calls it.
+
+    The convolution kernels call BLAS from inside their OpenMP loop; a BLAS
+    with threads of its own would multiply the two. Nested uses (from several
+    Python threads) share one cap, lifted when the last one leaves.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._libraries = None
+        self._saved = []
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                if self._libraries is None:
+                    self._libraries = [library for library in ThreadpoolController().lib_controllers
+                                       if library.user_api == "blas"]
+                self._saved = []
+                for library in self._libraries:
+                    count = library.get_num_threads()
+                    if count != 1:
+                        library.set_num_threads(1)
+                        self._saved.append((library, count))
+            self._depth += 1
+
+    def __exit__(self, *exc_info):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for library, count in self._saved:
+                    library.set_num_threads(count)
+                self._saved = []
+
+
+single_threaded_blas = SingleThreadedBlas()
