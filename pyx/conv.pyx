@@ -7,9 +7,15 @@
 # - Decomposition: one sample at a time, im2col builds the (C*KH*KW, OH*OW)
 #   column matrix in per-thread scratch, then one GEMM per group through
 #   scipy's BLAS. A 1x1, stride-1, unpadded convolution skips im2col: the
-#   sample itself is the column matrix.
+#   sample itself is the column matrix. A stride-1 layer whose output is as
+#   wide as its input (every 'same' convolution) builds each column row as one
+#   shifted copy of a block of input rows, zeroing the few values that wrapped
+#   around a row's end, instead of a copy per output row.
 # - Parallel axis: samples. Forward and grad_input iterations each own
-#   out[n] / grad_input[n]. grad_weight sums over samples, so the batch is cut
+#   out[n] / grad_input[n]. A forward of fewer than SHARED_BATCH samples goes
+#   one sample at a time instead: the threads build its column matrix (a block
+#   of channels each, so disjoint rows), then compute disjoint blocks of its
+#   output, a block of filters by a block of positions each. grad_weight sums over samples, so the batch is cut
 #   into a fixed number of chunks that does not depend on the thread count;
 #   each chunk owns one partial sum, and the partials are added in chunk
 #   order. Results are therefore bit-identical for any number of threads.
@@ -25,6 +31,15 @@ from libc.string cimport memcpy, memset
 
 include "checks.pxi"
 include "blas.pxi"
+
+# Batches of fewer samples than this run each sample on all threads (its product cut into
+# at most SHARED_TASKS blocks of at least MIN_FILTER_BLOCK filters by MIN_POSITION_BLOCK
+# output positions, where the shape allows): one image still uses every core. The rule
+# depends on the shapes only, so results do not change with the thread count.
+cdef Py_ssize_t SHARED_BATCH = 4
+cdef Py_ssize_t SHARED_TASKS = 8
+cdef Py_ssize_t MIN_FILTER_BLOCK = 32
+cdef Py_ssize_t MIN_POSITION_BLOCK = 64
 
 # Upper bound on grad_weight partial sums: enough to keep 16 threads busy,
 # small enough that the partials stay a few copies of the weight.
@@ -55,43 +70,111 @@ cdef inline void valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t si
         hi[0] = lo[0]
 
 
-cdef void im2col_sample(const floating* x, floating* col, const Geometry* g) noexcept nogil:
-    """col[(c, kh, kw), (oh, ow)] = x[c, oh*SH + kh*DH - PH, ow*SW + kw*DW - PW], 0 outside."""
-    cdef Py_ssize_t c, kh, kw, oh, ow, ih, iw0, lo, hi
-    cdef floating* dst = col
+cdef inline void zero(floating* dst, Py_ssize_t count) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(count):
+        dst[i] = 0
+
+
+cdef inline void same_width_rows(floating* dst, const floating* src, Py_ssize_t rows,
+                                 Py_ssize_t W, Py_ssize_t shift, bint accumulate) noexcept nogil:
+    """For a stride-1 row whose output is as wide as the input: dst[r, w] = src[r, w + shift]
+    for `rows` consecutive rows (zero where w + shift leaves the row), or, with `accumulate`,
+    the adjoint src[r, w + shift] += dst[r, w] (dst's entries outside the row are zeroed first).
+
+    The rows lie back to back in both arrays, so the inside of the block is one shifted
+    copy (or sum) over rows * W values; the |shift| values per row that wrapped into the
+    neighbouring row are then zeroed in dst (before the sum, for the adjoint).
+    """
+    cdef Py_ssize_t r, j, lo = -shift if shift < 0 else 0
+    cdef Py_ssize_t hi = W - shift if shift > 0 else W
+    cdef Py_ssize_t first = lo, last = rows * W - (W - hi)
+    cdef floating* io = <floating*>src
+    if hi <= lo:
+        # The kernel offset lies beyond the row: every value reads padding.
+        if not accumulate:
+            zero(dst, rows * W)
+        return
+    if accumulate:
+        for r in range(rows):
+            zero(dst + r * W, lo)
+            zero(dst + r * W + hi, W - hi)
+        for j in range(first, last):
+            io[j + shift] += dst[j]
+        return
+    for j in range(first, last):
+        dst[j] = src[j + shift]
+    for r in range(rows):
+        zero(dst + r * W, lo)
+        zero(dst + r * W + hi, W - hi)
+
+
+cdef void im2col_channels(const floating* x, floating* col, const Geometry* g,
+                          Py_ssize_t c_first, Py_ssize_t c_stop) noexcept nogil:
+    """Rows (c, kh, kw) of channels [c_first, c_stop) of im2col_sample's column matrix."""
+    cdef Py_ssize_t c, kh, kw, oh, ow, ih, iw0, lo, hi, oh_lo, oh_hi
+    cdef Py_ssize_t L = g.OH * g.OW
+    cdef floating* dst = col + c_first * g.KH * g.KW * L
     cdef const floating* src
-    for c in range(g.C):
+    cdef bint same_width = g.SH == 1 and g.SW == 1 and g.OW == g.W
+    for c in range(c_first, c_stop):
         for kh in range(g.KH):
+            if same_width:
+                valid_range(kh * g.DH - g.PH, 1, g.H, g.OH, &oh_lo, &oh_hi)
             for kw in range(g.KW):
                 iw0 = kw * g.DW - g.PW
+                if same_width:
+                    zero(dst, oh_lo * g.OW)
+                    zero(dst + oh_hi * g.OW, (g.OH - oh_hi) * g.OW)
+                    src = x + (c * g.H + oh_lo + kh * g.DH - g.PH) * g.W
+                    same_width_rows(dst + oh_lo * g.OW, src, oh_hi - oh_lo, g.W, iw0, False)
+                    dst += L
+                    continue
                 valid_range(iw0, g.SW, g.W, g.OW, &lo, &hi)
                 for oh in range(g.OH):
                     ih = oh * g.SH + kh * g.DH - g.PH
                     if ih < 0 or ih >= g.H:
-                        memset(dst, 0, g.OW * sizeof(floating))
+                        zero(dst, g.OW)
                     else:
                         src = x + (c * g.H + ih) * g.W
-                        if lo > 0:
-                            memset(dst, 0, lo * sizeof(floating))
+                        zero(dst, lo)
                         if g.SW == 1:
                             memcpy(dst + lo, src + lo + iw0, (hi - lo) * sizeof(floating))
                         else:
                             for ow in range(lo, hi):
                                 dst[ow] = src[ow * g.SW + iw0]
-                        if hi < g.OW:
-                            memset(dst + hi, 0, (g.OW - hi) * sizeof(floating))
+                        zero(dst + hi, g.OW - hi)
                     dst += g.OW
 
 
-cdef void col2im_sample(const floating* col, floating* x, const Geometry* g) noexcept nogil:
-    """Adjoint of im2col_sample: x[c, ih, iw] += every col entry that im2col read from it."""
-    cdef Py_ssize_t c, kh, kw, oh, ow, ih, iw0, lo, hi
-    cdef const floating* src = col
+cdef inline void im2col_sample(const floating* x, floating* col, const Geometry* g) noexcept nogil:
+    """col[(c, kh, kw), (oh, ow)] = x[c, oh*SH + kh*DH - PH, ow*SW + kw*DW - PW], 0 outside."""
+    im2col_channels(x, col, g, 0, g.C)
+
+
+cdef void col2im_sample(floating* col, floating* x, const Geometry* g,
+                        bint col_is_scratch) noexcept nogil:
+    """Adjoint of im2col_sample: x[c, ih, iw] += every col entry that im2col read from it.
+
+    When col is scratch, a stride-1 layer whose output is as wide as its input takes the
+    same-width path: the entries of col that im2col filled with padding are zeroed, so
+    whole blocks of rows are summed at once."""
+    cdef Py_ssize_t c, kh, kw, oh, ow, ih, iw0, lo, hi, oh_lo, oh_hi
+    cdef Py_ssize_t L = g.OH * g.OW
+    cdef floating* src = col
     cdef floating* dst
+    cdef bint same_width = col_is_scratch and g.SH == 1 and g.SW == 1 and g.OW == g.W
     for c in range(g.C):
         for kh in range(g.KH):
+            if same_width:
+                valid_range(kh * g.DH - g.PH, 1, g.H, g.OH, &oh_lo, &oh_hi)
             for kw in range(g.KW):
                 iw0 = kw * g.DW - g.PW
+                if same_width:
+                    dst = x + (c * g.H + oh_lo + kh * g.DH - g.PH) * g.W
+                    same_width_rows(src + oh_lo * g.OW, dst, oh_hi - oh_lo, g.W, iw0, True)
+                    src += L
+                    continue
                 valid_range(iw0, g.SW, g.W, g.OW, &lo, &hi)
                 for oh in range(g.OH):
                     ih = oh * g.SH + kh * g.DH - g.PH
@@ -221,7 +304,7 @@ cdef void conv2d_backward_typed(const floating[:, :, :, ::1] grad_output,
                              dy + group * Fg * L, L, 0, dcol + group * K * L, L)
                     if not pointwise:
                         memset(&grad_input[n, 0, 0, 0], 0, g.C * g.H * g.W * sizeof(floating))
-                        col2im_sample(buffer, &grad_input[n, 0, 0, 0], &g)
+                        col2im_sample(buffer, &grad_input[n, 0, 0, 0], &g, True)
 
         if need_weight:
             for i in prange(weight_size, schedule='static', num_threads=n_threads):
@@ -236,6 +319,49 @@ cdef void conv2d_backward_typed(const floating[:, :, :, ::1] grad_output,
                     for position in range(L):
                         total = total + dy[position]
                 grad_bias[f] = <floating>total
+
+
+cdef void conv2d_forward_shared_typed(const floating[:, :, :, ::1] x,
+                                      const floating[:, :, :, ::1] weight,
+                                      const floating[::1] bias, floating[:, :, :, ::1] out,
+                                      floating[::1] cols, Geometry g, bint pointwise,
+                                      int n_threads) noexcept:
+    """conv2d_forward_typed for a few samples (groups == 1): each sample's column matrix is
+    built by all threads (a block of channels each), then its product is cut into blocks
+    of filters and output positions, fixed by the shape, one task each."""
+    cdef Py_ssize_t n, block, task, f_first, f_stop, l_first, l_stop, f, p
+    cdef Py_ssize_t L = g.OH * g.OW
+    cdef Py_ssize_t K = g.C * g.KH * g.KW
+    cdef Py_ssize_t channel_blocks = g.C if g.C < SHARED_TASKS else SHARED_TASKS
+    cdef Py_ssize_t f_blocks = min(SHARED_TASKS, max(1, g.F // MIN_FILTER_BLOCK))
+    cdef Py_ssize_t l_blocks = min(max(1, SHARED_TASKS // f_blocks),
+                                   max(1, L // MIN_POSITION_BLOCK))
+    cdef bint has_bias = bias is not None
+    cdef floating beta = 1 if has_bias else 0
+    cdef const floating* col
+    cdef floating* y
+    with nogil:
+        for n in range(g.N):
+            if pointwise:
+                col = &x[n, 0, 0, 0]
+            else:
+                for block in prange(channel_blocks, schedule='static', num_threads=n_threads):
+                    im2col_channels(&x[n, 0, 0, 0], &cols[0], &g, block * g.C // channel_blocks,
+                                    (block + 1) * g.C // channel_blocks)
+                col = &cols[0]
+            for task in prange(f_blocks * l_blocks, schedule='static', num_threads=n_threads):
+                f_first = task // l_blocks * g.F // f_blocks
+                f_stop = (task // l_blocks + 1) * g.F // f_blocks
+                l_first = task % l_blocks * L // l_blocks
+                l_stop = (task % l_blocks + 1) * L // l_blocks
+                y = &out[n, 0, 0, 0]
+                if has_bias:
+                    for f in range(f_first, f_stop):
+                        for p in range(l_first, l_stop):
+                            y[f * L + p] = bias[f]
+                gemm(False, False, f_stop - f_first, l_stop - l_first, K, 1,
+                     &weight[f_first, 0, 0, 0], K, col + l_first, L, beta,
+                     y + f_first * L + l_first, L)
 
 
 def conv2d_forward(x, weight, bias, out, tuple stride, tuple padding, tuple dilation,
@@ -255,6 +381,15 @@ def conv2d_forward(x, weight, bias, out, tuple stride, tuple padding, tuple dila
         check_shape("bias", bias, (g.F,))
     check_disjoint("out", out, "x", x)
     cdef bint pointwise = is_pointwise(&g)
+    if g.N < SHARED_BATCH and g.G == 1:
+        cols = column_scratch(&g, pointwise, 1, dtype)[0]
+        if dtype == np.float32:
+            conv2d_forward_shared_typed[float](x, weight, bias, out, cols, g, pointwise,
+                                               n_threads)
+        else:
+            conv2d_forward_shared_typed[double](x, weight, bias, out, cols, g, pointwise,
+                                                n_threads)
+        return
     scratch = column_scratch(&g, pointwise, n_threads, dtype)
     if dtype == np.float32:
         conv2d_forward_typed[float](x, weight, bias, out, scratch, g, pointwise, n_threads)
@@ -325,7 +460,7 @@ cdef void col2im_typed(const floating[:, :, ::1] cols, floating[:, :, ::1] x,
     with nogil:
         for n in prange(g.N, schedule='static', num_threads=n_threads):
             memset(&x[n, 0, 0], 0, g.C * g.H * g.W * sizeof(floating))
-            col2im_sample(&cols[n, 0, 0], &x[n, 0, 0], &g)
+            col2im_sample(<floating*>&cols[n, 0, 0], &x[n, 0, 0], &g, False)
 
 
 cdef Geometry unfold_geometry(object x, object cols, tuple kernel_size, tuple output_size,

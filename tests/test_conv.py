@@ -20,6 +20,16 @@ HAND_PICKED = [
     (1, 3, 23, 23, 4, (11, 11), 4, 0, 1, 1, True),       # AlexNet's first layer, scaled down
     (2, 2, 4, 4, 3, (3, 3), 3, 3, 1, 1, True),           # padding wider than the stride pattern
     (0, 3, 5, 5, 2, (3, 3), 1, 1, 1, 1, True),           # empty batch
+    # Stride 1 with the output as wide as the input: im2col copies whole blocks of rows.
+    (3, 4, 6, 7, 5, (5, 5), 1, 2, 1, 1, True),           # LeNet's 5x5 'same', small
+    (2, 3, 5, 2, 4, (5, 5), 1, 2, 1, 1, True),           # kernel offsets beyond the row
+    (2, 2, 7, 6, 3, (3, 3), (2, 1), 1, 1, 1, True),      # strided rows, same width
+    (2, 2, 6, 8, 3, (3, 5), 1, (0, 4), (1, 2), 1, False),  # dilated, same width
+    (1, 2, 4, 1, 2, (3, 3), 1, 1, 1, 1, True),           # one column wide
+    # Fewer than four samples: each sample's filters are shared out between threads.
+    (1, 5, 9, 8, 40, (3, 3), 1, 1, 1, 1, True),
+    (3, 3, 7, 7, 33, (2, 3), (2, 1), (1, 0), 1, 1, False),
+    (2, 4, 5, 5, 70, (1, 1), 1, 0, 1, 1, True),          # pointwise
 ]
 
 
