@@ -21,6 +21,7 @@ KERNEL_MODULES = {
     "cnncli._pool": "pyx/pool.pyx",
     "cnncli._linear": "pyx/linear.pyx",
     "cnncli._parallel": "pyx/parallel.pyx",
+    "cnncli._elementwise": "pyx/elementwise.pyx",
 }
 
 # Set once for every kernel, not in file headers: the kernels validate their

@@ -20,7 +20,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from cnncli import _conv, _linear, _parallel, _pool
+from cnncli import _conv, _elementwise, _linear, _parallel, _pool
 from cnncli.geometry import (IntPair, conv2d_output_size, conv_geometry, conv_output_size,
                              expect_shape, float_array, pair, pool2d_output_size, pool_geometry,
                              unfold_geometry)
@@ -32,7 +32,9 @@ __all__ = [
     "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward",
     "global_avg_pool2d", "global_avg_pool2d_backward",
-    "unfold", "fold",
+    "unfold", "fold", "relu", "relu_backward",
+    "batch_norm", "batch_norm_statistics", "batch_norm_backward", "channel_affine",
+    "sgd_update", "adam_update",
     "conv_output_size", "conv2d_output_size", "pool2d_output_size", "softmax", "sigmoid",
     "get_num_threads", "set_num_threads", "threads", "openmp_enabled",
 ]
@@ -406,3 +408,161 @@ def global_avg_pool2d_backward(grad_output, x) -> np.ndarray:
     _pool.global_avg_pool2d_backward(grad_output.reshape(x.shape[:2]), grad_input,
                                      get_num_threads())
     return grad_input
+
+
+# ---------------------------------------------------------------------------
+# Element-wise and per-channel work between the convolutions
+# ---------------------------------------------------------------------------
+
+
+def _same_array(name, array, like):
+    array = float_array(name, array, like.ndim, f"of shape {like.shape}", dtype=like.dtype)
+    expect_shape(name, array, like.shape)
+    return array
+
+
+def _output(out, like):
+    if out is None:
+        return np.empty_like(like)
+    if not isinstance(out, np.ndarray) or out.shape != like.shape or out.dtype != like.dtype \
+            or not out.flags.c_contiguous:
+        raise ValueError(f"out: expected a C-contiguous {like.dtype} array of shape "
+                         f"{like.shape}")
+    return out
+
+
+def relu(input, out=None) -> np.ndarray:
+    """``max(input, 0)`` element-wise in one pass; ``out`` (may be ``input``) receives it."""
+    input = float_array("input", input, np.ndim(input), "")
+    out = _output(out, input)
+    _elementwise.relu_forward(input.reshape(-1), out.reshape(-1), get_num_threads())
+    return out
+
+
+def relu_backward(grad_output, output, out=None) -> np.ndarray:
+    """Gradient of ``relu`` from its ``output``: ``grad_output`` where ``output > 0``, else 0.
+    ``out`` may be ``grad_output`` itself."""
+    output = float_array("output", output, np.ndim(output), "")
+    grad_output = _same_array("grad_output", grad_output, output)
+    out = _output(out, output)
+    _elementwise.relu_backward(grad_output.reshape(-1), output.reshape(-1), out.reshape(-1),
+                               get_num_threads())
+    return out
+
+
+def _planes(name, x):
+    x = float_array(name, x, 4, "(N, C, H, W)")
+    if x.shape[0] * x.shape[2] * x.shape[3] < 1:
+        raise ValueError(f"{name}: expected at least one value per channel, got shape "
+                         f"{x.shape}")
+    return x, x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _channels(name, values, x):
+    return _same_array(name, values, np.broadcast_to(x.dtype.type(0), (x.shape[1],)))
+
+
+def batch_norm_statistics(input):
+    """(mean, biased variance) of each channel of ``input`` (N, C, H, W) over N, H and W,
+    summed in double precision."""
+    input, planes = _planes("input", input)
+    mean = np.empty(input.shape[1], dtype=input.dtype)
+    var = np.empty_like(mean)
+    _elementwise.batch_statistics(planes, mean, var, get_num_threads())
+    return mean, var
+
+
+def channel_affine(input, scale, shift, out=None) -> np.ndarray:
+    """``input * scale[c] + shift[c]`` for each channel c of ``input`` (N, C, H, W), in one
+    pass; ``out`` may be ``input`` itself."""
+    input, planes = _planes("input", input)
+    out = _output(out, input)
+    _elementwise.channel_affine(planes, _channels("scale", scale, input),
+                                _channels("shift", shift, input),
+                                out.reshape(planes.shape), get_num_threads())
+    return out
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None,
+               training: bool = False, momentum: float = 0.1, eps: float = 1e-5):
+    """Batch normalisation of the channels of ``input`` (N, C, H, W), as
+    ``torch.nn.functional.batch_norm``: ``(x - mean) / sqrt(var + eps) * weight + bias``.
+
+    With ``training``, mean and var are the batch's (over N, H, W) and the running
+    estimates are updated in place (``running = (1 - momentum) * running + momentum *
+    batch``, the variance unbiased); otherwise the running estimates are used.
+    """
+    input, _ = _planes("input", input)
+    running_mean = _channels("running_mean", running_mean, input)
+    running_var = _channels("running_var", running_var, input)
+    ones = np.ones(input.shape[1], dtype=input.dtype)
+    weight = ones if weight is None else _channels("weight", weight, input)
+    bias = 0 * ones if bias is None else _channels("bias", bias, input)
+    mean, var = running_mean, running_var
+    if training:
+        mean, var = batch_norm_statistics(input)
+        count = input.size // input.shape[1]
+        running_mean *= 1 - momentum
+        running_mean += momentum * mean
+        running_var *= 1 - momentum
+        running_var += momentum * var * (count / max(count - 1, 1))
+    scale = weight / np.sqrt(var + input.dtype.type(eps))
+    return channel_affine(input, scale, bias - mean * scale)
+
+
+def batch_norm_backward(grad_output, input, mean, inverse_std, weight,
+                        batch_statistics: bool = True, need_input_grad: bool = True):
+    """Gradients of ``(input - mean) * inverse_std * weight + bias`` per channel:
+    ``(grad_input, grad_weight, grad_bias)``, grad_input None unless asked for.
+
+    With ``batch_statistics``, mean and inverse_std are the batch's own, so they depend on
+    every input and grad_input carries the two correction terms of batch normalisation.
+    """
+    input, planes = _planes("input", input)
+    grad_output = _same_array("grad_output", grad_output, input)
+    grad_input = np.empty_like(input) if need_input_grad else None
+    grad_weight = np.empty(input.shape[1], dtype=input.dtype)
+    grad_bias = np.empty_like(grad_weight)
+    _elementwise.batchnorm_backward(
+        grad_output.reshape(planes.shape), planes, _channels("mean", mean, input),
+        _channels("inverse_std", inverse_std, input), _channels("weight", weight, input),
+        None if grad_input is None else grad_input.reshape(planes.shape), grad_weight,
+        grad_bias, bool(batch_statistics), get_num_threads())
+    return grad_input, grad_weight, grad_bias
+
+
+def _in_place(name, array, like=None):
+    """``array`` flattened, if the kernel can update it in place."""
+    if not isinstance(array, np.ndarray) or not array.flags.c_contiguous \
+            or not array.flags.writeable or array.dtype not in (np.float32, np.float64):
+        raise ValueError(f"{name}: expected a writable C-contiguous float32 or float64 array")
+    if like is not None and (array.shape != like.shape or array.dtype != like.dtype):
+        raise ValueError(f"{name}: expected a {like.dtype} array of shape {like.shape}, got "
+                         f"{array.dtype} {array.shape}")
+    return array.reshape(-1)
+
+
+def _update_operands(value, grad):
+    return _in_place("value", value), _same_array("grad", grad, value).reshape(-1)
+
+
+def sgd_update(value, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov=False,
+               first_step=False):
+    """One SGD step on ``value`` in place, as ``torch.optim.SGD``: ``g = grad + weight_decay *
+    value``; ``velocity = g`` on the first step, else ``momentum * velocity + g`` (in place;
+    None without momentum); ``value -= lr * (g + momentum * velocity if nesterov else
+    velocity)``."""
+    flat_value, flat_grad = _update_operands(value, grad)
+    flat_velocity = None if velocity is None else _in_place("velocity", velocity, value)
+    _elementwise.sgd_update(flat_value, flat_grad, flat_velocity, lr, momentum, weight_decay,
+                            nesterov, first_step, get_num_threads())
+
+
+def adam_update(value, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                weight_decay=0.0, decoupled=False):
+    """Adam step number ``step`` (from 1) on ``value`` and its moments ``m``, ``v``, in
+    place, as ``torch.optim.Adam`` (or ``AdamW`` with ``decoupled``)."""
+    flat_value, flat_grad = _update_operands(value, grad)
+    _elementwise.adam_update(flat_value, flat_grad, _in_place("m", m, value),
+                             _in_place("v", v, value), lr, beta1, beta2, eps, weight_decay,
+                             decoupled, step, get_num_threads())

@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from cnncli import functional as F
+
 __all__ = ["SGD", "Adam", "AdamW", "StepLR", "CosineLR", "OneCycleLR"]
 
 
@@ -139,17 +141,14 @@ class SGD(Optimizer):
                          weight_decay=weight_decay)
 
     def _update(self, parameter, grad, state, group):
-        if group["weight_decay"]:
-            grad = grad + group["weight_decay"] * parameter.value
+        velocity, first_step = None, False
         if group["momentum"]:
             velocity = state.get("velocity")
             if velocity is None:
-                velocity = state["velocity"] = grad.copy()
-            else:
-                velocity *= group["momentum"]
-                velocity += grad
-            grad = grad + group["momentum"] * velocity if group["nesterov"] else velocity
-        parameter.value -= (group["lr"] * grad).astype(parameter.value.dtype)
+                velocity = state["velocity"] = np.empty_like(parameter.value)
+                first_step = True
+        F.sgd_update(parameter.value, grad, velocity, group["lr"], group["momentum"],
+                     group["weight_decay"], group["nesterov"], first_step)
 
 
 class Adam(Optimizer):
@@ -168,26 +167,14 @@ class Adam(Optimizer):
                          weight_decay=weight_decay)
 
     def _update(self, parameter, grad, state, group):
-        if group["weight_decay"]:
-            if self.decoupled:
-                parameter.value -= (group["lr"] * group["weight_decay"] * parameter.value
-                                    ).astype(parameter.value.dtype)
-            else:
-                grad = grad + group["weight_decay"] * parameter.value
         if not state:
             state["step"] = 0
             state["m"] = np.zeros_like(parameter.value)
             state["v"] = np.zeros_like(parameter.value)
         state["step"] += 1
-        beta1, beta2 = group["beta1"], group["beta2"]
-        state["m"] *= beta1
-        state["m"] += (1 - beta1) * grad
-        state["v"] *= beta2
-        state["v"] += (1 - beta2) * grad * grad
-        m_hat = state["m"] / (1 - beta1 ** state["step"])
-        v_hat = state["v"] / (1 - beta2 ** state["step"])
-        parameter.value -= (group["lr"] * m_hat / (np.sqrt(v_hat) + group["eps"])
-                            ).astype(parameter.value.dtype)
+        F.adam_update(parameter.value, grad, state["m"], state["v"], state["step"], group["lr"],
+                      group["beta1"], group["beta2"], group["eps"], group["weight_decay"],
+                      self.decoupled)
 
 
 class AdamW(Adam):

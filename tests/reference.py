@@ -170,3 +170,54 @@ def linear_backward(grad_output, x, weight):
     grad_weight = np.einsum("nf,nk->fk", grad_output, x64)
     grad_bias = grad_output.sum(axis=0)
     return tuple(a.astype(x.dtype) for a in (grad_input, grad_weight, grad_bias))
+
+
+# -- element-wise and per-channel work ---------------------------------------------------
+
+def batch_norm(x, mean, var, gamma, beta, eps):
+    """gamma * (x - mean) / sqrt(var + eps) + beta, per channel of NCHW x."""
+    shape = (1, -1, 1, 1)
+    return (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps) * gamma.reshape(shape) \
+        + beta.reshape(shape)
+
+
+def batch_norm_backward(grad_output, x, mean, inverse_std, gamma, batch_statistics):
+    """(grad_input, grad_gamma, grad_beta) of batch_norm, written out with NumPy."""
+    shape = (1, -1, 1, 1)
+    normalised = (x - mean.reshape(shape)) * inverse_std.reshape(shape)
+    grad_gamma = np.sum(grad_output * normalised, axis=(0, 2, 3))
+    grad_beta = grad_output.sum(axis=(0, 2, 3))
+    scale = (gamma * inverse_std).reshape(shape)
+    if not batch_statistics:
+        return grad_output * scale, grad_gamma, grad_beta
+    mean_grad = grad_output.mean(axis=(0, 2, 3), keepdims=True)
+    mean_grad_normalised = np.mean(grad_output * normalised, axis=(0, 2, 3), keepdims=True)
+    return (scale * (grad_output - mean_grad - normalised * mean_grad_normalised), grad_gamma,
+            grad_beta)
+
+
+def sgd_steps(value, grads, lr, momentum, weight_decay, nesterov):
+    """value after one SGD step per gradient, as torch.optim.SGD."""
+    value, velocity = value.copy(), None
+    for grad in grads:
+        grad = grad + weight_decay * value
+        if momentum:
+            velocity = grad.copy() if velocity is None else momentum * velocity + grad
+            grad = grad + momentum * velocity if nesterov else velocity
+        value = value - lr * grad
+    return value
+
+
+def adam_steps(value, grads, lr, beta1, beta2, eps, weight_decay, decoupled):
+    """value after one Adam (AdamW with decoupled) step per gradient, as torch.optim."""
+    value = value.copy()
+    m, v = np.zeros_like(value), np.zeros_like(value)
+    for step, grad in enumerate(grads, start=1):
+        if decoupled:
+            value = value - lr * weight_decay * value
+        else:
+            grad = grad + weight_decay * value
+        m = beta1 * m + (1 - beta1) * grad
+        v = beta2 * v + (1 - beta2) * grad * grad
+        value = value - lr * (m / (1 - beta1 ** step)) / (np.sqrt(v / (1 - beta2 ** step)) + eps)
+    return value

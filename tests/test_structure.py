@@ -9,7 +9,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "cnncli"
-COMPILED = {"cnncli._conv", "cnncli._pool", "cnncli._linear", "cnncli._parallel"}
+COMPILED = {"cnncli._conv", "cnncli._pool", "cnncli._linear", "cnncli._parallel",
+            "cnncli._elementwise"}
 
 
 def module_name(path):

@@ -28,11 +28,12 @@ class ReLU(_Activation):
     """max(0, x)."""
 
     def function(self, x):
-        return np.maximum(x, 0)
+        return F.relu(x)
 
-    def derivative(self, out):
-        # The boolean mask itself: multiplying by it is one pass, not two.
-        return out > 0
+    def backward(self, grad_output, need_input_grad=True):
+        out = self._cached()
+        # The compiled kernel masks and copies in one pass.
+        return F.relu_backward(grad_output, out) if need_input_grad else None
 
 
 class Sigmoid(_Activation):

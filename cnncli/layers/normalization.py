@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 
+from cnncli import functional as F
 from cnncli.layers.base import Layer, Parameter
 
 __all__ = ["BatchNorm2D"]
@@ -60,9 +61,6 @@ class BatchNorm2D(Layer):
             return {}
         return {"running_mean": self.running_mean, "running_var": self.running_var}
 
-    def _per_channel(self, values):
-        return values.reshape(1, -1, 1, 1)
-
     def inference_affine(self):
         """(scale, shift) per channel such that inference computes ``x * scale + shift``."""
         scale = self.gamma.value / np.sqrt(self.running_var + self.eps)
@@ -73,45 +71,34 @@ class BatchNorm2D(Layer):
         use_batch = training and self.trainable
         if not training:
             self._cache = None
-            scale, shift = self.inference_affine()
-            out = x * self._per_channel(scale)
-            out += self._per_channel(shift)
-            return out
+            return F.channel_affine(x, *self.inference_affine())
         if use_batch:
             count = x.shape[0] * x.shape[2] * x.shape[3]
             if count < 2:
                 raise ValueError(f"{self.describe()}: batch statistics need more than one value "
                                  f"per channel, got input of shape {x.shape}")
-            mean = x.mean(axis=(0, 2, 3))
-            var = x.var(axis=(0, 2, 3))
+            mean, var = F.batch_norm_statistics(x)
             self.running_mean *= 1 - self.momentum
             self.running_mean += self.momentum * mean
             self.running_var *= 1 - self.momentum
             self.running_var += self.momentum * var * (count / (count - 1))
         else:
             mean, var = self.running_mean, self.running_var
-        inverse_std = 1 / np.sqrt(var + self.eps)
-        normalised = (x - self._per_channel(mean)) * self._per_channel(inverse_std)
-        self._cache = (normalised, inverse_std, use_batch) if training else None
-        return normalised * self._per_channel(self.gamma.value) + \
-            self._per_channel(self.beta.value)
+        inverse_std = 1 / np.sqrt(var + x.dtype.type(self.eps))
+        scale = self.gamma.value * inverse_std
+        self._cache = (x, mean, inverse_std, use_batch)
+        return F.channel_affine(x, scale, self.beta.value - mean * scale)
 
     def backward(self, grad_output, need_input_grad=True):
-        normalised, inverse_std, use_batch = self._cached()
+        x, mean, inverse_std, use_batch = self._cached()
+        grad_input, grad_gamma, grad_beta = F.batch_norm_backward(
+            grad_output, x, mean, inverse_std, self.gamma.value, batch_statistics=use_batch,
+            need_input_grad=need_input_grad)
         if self.gamma.trainable:
-            self.gamma.grad = np.sum(grad_output * normalised, axis=(0, 2, 3))
+            self.gamma.grad = grad_gamma
         if self.beta.trainable:
-            self.beta.grad = grad_output.sum(axis=(0, 2, 3))
-        if not need_input_grad:
-            return None
-        scale = self._per_channel(self.gamma.value * inverse_std)
-        if not use_batch:
-            return grad_output * scale
-        # The batch mean and variance depend on every input, hence the two
-        # correction terms.
-        mean_grad = grad_output.mean(axis=(0, 2, 3), keepdims=True)
-        mean_grad_normalised = np.mean(grad_output * normalised, axis=(0, 2, 3), keepdims=True)
-        return scale * (grad_output - mean_grad - normalised * mean_grad_normalised)
+            self.beta.grad = grad_beta
+        return grad_input
 
     def extra_repr(self):
         return f"momentum={self.momentum}, eps={self.eps}"

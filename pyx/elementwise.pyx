@@ -1,0 +1,346 @@
+# Element-wise and per-channel kernels: ReLU, batch normalisation, optimizer updates.
+#
+# Design notes
+# - Why compiled: between two convolutions, NumPy makes a pass over memory per
+#   operation and a temporary array per intermediate result. ReLU's backward
+#   (mask, then multiply) and training-mode BatchNorm (mean, variance, centre,
+#   scale, shift; and five more in backward) each become one or two passes
+#   here, with no temporaries, on the kernels' threads.
+# - Layout: ReLU and the optimizer updates see flat C-contiguous arrays;
+#   BatchNorm sees NCHW as (N, C, H*W).
+# - Parallel axis: flat arrays are cut into blocks of BLOCK values, one per
+#   iteration, each writing only its own block. BatchNorm runs one channel per
+#   iteration: its sums over (N, H, W) are taken by one thread in a fixed
+#   order (in double precision), so results are bit-identical for any number
+#   of threads.
+# - Small arrays (under PARALLEL_MIN values) run on one thread: starting the
+#   others would cost more than the work.
+# - Allocation: every output comes from the caller; there is no scratch.
+
+from cython.parallel cimport prange
+from cython cimport floating
+from libc.math cimport sqrt
+
+include "checks.pxi"
+
+cdef Py_ssize_t BLOCK = 16384
+cdef Py_ssize_t PARALLEL_MIN = 32768
+
+
+cdef inline int threads_for(Py_ssize_t size, int n_threads) noexcept nogil:
+    return n_threads if size >= PARALLEL_MIN else 1
+
+
+# ---------------------------------------------------------------------------
+# ReLU
+# ---------------------------------------------------------------------------
+
+cdef void relu_forward_typed(const floating[::1] x, floating[::1] out,
+                             int n_threads) noexcept:
+    cdef Py_ssize_t size = x.shape[0], blocks = (size + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t block, i, stop
+    with nogil:
+        for block in prange(blocks, schedule='static',
+                            num_threads=threads_for(size, n_threads)):
+            stop = min((block + 1) * BLOCK, size)
+            for i in range(block * BLOCK, stop):
+                # NaN is kept (a comparison with NaN is false), as np.maximum does.
+                out[i] = 0 if x[i] < 0 else x[i]
+
+
+cdef void relu_backward_typed(const floating[::1] grad_output, const floating[::1] out,
+                              floating[::1] grad_input, int n_threads) noexcept:
+    cdef Py_ssize_t size = out.shape[0], blocks = (size + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t block, i, stop
+    with nogil:
+        for block in prange(blocks, schedule='static',
+                            num_threads=threads_for(size, n_threads)):
+            stop = min((block + 1) * BLOCK, size)
+            for i in range(block * BLOCK, stop):
+                grad_input[i] = grad_output[i] if out[i] > 0 else 0
+
+
+def relu_forward(x, out, int n_threads):
+    """out = max(x, 0) element-wise (NaN stays NaN). x and out are flat."""
+    dtype = working_dtype("x", x)
+    check_array("x", x, 1, dtype, False)
+    check_array("out", out, 1, dtype, True)
+    check_shape("out", out, x.shape)
+    check_at_least("n_threads", n_threads, 1)
+    if dtype == np.float32:
+        relu_forward_typed[float](x, out, n_threads)
+    else:
+        relu_forward_typed[double](x, out, n_threads)
+
+
+def relu_backward(grad_output, out, grad_input, int n_threads):
+    """grad_input = grad_output where out > 0, else 0 (out is ReLU's output). Flat arrays;
+    grad_input may be grad_output itself."""
+    dtype = working_dtype("out", out)
+    check_array("grad_output", grad_output, 1, dtype, False)
+    check_array("out", out, 1, dtype, False)
+    check_array("grad_input", grad_input, 1, dtype, True)
+    check_shape("grad_output", grad_output, out.shape)
+    check_shape("grad_input", grad_input, out.shape)
+    check_at_least("n_threads", n_threads, 1)
+    if dtype == np.float32:
+        relu_backward_typed[float](grad_output, out, grad_input, n_threads)
+    else:
+        relu_backward_typed[double](grad_output, out, grad_input, n_threads)
+
+
+# ---------------------------------------------------------------------------
+# Batch normalisation over (N, H*W) of each channel
+# ---------------------------------------------------------------------------
+
+cdef void batch_statistics_typed(const floating[:, :, ::1] x, floating[::1] mean,
+                                 floating[::1] var, int n_threads) noexcept:
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
+    cdef Py_ssize_t c, n, p
+    cdef double total, centre, deviation
+    with nogil:
+        for c in prange(C, schedule='static', num_threads=threads_for(N * C * P, n_threads)):
+            total = 0
+            for n in range(N):
+                for p in range(P):
+                    total = total + x[n, c, p]
+            centre = total / (N * P)
+            total = 0
+            for n in range(N):
+                for p in range(P):
+                    deviation = x[n, c, p] - centre
+                    total = total + deviation * deviation
+            mean[c] = <floating>centre
+            var[c] = <floating>(total / (N * P))
+
+
+cdef void channel_affine_typed(const floating[:, :, ::1] x, const floating[::1] scale,
+                               const floating[::1] shift, floating[:, :, ::1] out,
+                               int n_threads) noexcept:
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
+    cdef Py_ssize_t plane, n, c, p
+    cdef floating a, b
+    with nogil:
+        for plane in prange(N * C, schedule='static',
+                            num_threads=threads_for(N * C * P, n_threads)):
+            n = plane // C
+            c = plane % C
+            a = scale[c]
+            b = shift[c]
+            for p in range(P):
+                out[n, c, p] = x[n, c, p] * a + b
+
+
+cdef void batchnorm_backward_typed(const floating[:, :, ::1] grad_output,
+                                   const floating[:, :, ::1] x, const floating[::1] mean,
+                                   const floating[::1] inverse_std, const floating[::1] gamma,
+                                   floating[:, :, ::1] grad_input, floating[::1] grad_gamma,
+                                   floating[::1] grad_beta, bint batch_statistics,
+                                   int n_threads) noexcept:
+    cdef Py_ssize_t N = grad_output.shape[0], C = grad_output.shape[1]
+    cdef Py_ssize_t P = grad_output.shape[2]
+    cdef Py_ssize_t c, n, p
+    cdef double sum_dy, sum_dy_xhat, normalised, count = N * P
+    cdef floating scale, mean_dy, mean_dy_xhat, centre, inv
+    cdef bint need_input = grad_input is not None
+    with nogil:
+        for c in prange(C, schedule='static', num_threads=threads_for(N * C * P, n_threads)):
+            centre = mean[c]
+            inv = inverse_std[c]
+            sum_dy = 0
+            sum_dy_xhat = 0
+            for n in range(N):
+                for p in range(P):
+                    sum_dy = sum_dy + grad_output[n, c, p]
+                    normalised = (x[n, c, p] - centre) * inv
+                    sum_dy_xhat = sum_dy_xhat + grad_output[n, c, p] * normalised
+            grad_gamma[c] = <floating>sum_dy_xhat
+            grad_beta[c] = <floating>sum_dy
+            scale = gamma[c] * inv
+            if need_input and batch_statistics:
+                # The batch mean and variance depend on every input, hence the two
+                # correction terms.
+                mean_dy = <floating>(sum_dy / count)
+                mean_dy_xhat = <floating>(sum_dy_xhat / count)
+                for n in range(N):
+                    for p in range(P):
+                        grad_input[n, c, p] = scale * (grad_output[n, c, p] - mean_dy
+                                                       - (x[n, c, p] - centre) * inv
+                                                       * mean_dy_xhat)
+            elif need_input:
+                for n in range(N):
+                    for p in range(P):
+                        grad_input[n, c, p] = scale * grad_output[n, c, p]
+
+
+cdef check_planes(str name, object array, object dtype, bint writable, tuple shape):
+    check_array(name, array, 3, dtype, writable)
+    if shape is not None:
+        check_shape(name, array, shape)
+
+
+cdef check_channels(str name, object array, object dtype, bint writable, Py_ssize_t C):
+    check_array(name, array, 1, dtype, writable)
+    check_shape(name, array, (C,))
+
+
+def batch_statistics(x, mean, var, int n_threads):
+    """mean[c], var[c] = mean and (biased) variance of x[:, c, :], summed in double. x is
+    (N, C, H*W) with N*H*W >= 1."""
+    dtype = working_dtype("x", x)
+    check_planes("x", x, dtype, False, None)
+    N, C, P = x.shape
+    check_at_least("values per channel", N * P, 1)
+    check_channels("mean", mean, dtype, True, C)
+    check_channels("var", var, dtype, True, C)
+    check_at_least("n_threads", n_threads, 1)
+    if dtype == np.float32:
+        batch_statistics_typed[float](x, mean, var, n_threads)
+    else:
+        batch_statistics_typed[double](x, mean, var, n_threads)
+
+
+def channel_affine(x, scale, shift, out, int n_threads):
+    """out[n, c, p] = x[n, c, p] * scale[c] + shift[c]; x and out are (N, C, H*W) and out
+    may be x itself."""
+    dtype = working_dtype("x", x)
+    check_planes("x", x, dtype, False, None)
+    check_planes("out", out, dtype, True, tuple(x.shape))
+    check_channels("scale", scale, dtype, False, x.shape[1])
+    check_channels("shift", shift, dtype, False, x.shape[1])
+    check_at_least("n_threads", n_threads, 1)
+    if dtype == np.float32:
+        channel_affine_typed[float](x, scale, shift, out, n_threads)
+    else:
+        channel_affine_typed[double](x, scale, shift, out, n_threads)
+
+
+def batchnorm_backward(grad_output, x, mean, inverse_std, gamma, grad_input, grad_gamma,
+                       grad_beta, bint batch_statistics, int n_threads):
+    """Gradients of out = gamma * (x - mean) * inverse_std + beta, per channel of (N, C, H*W).
+
+    grad_gamma[c] = sum dy * xhat; grad_beta[c] = sum dy; grad_input (None to skip)
+    = gamma * inverse_std * (dy - mean(dy) - xhat * mean(dy * xhat)) when mean and
+    inverse_std are the batch's own statistics, else gamma * inverse_std * dy.
+    """
+    dtype = working_dtype("x", x)
+    check_planes("x", x, dtype, False, None)
+    shape = tuple(x.shape)
+    C = shape[1]
+    check_planes("grad_output", grad_output, dtype, False, shape)
+    for name, array in (("mean", mean), ("inverse_std", inverse_std), ("gamma", gamma)):
+        check_channels(name, array, dtype, False, C)
+    for name, array in (("grad_gamma", grad_gamma), ("grad_beta", grad_beta)):
+        check_channels(name, array, dtype, True, C)
+    check_disjoint("grad_gamma", grad_gamma, "grad_beta", grad_beta)
+    if grad_input is not None:
+        check_planes("grad_input", grad_input, dtype, True, shape)
+        for name, array in (("grad_output", grad_output), ("x", x)):
+            check_disjoint("grad_input", grad_input, name, array)
+    check_at_least("values per channel", shape[0] * shape[2], 1)
+    check_at_least("n_threads", n_threads, 1)
+    if dtype == np.float32:
+        batchnorm_backward_typed[float](grad_output, x, mean, inverse_std, gamma, grad_input,
+                                        grad_gamma, grad_beta, batch_statistics, n_threads)
+    else:
+        batchnorm_backward_typed[double](grad_output, x, mean, inverse_std, gamma, grad_input,
+                                         grad_gamma, grad_beta, batch_statistics, n_threads)
+
+
+# ---------------------------------------------------------------------------
+# Optimizer updates, in place, one pass over a parameter and its state
+# ---------------------------------------------------------------------------
+
+cdef void sgd_typed(floating[::1] value, const floating[::1] grad, floating[::1] velocity,
+                    floating lr, floating momentum, floating weight_decay, bint nesterov,
+                    bint first_step, int n_threads) noexcept:
+    cdef Py_ssize_t size = value.shape[0], blocks = (size + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t block, i, stop
+    cdef bint has_momentum = velocity is not None
+    cdef floating g, v
+    with nogil:
+        for block in prange(blocks, schedule='static',
+                            num_threads=threads_for(size, n_threads)):
+            stop = min((block + 1) * BLOCK, size)
+            for i in range(block * BLOCK, stop):
+                g = grad[i]
+                if weight_decay != 0:
+                    g = g + weight_decay * value[i]
+                if has_momentum:
+                    v = g if first_step else momentum * velocity[i] + g
+                    velocity[i] = v
+                    g = g + momentum * v if nesterov else v
+                value[i] = value[i] - lr * g
+
+
+cdef void adam_typed(floating[::1] value, const floating[::1] grad, floating[::1] m,
+                     floating[::1] v, floating lr, floating beta1, floating beta2,
+                     floating eps, floating weight_decay, bint decoupled,
+                     floating correction1, floating correction2, int n_threads) noexcept:
+    cdef Py_ssize_t size = value.shape[0], blocks = (size + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t block, i, stop
+    cdef floating g, p, first, second
+    with nogil:
+        for block in prange(blocks, schedule='static',
+                            num_threads=threads_for(size, n_threads)):
+            stop = min((block + 1) * BLOCK, size)
+            for i in range(block * BLOCK, stop):
+                g = grad[i]
+                p = value[i]
+                if weight_decay != 0:
+                    if decoupled:
+                        p = p - lr * weight_decay * p
+                    else:
+                        g = g + weight_decay * p
+                first = beta1 * m[i] + (1 - beta1) * g
+                second = beta2 * v[i] + (1 - beta2) * g * g
+                m[i] = first
+                v[i] = second
+                value[i] = p - lr * (first / correction1) / (<floating>sqrt(second / correction2)
+                                                             + eps)
+
+
+cdef check_update(object value, object grad, tuple slots, int n_threads):
+    dtype = working_dtype("value", value)
+    check_array("value", value, 1, dtype, True)
+    check_array("grad", grad, 1, dtype, False)
+    check_shape("grad", grad, value.shape)
+    for name, slot in slots:
+        if slot is not None:
+            check_array(name, slot, 1, dtype, True)
+            check_shape(name, slot, value.shape)
+            check_disjoint(name, slot, "value", value)
+    check_at_least("n_threads", n_threads, 1)
+    return dtype
+
+
+def sgd_update(value, grad, velocity, double lr, double momentum, double weight_decay,
+               bint nesterov, bint first_step, int n_threads):
+    """In place, with g = grad + weight_decay * value: velocity = g on the first step, else
+    momentum * velocity + g (velocity None: no momentum); value -= lr * (g + momentum *
+    velocity if nesterov else velocity). Flat arrays."""
+    dtype = check_update(value, grad, (("velocity", velocity),), n_threads)
+    if dtype == np.float32:
+        sgd_typed[float](value, grad, velocity, lr, momentum, weight_decay, nesterov,
+                         first_step, n_threads)
+    else:
+        sgd_typed[double](value, grad, velocity, lr, momentum, weight_decay, nesterov,
+                          first_step, n_threads)
+
+
+def adam_update(value, grad, m, v, double lr, double beta1, double beta2, double eps,
+                double weight_decay, bint decoupled, long step, int n_threads):
+    """One Adam step in place (PyTorch's formula): m = beta1 m + (1 - beta1) g; v = beta2 v
+    + (1 - beta2) g^2; value -= lr * (m / (1 - beta1^step)) / (sqrt(v / (1 - beta2^step))
+    + eps). weight_decay adds weight_decay * value to g, or with decoupled (AdamW)
+    first takes lr * weight_decay * value off value. Flat arrays."""
+    dtype = check_update(value, grad, (("m", m), ("v", v)), n_threads)
+    check_at_least("step", step, 1)
+    correction1 = 1 - beta1 ** step
+    correction2 = 1 - beta2 ** step
+    if dtype == np.float32:
+        adam_typed[float](value, grad, m, v, lr, beta1, beta2, eps, weight_decay, decoupled,
+                          correction1, correction2, n_threads)
+    else:
+        adam_typed[double](value, grad, m, v, lr, beta1, beta2, eps, weight_decay, decoupled,
+                           correction1, correction2, n_threads)
