@@ -31,6 +31,38 @@ cdef inline int threads_for(Py_ssize_t size, int n_threads) noexcept nogil:
     return n_threads if size >= PARALLEL_MIN else 1
 
 
+# The loops over one block are plain pointer loops in helpers of their own, and every
+# value is loaded before any choice between values: a load inside a conditional
+# expression kept the compiler from turning the choice into a select, so it branched on
+# every sign and did not vectorise (ReLU's backward: 7.5 ms instead of 0.5 for 1.6M
+# random values).
+
+cdef inline void relu_block(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating value
+    for i in range(n):
+        value = x[i]
+        # NaN is kept (a comparison with NaN is false), as np.maximum does.
+        out[i] = 0 if value < 0 else value
+
+
+cdef inline void relu_grad_block(const floating* dy, const floating* y, floating* dx,
+                                 Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating gradient, output
+    for i in range(n):
+        gradient = dy[i]
+        output = y[i]
+        dx[i] = gradient if output > 0 else 0
+
+
+cdef inline void affine_block(const floating* x, floating a, floating b, floating* out,
+                              Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        out[i] = x[i] * a + b
+
+
 # ---------------------------------------------------------------------------
 # ReLU
 # ---------------------------------------------------------------------------
@@ -43,9 +75,7 @@ cdef void relu_forward_typed(const floating[::1] x, floating[::1] out,
         for block in prange(blocks, schedule='static',
                             num_threads=threads_for(size, n_threads)):
             stop = min((block + 1) * BLOCK, size)
-            for i in range(block * BLOCK, stop):
-                # NaN is kept (a comparison with NaN is false), as np.maximum does.
-                out[i] = 0 if x[i] < 0 else x[i]
+            relu_block(&x[block * BLOCK], &out[block * BLOCK], stop - block * BLOCK)
 
 
 cdef void relu_backward_typed(const floating[::1] grad_output, const floating[::1] out,
@@ -56,8 +86,8 @@ cdef void relu_backward_typed(const floating[::1] grad_output, const floating[::
         for block in prange(blocks, schedule='static',
                             num_threads=threads_for(size, n_threads)):
             stop = min((block + 1) * BLOCK, size)
-            for i in range(block * BLOCK, stop):
-                grad_input[i] = grad_output[i] if out[i] > 0 else 0
+            relu_grad_block(&grad_output[block * BLOCK], &out[block * BLOCK],
+                            &grad_input[block * BLOCK], stop - block * BLOCK)
 
 
 def relu_forward(x, out, int n_threads):
@@ -93,23 +123,95 @@ def relu_backward(grad_output, out, grad_input, int n_threads):
 # Batch normalisation over (N, H*W) of each channel
 # ---------------------------------------------------------------------------
 
+# Sums over a plane keep LANES partial sums (value i goes to lane i % LANES) added up in
+# lane order at the end: independent additions the compiler can vectorise, where a single
+# running sum waits on each addition in turn (4x slower). The order is fixed by the
+# plane's size, so results do not depend on the thread count.
+DEF LANES = 8
+
+
+cdef inline double plane_sum(const floating* x, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i, lane, whole = n - n % LANES
+    cdef double partial[LANES]
+    cdef double total = 0
+    for lane in range(LANES):
+        partial[lane] = 0
+    for i in range(0, whole, LANES):
+        for lane in range(LANES):
+            partial[lane] += x[i + lane]
+    for lane in range(LANES):
+        total += partial[lane]
+    for i in range(whole, n):
+        total += x[i]
+    return total
+
+
+cdef inline double plane_squared_deviation(const floating* x, Py_ssize_t n,
+                                           double centre) noexcept nogil:
+    cdef Py_ssize_t i, lane, whole = n - n % LANES
+    cdef double partial[LANES]
+    cdef double total = 0, deviation
+    for lane in range(LANES):
+        partial[lane] = 0
+    for i in range(0, whole, LANES):
+        for lane in range(LANES):
+            deviation = x[i + lane] - centre
+            partial[lane] += deviation * deviation
+    for lane in range(LANES):
+        total += partial[lane]
+    for i in range(whole, n):
+        deviation = x[i] - centre
+        total += deviation * deviation
+    return total
+
+
+cdef inline void plane_gradient_sums(const floating* dy, const floating* x, Py_ssize_t n,
+                                     floating centre, floating inverse_std, double* sum_dy,
+                                     double* sum_dy_xhat) noexcept nogil:
+    cdef Py_ssize_t i, lane, whole = n - n % LANES
+    cdef double plain[LANES]
+    cdef double weighted[LANES]
+    cdef double total = 0, weighted_total = 0
+    for lane in range(LANES):
+        plain[lane] = 0
+        weighted[lane] = 0
+    for i in range(0, whole, LANES):
+        for lane in range(LANES):
+            plain[lane] += dy[i + lane]
+            weighted[lane] += dy[i + lane] * ((x[i + lane] - centre) * inverse_std)
+    for lane in range(LANES):
+        total += plain[lane]
+        weighted_total += weighted[lane]
+    for i in range(whole, n):
+        total += dy[i]
+        weighted_total += dy[i] * ((x[i] - centre) * inverse_std)
+    sum_dy[0] += total
+    sum_dy_xhat[0] += weighted_total
+
+
+cdef inline void plane_input_gradient(const floating* dy, const floating* x, floating* dx,
+                                      Py_ssize_t n, floating scale, floating mean_dy,
+                                      floating centre, floating inverse_std,
+                                      floating mean_dy_xhat) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        dx[i] = scale * (dy[i] - mean_dy - (x[i] - centre) * inverse_std * mean_dy_xhat)
+
+
 cdef void batch_statistics_typed(const floating[:, :, ::1] x, floating[::1] mean,
                                  floating[::1] var, int n_threads) noexcept:
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
-    cdef Py_ssize_t c, n, p
-    cdef double total, centre, deviation
+    cdef Py_ssize_t c, n
+    cdef double total, centre
     with nogil:
         for c in prange(C, schedule='static', num_threads=threads_for(N * C * P, n_threads)):
             total = 0
             for n in range(N):
-                for p in range(P):
-                    total = total + x[n, c, p]
+                total = total + plane_sum(&x[n, c, 0], P)
             centre = total / (N * P)
             total = 0
             for n in range(N):
-                for p in range(P):
-                    deviation = x[n, c, p] - centre
-                    total = total + deviation * deviation
+                total = total + plane_squared_deviation(&x[n, c, 0], P, centre)
             mean[c] = <floating>centre
             var[c] = <floating>(total / (N * P))
 
@@ -118,17 +220,13 @@ cdef void channel_affine_typed(const floating[:, :, ::1] x, const floating[::1] 
                                const floating[::1] shift, floating[:, :, ::1] out,
                                int n_threads) noexcept:
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
-    cdef Py_ssize_t plane, n, c, p
-    cdef floating a, b
+    cdef Py_ssize_t plane, n, c
     with nogil:
         for plane in prange(N * C, schedule='static',
                             num_threads=threads_for(N * C * P, n_threads)):
             n = plane // C
             c = plane % C
-            a = scale[c]
-            b = shift[c]
-            for p in range(P):
-                out[n, c, p] = x[n, c, p] * a + b
+            affine_block(&x[n, c, 0], scale[c], shift[c], &out[n, c, 0], P)
 
 
 cdef void batchnorm_backward_typed(const floating[:, :, ::1] grad_output,
@@ -139,8 +237,8 @@ cdef void batchnorm_backward_typed(const floating[:, :, ::1] grad_output,
                                    int n_threads) noexcept:
     cdef Py_ssize_t N = grad_output.shape[0], C = grad_output.shape[1]
     cdef Py_ssize_t P = grad_output.shape[2]
-    cdef Py_ssize_t c, n, p
-    cdef double sum_dy, sum_dy_xhat, normalised, count = N * P
+    cdef Py_ssize_t c, n
+    cdef double sum_dy, sum_dy_xhat, count = N * P
     cdef floating scale, mean_dy, mean_dy_xhat, centre, inv
     cdef bint need_input = grad_input is not None
     with nogil:
@@ -150,10 +248,8 @@ cdef void batchnorm_backward_typed(const floating[:, :, ::1] grad_output,
             sum_dy = 0
             sum_dy_xhat = 0
             for n in range(N):
-                for p in range(P):
-                    sum_dy = sum_dy + grad_output[n, c, p]
-                    normalised = (x[n, c, p] - centre) * inv
-                    sum_dy_xhat = sum_dy_xhat + grad_output[n, c, p] * normalised
+                plane_gradient_sums(&grad_output[n, c, 0], &x[n, c, 0], P, centre, inv,
+                                    &sum_dy, &sum_dy_xhat)
             grad_gamma[c] = <floating>sum_dy_xhat
             grad_beta[c] = <floating>sum_dy
             scale = gamma[c] * inv
@@ -163,14 +259,12 @@ cdef void batchnorm_backward_typed(const floating[:, :, ::1] grad_output,
                 mean_dy = <floating>(sum_dy / count)
                 mean_dy_xhat = <floating>(sum_dy_xhat / count)
                 for n in range(N):
-                    for p in range(P):
-                        grad_input[n, c, p] = scale * (grad_output[n, c, p] - mean_dy
-                                                       - (x[n, c, p] - centre) * inv
-                                                       * mean_dy_xhat)
+                    plane_input_gradient(&grad_output[n, c, 0], &x[n, c, 0],
+                                         &grad_input[n, c, 0], P, scale, mean_dy, centre, inv,
+                                         mean_dy_xhat)
             elif need_input:
                 for n in range(N):
-                    for p in range(P):
-                        grad_input[n, c, p] = scale * grad_output[n, c, p]
+                    affine_block(&grad_output[n, c, 0], scale, 0, &grad_input[n, c, 0], P)
 
 
 cdef check_planes(str name, object array, object dtype, bint writable, tuple shape):
@@ -251,26 +345,54 @@ def batchnorm_backward(grad_output, x, mean, inverse_std, gamma, grad_input, gra
 # Optimizer updates, in place, one pass over a parameter and its state
 # ---------------------------------------------------------------------------
 
+cdef inline void sgd_block(floating* value, const floating* grad, floating* velocity,
+                           Py_ssize_t n, floating lr, floating momentum, floating weight_decay,
+                           bint nesterov, bint first_step) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating g, v
+    for i in range(n):
+        g = grad[i] + weight_decay * value[i]
+        if velocity != NULL:
+            v = velocity[i]
+            v = g if first_step else momentum * v + g
+            velocity[i] = v
+            g = g + momentum * v if nesterov else v
+        value[i] = value[i] - lr * g
+
+
 cdef void sgd_typed(floating[::1] value, const floating[::1] grad, floating[::1] velocity,
                     floating lr, floating momentum, floating weight_decay, bint nesterov,
                     bint first_step, int n_threads) noexcept:
     cdef Py_ssize_t size = value.shape[0], blocks = (size + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t block, i, stop
-    cdef bint has_momentum = velocity is not None
-    cdef floating g, v
+    cdef Py_ssize_t block, first, stop
+    cdef floating* slots = NULL if velocity is None else &velocity[0]
     with nogil:
         for block in prange(blocks, schedule='static',
                             num_threads=threads_for(size, n_threads)):
-            stop = min((block + 1) * BLOCK, size)
-            for i in range(block * BLOCK, stop):
-                g = grad[i]
-                if weight_decay != 0:
-                    g = g + weight_decay * value[i]
-                if has_momentum:
-                    v = g if first_step else momentum * velocity[i] + g
-                    velocity[i] = v
-                    g = g + momentum * v if nesterov else v
-                value[i] = value[i] - lr * g
+            first = block * BLOCK
+            stop = min(first + BLOCK, size)
+            sgd_block(&value[first], &grad[first], NULL if slots == NULL else slots + first,
+                      stop - first, lr, momentum, weight_decay, nesterov, first_step)
+
+
+cdef inline void adam_block(floating* value, const floating* grad, floating* m, floating* v,
+                            Py_ssize_t n, floating lr, floating beta1, floating beta2,
+                            floating eps, floating weight_decay, bint decoupled,
+                            floating correction1, floating correction2) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating g, p, first, second
+    for i in range(n):
+        g = grad[i]
+        p = value[i]
+        if decoupled:
+            p = p - lr * weight_decay * p
+        else:
+            g = g + weight_decay * p
+        first = beta1 * m[i] + (1 - beta1) * g
+        second = beta2 * v[i] + (1 - beta2) * g * g
+        m[i] = first
+        v[i] = second
+        value[i] = p - lr * (first / correction1) / (<floating>sqrt(second / correction2) + eps)
 
 
 cdef void adam_typed(floating[::1] value, const floating[::1] grad, floating[::1] m,
@@ -278,26 +400,14 @@ cdef void adam_typed(floating[::1] value, const floating[::1] grad, floating[::1
                      floating eps, floating weight_decay, bint decoupled,
                      floating correction1, floating correction2, int n_threads) noexcept:
     cdef Py_ssize_t size = value.shape[0], blocks = (size + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t block, i, stop
-    cdef floating g, p, first, second
+    cdef Py_ssize_t block, first, stop
     with nogil:
         for block in prange(blocks, schedule='static',
                             num_threads=threads_for(size, n_threads)):
-            stop = min((block + 1) * BLOCK, size)
-            for i in range(block * BLOCK, stop):
-                g = grad[i]
-                p = value[i]
-                if weight_decay != 0:
-                    if decoupled:
-                        p = p - lr * weight_decay * p
-                    else:
-                        g = g + weight_decay * p
-                first = beta1 * m[i] + (1 - beta1) * g
-                second = beta2 * v[i] + (1 - beta2) * g * g
-                m[i] = first
-                v[i] = second
-                value[i] = p - lr * (first / correction1) / (<floating>sqrt(second / correction2)
-                                                             + eps)
+            first = block * BLOCK
+            stop = min(first + BLOCK, size)
+            adam_block(&value[first], &grad[first], &m[first], &v[first], stop - first, lr,
+                       beta1, beta2, eps, weight_decay, decoupled, correction1, correction2)
 
 
 cdef check_update(object value, object grad, tuple slots, int n_threads):
