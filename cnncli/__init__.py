@@ -28,6 +28,10 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = "10000"
 
 # The imports follow the OpenMP setting on purpose (noqa: E402).
+from cnncli.allocator import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()
+
 from cnncli import functional, gradcheck, layers  # noqa: E402
 from cnncli.blocks import Residual  # noqa: E402
 from cnncli.functional import get_num_threads, openmp_enabled, set_num_threads, threads  # noqa: E402
