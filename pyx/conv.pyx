@@ -19,6 +19,14 @@
 #   into a fixed number of chunks that does not depend on the thread count;
 #   each chunk owns one partial sum, and the partials are added in chunk
 #   order. Results are therefore bit-identical for any number of threads.
+# - A backward with more filters than output positions (deep layers with a
+#   small image: ResNet's last stages) takes groups of S samples side by side
+#   instead (S fixed by the shape): each sample's columns and output gradient
+#   are copied into one wide matrix, and grad_weight and the column gradients
+#   are each one product over S*L columns, cut into blocks of the result (one
+#   task each, so no sums to combine); grad_weight adds the groups in order.
+#   Per sample, those products would be L columns wide and each would rewrite a
+#   weight-sized partial sum (9 MB per sample at 512 filters of 3x3x512).
 # - Allocation: outputs come from the caller; the column scratch (one row per
 #   thread, indexed by threadid()) and the grad_weight partials are allocated
 #   here with the GIL before the loop, so a failed allocation is a
@@ -40,6 +48,10 @@ cdef Py_ssize_t SHARED_BATCH = 4
 cdef Py_ssize_t SHARED_TASKS = 8
 cdef Py_ssize_t MIN_FILTER_BLOCK = 32
 cdef Py_ssize_t MIN_POSITION_BLOCK = 64
+
+# The grouped backward puts enough samples side by side for products over at least this
+# many columns.
+cdef Py_ssize_t GROUPED_COLUMNS = 1024
 
 # Upper bound on grad_weight partial sums: enough to keep 16 threads busy,
 # small enough that the partials stay a few copies of the weight.
@@ -110,11 +122,14 @@ cdef inline void same_width_rows(floating* dst, const floating* src, Py_ssize_t 
 
 
 cdef void im2col_channels(const floating* x, floating* col, const Geometry* g,
-                          Py_ssize_t c_first, Py_ssize_t c_stop) noexcept nogil:
-    """Rows (c, kh, kw) of channels [c_first, c_stop) of im2col_sample's column matrix."""
+                          Py_ssize_t c_first, Py_ssize_t c_stop,
+                          Py_ssize_t row_stride) noexcept nogil:
+    """Rows (c, kh, kw) of channels [c_first, c_stop) of im2col_sample's column matrix,
+    each row of OH*OW values starting row_stride after the one before."""
     cdef Py_ssize_t c, kh, kw, oh, ow, ih, iw0, lo, hi, oh_lo, oh_hi
     cdef Py_ssize_t L = g.OH * g.OW
-    cdef floating* dst = col + c_first * g.KH * g.KW * L
+    cdef floating* row = col + c_first * g.KH * g.KW * row_stride
+    cdef floating* dst
     cdef const floating* src
     cdef bint same_width = g.SH == 1 and g.SW == 1 and g.OW == g.W
     for c in range(c_first, c_stop):
@@ -123,12 +138,13 @@ cdef void im2col_channels(const floating* x, floating* col, const Geometry* g,
                 valid_range(kh * g.DH - g.PH, 1, g.H, g.OH, &oh_lo, &oh_hi)
             for kw in range(g.KW):
                 iw0 = kw * g.DW - g.PW
+                dst = row
+                row += row_stride
                 if same_width:
                     zero(dst, oh_lo * g.OW)
                     zero(dst + oh_hi * g.OW, (g.OH - oh_hi) * g.OW)
                     src = x + (c * g.H + oh_lo + kh * g.DH - g.PH) * g.W
                     same_width_rows(dst + oh_lo * g.OW, src, oh_hi - oh_lo, g.W, iw0, False)
-                    dst += L
                     continue
                 valid_range(iw0, g.SW, g.W, g.OW, &lo, &hi)
                 for oh in range(g.OH):
@@ -149,19 +165,19 @@ cdef void im2col_channels(const floating* x, floating* col, const Geometry* g,
 
 cdef inline void im2col_sample(const floating* x, floating* col, const Geometry* g) noexcept nogil:
     """col[(c, kh, kw), (oh, ow)] = x[c, oh*SH + kh*DH - PH, ow*SW + kw*DW - PW], 0 outside."""
-    im2col_channels(x, col, g, 0, g.C)
+    im2col_channels(x, col, g, 0, g.C, g.OH * g.OW)
 
 
 cdef void col2im_sample(floating* col, floating* x, const Geometry* g,
-                        bint col_is_scratch) noexcept nogil:
+                        bint col_is_scratch, Py_ssize_t row_stride) noexcept nogil:
     """Adjoint of im2col_sample: x[c, ih, iw] += every col entry that im2col read from it.
 
     When col is scratch, a stride-1 layer whose output is as wide as its input takes the
     same-width path: the entries of col that im2col filled with padding are zeroed, so
     whole blocks of rows are summed at once."""
     cdef Py_ssize_t c, kh, kw, oh, ow, ih, iw0, lo, hi, oh_lo, oh_hi
-    cdef Py_ssize_t L = g.OH * g.OW
-    cdef floating* src = col
+    cdef floating* row = col
+    cdef floating* src
     cdef floating* dst
     cdef bint same_width = col_is_scratch and g.SH == 1 and g.SW == 1 and g.OW == g.W
     for c in range(g.C):
@@ -170,10 +186,11 @@ cdef void col2im_sample(floating* col, floating* x, const Geometry* g,
                 valid_range(kh * g.DH - g.PH, 1, g.H, g.OH, &oh_lo, &oh_hi)
             for kw in range(g.KW):
                 iw0 = kw * g.DW - g.PW
+                src = row
+                row += row_stride
                 if same_width:
                     dst = x + (c * g.H + oh_lo + kh * g.DH - g.PH) * g.W
                     same_width_rows(src + oh_lo * g.OW, dst, oh_hi - oh_lo, g.W, iw0, True)
-                    src += L
                     continue
                 valid_range(iw0, g.SW, g.W, g.OW, &lo, &hi)
                 for oh in range(g.OH):
@@ -304,7 +321,7 @@ cdef void conv2d_backward_typed(const floating[:, :, :, ::1] grad_output,
                              dy + group * Fg * L, L, 0, dcol + group * K * L, L)
                     if not pointwise:
                         memset(&grad_input[n, 0, 0, 0], 0, g.C * g.H * g.W * sizeof(floating))
-                        col2im_sample(buffer, &grad_input[n, 0, 0, 0], &g, True)
+                        col2im_sample(buffer, &grad_input[n, 0, 0, 0], &g, True, L)
 
         if need_weight:
             for i in prange(weight_size, schedule='static', num_threads=n_threads):
@@ -312,13 +329,85 @@ cdef void conv2d_backward_typed(const floating[:, :, :, ::1] grad_output,
                 for chunk in range(n_chunks):
                     total = total + weight_partials[chunk, i]
                 grad_weight[i] = <floating>total
-            for f in prange(g.F, schedule='static', num_threads=n_threads):
-                total = 0
-                for n in range(g.N):
-                    dy = &grad_output[n, f, 0, 0]
-                    for position in range(L):
-                        total = total + dy[position]
-                grad_bias[f] = <floating>total
+    if need_weight:
+        bias_gradient(grad_output, grad_bias, n_threads)
+
+
+cdef void bias_gradient(const floating[:, :, :, ::1] grad_output, floating[::1] grad_bias,
+                        int n_threads) noexcept:
+    """grad_bias[f] = sum of grad_output[:, f], one filter per iteration, in double."""
+    cdef Py_ssize_t N = grad_output.shape[0], F = grad_output.shape[1]
+    cdef Py_ssize_t L = grad_output.shape[2] * grad_output.shape[3]
+    cdef Py_ssize_t f, n, position
+    cdef const floating* dy
+    cdef double total
+    with nogil:
+        for f in prange(F, schedule='static', num_threads=n_threads):
+            total = 0
+            for n in range(N):
+                dy = &grad_output[n, f, 0, 0]
+                for position in range(L):
+                    total = total + dy[position]
+            grad_bias[f] = <floating>total
+
+
+cdef void conv2d_backward_grouped_typed(const floating[:, :, :, ::1] grad_output,
+                                        const floating[:, :, :, ::1] x,
+                                        const floating[:, :, :, ::1] weight,
+                                        floating[:, :, :, ::1] grad_input,
+                                        floating[::1] grad_weight, floating[::1] grad_bias,
+                                        floating[::1] columns, floating[::1] gradients,
+                                        Geometry g, Py_ssize_t S, int n_threads) noexcept:
+    """conv2d_backward_typed for layers with more filters than output positions: S samples
+    at a time side by side, so each product runs over S*L columns (see the design notes)."""
+    cdef Py_ssize_t batch_group, first, count, s, task, f, group, f0, f1, k0, k1, ld
+    cdef Py_ssize_t L = g.OH * g.OW
+    cdef Py_ssize_t Fg = g.F // g.G
+    cdef Py_ssize_t K = (g.C // g.G) * g.KH * g.KW
+    cdef Py_ssize_t f_blocks = min(SHARED_TASKS, max(1, Fg // MIN_FILTER_BLOCK))
+    cdef Py_ssize_t k_blocks = min(max(1, SHARED_TASKS // f_blocks), max(1, K // MIN_POSITION_BLOCK))
+    cdef Py_ssize_t tasks = g.G * f_blocks * k_blocks
+    cdef bint need_input = grad_input is not None
+    cdef bint need_weight = grad_weight is not None
+    cdef floating beta
+    cdef floating* dyt = &gradients[0]
+    cdef floating* cols = &columns[0]
+    with nogil:
+        for batch_group in range((g.N + S - 1) // S):
+            first = batch_group * S
+            count = min(S, g.N - first)
+            ld = count * L
+            # dyt[f, s*L + p] = grad_output[first + s, f, p]; cols likewise from im2col.
+            for s in prange(count, schedule='static', num_threads=n_threads):
+                for f in range(g.F):
+                    memcpy(dyt + f * ld + s * L, &grad_output[first + s, f, 0, 0],
+                           L * sizeof(floating))
+                if need_weight:
+                    im2col_channels(&x[first + s, 0, 0, 0], cols + s * L, &g, 0, g.C, ld)
+            if need_weight:
+                beta = 0 if first == 0 else 1
+                for task in prange(tasks, schedule='static', num_threads=n_threads):
+                    group = task // (f_blocks * k_blocks)
+                    f0 = group * Fg + task // k_blocks % f_blocks * Fg // f_blocks
+                    f1 = group * Fg + (task // k_blocks % f_blocks + 1) * Fg // f_blocks
+                    k0 = task % k_blocks * K // k_blocks
+                    k1 = (task % k_blocks + 1) * K // k_blocks
+                    gemm(False, True, f1 - f0, k1 - k0, ld, 1, dyt + f0 * ld, ld,
+                         cols + (group * K + k0) * ld, ld, beta, &grad_weight[f0 * K + k0], K)
+            if need_input:
+                # The column matrix is no longer needed: its gradient takes its place.
+                for task in prange(tasks, schedule='static', num_threads=n_threads):
+                    group = task // (f_blocks * k_blocks)
+                    k0 = task % (f_blocks * k_blocks) * K // (f_blocks * k_blocks)
+                    k1 = (task % (f_blocks * k_blocks) + 1) * K // (f_blocks * k_blocks)
+                    gemm(True, False, k1 - k0, ld, Fg, 1, &weight[group * Fg, 0, 0, 0] + k0, K,
+                         dyt + group * Fg * ld, ld, 0, cols + (group * K + k0) * ld, ld)
+                for s in prange(count, schedule='static', num_threads=n_threads):
+                    memset(&grad_input[first + s, 0, 0, 0], 0,
+                           g.C * g.H * g.W * sizeof(floating))
+                    col2im_sample(cols + s * L, &grad_input[first + s, 0, 0, 0], &g, True, ld)
+    if need_weight:
+        bias_gradient(grad_output, grad_bias, n_threads)
 
 
 cdef void conv2d_forward_shared_typed(const floating[:, :, :, ::1] x,
@@ -347,7 +436,7 @@ cdef void conv2d_forward_shared_typed(const floating[:, :, :, ::1] x,
             else:
                 for block in prange(channel_blocks, schedule='static', num_threads=n_threads):
                     im2col_channels(&x[n, 0, 0, 0], &cols[0], &g, block * g.C // channel_blocks,
-                                    (block + 1) * g.C // channel_blocks)
+                                    (block + 1) * g.C // channel_blocks, L)
                 col = &cols[0]
             for task in prange(f_blocks * l_blocks, schedule='static', num_threads=n_threads):
                 f_first = task // l_blocks * g.F // f_blocks
@@ -435,6 +524,22 @@ def conv2d_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias,
                 check_disjoint("grad_bias", grad_bias, name, array)
         weight_flat = grad_weight.reshape(-1)
         bias_flat = grad_bias
+    cdef Py_ssize_t L = g.OH * g.OW, S
+    if g.N > 0 and g.F > L:
+        # Fewer positions than filters: per-sample products would be thin (L columns)
+        # and each would rewrite a whole weight-sized partial sum.
+        S = min(g.N, max(1, (GROUPED_COLUMNS + L - 1) // L))
+        columns = np.empty(g.C * g.KH * g.KW * S * L, dtype=dtype)
+        gradients = np.empty(g.F * S * L, dtype=dtype)
+        if dtype == np.float32:
+            conv2d_backward_grouped_typed[float](grad_output, x, weight, grad_input, weight_flat,
+                                                 bias_flat, columns, gradients, g, S, n_threads)
+        else:
+            conv2d_backward_grouped_typed[double](grad_output, x, weight, grad_input,
+                                                  weight_flat, bias_flat, columns, gradients, g,
+                                                  S, n_threads)
+        return
+    if weight_flat is not None:
         partials = np.empty((max(n_chunks, 1), weight_flat.shape[0]), dtype=dtype)
     cdef bint pointwise = is_pointwise(&g)
     scratch = column_scratch(&g, pointwise, n_threads, dtype)
@@ -460,7 +565,7 @@ cdef void col2im_typed(const floating[:, :, ::1] cols, floating[:, :, ::1] x,
     with nogil:
         for n in prange(g.N, schedule='static', num_threads=n_threads):
             memset(&x[n, 0, 0], 0, g.C * g.H * g.W * sizeof(floating))
-            col2im_sample(<floating*>&cols[n, 0, 0], &x[n, 0, 0], &g, False)
+            col2im_sample(<floating*>&cols[n, 0, 0], &x[n, 0, 0], &g, False, g.OH * g.OW)
 
 
 cdef Geometry unfold_geometry(object x, object cols, tuple kernel_size, tuple output_size,

@@ -30,6 +30,10 @@ HAND_PICKED = [
     (1, 5, 9, 8, 40, (3, 3), 1, 1, 1, 1, True),
     (3, 3, 7, 7, 33, (2, 3), (2, 1), (1, 0), 1, 1, False),
     (2, 4, 5, 5, 70, (1, 1), 1, 0, 1, 1, True),          # pointwise
+    # More filters than output positions: the backward takes samples side by side.
+    (5, 4, 4, 4, 24, (3, 3), 1, 1, 1, 2, True),          # with groups
+    (61, 2, 6, 6, 40, (3, 3), 1, 1, 1, 1, True),         # three groups of samples
+    (3, 3, 9, 9, 30, (3, 3), 2, 0, 1, 1, False),         # strided
 ]
 
 

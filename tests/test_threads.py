@@ -29,6 +29,12 @@ def run_every_kernel(rng):
     results += [averaged, F.avg_pool2d_backward(np.ones_like(averaged), x, 3, 2, 1, False)]
     results += [F.global_avg_pool2d(x), F.unfold(x, 3, padding=1),
                 F.fold(F.unfold(x, 3, padding=1), (13, 27), 3, padding=1)]
+    # More filters than positions: the backward puts samples side by side.
+    weight = rng.standard_normal((60, 6, 3, 3)).astype(np.float32)
+    small = x[:, :, :5, :6]
+    out = F.conv2d(small, weight, padding=1)
+    results += list(F.conv2d_backward(rng.standard_normal(out.shape).astype(np.float32), small,
+                                      weight, padding=1))
     # One to three samples: the forward shares each sample between the threads.
     for batch in (1, 2, 3):
         weight = rng.standard_normal((70, 6, 3, 3)).astype(np.float32)
