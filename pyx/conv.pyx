@@ -45,9 +45,9 @@ include "blas.pxi"
 # output positions, where the shape allows): one image still uses every core. The rule
 # depends on the shapes only, so results do not change with the thread count.
 cdef Py_ssize_t SHARED_BATCH = 4
-cdef Py_ssize_t SHARED_TASKS = 8
-cdef Py_ssize_t MIN_FILTER_BLOCK = 32
-cdef Py_ssize_t MIN_POSITION_BLOCK = 64
+cdef Py_ssize_t SHARED_TASKS = 4
+cdef Py_ssize_t MIN_FILTER_BLOCK = 64
+cdef Py_ssize_t MIN_POSITION_BLOCK = 96
 
 # The grouped backward puts enough samples side by side for products over at least this
 # many columns.
