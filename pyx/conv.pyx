@@ -19,6 +19,10 @@
 #   into a fixed number of chunks that does not depend on the thread count;
 #   each chunk owns one partial sum, and the partials are added in chunk
 #   order. Results are therefore bit-identical for any number of threads.
+#   Samples and chunks are handed out dynamically: when another process takes
+#   a core, the thread still running takes over the waiting work instead of
+#   the loop waiting for a static share (which thread computes an iteration
+#   never changes its result).
 # - A backward with more filters than output positions (deep layers with a
 #   small image: ResNet's last stages) takes groups of S samples side by side
 #   instead (S fixed by the shape): each sample's columns and output gradient
@@ -259,7 +263,7 @@ cdef void conv2d_forward_typed(const floating[:, :, :, ::1] x,
     cdef const floating* col
     cdef floating* y
     with nogil:
-        for n in prange(g.N, schedule='static', num_threads=n_threads):
+        for n in prange(g.N, schedule="dynamic", num_threads=n_threads):
             if pointwise:
                 col = &x[n, 0, 0, 0]
             else:
@@ -297,7 +301,7 @@ cdef void conv2d_backward_typed(const floating[:, :, :, ::1] grad_output,
     cdef floating beta
     cdef double total
     with nogil:
-        for chunk in prange(n_chunks, schedule='static', num_threads=n_threads):
+        for chunk in prange(n_chunks, schedule="dynamic", num_threads=n_threads):
             buffer = &scratch[threadid(), 0]
             first = chunk * g.N // n_chunks
             stop = (chunk + 1) * g.N // n_chunks
