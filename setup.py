@@ -83,8 +83,11 @@ class BuildKernels(build_ext):
         if flags is None:
             warnings.warn(f"cnncli: building the kernels WITHOUT OpenMP ({reason}); "
                           "they will run on one thread.")
-        # errno is never read, so sqrt needs no error path and vectorises.
-        optimise = [] if self.compiler.compiler_type == "msvc" else ["-O3", "-fno-math-errno"]
+        # errno is never read, so sqrt needs no error path and vectorises. Short zeroing
+        # and copying loops (one or two values at a row's ends in im2col) stay loops
+        # rather than becoming library calls, which cost more than the work.
+        optimise = [] if self.compiler.compiler_type == "msvc" else [
+            "-O3", "-fno-math-errno", "-fno-tree-loop-distribute-patterns"]
         for extension in self.extensions:
             extension.extra_compile_args += optimise + (flags[0] if flags else [])
             extension.extra_link_args += flags[1] if flags else []

@@ -57,6 +57,32 @@ def test_training_is_reproducible_whatever_the_thread_count(digits):
         np.testing.assert_array_equal(single, double)
 
 
+def test_batchnorm_adam_training_and_batch_one_inference_ignore_the_thread_count(digits):
+    """The compiled BatchNorm, ReLU and Adam kernels, a residual network's backward with
+    samples side by side, and the single-sample forward that shares a sample between
+    threads: the same bits at 1, 2 and 3 threads."""
+    from cnncli.architectures import resnet
+    from cnncli.layers import BatchNorm2D
+    x_train, x_test, y_train, _ = digits
+    runs = []
+    for threads in (1, 2, 3):
+        with cnncli.threads(threads):
+            model = Sequential([Conv2D(16, 3, padding=1), BatchNorm2D(), ReLU(), MaxPool2D(2),
+                                Conv2D(32, 3, padding=1), BatchNorm2D(), ReLU(),
+                                Flatten(), Dense(10)], input_shape=(1, 8, 8), seed=3)
+            fit(model, x_train[:256], y_train[:256], epochs=2, batch_size=32, seed=5,
+                optimizer=Adam(model.parameters(), lr=0.01))
+            network = resnet(18, (3, 32, 32), classes=7, seed=1, width=8)
+            images = np.random.default_rng(2).standard_normal((4, 3, 32, 32)).astype(np.float32)
+            fit(network, images, np.arange(4) % 7, epochs=2, batch_size=4,
+                optimizer=SGD(network.parameters(), lr=0.01, momentum=0.9))
+            runs.append(model.weights + list(model.buffers().values()) + network.weights
+                        + [model.forward(x_test[:1]), network.forward(images[:1])])
+    for other in runs[1:]:
+        for single, parallel in zip(runs[0], other):
+            np.testing.assert_array_equal(single, parallel)
+
+
 def test_early_stopping_restores_the_best_weights(digits):
     x_train, x_test, y_train, y_test = digits
 
