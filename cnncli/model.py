@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from cnncli.inference import inference_steps
+from cnncli.inference import inference_steps, training_backward, training_forward
 from cnncli.layers import LeakyReLU, Layer, ReLU
 
 __all__ = ["Sequential", "plan", "LoadReport", "IncompatibleWeightsError"]
@@ -449,7 +449,8 @@ class Sequential:
         """Run the layers in order; with training=True, keep what backward needs.
 
         Layers below the lowest trainable one run in inference mode, as an
-        inference plan that fuses some pairs (``cnncli.inference``), and keep
+        inference plan that fuses some pairs (``cnncli.inference``; the layers
+        above fuse a ReLU with the max pooling after it, exactly), and keep
         nothing, since no gradient reaches them (a frozen backbone is
         deterministic), unless ``need_input_grad`` asks for the gradient with
         respect to the input (then pass it to ``backward`` too).
@@ -460,9 +461,7 @@ class Sequential:
         lowest = self._lowest_needed(need_input_grad) if training else len(self._layers)
         for step in inference_steps(self._layers[:lowest]):
             x = step(x)
-        for layer in self._layers[lowest:]:
-            x = layer.forward(x, training=training)
-        return x
+        return training_forward(self._layers[lowest:], x) if training else x
 
     __call__ = forward
 
@@ -484,10 +483,7 @@ class Sequential:
         traversed and the gradient with respect to the input is returned.
         """
         lowest = self._lowest_needed(need_input_grad)
-        grad = grad_output
-        for position in range(len(self._layers) - 1, lowest - 1, -1):
-            grad = self._layers[position].backward(
-                grad, need_input_grad=need_input_grad or position > lowest)
+        grad = training_backward(self._layers[lowest:], grad_output, need_input_grad)
         return grad if need_input_grad else None
 
     # -- training (Keras-style shortcuts to cnncli.training) -----------------------------

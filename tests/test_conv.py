@@ -125,8 +125,10 @@ def test_conv2d_backward_matches_reference(case, dtype):
         np.testing.assert_allclose(got, want, **TOLERANCE[dtype])
 
 
-GRADIENT_CASES = [case for case in HAND_PICKED if case[0] > 0 and case[2] * case[3] < 150] + \
-    random_cases(6, seed=7)
+# Small cases only: finite differences of a loss summed over many outputs lose digits
+# to rounding (at 61 samples, about 1e-7, as large as the tolerance).
+GRADIENT_CASES = [case for case in HAND_PICKED
+                  if 0 < case[0] <= 8 and case[2] * case[3] < 150] + random_cases(6, seed=7)
 
 
 @pytest.mark.parametrize("case", GRADIENT_CASES)

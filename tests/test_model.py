@@ -195,9 +195,9 @@ def test_inference_pools_before_relu_with_the_same_result():
     assert model[1]._cache is not None
 
 
-def test_inference_really_applies_relu_to_the_pooled_values(monkeypatch):
+def test_relu_before_max_pooling_really_sees_the_pooled_values(monkeypatch):
     """Not only the same result: the ReLU before a max pool sees the pooled values (a
-    quarter of them) in inference, and the unpooled ones in training."""
+    quarter of them), in inference and in training."""
     model = Sequential([Conv2D(4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(3)],
                        input_shape=(2, 8, 8), seed=0)
     seen = []
@@ -209,7 +209,29 @@ def test_inference_really_applies_relu_to_the_pooled_values(monkeypatch):
     assert seen == [(5, 4, 4, 4)]
     seen.clear()
     model.forward(x, training=True)
-    assert seen == [(5, 4, 8, 8)]
+    assert seen == [(5, 4, 4, 4)]
+
+
+class UnfusedReLU(ReLU):
+    """A subclass: fusions take exact types only, so this one runs on its own."""
+
+
+@pytest.mark.parametrize("pool", [MaxPool2D(2), MaxPool2D(3, stride=2, padding=1)])
+def test_training_with_relu_then_max_pooling_fused_gives_the_unfused_bits(pool):
+    """Pooling then ReLU in training: the same outputs, gradients and trained weights, bit
+    for bit, as ReLU then pooling (overlapping windows and many non-positive ones included)."""
+    import copy
+    runs = []
+    for relu in (ReLU(name="relu"), UnfusedReLU(name="relu")):
+        model = Sequential([Conv2D(4, 3, padding=1), relu, copy.deepcopy(pool), Flatten(),
+                            Dense(3)], input_shape=(2, 9, 9), seed=0)
+        x = np.random.default_rng(1).standard_normal((6, 2, 9, 9)).astype(np.float32) - 0.5
+        output = model.forward(x, training=True, need_input_grad=True)
+        grad_input = model.backward(np.ones_like(output), need_input_grad=True)
+        model.fit(x, np.arange(6) % 3, epochs=3, batch_size=2)
+        runs.append([output, grad_input] + model.weights)
+    for fused, unfused in zip(*runs):
+        np.testing.assert_array_equal(fused, unfused)
 
 
 def test_inference_really_folds_batchnorm_into_the_convolution(monkeypatch):

@@ -30,6 +30,13 @@ class ReLU(_Activation):
     def function(self, x):
         return F.relu(x)
 
+    def forward_any_shape(self, x, training=False):
+        """``forward`` on an array of any shape: a training pass that fuses this ReLU with
+        the max pooling after it applies it to the pooled values."""
+        out = self.function(np.asarray(x))
+        self._cache = out if training else None
+        return out
+
     def backward(self, grad_output, need_input_grad=True):
         out = self._cached()
         # The compiled kernel masks and copies in one pass.
