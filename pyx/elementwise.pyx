@@ -70,7 +70,7 @@ cdef inline void affine_block(const floating* x, floating a, floating b, floatin
 cdef void relu_forward_typed(const floating[::1] x, floating[::1] out,
                              int n_threads) noexcept:
     cdef Py_ssize_t size = x.shape[0], blocks = (size + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t block, i, stop
+    cdef Py_ssize_t block, stop
     with nogil:
         for block in prange(blocks, schedule='static',
                             num_threads=threads_for(size, n_threads)):
@@ -81,7 +81,7 @@ cdef void relu_forward_typed(const floating[::1] x, floating[::1] out,
 cdef void relu_backward_typed(const floating[::1] grad_output, const floating[::1] out,
                               floating[::1] grad_input, int n_threads) noexcept:
     cdef Py_ssize_t size = out.shape[0], blocks = (size + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t block, i, stop
+    cdef Py_ssize_t block, stop
     with nogil:
         for block in prange(blocks, schedule='static',
                             num_threads=threads_for(size, n_threads)):

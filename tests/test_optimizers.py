@@ -3,6 +3,7 @@ import re
 import numpy as np
 import pytest
 
+import reference
 from cnncli.layers import Parameter
 from cnncli.optimizers import SGD, Adam, AdamW, CosineLR, OneCycleLR, StepLR
 
@@ -23,11 +24,7 @@ START = np.array([1.0, -2.0, 0.5])
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_sgd_matches_its_formula(nesterov):
     lr, momentum, decay = 0.1, 0.9, 0.01
-    p, v = START.copy(), None
-    for g in GRADIENTS:
-        g = g + decay * p
-        v = g.copy() if v is None else momentum * v + g
-        p = p - lr * (g + momentum * v if nesterov else v)
+    p = reference.sgd_steps(START, GRADIENTS, lr, momentum, decay, nesterov)
     got = run(SGD, GRADIENTS, START, lr=lr, momentum=momentum, nesterov=nesterov,
               weight_decay=decay)
     np.testing.assert_allclose(got, p, rtol=1e-14)
@@ -36,15 +33,7 @@ def test_sgd_matches_its_formula(nesterov):
 @pytest.mark.parametrize("decoupled", [False, True])
 def test_adam_and_adamw_match_their_formula(decoupled):
     lr, b1, b2, eps, decay = 0.01, 0.9, 0.999, 1e-8, 0.1
-    p, m, v = START.copy(), np.zeros(3), np.zeros(3)
-    for t, g in enumerate(GRADIENTS, start=1):
-        if decoupled:
-            p = p - lr * decay * p
-        else:
-            g = g + decay * p
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        p = p - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    p = reference.adam_steps(START, GRADIENTS, lr, b1, b2, eps, decay, decoupled)
     got = run(AdamW if decoupled else Adam, GRADIENTS, START, lr=lr, weight_decay=decay)
     np.testing.assert_allclose(got, p, rtol=1e-14)
 
