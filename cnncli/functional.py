@@ -1,4 +1,5 @@
-"""Convolution, pooling and dense layers on NumPy arrays, with the signatures of ``torch.nn.functional``.
+"""Convolution, pooling, dense layers, ReLU, batch normalisation and optimizer updates on
+NumPy arrays, with the signatures of ``torch.nn.functional`` where it has them.
 
 Layout is NCHW and convolution weights are ``(out_channels, in_channels / groups,
 kernel_height, kernel_width)``, so any result can be checked against PyTorch.

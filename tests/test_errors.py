@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from cnncli import _conv, _linear, _pool
+from cnncli import _conv, _elementwise, _linear, _pool
 from cnncli import functional as F
 
 x32 = np.zeros((2, 3, 8, 8), dtype=np.float32)
@@ -92,6 +92,17 @@ w2d = np.zeros((4, 6), dtype=np.float32)
 shared_weight_grad = np.zeros((4, 6), dtype=np.float32)
 CONV_ARGS = ((1, 1), (0, 0), (1, 1), 1, 2)
 
+flat4 = np.zeros(4, np.float32)
+planes = np.zeros((2, 3, 5), np.float32)
+shared3 = np.zeros(3, np.float32)
+
+
+def channels3():
+    return np.zeros(3, np.float32)
+
+
+flat3 = channels3
+
 KERNEL_ERRORS = [
     ("non-contiguous x", lambda: _conv.conv2d_forward(x32[:, :, ::2], w32, None, out32, *CONV_ARGS),
      "x: expected a C-contiguous array"),
@@ -147,6 +158,32 @@ KERNEL_ERRORS = [
      "grad_bias: must not share memory with grad_weight"),
     ("linear empty batch", lambda: _linear.linear_forward(x2d[:0], w2d, None, np.zeros((0, 4), np.float32), 1),
      "batch size: expected a value >= 1, got 0"),
+    ("relu out shape", lambda: _elementwise.relu_forward(flat4, np.zeros(3, np.float32), 1),
+     "out: expected shape (4,), got (3,)"),
+    ("relu 2-D", lambda: _elementwise.relu_forward(x2d, x2d.copy(), 1), "x: expected a 1-D array"),
+    ("relu read-only grad_input", lambda: _elementwise.relu_backward(flat4, flat4, read_only(flat4), 1),
+     "grad_input: expected a writable array"),
+    ("statistics of nothing", lambda: _elementwise.batch_statistics(np.zeros((0, 3, 4), np.float32),
+                                                                   channels3(), channels3(), 1),
+     "values per channel: expected a value >= 1, got 0"),
+    ("affine scale channels", lambda: _elementwise.channel_affine(planes, np.zeros(2, np.float32),
+                                                                  channels3(), planes.copy(), 1),
+     "scale: expected shape (3,), got (2,)"),
+    ("batchnorm grad_input is x", lambda: _elementwise.batchnorm_backward(
+        planes.copy(), planes, channels3(), channels3(), channels3(), planes, channels3(), channels3(),
+        True, 1), "grad_input: must not share memory with x"),
+    ("batchnorm grads shared", lambda: _elementwise.batchnorm_backward(
+        planes.copy(), planes, channels3(), channels3(), channels3(), None, shared3, shared3, True, 1),
+     "grad_gamma: must not share memory with grad_beta"),
+    ("sgd velocity is value", lambda: _elementwise.sgd_update(shared3, flat3(), shared3, 0.1, 0.9, 0.0,
+                                                              False, False, 1),
+     "velocity: must not share memory with value"),
+    ("adam step 0", lambda: _elementwise.adam_update(flat3(), flat3(), flat3(), flat3(), 0.1, 0.9, 0.999,
+                                                     1e-8, 0.0, False, 0, 1),
+     "step: expected a value >= 1, got 0"),
+    ("adam float64 moments", lambda: _elementwise.adam_update(flat3(), flat3(), flat3(), np.zeros(3), 0.1,
+                                                              0.9, 0.999, 1e-8, 0.0, False, 1, 1),
+     "v: expected dtype float32, got float64"),
 ]
 
 
@@ -166,6 +203,7 @@ def test_kernels_survive_inconsistent_arguments():
         weight = rng.standard_normal(shape()).astype(np.float32)
         out = np.zeros(shape(), np.float32)
         x2, weight2, out2 = (np.zeros(shape()[:2], np.float32) for _ in range(3))
+        vector = lambda: np.zeros(int(rng.integers(0, 6)), np.float32)
         pair = lambda low: (int(rng.integers(low, 4)), int(rng.integers(low, 4)))
         params = (pair(-1), pair(-1), pair(-1), int(rng.integers(-1, 4)), int(rng.integers(1, 3)))
         for call in (lambda: _conv.conv2d_forward(x, weight, None, out, *params),
@@ -178,7 +216,18 @@ def test_kernels_survive_inconsistent_arguments():
                      lambda: _linear.linear_forward(x2, weight2, None, out2, 2),
                      lambda: _linear.linear_backward(out2, x2, weight2, np.zeros_like(x2),
                                                      np.zeros_like(weight2),
-                                                     np.zeros(weight2.shape[0], np.float32), 2)):
+                                                     np.zeros(weight2.shape[0], np.float32), 2),
+                     lambda: _elementwise.relu_backward(x.reshape(-1), out.reshape(-1),
+                                                        np.zeros(x.size, np.float32), 2),
+                     lambda: _elementwise.batch_statistics(x.reshape(x.shape[0], x.shape[1], -1),
+                                                           vector(), vector(), 2),
+                     lambda: _elementwise.batchnorm_backward(
+                         out.reshape(out.shape[0], out.shape[1], -1),
+                         x.reshape(x.shape[0], x.shape[1], -1), vector(), vector(), vector(), None,
+                         vector(), vector(), True, 2),
+                     lambda: _elementwise.adam_update(x.reshape(-1), out.reshape(-1),
+                                                      np.zeros(x.size, np.float32), out2.reshape(-1),
+                                                      0.1, 0.9, 0.999, 1e-8, 0.0, False, 1, 2)):
             try:
                 call()
             except ValueError:
