@@ -79,7 +79,7 @@ def _conv_operands(x, weight):
 
 
 def conv2d(x, weight, bias=None, stride: IntPair = 1, padding: Union[IntPair, str] = 0,
-           dilation: IntPair = 1, groups: int = 1) -> np.ndarray:
+           dilation: IntPair = 1, groups: int = 1, *, relu: bool = False) -> np.ndarray:
     """2-D convolution (cross-correlation, as in deep learning) of a batch of images.
 
     Parameters
@@ -94,6 +94,9 @@ def conv2d(x, weight, bias=None, stride: IntPair = 1, padding: Union[IntPair, st
     groups : int
         Split channels into groups convolved separately; ``groups == C`` is a
         depthwise convolution.
+    relu : bool
+        Return ``max(conv, 0)``, applied to each sample's output while it is in
+        cache (the same values as ``relu(conv2d(...))``).
 
     Returns
     -------
@@ -109,7 +112,7 @@ def conv2d(x, weight, bias=None, stride: IntPair = 1, padding: Union[IntPair, st
     out = np.empty((x.shape[0], weight.shape[0]) + geometry.output_size, dtype=x.dtype)
     with single_threaded_blas:
         _conv.conv2d_forward(x, weight, bias, out, geometry.stride, geometry.padding,
-                             geometry.dilation, geometry.groups, get_num_threads())
+                             geometry.dilation, geometry.groups, get_num_threads(), bool(relu))
     return out
 
 

@@ -13,6 +13,10 @@ The fusions, each exact:
 - A convolution then a BatchNorm runs as one scaled convolution. In
   inference a BatchNorm is a per-channel affine map, which folds into the
   convolution's weights and bias: one pass over the output instead of two.
+- A ReLU after a convolution (or after a convolution and its BatchNorm)
+  runs inside the convolution, on each sample's output while it is in cache:
+  no pass and no array of its own. A ReLU that a max pooling follows fuses
+  with the pooling instead (it then touches a quarter of the values).
 
 ``Sequential.forward`` uses a plan for the layers below the lowest one a
 backward pass must reach; each fused layer's kept state is cleared, as its
@@ -41,18 +45,50 @@ def _relu_then_max_pool(relu, pool):
 def _convolution_then_batchnorm(convolution, batchnorm):
     def step(x):
         batchnorm.clear_cache()
-        return convolution.forward_scaled(x, *batchnorm.inference_affine())
+        return convolution.forward_fused(x, *batchnorm.inference_affine())
     return step
 
 
-# (exact layer types of the pair, the fused step): subclasses may change the
-# arithmetic, so they are not fused.
-FUSIONS = {(ReLU, MaxPool2D): _relu_then_max_pool,
-           (Conv2D, BatchNorm2D): _convolution_then_batchnorm}
+def _convolution_then_relu(convolution, relu):
+    def step(x):
+        relu.clear_cache()
+        return convolution.forward_fused(x, relu=True)
+    return step
+
+
+def _convolution_batchnorm_relu(convolution, batchnorm, relu):
+    def step(x):
+        batchnorm.clear_cache()
+        relu.clear_cache()
+        return convolution.forward_fused(x, *batchnorm.inference_affine(), relu=True)
+    return step
+
+
+# (exact layer types of the run, the fused step), longest runs first: subclasses may
+# change the arithmetic, so they are not fused. A run ending in a ReLU is not fused
+# where a max pooling follows it: the ReLU fuses with the pooling instead.
+FUSIONS = {(Conv2D, BatchNorm2D, ReLU): _convolution_batchnorm_relu,
+           (ReLU, MaxPool2D): _relu_then_max_pool,
+           (Conv2D, BatchNorm2D): _convolution_then_batchnorm,
+           (Conv2D, ReLU): _convolution_then_relu}
 
 
 def _single(layer):
     return lambda x: layer.forward(x)
+
+
+def _fusion_at(layers, position):
+    """The longest run of FUSIONS starting at ``position``, as (layers, fuse), or None."""
+    for length in (3, 2):
+        run = tuple(layers[position:position + length])
+        fuse = FUSIONS.get(tuple(type(layer) for layer in run))
+        if fuse is None or len(run) < length:
+            continue
+        after = layers[position + length] if position + length < len(layers) else None
+        if type(run[-1]) is ReLU and type(after) is MaxPool2D:
+            continue
+        return run, fuse
+    return None
 
 
 def inference_steps(layers):
@@ -60,11 +96,11 @@ def inference_steps(layers):
     steps = []
     position = 0
     while position < len(layers):
-        pair = tuple(layers[position:position + 2])
-        fuse = FUSIONS.get(tuple(type(layer) for layer in pair))
-        if fuse is not None and len(pair) == 2:
-            steps.append(fuse(*pair))
-            position += 2
+        found = _fusion_at(layers, position)
+        if found is not None:
+            run, fuse = found
+            steps.append(fuse(*run))
+            position += len(run)
         else:
             steps.append(_single(layers[position]))
             position += 1

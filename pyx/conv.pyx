@@ -92,6 +92,20 @@ cdef inline void zero(floating* dst, Py_ssize_t count) noexcept nogil:
         dst[i] = 0
 
 
+cdef inline void relu_rows(floating* y, Py_ssize_t rows, Py_ssize_t width,
+                           Py_ssize_t row_stride) noexcept nogil:
+    """max(y, 0) in place over `rows` rows of `width` values, row_stride apart, while the
+    output is still in cache (NaN is kept, as by ReLU)."""
+    cdef Py_ssize_t r, i
+    cdef floating value
+    cdef floating* row
+    for r in range(rows):
+        row = y + r * row_stride
+        for i in range(width):
+            value = row[i]
+            row[i] = 0 if value < 0 else value
+
+
 cdef inline void same_width_rows(floating* dst, const floating* src, Py_ssize_t rows,
                                  Py_ssize_t W, Py_ssize_t shift, bint accumulate) noexcept nogil:
     """For a stride-1 row whose output is as wide as the input: dst[r, w] = src[r, w + shift]
@@ -253,7 +267,7 @@ cdef void conv2d_forward_typed(const floating[:, :, :, ::1] x,
                                const floating[:, :, :, ::1] weight,
                                const floating[::1] bias, floating[:, :, :, ::1] out,
                                floating[:, ::1] scratch, Geometry g, bint pointwise,
-                               int n_threads) noexcept:
+                               bint relu, int n_threads) noexcept:
     cdef Py_ssize_t n, f, p, group
     cdef Py_ssize_t L = g.OH * g.OW
     cdef Py_ssize_t Fg = g.F // g.G
@@ -277,6 +291,8 @@ cdef void conv2d_forward_typed(const floating[:, :, :, ::1] x,
             for group in range(g.G):
                 gemm(False, False, Fg, L, K, 1, &weight[group * Fg, 0, 0, 0], K,
                      col + group * K * L, L, beta, y + group * Fg * L, L)
+            if relu:
+                relu_rows(y, 1, g.F * L, 0)
 
 
 cdef void conv2d_backward_typed(const floating[:, :, :, ::1] grad_output,
@@ -418,7 +434,7 @@ cdef void conv2d_forward_shared_typed(const floating[:, :, :, ::1] x,
                                       const floating[:, :, :, ::1] weight,
                                       const floating[::1] bias, floating[:, :, :, ::1] out,
                                       floating[::1] cols, Geometry g, bint pointwise,
-                                      int n_threads) noexcept:
+                                      bint relu, int n_threads) noexcept:
     """conv2d_forward_typed for a few samples (groups == 1): each sample's column matrix is
     built by all threads (a block of channels each), then its product is cut into blocks
     of filters and output positions, fixed by the shape, one task each."""
@@ -455,11 +471,13 @@ cdef void conv2d_forward_shared_typed(const floating[:, :, :, ::1] x,
                 gemm(False, False, f_stop - f_first, l_stop - l_first, K, 1,
                      &weight[f_first, 0, 0, 0], K, col + l_first, L, beta,
                      y + f_first * L + l_first, L)
+                if relu:
+                    relu_rows(y + f_first * L + l_first, f_stop - f_first, l_stop - l_first, L)
 
 
 def conv2d_forward(x, weight, bias, out, tuple stride, tuple padding, tuple dilation,
-                   Py_ssize_t groups, int n_threads):
-    """out[n, f] = bias[f] + sum_{c in group(f), kh, kw} weight[f, c, kh, kw] * x_padded[n, c, oh*S + kh*D, ow*S + kw*D]."""
+                   Py_ssize_t groups, int n_threads, bint relu=False):
+    """out[n, f] = bias[f] + sum_{c in group(f), kh, kw} weight[f, c, kh, kw] * x_padded[n, c, oh*S + kh*D, ow*S + kw*D]; then max(out, 0) with relu."""
     dtype = working_dtype("x", x)
     check_array("x", x, 4, dtype, False)
     check_array("weight", weight, 4, dtype, False)
@@ -477,17 +495,19 @@ def conv2d_forward(x, weight, bias, out, tuple stride, tuple padding, tuple dila
     if g.N < SHARED_BATCH and g.G == 1:
         cols = column_scratch(&g, pointwise, 1, dtype)[0]
         if dtype == np.float32:
-            conv2d_forward_shared_typed[float](x, weight, bias, out, cols, g, pointwise,
+            conv2d_forward_shared_typed[float](x, weight, bias, out, cols, g, pointwise, relu,
                                                n_threads)
         else:
-            conv2d_forward_shared_typed[double](x, weight, bias, out, cols, g, pointwise,
+            conv2d_forward_shared_typed[double](x, weight, bias, out, cols, g, pointwise, relu,
                                                 n_threads)
         return
     scratch = column_scratch(&g, pointwise, n_threads, dtype)
     if dtype == np.float32:
-        conv2d_forward_typed[float](x, weight, bias, out, scratch, g, pointwise, n_threads)
+        conv2d_forward_typed[float](x, weight, bias, out, scratch, g, pointwise, relu,
+                                    n_threads)
     else:
-        conv2d_forward_typed[double](x, weight, bias, out, scratch, g, pointwise, n_threads)
+        conv2d_forward_typed[double](x, weight, bias, out, scratch, g, pointwise, relu,
+                                     n_threads)
 
 
 def conv2d_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias,

@@ -5,6 +5,7 @@ extraction, freezing, whole-model gradients, residual blocks, and the inference 
 import numpy as np
 import pytest
 
+from cnncli import functional as F
 from cnncli.gradcheck import check_gradient
 from cnncli.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
                            GlobalAvgPool2D, MaxPool2D, ReLU, Softmax, Tanh)
@@ -235,23 +236,37 @@ def test_training_with_relu_then_max_pooling_fused_gives_the_unfused_bits(pool):
 
 
 def test_inference_really_folds_batchnorm_into_the_convolution(monkeypatch):
-    """In inference the BatchNorm after a convolution is not run: the convolution runs once,
-    scaled; in training both run."""
+    """In inference the BatchNorm and the ReLU after a convolution are not run: the
+    convolution runs once, scaled, with the ReLU inside; in training all three run."""
     model = Sequential([Conv2D(4, 3, padding=1), BatchNorm2D(), ReLU(), Flatten(), Dense(3)],
                        input_shape=(2, 6, 6), seed=0)
     calls = []
-    for cls, method in ((Conv2D, "forward"), (Conv2D, "forward_scaled"),
-                        (BatchNorm2D, "forward")):
+    for cls, method in ((Conv2D, "forward"), (Conv2D, "forward_fused"),
+                        (BatchNorm2D, "forward"), (ReLU, "forward"), (ReLU, "function")):
         original = getattr(cls, method)
         monkeypatch.setattr(cls, method, lambda self, *args, _original=original,
                             _name=f"{cls.__name__}.{method}", **kwargs:
                             calls.append(_name) or _original(self, *args, **kwargs))
     x = np.random.default_rng(0).standard_normal((3, 2, 6, 6)).astype(np.float32)
-    model.forward(x)
-    assert calls == ["Conv2D.forward_scaled"]
+    expected = model.forward_layer_by_layer(x, lambda *seen: None)
+    calls.clear()
+    np.testing.assert_allclose(model.forward(x), expected, rtol=1e-5, atol=1e-6)
+    assert calls == ["Conv2D.forward_fused"]
     calls.clear()
     model.forward(x, training=True)
-    assert calls == ["Conv2D.forward", "BatchNorm2D.forward"]
+    assert calls == ["Conv2D.forward", "BatchNorm2D.forward", "ReLU.forward", "ReLU.function"]
+
+
+def test_a_convolution_with_relu_inside_gives_relu_of_the_convolution():
+    rng = np.random.default_rng(0)
+    for shape, weight_shape, arguments in (((2, 3, 9, 8), (5, 3, 3, 3), dict(padding=1)),
+                                           ((1, 4, 7, 7), (70, 4, 3, 3), dict(stride=2)),
+                                           ((6, 4, 5, 5), (6, 2, 1, 1), dict(groups=2))):
+        x = rng.standard_normal(shape).astype(np.float32)
+        weight = rng.standard_normal(weight_shape).astype(np.float32)
+        bias = rng.standard_normal(weight_shape[0]).astype(np.float32)
+        np.testing.assert_array_equal(F.conv2d(x, weight, bias, relu=True, **arguments),
+                                      np.maximum(F.conv2d(x, weight, bias, **arguments), 0))
 
 
 def test_named_layers_walks_into_blocks_in_order():

@@ -65,14 +65,18 @@ class Conv2D(Weighted):
         self._cache = x if training else None
         return F.conv2d(x, self.weight.value, bias, **self._arguments())
 
-    def forward_scaled(self, x, scale, shift):
-        """Inference of this convolution followed by ``y * scale[f] + shift[f]`` per output
-        channel, in one pass: the scale folds into the weights, the shift into the bias."""
+    def forward_fused(self, x, scale=None, shift=None, relu=False):
+        """Inference of this convolution, followed by ``y * scale[f] + shift[f]`` per output
+        channel (a BatchNorm's affine map) and by ReLU if asked, in one pass: the scale
+        folds into the weights, the shift into the bias, and ReLU is applied to each
+        sample's output while it is in cache."""
         x = self._check_input(x)
         self._cache = None
-        weight = self.weight.value * scale.reshape(-1, 1, 1, 1)
-        bias = shift if self.bias is None else self.bias.value * scale + shift
-        return F.conv2d(x, weight, bias, **self._arguments())
+        weight, bias = self.weight.value, None if self.bias is None else self.bias.value
+        if scale is not None:
+            weight = weight * scale.reshape(-1, 1, 1, 1)
+            bias = shift if bias is None else bias * scale + shift
+        return F.conv2d(x, weight, bias, **self._arguments(), relu=relu)
 
     def backward(self, grad_output, need_input_grad=True):
         x = self._cached()
