@@ -43,6 +43,7 @@ from libc.string cimport memcpy, memset
 
 include "checks.pxi"
 include "blas.pxi"
+include "relu.pxi"
 
 # Batches of fewer samples than this run each sample on all threads (its product cut into
 # at most SHARED_TASKS blocks of at least MIN_FILTER_BLOCK filters by MIN_POSITION_BLOCK
@@ -96,14 +97,9 @@ cdef inline void relu_rows(floating* y, Py_ssize_t rows, Py_ssize_t width,
                            Py_ssize_t row_stride) noexcept nogil:
     """max(y, 0) in place over `rows` rows of `width` values, row_stride apart, while the
     output is still in cache (NaN is kept, as by ReLU)."""
-    cdef Py_ssize_t r, i
-    cdef floating value
-    cdef floating* row
+    cdef Py_ssize_t r
     for r in range(rows):
-        row = y + r * row_stride
-        for i in range(width):
-            value = row[i]
-            row[i] = 0 if value < 0 else value
+        relu_block(y + r * row_stride, y + r * row_stride, width)
 
 
 cdef inline void same_width_rows(floating* dst, const floating* src, Py_ssize_t rows,

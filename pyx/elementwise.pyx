@@ -22,6 +22,7 @@ from cython cimport floating
 from libc.math cimport sqrt
 
 include "checks.pxi"
+include "relu.pxi"
 
 cdef Py_ssize_t BLOCK = 16384
 cdef Py_ssize_t PARALLEL_MIN = 32768
@@ -36,15 +37,6 @@ cdef inline int threads_for(Py_ssize_t size, int n_threads) noexcept nogil:
 # expression kept the compiler from turning the choice into a select, so it branched on
 # every sign and did not vectorise (ReLU's backward: 7.5 ms instead of 0.5 for 1.6M
 # random values).
-
-cdef inline void relu_block(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating value
-    for i in range(n):
-        value = x[i]
-        # NaN is kept (a comparison with NaN is false), as np.maximum does.
-        out[i] = 0 if value < 0 else value
-
 
 cdef inline void relu_grad_block(const floating* dy, const floating* y, floating* dx,
                                  Py_ssize_t n) noexcept nogil:
