@@ -466,13 +466,24 @@ def _channels(name, values, x):
     return _same_array(name, values, np.broadcast_to(x.dtype.type(0), (x.shape[1],)))
 
 
-def batch_norm_statistics(input):
+def batch_norm_statistics(input, running_mean=None, running_var=None, momentum=0.1):
     """(mean, biased variance) of each channel of ``input`` (N, C, H, W) over N, H and W,
-    summed in double precision."""
+    summed in double precision.
+
+    Given ``running_mean`` and ``running_var``, also updates them in place as
+    ``batch_norm`` does in training: ``running = (1 - momentum) * running + momentum *
+    batch``, the variance unbiased.
+    """
     input, planes = _planes("input", input)
     mean = np.empty(input.shape[1], dtype=input.dtype)
     var = np.empty_like(mean)
     _elementwise.batch_statistics(planes, mean, var, get_num_threads())
+    if running_mean is not None:
+        count = input.size // input.shape[1]
+        running_mean *= 1 - momentum
+        running_mean += momentum * mean
+        running_var *= 1 - momentum
+        running_var += momentum * var * (count / max(count - 1, 1))
     return mean, var
 
 
@@ -504,12 +515,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None,
     bias = 0 * ones if bias is None else _channels("bias", bias, input)
     mean, var = running_mean, running_var
     if training:
-        mean, var = batch_norm_statistics(input)
-        count = input.size // input.shape[1]
-        running_mean *= 1 - momentum
-        running_mean += momentum * mean
-        running_var *= 1 - momentum
-        running_var += momentum * var * (count / max(count - 1, 1))
+        mean, var = batch_norm_statistics(input, running_mean, running_var, momentum)
     scale = weight / np.sqrt(var + input.dtype.type(eps))
     return channel_affine(input, scale, bias - mean * scale)
 

@@ -77,11 +77,8 @@ class BatchNorm2D(Layer):
             if count < 2:
                 raise ValueError(f"{self.describe()}: batch statistics need more than one value "
                                  f"per channel, got input of shape {x.shape}")
-            mean, var = F.batch_norm_statistics(x)
-            self.running_mean *= 1 - self.momentum
-            self.running_mean += self.momentum * mean
-            self.running_var *= 1 - self.momentum
-            self.running_var += self.momentum * var * (count / (count - 1))
+            mean, var = F.batch_norm_statistics(x, self.running_mean, self.running_var,
+                                                self.momentum)
         else:
             mean, var = self.running_mean, self.running_var
         inverse_std = 1 / np.sqrt(var + x.dtype.type(self.eps))
