@@ -226,42 +226,60 @@ def finetune(
                                                    "pretrained model (see 'cnncli models').")],
     data: DataArgument,
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("finetuned.cnn"),
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs of training the new head.")] = 5,
+    head: Annotated[str, typer.Option(help="lbfgs: fit the new head to convergence on the "
+                                           "frozen features (L-BFGS), then train the layers "
+                                           "above the backbone; sgd: train the head alone, "
+                                           "epoch by epoch.")] = "lbfgs",
+    epochs: Annotated[Optional[int], typer.Option(
+        min=0, help="Epochs of training the layers above the frozen backbone (with --head "
+                    "sgd: the head). Default: enough for 200 steps, at least 1 (--head sgd: "
+                    "5).")] = None,
     unfreeze_epochs: Annotated[int, typer.Option(min=0, help="Then train all layers this many "
                                                              "epochs.")] = 0,
     backbone_lr_factor: Annotated[float, typer.Option(help="Rate of the pretrained layers, "
                                                            "relative to --lr, when "
                                                            "unfrozen.")] = 0.1,
-    freeze: Annotated[Optional[str], typer.Option(help="Freeze up to this layer (default: all "
+    freeze: Annotated[Optional[str], typer.Option(help="Freeze up to this layer (default: the "
+                                                       "backbone below the classifier's "
+                                                       "Dense layers; with --head sgd all "
                                                        "but the head; 'none' to train "
                                                        "everything).")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
     optimizer: Annotated[str, typer.Option(help="adam, adamw or sgd.")] = "adam",
-    val_split: Annotated[float, typer.Option()] = 0.1,
+    val_split: Annotated[Optional[float], typer.Option(
+        help="Fraction held out for validation. Default: 0.1, or none where that would be "
+             "under 100 images.")] = None,
     shift: Annotated[int, typer.Option(min=0)] = 0,
     flip: Annotated[bool, typer.Option("--flip")] = False,
+    checkpoints: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default: "
+                                                             "OUTPUT-checkpoints).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last "
+                                                          "checkpoint.")] = False,
     classes: Classes = None, per_class: PerClass = None,
     seed: Seed = 0, threads: Threads = None, skip_bad: SkipBad = False, force: Force = False,
     quiet: Quiet = False,
 ):
     """Transfer learning: replace the head of a pretrained model for the classes of DATA,
-    freeze the backbone, train.
+    fit it on the frozen network's features, fine-tune.
 
     Examples:
 
-      cnncli finetune lenet-mnist digits -o digits.cnn
+      cnncli finetune lenet-mnist optdigits -o digits.cnn
 
-      cnncli finetune base.cnn photos/ --freeze flatten_1 --unfreeze-epochs 2
+      cnncli finetune base.cnn photos/ --unfreeze-epochs 3
+
+      cnncli finetune base.cnn photos/ --head sgd --epochs 10
     """
     with _Run():
-        result = jobs.finetune(pretrained, data, output=output, epochs=epochs,
+        result = jobs.finetune(pretrained, data, output=output, epochs=epochs, head=head,
                                batch_size=batch_size, lr=lr, freeze=freeze,
                                unfreeze_epochs=unfreeze_epochs,
                                backbone_lr_factor=backbone_lr_factor, optimizer=optimizer,
                                seed=seed, threads=threads, val_split=val_split, shift=shift,
                                flip=flip, skip_bad=skip_bad, force=force, classes=classes,
-                               per_class=per_class, reporter=ConsoleReporter(quiet))
+                               per_class=per_class, checkpoints=checkpoints, resume=resume,
+                               reporter=ConsoleReporter(quiet))
         say(f"saved {result.output}")
 
 

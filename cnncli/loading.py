@@ -15,6 +15,7 @@ file format itself (encoding, decoding, saving) is ``cnncli.modelfile``.
 """
 
 import math
+import os
 
 from cnncli import blocks  # noqa: F401 - importing it registers Residual
 from cnncli import regularizers
@@ -25,8 +26,9 @@ from cnncli.modelfile import (DTYPES, MAX_NAME_CHARS, TRAINING_PREFIX, FileReade
                               check_classes, check_preprocessing, open_model_file,
                               read_metadata, read_tensor, tensor_specs)
 from cnncli.preprocessing import Preprocessing
+from cnncli.resources import zoo_models
 
-__all__ = ["load_model"]
+__all__ = ["load_model", "model_path"]
 
 # Bounds on what a file may declare, far above any real model (ResNet-152 has
 # about 500 layers), so a hostile file cannot make loading slow or deep.
@@ -140,9 +142,26 @@ def _check_tensors(reader, specs, expected, dtype):
                                                   f"model is {dtype}")
 
 
+def model_path(name_or_path):
+    """The file of ``name_or_path``: the path itself when it exists, else the shipped
+    pretrained model of that name (``cnncli models`` lists them), else the path as given."""
+    text = os.fspath(name_or_path)
+    if not os.path.exists(text):
+        for name, path, _ in zoo_models():
+            if name == text:
+                return path
+    return text
+
+
 def load_model(path):
-    """Load a model file: a built Sequential with its weights, frozen layers, classes,
-    preprocessing and provenance. Raises ModelFileError for anything wrong with the file."""
+    """Load a model file, or a shipped pretrained model by name (``load_model("lenet-mnist")``):
+    a built Sequential with its weights, frozen layers, classes, preprocessing and
+    provenance. Raises ModelFileError for anything wrong with the file."""
+    path = model_path(path)
+    if not os.path.lexists(path):
+        known = ", ".join(name for name, _, _ in zoo_models()) or "none installed"
+        raise FileNotFoundError(f"{path}: no such model file or pretrained model "
+                                f"(pretrained: {known})")
     reader = FileReader(path)
     with open_model_file(path) as handle:
         info = read_metadata(reader, handle.metadata())

@@ -67,8 +67,10 @@ def check_training_state(state, arrays, *, epochs, batches, optimizer_name, para
     array) are a training state this run can resume from.
 
     ``parameters`` maps parameter names to arrays, ``groups`` is the number
-    of the optimizer's parameter groups, ``schedule`` and ``augmentation``
-    the run's (or None), ``dropout_layers`` its Dropout layers in order.
+    of the optimizer's parameter groups (None: the run starts a fresh
+    optimizer and schedule, so neither is checked), ``schedule`` and
+    ``augmentation`` the run's (or None), ``dropout_layers`` its Dropout
+    layers in order.
     """
     if not isinstance(state, dict) or set(state) != TOP_KEYS:
         _fail(f"must be an object with exactly the entries {sorted(TOP_KEYS)}")
@@ -99,12 +101,9 @@ def check_training_state(state, arrays, *, epochs, batches, optimizer_name, para
                 or not _is_int(best["epoch"], 1, max(done, 1)) or not _is_number(best["value"]):
             _fail("has a bad best epoch")
         _metrics(best["metrics"], "best metrics")
-    _check_optimizer(state["optimizer"], arrays, optimizer_name, parameters, groups)
-    if (schedule is None) != (state["schedule"] is None):
-        _fail("does not match this run's schedule")
-    if schedule is not None and (not isinstance(state["schedule"], dict)
-                                 or set(state["schedule"]) != set(schedule.state_dict())):
-        _fail("has a bad schedule state")
+    if groups is not None:
+        _check_optimizer(state["optimizer"], arrays, optimizer_name, parameters, groups)
+        _check_schedule(state["schedule"], schedule)
     if (augmentation is None) != (state["augmentation"] is None):
         _fail("does not match this run's augmentation")
     if augmentation is not None:
@@ -113,6 +112,14 @@ def check_training_state(state, arrays, *, epochs, batches, optimizer_name, para
         _fail(f"must have {len(dropout_layers)} dropout generator states")
     for layer, generator in zip(dropout_layers, state["dropout"]):
         _generator_state(generator, layer.rng, f"layer {layer.name}")
+
+
+def _check_schedule(saved, schedule):
+    if (schedule is None) != (saved is None):
+        _fail("does not match this run's schedule")
+    if schedule is not None and (not isinstance(saved, dict)
+                                 or set(saved) != set(schedule.state_dict())):
+        _fail("has a bad schedule state")
 
 
 def _check_optimizer(optimizer, arrays, name, parameters, groups):

@@ -282,7 +282,7 @@ def test_a_killed_writer_never_leaves_a_broken_file(tmp_path):
 def test_missing_folder_and_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         tiny_model().save(tmp_path / "no" / "such" / "model.cnn")
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(FileNotFoundError, match="no such model file or pretrained model"):
         load_model(tmp_path / "absent.cnn")
     with pytest.raises(ModelFileError, match="folder"):
         load_model(tmp_path)

@@ -121,15 +121,15 @@ def test_openmp_spin_is_shortened_unless_the_user_chose():
 def test_a_job_sets_threads_for_its_run_only(tmp_path, monkeypatch):
     from cnncli import jobs
     from cnncli.functional import get_num_threads, threads
-    from cnncli.jobs import trainer
+    from cnncli.jobs import common
     seen = []
-    original = trainer.fit
+    original = common.fit
 
     def recording(*args, **kwargs):
         seen.append(get_num_threads())
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "fit", recording)
+    monkeypatch.setattr(common, "fit", recording)
     with threads(1):
         jobs.train("digits", output=tmp_path / "d.cnn", epochs=1, threads=2)
         assert seen == [2] and get_num_threads() == 1

@@ -165,7 +165,7 @@ def test_finetune_history_marks_its_phases(tmp_path, trained):
     jobs.finetune(model_path, "digits", output=output, epochs=2, unfreeze_epochs=1,
                   classes="0,1,2")
     epochs = jobs.read_history(output)
-    assert [epoch["phase"] for epoch in epochs] == ["head", "head", "all layers"]
+    assert [epoch["phase"] for epoch in epochs] == ["probe", "top", "top", "all layers"]
     png = visualize.history_png(epochs)
     assert Image.open(io.BytesIO(png)).size == (1000, 400)
 

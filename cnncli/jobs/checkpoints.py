@@ -19,10 +19,18 @@ RESUME_SETTINGS = ("data", "arch", "batch_size", "lr", "optimizer", "schedule", 
 
 
 class Checkpointer(Callback):
-    """Writes last.cnn (with training state) and best.cnn after every epoch."""
+    """Writes last.cnn (with training state) and best.cnn after every epoch.
 
-    def __init__(self, folder, settings, optimizer, schedule, augmentation, history, monitor):
+    ``model``, when given, is what the files hold, whatever part of it ``fit``
+    trains (fine-tuning trains the top of a model on cached features);
+    ``offset`` is the number of epochs done before the current ``fit``.
+    """
+
+    def __init__(self, folder, settings, optimizer, schedule, augmentation, history, monitor,
+                 model=None):
         self.folder = folder
+        self.model = model
+        self.offset = 0
         self.settings = settings
         self.optimizer, self.schedule, self.augmentation = optimizer, schedule, augmentation
         self.history = history
@@ -62,11 +70,14 @@ class Checkpointer(Callback):
 
     def save_last(self, model, epochs_done, position=None):
         """Write last.cnn; ``position`` ({"batch", "totals"}) marks a point inside an epoch."""
+        model = self.model or model
         save_model(model, os.path.join(self.folder, "last.cnn"),
                    provenance={"epochs": epochs_done},
                    training_state=self.training_state(model, epochs_done, position))
 
     def on_epoch_end(self, epoch, logs, model):
+        model = self.model or model
+        epoch += self.offset
         self.history.append({key: float(value) for key, value in logs.items()})
         if self.tracker.improved(epoch, logs):
             self.best = {"epoch": epoch + 1, "value": float(self.tracker.best),
@@ -77,7 +88,15 @@ class Checkpointer(Callback):
 
 
 def restore_training_state(path, model, optimizer, schedule, augmentation, settings,
-                           batches):
+                           batches, keys=None, epochs=None):
+    """Check the training state of checkpoint ``path`` against this run and load it into
+    ``optimizer``, ``schedule``, ``augmentation`` and the model's Dropout layers; returns
+    (epochs done, position inside an epoch, history, best epoch).
+
+    ``keys`` are the settings that must match (``RESUME_SETTINGS`` and, with a schedule,
+    the epochs); ``epochs`` the run's total. With ``optimizer`` None the optimizer and
+    schedule start fresh (a run resumed at the start of a new phase).
+    """
     try:
         loaded = read_training_state(path)
     except ModelFileError as error:
@@ -89,7 +108,8 @@ def restore_training_state(path, model, optimizer, schedule, augmentation, setti
     if isinstance(saved, dict):
         # A schedule's shape depends on the number of epochs; without one, a
         # resumed run may go on for more epochs than first asked.
-        keys = RESUME_SETTINGS + (("epochs",) if settings["schedule"] != "constant" else ())
+        if keys is None:
+            keys = RESUME_SETTINGS + (("epochs",) if settings["schedule"] != "constant" else ())
         different = [key for key in keys if saved.get(key) != settings.get(key)]
         if different:
             key = different[0]
@@ -98,15 +118,20 @@ def restore_training_state(path, model, optimizer, schedule, augmentation, setti
                            f"{settings.get(key)!r}; use the same settings")
     parameters = model.parameters()
     dropout = random_layers(model)
+    if epochs is None:
+        epochs = max(settings["epochs"], _int_or_zero(state.get("epochs_done")))
     try:
-        check_training_state(state, arrays, epochs=max(settings["epochs"],
-                                                       _int_or_zero(state.get("epochs_done"))),
-                             batches=batches, optimizer_name=settings["optimizer"],
+        check_training_state(state, arrays, epochs=epochs, batches=batches,
+                             optimizer_name=settings["optimizer"],
                              parameters={name: p.value for name, p in parameters.items()},
-                             groups=len(optimizer.groups), schedule=schedule,
-                             augmentation=augmentation, dropout_layers=dropout)
+                             groups=None if optimizer is None else len(optimizer.groups),
+                             schedule=schedule, augmentation=augmentation,
+                             dropout_layers=dropout)
     except TrainingStateError as error:
         raise JobError(f"{path}: {error}; it cannot be resumed") from None
+    _restore_generators(state, augmentation, dropout)
+    if optimizer is None:
+        return _resumed(state)
     slots = {}
     for name, values in state["optimizer"]["scalars"].items():
         slots.setdefault(name, {}).update(values)
@@ -120,10 +145,17 @@ def restore_training_state(path, model, optimizer, schedule, augmentation, setti
             schedule.load_state_dict(state["schedule"])
         except (TypeError, ValueError) as error:
             raise JobError(f"{path}: the training state has a bad schedule ({error})") from None
+    return _resumed(state)
+
+
+def _restore_generators(state, augmentation, dropout):
     if augmentation is not None:
         augmentation.rng.bit_generator.state = state["augmentation"]
     for layer, generator in zip(dropout, state["dropout"]):
         layer.rng.bit_generator.state = generator
+
+
+def _resumed(state):
     return int(state["epochs_done"]), state["position"], list(state["history"]), state["best"]
 
 

@@ -17,11 +17,11 @@ from cnncli.data import DataError
 from cnncli.files import OutputLocked, RunLock
 from cnncli.functional import threads
 from cnncli.layers import Dropout
-from cnncli.loading import load_model
+from cnncli.loading import load_model, model_path
 from cnncli.modelfile import ModelFileError
 from cnncli.validation import positive_int
 from cnncli.optimizers import Adam, AdamW, CosineLR, OneCycleLR, SGD, StepLR
-from cnncli.training import Callback, fit
+from cnncli.training import Callback, Interrupted, fit
 from cnncli.resources import zoo_models
 
 
@@ -265,14 +265,11 @@ def locked(*targets):
 
 def resolve_model(name_or_path):
     """A model file's path from a path or the name of a shipped pretrained model."""
-    text = os.fspath(name_or_path)
-    if os.path.exists(text):
-        return text
-    for name, path, _ in zoo_models():
-        if name == text:
-            return path
+    path = model_path(name_or_path)
+    if os.path.lexists(path):
+        return path
     known = ", ".join(name for name, _, _ in zoo_models()) or "none installed"
-    raise JobError(f"{text}: no such model file or pretrained model (pretrained: {known})")
+    raise JobError(f"{path}: no such model file or pretrained model (pretrained: {known})")
 
 
 def open_model(name_or_path):
@@ -302,15 +299,29 @@ def class_probabilities(model, x, pixel_max, batch_size):
     return probabilities
 
 
-def run_phase(model, x, y, validation, transform, validation_transform, epochs, batch_size,
-              lr, optimizer, seed, reporter, phase, groups=None):
-    opt = make_optimizer(optimizer, groups or model.parameters(trainable_only=True), lr,
-                         0.9, 0.0)
+def run_checkpointed(model, x, y, validation, transform, validation_transform, epochs,
+                     batch_size, optimizer, schedule, seed, checkpointer, reporter, phase="",
+                     first_epoch=0, position=None):
+    """``fit`` for ``epochs`` epochs from epoch ``first_epoch`` (and ``position`` inside it,
+    when resuming), writing checkpoints through ``checkpointer``. Ctrl-C saves last.cnn
+    where training stopped and raises TrainingInterrupted; a loss that stops being finite
+    raises TrainingDiverged naming the last good checkpoint."""
+    last = os.path.join(checkpointer.folder, "last.cnn")
+    epoch_reporter = EpochReporter(reporter, epochs, phase)
     try:
-        history = fit(model, x, y, epochs=epochs, batch_size=batch_size, optimizer=opt,
-                      seed=seed, validation_data=validation, transform=transform,
-                      validation_transform=validation_transform,
-                      callbacks=[EpochReporter(reporter, epochs, phase)])
+        with CtrlC() as ctrl_c:
+            fit(model, x, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                schedule=schedule, seed=seed, initial_epoch=first_epoch,
+                initial_batch=position["batch"] if position else 0,
+                initial_totals=tuple(position["totals"]) if position else None,
+                interrupt=ctrl_c, validation_data=validation, transform=transform,
+                validation_transform=validation_transform,
+                callbacks=[checkpointer, epoch_reporter])
     except FloatingPointError as error:
-        raise TrainingDiverged(str(error)) from None
-    return [{key: float(value) for key, value in logs.items()} for logs in history.epochs]
+        raise TrainingDiverged(f"{error}; the last good checkpoint is {last}") from None
+    except Interrupted as stop:
+        checkpointer.save_last(model, checkpointer.offset + stop.epoch,
+                               {"batch": stop.batch, "totals": list(stop.totals)})
+        raise TrainingInterrupted(f"interrupted in epoch {checkpointer.offset + stop.epoch + 1}"
+                                  f" after batch {stop.batch}; saved {last}; continue with "
+                                  "--resume") from None

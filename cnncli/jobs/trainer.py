@@ -10,11 +10,10 @@ from cnncli import architectures, data as datasets
 from cnncli.loading import load_model
 from cnncli.modelfile import ModelFileError, save_model
 from cnncli.preprocessing import Preprocessing
-from cnncli.training import Interrupted, fit
-from cnncli.jobs.common import (CtrlC, EpochReporter, JobError, OPTIMIZERS, Reporter, SCHEDULES,
-                                TrainingDiverged, TrainingInterrupted, TrainResult,
+from cnncli.jobs.common import (JobError, OPTIMIZERS, Reporter, SCHEDULES, TrainResult,
                                 at_least_two_classes, check_output, class_list, load_splits, locked,
-                                make_optimizer, make_schedule, on_threads, positive, train_val)
+                                make_optimizer, make_schedule, on_threads, positive,
+                                run_checkpointed, train_val)
 from cnncli.jobs.history import write_history
 from cnncli.jobs.checkpoints import Checkpointer, restore_training_state
 
@@ -153,25 +152,9 @@ def _train_run(settings, train_part, val_part, output, folder, resume, reporter)
 
 def _fit_with_checkpoints(model, train_part, val_part, settings, optimizer, schedule,
                           augmentation, checkpointer, start, position, batches, reporter):
-    last = os.path.join(checkpointer.folder, "last.cnn")
     transform = datasets.batch_transform(model.preprocessing, train_part.pixel_max, augmentation)
     val_transform = datasets.batch_transform(model.preprocessing, train_part.pixel_max)
-    epoch_reporter = EpochReporter(reporter, settings["epochs"])
-    try:
-        with CtrlC() as ctrl_c:
-            fit(model, train_part.x, train_part.y, epochs=settings["epochs"],
-                batch_size=settings["batch_size"], optimizer=optimizer, schedule=schedule,
-                seed=settings["seed"], initial_epoch=start,
-                initial_batch=position["batch"] if position else 0,
-                initial_totals=tuple(position["totals"]) if position else None,
-                interrupt=ctrl_c,
-                validation_data=None if val_part is None else (val_part.x, val_part.y),
-                transform=transform, validation_transform=val_transform,
-                callbacks=[checkpointer, epoch_reporter])
-    except FloatingPointError as error:
-        raise TrainingDiverged(f"{error}; the last good checkpoint is {last}") from None
-    except Interrupted as stop:
-        checkpointer.save_last(model, stop.epoch, {"batch": stop.batch,
-                                                   "totals": list(stop.totals)})
-        raise TrainingInterrupted(f"interrupted in epoch {stop.epoch + 1} after batch "
-                                  f"{stop.batch}; saved {last}; continue with --resume") from None
+    run_checkpointed(model, train_part.x, train_part.y,
+                     None if val_part is None else (val_part.x, val_part.y), transform,
+                     val_transform, settings["epochs"], settings["batch_size"], optimizer,
+                     schedule, settings["seed"], checkpointer, reporter, "", start, position)
