@@ -36,7 +36,7 @@ else:
 """
 
 
-def run_measured(arguments, env=None):
+def run_measured(arguments, env=None, cwd=None):
     """(wall seconds, peak resident MiB, stdout, stderr) of ``python ARGUMENTS``; exits with
     the command's stderr if it fails."""
     with tempfile.TemporaryDirectory() as folder:
@@ -44,7 +44,7 @@ def run_measured(arguments, env=None):
         environment = dict(env or os.environ, CNNCLI_BENCH_PEAK=peak_file)
         started = time.perf_counter()
         completed = subprocess.run([sys.executable, "-c", LAUNCHER, *arguments],
-                                   env=environment, capture_output=True, text=True)
+                                   env=environment, capture_output=True, text=True, cwd=cwd)
         seconds = time.perf_counter() - started
         if completed.returncode:
             sys.exit(f"failed: python {' '.join(arguments)}\n{completed.stderr}")

@@ -269,10 +269,11 @@ class _FineTuning:
         head.bias.value[...] = fitted.bias
         self.reporter.message(f"head fitted: L2 strength C={fitted.C:g}, chosen by "
                               f"{fitted.method}")
-        logs = evaluate(part, x, self.train_part.y, transform=transform)
+        # The metrics of the model as it now is, from the head's inputs already at hand.
+        top = self.model[self.head_position:]
+        logs = evaluate(top, inputs, self.train_part.y)
         if validation is not None:
-            logs.update({f"val_{key}": value for key, value in
-                         evaluate(part, *validation, transform=transform).items()})
+            logs.update({f"val_{key}": value for key, value in evaluate(top, *held_out).items()})
         return {key: float(value) for key, value in logs.items()}
 
     def _optimizer(self, name):
