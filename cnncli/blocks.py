@@ -101,7 +101,7 @@ class Residual(Layer):
         if self.body is None:
             return {}
         return {f"{branch}.{key}": parameter for branch, model in self.children()
-                for key, parameter in model.parameters().items()}
+                for key, parameter in model.named_parameters()}
 
     def buffers(self):
         if self.body is None:

@@ -200,7 +200,7 @@ def load_model(path):
         targets = model.state_arrays()
         for name in expected:
             targets[name][...] = read_tensor(reader, handle, name)
-    parameters = model.parameters()
+    parameters = dict(model.named_parameters())
     for name in frozen:
         reader.check(name in parameters, f"'frozen' names {name!r}, which is not a parameter")
         parameters[name].trainable = False

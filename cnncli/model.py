@@ -256,11 +256,17 @@ class Sequential:
         return self._layers[-1].output_shape if self._layers else self.input_shape
 
     # -- parameters -------------------------------------------------------------------
-    def parameters(self, trainable_only=False):
-        """All parameters by dotted name (``conv2d_1.weight``), in layer order."""
-        return {f"{layer.name}.{key}": parameter
+    def named_parameters(self, trainable_only=False):
+        """(dotted name, Parameter) pairs of every parameter (``conv2d_1.weight``), in layer
+        order, as PyTorch's ``named_parameters``: ``dict(model.named_parameters())`` maps
+        names to parameters. Optimizers take it as it is and keep their state by name."""
+        return [(f"{layer.name}.{key}", parameter)
                 for layer in self._layers for key, parameter in layer.parameters().items()
-                if parameter.trainable or not trainable_only}
+                if parameter.trainable or not trainable_only]
+
+    def parameters(self, trainable_only=False):
+        """Every Parameter, in layer order (``named_parameters`` gives their names)."""
+        return [parameter for _, parameter in self.named_parameters(trainable_only)]
 
     def buffers(self):
         """Saved, untrained state by dotted name (``batch_norm2d_1.running_mean``)."""
@@ -386,12 +392,12 @@ class Sequential:
     @property
     def weights(self):
         """The parameter arrays, in layer order (as Keras' ``model.weights``)."""
-        return [parameter.value for parameter in self.parameters().values()]
+        return [parameter.value for parameter in self.parameters()]
 
     def count_parameters(self):
         """(trainable, frozen) numbers of scalar parameters."""
         trainable = frozen = 0
-        for parameter in self.parameters().values():
+        for parameter in self.parameters():
             if parameter.trainable:
                 trainable += parameter.size
             else:

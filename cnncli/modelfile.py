@@ -82,7 +82,7 @@ def model_metadata(model, provenance=None):
     """
     if not len(model) or not model[0].built:
         raise ValueError("model: build the model (give it an input shape) before saving it")
-    parameters = model.parameters()
+    parameters = dict(model.named_parameters())
     architecture = {"input_shape": list(model.input_shape), "dtype": model.dtype.name,
                     "seed": model.seed, "name": model.name,
                     "layers": [layer_config(layer) for layer in model]}

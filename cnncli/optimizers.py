@@ -1,9 +1,9 @@
 """Optimizers and learning-rate schedules.
 
-    optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
+    optimizer = SGD(model.named_parameters(), lr=0.01, momentum=0.9)
     # or, pretrained layers at a tenth of the head's rate:
-    optimizer = Adam([{"params": model[:-1].parameters(), "lr": 1e-4},
-                      {"params": model[-1:].parameters()}], lr=1e-3)
+    optimizer = Adam([{"params": model[:-1].named_parameters(), "lr": 1e-4},
+                      {"params": model[-1:].named_parameters()}], lr=1e-3)
     ...
     model.backward(grad)
     optimizer.step()          # frozen parameters are skipped, checked at every step
@@ -36,8 +36,11 @@ class Optimizer:
     def __init__(self, params, **hyper):
         for key, value in hyper.items():
             hyper[key] = _non_negative(key, value) if key != "nesterov" else bool(value)
-        if isinstance(params, dict) or (isinstance(params, (list, tuple)) and params
-                                        and not isinstance(params[0], dict)):
+        if isinstance(params, dict):
+            params = list(params.items())
+        elif not isinstance(params, (list, tuple, str)) and hasattr(params, "__iter__"):
+            params = list(params)
+        if isinstance(params, (list, tuple)) and params and not isinstance(params[0], dict):
             params = [{"params": params}]
         if not isinstance(params, (list, tuple)) or not params:
             raise ValueError("params: expected parameters (e.g. model.parameters()) or a "
@@ -46,8 +49,10 @@ class Optimizer:
         seen = set()
         for index, group in enumerate(params):
             members = group["params"]
-            named = list(members.items()) if isinstance(members, dict) else \
-                [(f"{index}.{i}", p) for i, p in enumerate(members)]
+            members = list(members.items()) if isinstance(members, dict) else list(members)
+            # (name, parameter) pairs keep their names; bare parameters are numbered.
+            named = [member if isinstance(member, tuple) else (f"{index}.{i}", member)
+                     for i, member in enumerate(members)]
             for _, parameter in named:
                 if id(parameter) in seen:
                     raise ValueError("params: a parameter appears in more than one group")

@@ -1,7 +1,7 @@
 """Training loops: fit, evaluate, predict.
 
     history = fit(model, x_train, y_train, epochs=10, batch_size=32,
-                  optimizer=Adam(model.parameters(), lr=1e-3),
+                  optimizer=Adam(model.named_parameters(), lr=1e-3),
                   validation_data=(x_val, y_val),
                   callbacks=[EarlyStopping(patience=3, restore_best=True)])
     history["val_accuracy"]        # one value per epoch
@@ -183,13 +183,13 @@ class ModelCheckpoint(Callback):
 
 
 def _snapshot(model):
-    return ({name: p.value.copy() for name, p in model.parameters().items()},
+    return ({name: p.value.copy() for name, p in model.named_parameters()},
             {name: b.copy() for name, b in model.buffers().items()})
 
 
 def _restore(model, state):
     values, buffers = state
-    for name, parameter in model.parameters().items():
+    for name, parameter in model.named_parameters():
         parameter.value[...] = values[name]
     for name, buffer in model.buffers().items():
         buffer[...] = buffers[name]
@@ -240,7 +240,7 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
     y : ndarray, shape (N,) of class indices (or targets for the loss)
     epochs, batch_size : int
     optimizer : Optimizer, optional
-        Defaults to ``Adam(model.parameters(), lr=1e-3)``.
+        Defaults to ``Adam(model.named_parameters(), lr=1e-3)``.
     loss : callable, optional
         ``loss(outputs, targets) -> (value, grad)``; defaults to softmax
         cross-entropy.
@@ -274,7 +274,7 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
         raise ValueError("x: expected at least one sample, got none")
     if validation_data is not None:
         x_val, y_val = _check_data(*validation_data, model, validation_transform)
-    optimizer = Adam(model.parameters(), lr=1e-3) if optimizer is None else optimizer
+    optimizer = Adam(model.named_parameters(), lr=1e-3) if optimizer is None else optimizer
     loss = SoftmaxCrossEntropy() if loss is None else loss
     history, batches = History(), math.ceil(len(x) / batch_size)
     for callback in callbacks:

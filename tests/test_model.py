@@ -34,7 +34,8 @@ def test_sequential_names_shapes_and_list_behaviour():
     assert model.output_shape == (10,)
     assert len(model) == 10 and model[-1] is model.layers[-1]
     assert model["dense_2"] is model[-1]
-    assert list(model.parameters())[:2] == ["conv2d_1.weight", "conv2d_1.bias"]
+    assert [name for name, _ in model.named_parameters()][:2] == ["conv2d_1.weight", "conv2d_1.bias"]
+    assert model.parameters()[0] is model["conv2d_1"].weight
     popped = model.pop()
     assert popped.name == "dense_2" and model.output_shape == (32,)
     model.add(Dense(5))
@@ -54,11 +55,11 @@ def test_same_seed_same_model_and_he_before_relu():
 
 def test_replacing_the_head_builds_a_fresh_layer_for_the_same_input():
     model = lenet()
-    backbone = [p.value.copy() for p in model[:-1].parameters().values()]
+    backbone = [p.value.copy() for p in model[:-1].parameters()]
     model[-1] = Dense(3)
     assert model.output_shape == (3,)
     assert model[-1].name == "dense_2" and model[-1].weight.shape == (3, 32)
-    for before, after in zip(backbone, model[:-1].parameters().values()):
+    for before, after in zip(backbone, model[:-1].parameters()):
         np.testing.assert_array_equal(before, after.value)
     # A replacement that changes what a later layer with weights receives is
     # refused and undone; the stateless layers in between are left as they were.
@@ -91,10 +92,10 @@ def check_model_gradients(model, x, grad_output):
     """Input and parameter gradients of a whole model against finite differences."""
     model.forward(x, training=True, need_input_grad=True)
     grad_input = model.backward(grad_output, need_input_grad=True)
-    grads = {name: p.grad for name, p in model.parameters().items()}
+    grads = {name: p.grad for name, p in model.named_parameters()}
     forward = lambda: model.forward(x, training=True)
     check_gradient(forward, x, grad_input, grad_output)
-    for name, parameter in model.parameters().items():
+    for name, parameter in model.named_parameters():
         check_gradient(forward, parameter.value, grads[name], grad_output)
 
 
@@ -119,17 +120,17 @@ def test_frozen_layers_get_no_gradient_and_backward_stops_early():
     # Layers below the lowest trainable one kept nothing for backward.
     assert all(layer._cache is None for layer in model[:7])
     assert model.backward(np.ones((2, 10))) is None
-    assert all(p.grad is None for name, p in model.parameters().items() if name.startswith("conv"))
+    assert all(p.grad is None for name, p in model.named_parameters() if name.startswith("conv"))
     assert model["dense_1"].weight.grad is not None
     # A fully frozen model still gives the gradient with respect to its input
     # when asked, and computes no parameter gradient on the way.
     model.freeze()
-    for parameter in model.parameters().values():
+    for parameter in model.parameters():
         parameter.grad = None
     model.forward(x, training=True, need_input_grad=True)
     grad_input = model.backward(np.ones((2, 10)), need_input_grad=True)
     assert grad_input.shape == x.shape and np.abs(grad_input).sum() > 0
-    assert all(p.grad is None for p in model.parameters().values())
+    assert all(p.grad is None for p in model.parameters())
     model.unfreeze()
     assert model.count_parameters()[1] == 0
 
@@ -148,7 +149,7 @@ def residual_model():
 def test_residual_model_gradients_match_finite_differences():
     model = residual_model()
     assert model.output_shape == (3,)
-    names = list(model.parameters())
+    names = [name for name, _ in model.named_parameters()]
     assert "residual_1.body.conv2d_1.weight" in names
     assert "residual_2.shortcut.batch_norm2d_1.gamma" in names
     assert "residual_1.body.batch_norm2d_1.running_mean" in model.buffers()
@@ -169,13 +170,13 @@ def test_residual_shapes_must_match():
 def test_freezing_a_residual_block_freezes_its_inner_layers():
     model = residual_model()
     model.freeze(upto="residual_2")
-    assert all(not p.trainable for name, p in model.parameters().items()
+    assert all(not p.trainable for name, p in model.named_parameters()
                if name.startswith(("conv2d_1", "residual")))
     assert model["dense_1"].weight.trainable
     x = np.random.default_rng(0).standard_normal((3, 2, 6, 6))
     model.forward(x, training=True)
     model.backward(np.ones((3, 3)))
-    assert all(p.grad is None for name, p in model.parameters().items()
+    assert all(p.grad is None for name, p in model.named_parameters()
                if name.startswith("residual"))
 
 

@@ -90,8 +90,8 @@ def test_round_trip_is_bit_exact(tmp_path, dtype):
     for name in original:
         assert original[name].dtype == restored[name].dtype
         assert np.array_equal(original[name], restored[name]), name
-    assert {n: p.trainable for n, p in loaded.parameters().items()} == \
-        {n: p.trainable for n, p in model.parameters().items()}
+    assert {n: p.trainable for n, p in loaded.named_parameters()} == \
+        {n: p.trainable for n, p in model.named_parameters()}
     assert loaded.classes == ["cat", "dog", "bird"]
     assert loaded.preprocessing == model.preprocessing
     assert loaded.provenance == {"cnncli_version": cnncli.__version__, **model.provenance}

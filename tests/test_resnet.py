@@ -86,7 +86,7 @@ def _randomize_batchnorms(model, rng):
     for name, array in model.buffers().items():
         array[...] = rng.random(array.shape) + 0.5 if name.endswith("running_var") else \
             rng.normal(size=array.shape) * 0.1
-    for name, parameter in model.parameters().items():
+    for name, parameter in model.named_parameters():
         if ".gamma" in name or ".beta" in name or name.startswith("bn"):
             parameter.value[...] = rng.normal(size=parameter.shape) * 0.2 + \
                 (1 if name.endswith("gamma") else 0)

@@ -166,7 +166,7 @@ def test_each_part_of_the_state_is_checked(run, change, message):
     state, arrays = read_training_state(checkpoints / "last.cnn")
     change(state)
     model = load_model(checkpoints / "last.cnn")
-    parameters = {name: p.value for name, p in model.parameters().items()}
+    parameters = {name: p.value for name, p in model.named_parameters()}
     from cnncli.data import Augmentation
     from cnncli.layers import Dropout
     with pytest.raises(TrainingStateError, match=message):

@@ -155,10 +155,10 @@ def test_freezing_after_the_optimizer_was_made_takes_effect(digits):
     model = cnn()
     optimizer = Adam(model.parameters(), lr=0.01)
     model.freeze(upto="dense_1")
-    frozen = {name: p.value.copy() for name, p in model.parameters().items() if not p.trainable}
+    frozen = {name: p.value.copy() for name, p in model.named_parameters() if not p.trainable}
     model.fit(x[:200], y[:200], epochs=1, optimizer=optimizer)
     for name, value in frozen.items():
-        assert np.array_equal(model.parameters()[name].value, value), name
+        assert np.array_equal(dict(model.named_parameters())[name].value, value), name
     assert np.array_equal(model["batch_norm2d_1"].running_mean,
                           cnn()["batch_norm2d_1"].running_mean)
 
@@ -190,7 +190,7 @@ def test_the_classic_transfer_protocol_on_digits(digits, tmp_path):
     model[-1] = Dense(5)
     model.classes = [str(d) for d in range(5, 10)]
     model.freeze(upto="flatten_1")
-    backbone = {name: p.value.copy() for name, p in model.parameters().items()
+    backbone = {name: p.value.copy() for name, p in model.named_parameters()
                 if not p.trainable}
     x_train, x_test, y_train, y_test = train_test_split(
         x[high], y[high] - 5, test_size=0.3, random_state=0, stratify=y[high])
@@ -200,7 +200,7 @@ def test_the_classic_transfer_protocol_on_digits(digits, tmp_path):
     model.fit(x_train, y_train, epochs=8, optimizer=optimizer)
     assert model.evaluate(x_test, y_test)["accuracy"] >= 0.9
     for name, value in backbone.items():
-        assert np.array_equal(model.parameters()[name].value, value)
+        assert np.array_equal(dict(model.named_parameters())[name].value, value)
     model.save(tmp_path / "digits59.cnn")
     assert load_model(tmp_path / "digits59.cnn").classes[0] == "5"
 

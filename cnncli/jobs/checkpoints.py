@@ -116,7 +116,7 @@ def restore_training_state(path, model, optimizer, schedule, augmentation, setti
             raise JobError(f"--resume: the checkpoint was made with {key}="
                            f"{str(saved.get(key))[:80]}, this run has {key}="
                            f"{settings.get(key)!r}; use the same settings")
-    parameters = model.parameters()
+    parameters = dict(model.named_parameters())
     dropout = random_layers(model)
     if epochs is None:
         epochs = max(settings["epochs"], _int_or_zero(state.get("epochs_done")))

@@ -282,11 +282,11 @@ class _FineTuning:
             # The pretrained layers that were frozen (or, with nothing frozen, all but the
             # head) train at the lower rate.
             boundary = self.cut or self.head_position
-            groups = [{"params": model[:boundary].parameters(),
+            groups = [{"params": model[:boundary].named_parameters(),
                        "lr": lr * settings["backbone_lr_factor"]},
-                      {"params": model[boundary:].parameters()}]
+                      {"params": model[boundary:].named_parameters()}]
         else:
-            groups = model.parameters(trainable_only=True)
+            groups = model.named_parameters(trainable_only=True)
         return make_optimizer(settings["optimizer"], groups, lr, 0.9, 0.0)
 
     def _schedule(self, name, optimizer, epochs, batches):

@@ -103,7 +103,7 @@ def _train_run(settings, train_part, val_part, output, folder, resume, reporter)
     model = _new_model(settings, train_part)
     last = os.path.join(folder, "last.cnn")
     batches = math.ceil(len(train_part) / batch_size)
-    opt = make_optimizer(settings["optimizer"], model.parameters(), settings["lr"],
+    opt = make_optimizer(settings["optimizer"], model.named_parameters(), settings["lr"],
                          settings["momentum"], settings["weight_decay"])
     sched = make_schedule(settings["schedule"], opt, epochs, batches)
     shift, flip = settings["shift"], settings["flip"]
