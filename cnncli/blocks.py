@@ -31,8 +31,8 @@ class Residual(Layer):
     # Config entries that hold lists of layers rather than values.
     nested_keys = ("body", "shortcut")
 
-    def __init__(self, body, shortcut=None, name=None):
-        super().__init__(name)
+    def __init__(self, body, shortcut=None, name=None, input_shape=None):
+        super().__init__(name, input_shape)
         self.body_layers = list(body)
         self.shortcut_layers = None if shortcut is None else list(shortcut)
         if not self.body_layers:

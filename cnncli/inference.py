@@ -78,11 +78,12 @@ def _single(layer):
 
 
 def _fusion_at(layers, position):
-    """The longest run of FUSIONS starting at ``position``, as (layers, fuse), or None."""
+    """The longest run of FUSIONS starting at ``position``, as (layers, fuse), or None.
+    A convolution with an activation of its own fuses with nothing."""
     for length in (3, 2):
         run = tuple(layers[position:position + length])
         fuse = FUSIONS.get(tuple(type(layer) for layer in run))
-        if fuse is None or len(run) < length:
+        if fuse is None or len(run) < length or getattr(run[0], "activation", None):
             continue
         after = layers[position + length] if position + length < len(layers) else None
         if type(run[-1]) is ReLU and type(after) is MaxPool2D:

@@ -31,10 +31,22 @@ class SoftmaxCrossEntropy:
     ``loss = mean_n(logsumexp(z_n) - z_n[y_n])``, computed with the maximum
     subtracted so any finite logits work; the gradient is
     ``(softmax(z) - onehot(y)) / N``.
+
+    With ``from_logits=False`` the outputs are already probabilities (a model
+    ending in a softmax): ``loss = mean_n(-log p_n[y_n])``, with p clipped to
+    [eps, 1], and the gradient ``-onehot(y) / p / N`` (zero where clipped),
+    which the softmax's own backward turns into ``(p - onehot(y)) / N``.
     """
 
+    def __init__(self, from_logits=True, eps=1e-7):
+        if not isinstance(from_logits, (bool, np.bool_)):
+            raise ValueError(f"from_logits: expected True or False, got {from_logits!r}")
+        self.from_logits = bool(from_logits)
+        self.eps = float(eps)
+
     def __call__(self, logits, labels):
-        logits = _outputs(logits, "(N, classes) of logits")
+        logits = _outputs(logits, "(N, classes) of logits" if self.from_logits else
+                          "(N, classes) of probabilities")
         labels = np.asarray(labels)
         count, classes = logits.shape
         if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
@@ -44,6 +56,8 @@ class SoftmaxCrossEntropy:
         if bad.any():
             raise ValueError(f"labels: expected values in [0, {classes}), got "
                              f"{labels[bad][:5].tolist()}")
+        if not self.from_logits:
+            return self._of_probabilities(logits, labels)
         shifted = logits - logits.max(axis=1, keepdims=True)
         exponentials = np.exp(shifted)
         totals = exponentials.sum(axis=1, keepdims=True)
@@ -53,6 +67,15 @@ class SoftmaxCrossEntropy:
         grad[rows, labels] -= 1
         grad /= count
         return loss, grad
+
+    def _of_probabilities(self, probabilities, labels):
+        count = len(labels)
+        rows = np.arange(count)
+        picked = probabilities[rows, labels]
+        clipped = np.clip(picked, self.eps, 1.0)
+        grad = np.zeros_like(probabilities)
+        grad[rows, labels] = np.where(picked < self.eps, 0.0, -1.0 / clipped) / count
+        return float(np.mean(-np.log(clipped))), grad
 
 
 class BinaryCrossEntropy:

@@ -6,7 +6,7 @@
     model.add(MaxPool2D(2))
     model.add(Flatten())
     model.add(Dense(10))
-    print(model.summary())
+    model.summary()
 
 Each layer is built as it is added, for the output shape of the layer before
 it, so shapes are checked at once and ``summary()`` knows every output shape.
@@ -22,6 +22,7 @@ import numpy as np
 
 from cnncli.inference import inference_steps, training_backward, training_forward
 from cnncli.layers import LeakyReLU, Layer, ReLU
+from cnncli.state import IncompatibleWeightsError, LoadReport, load_state
 
 __all__ = ["Sequential", "plan", "LoadReport", "IncompatibleWeightsError"]
 
@@ -134,7 +135,48 @@ class Sequential:
         """Remove and return the last layer."""
         if not self._layers:
             raise IndexError("pop from an empty Sequential")
+        self._fresh = None
         return self._layers.pop()
+
+    def insert(self, index, layer):
+        """Insert a layer before position ``index`` (as ``list.insert``), built fresh for
+        the output of the layer before it; the layers after it must take its output, as
+        for assignment, or nothing changes."""
+        self._check_layer(layer)
+        position = max(0, min(index + len(self._layers) if index < 0 else index,
+                              len(self._layers)))
+        self._layers.insert(position, layer)
+        self._fresh = None
+        try:
+            self._name_layer(position)
+            self._build_from(position)
+        except ValueError:
+            del self._layers[position]
+            raise
+
+    def __delitem__(self, index):
+        """Remove the layer at ``index`` (``del model[2]``). The layers after it must take
+        what now comes before them: a layer with weights that no longer fits is refused
+        (nothing changes); layers without state follow the new shape."""
+        if isinstance(index, slice):
+            raise TypeError("del model[index]: give one position; remove layers one by one")
+        position = range(len(self._layers))[index]
+        removed = self._layers.pop(position)
+        self._fresh = None
+        if self.input_shape is None or position == len(self._layers):
+            return
+        try:
+            for later, later_input in self._followers(position, self._input_at(position)):
+                self._build(later, later_input, None)
+        except ValueError:
+            self._layers.insert(position, removed)
+            raise
+
+    def get_layer(self, name=None, index=None):
+        """A layer by name or by position, as Keras' ``get_layer``."""
+        if (name is None) == (index is None):
+            raise ValueError("get_layer: give a name or an index, not both or neither")
+        return self[name] if name is not None else self._layers[index]
 
     def __len__(self):
         return len(self._layers)
@@ -220,19 +262,56 @@ class Sequential:
 
         Returns False when the model has no input shape yet (nothing built).
         """
+        first = self._layers[0]
+        requested = first.requested_input_shape
+        if self.input_shape is not None and requested is not None \
+                and requested != self.input_shape:
+            raise ValueError(f"input_shape: the model has {self.input_shape}, its first layer "
+                             f"{first.describe()} asks for {requested}")
         if self.input_shape is None:
-            if not self._layers[0].built:
+            if requested is not None:
+                self.input_shape = requested
+            elif not first.built:
                 return False
-            self.input_shape = self._layers[0].input_shape
-        input_shape = self.input_shape if position == 0 else \
-            self._layers[position - 1].output_shape
+            else:
+                self.input_shape = first.input_shape
+        input_shape = self._input_at(position)
         layer = self._layers[position]
         # Check the layers after it first, so that a refused change leaves the
-        # model as it was. Layers without state (a Softmax or Dropout after a
-        # replaced head) follow the new shape; layers with weights must fit.
-        shape = tuple(layer.compute_output_shape(input_shape))
+        # model as it was.
+        follow = self._followers(position + 1, tuple(layer.compute_output_shape(input_shape)))
+        self._build(layer, input_shape, self._weight_init(position))
+        for later, later_input in follow:
+            self._build(later, later_input, None)
+        return True
+
+    def build(self, input_shape):
+        """Build every layer for inputs of ``input_shape`` (one sample: no batch axis), as
+        Keras' ``model.build``. A model without an input shape builds itself this way on
+        its first call, ``model(x)``."""
+        if self.input_shape is not None:
+            raise ValueError(f"build: the model is already built for inputs {self.input_shape}")
+        shape = tuple(int(v) for v in input_shape)
+        if not shape or min(shape) < 1:
+            raise ValueError(f"input_shape: expected positive sizes, got {input_shape!r}")
+        self.input_shape = shape
+        try:
+            for position, layer in enumerate(self._layers):
+                self._build(layer, self._input_at(position), self._weight_init(position))
+        except ValueError:
+            self.input_shape = None
+            raise
+
+    def _input_at(self, position):
+        return self.input_shape if position == 0 else self._layers[position - 1].output_shape
+
+    def _followers(self, position, shape):
+        """(layer, new input shape) of the layers from ``position`` on that must be rebuilt
+        when the layer before them outputs ``shape``. Layers without state (a Softmax or
+        Dropout after a replaced head) follow the new shape; a layer with weights or
+        buffers that no longer fits raises ValueError."""
         follow = []
-        for later in self._layers[position + 1:]:
+        for later in self._layers[position:]:
             if later.input_shape == shape:
                 break
             if later.parameters() or later.buffers():
@@ -240,10 +319,7 @@ class Sequential:
                                  f"the layer before it now outputs {shape}")
             follow.append((later, shape))
             shape = tuple(later.compute_output_shape(shape))
-        self._build(layer, input_shape, self._weight_init(position))
-        for later, later_input in follow:
-            self._build(later, later_input, None)
-        return True
+        return follow
 
     def _build(self, layer, input_shape, init):
         """Build ``layer`` with the next seeded generator of this model."""
@@ -329,47 +405,7 @@ class Sequential:
 
         Float arrays are converted to the model's dtype. Returns a LoadReport.
         """
-        if not isinstance(state, dict):
-            raise ValueError(f"state: expected a dict of arrays by name, got "
-                             f"{type(state).__name__}")
-        targets = self.state_arrays()
-        report = LoadReport()
-        accepted = {}
-        for name, value in state.items():
-            if name not in targets:
-                report.unexpected.append(name)
-                continue
-            value = np.asarray(value)
-            if not np.issubdtype(value.dtype, np.floating) and not np.issubdtype(value.dtype,
-                                                                                 np.integer):
-                raise ValueError(f"state[{name!r}]: expected numbers, got dtype {value.dtype}")
-            if value.shape != targets[name].shape:
-                report.skipped[name] = (value.shape, targets[name].shape)
-                continue
-            accepted[name] = value
-        report.missing = [name for name in targets if name not in state]
-        report.loaded = list(accepted)
-        if strict and not report.complete:
-            raise IncompatibleWeightsError(f"weights do not fit the model: {report.problems()}; "
-                                           "pass strict=False to load what fits")
-        if not strict and not allow_backbone_mismatch:
-            outside = self._outside_head(report, state)
-            if outside:
-                raise IncompatibleWeightsError(
-                    f"weights do not fit the model outside its head: {', '.join(outside)}; "
-                    "pass allow_backbone_mismatch=True to load what fits anyway")
-        for name, value in accepted.items():
-            targets[name][...] = value
-        return report
-
-    def _outside_head(self, report, state):
-        """Mismatched names that belong neither to this model's head nor to the state's."""
-        heads = set()
-        if self.head is not None:
-            heads.add(self.head.name)
-        if state:
-            heads.add(list(state)[-1].split(".")[0])
-        return [name for name in report.mismatched() if name.split(".")[0] not in heads]
+        return load_state(self, state, strict, allow_backbone_mismatch)
 
     def load_weights(self, path, strict=True, allow_backbone_mismatch=False):
         """Load the weights of a model file (or any safetensors file) by name; see load_state_dict.
@@ -444,9 +480,12 @@ class Sequential:
         return range(len(self._layers))[key]
 
     # -- passes -------------------------------------------------------------------------
-    def _ready(self):
+    def _ready(self, x=None):
         if not self._layers:
             raise RuntimeError("the model has no layers")
+        if self.input_shape is None and x is not None and np.ndim(x) >= 2 \
+                and not self._layers[0].built:
+            self.build(np.shape(x)[1:])
         if not self._layers[0].built:
             raise RuntimeError("the model has no input shape: pass input_shape=(C, H, W) to "
                                "Sequential, or build its first layer")
@@ -461,7 +500,7 @@ class Sequential:
         deterministic), unless ``need_input_grad`` asks for the gradient with
         respect to the input (then pass it to ``backward`` too).
         """
-        self._ready()
+        self._ready(x)
         self._fresh = None
         x = np.asarray(x, dtype=self.dtype)
         lowest = self._lowest_needed(need_input_grad) if training else len(self._layers)
@@ -493,10 +532,13 @@ class Sequential:
         return grad if need_input_grad else None
 
     # -- training (Keras-style shortcuts to cnncli.training) -----------------------------
-    def fit(self, x, y, epochs=1, batch_size=32, **options):
-        """Train the model; see ``cnncli.training.fit``. Returns a History."""
+    def fit(self, x, y, epochs=1, batch_size=32, verbose="auto", **options):
+        """Train the model; see ``cnncli.training.fit`` (``validation_split``,
+        ``validation_data``, callbacks...). ``verbose`` as Keras: 0 silent, 1 (the
+        default, "auto") a progress line, 2 one line per epoch. Returns a History."""
         from cnncli import training
-        return training.fit(self, x, y, epochs=epochs, batch_size=batch_size, **options)
+        return training.fit(self, x, y, epochs=epochs, batch_size=batch_size,
+                            verbose=1 if verbose == "auto" else verbose, **options)
 
     def evaluate(self, x, y, **options):
         """Loss and accuracy on (x, y); see ``cnncli.training.evaluate``."""
@@ -534,69 +576,17 @@ class Sequential:
         return features.reshape(len(features), -1)
 
     # -- description ----------------------------------------------------------------------
-    def summary(self):
-        """The architecture as a table: layers, output shapes, parameter counts."""
-        rows = [("Layer (type)", "Output shape", "Param #")]
-        for layer in self._layers:
-            count = sum(p.size for p in layer.parameters().values())
-            state = "" if layer.trainable or not layer.parameters() else " (frozen)"
-            shape = ("None",) + tuple(layer.output_shape) if layer.built else ("?",)
-            rows.append((f"{layer.name} ({type(layer).__name__}){state}",
-                         "(" + ", ".join(map(str, shape)) + ")", f"{count:,}"))
-        widths = [max(len(row[column]) for row in rows) for column in range(3)]
-        line = "-" * (sum(widths) + 6)
-        lines = [f'Model: "{self.name or "sequential"}"', line]
-        for index, row in enumerate(rows):
-            lines.append(f"{row[0]:<{widths[0]}}   {row[1]:<{widths[1]}}   {row[2]:>{widths[2]}}")
-            if index == 0:
-                lines.append(line)
-        trainable, frozen = self.count_parameters()
-        lines += [line, f"Total params: {trainable + frozen:,}",
-                  f"Trainable params: {trainable:,}", f"Non-trainable params: {frozen:,}"]
-        return "\n".join(lines)
+    def summary(self, print_fn=print):
+        """Print the architecture as Keras does: layers, output shapes, parameter counts
+        (trainable and not) and their size; returns the same text, for programs.
+        ``print_fn`` receives each line (None: print nothing, only return the text)."""
+        from cnncli.summary import summary_text
+        text = summary_text(self)
+        if print_fn is not None:
+            for line in text.splitlines():
+                print_fn(line)
+        return text
 
     def __repr__(self):
         inner = "".join(f"\n  ({layer.name}): {layer!r}" for layer in self._layers)
         return f"Sequential({inner}\n)" if inner else "Sequential()"
-
-
-class IncompatibleWeightsError(ValueError):
-    """Weights whose names or shapes do not fit the model they are loaded into."""
-
-
-class LoadReport:
-    """What ``load_state_dict`` did: names loaded, skipped (shape mismatch), missing, unexpected.
-
-    ``skipped`` maps a name to (shape in the source, shape in the model).
-    """
-
-    def __init__(self):
-        self.loaded = []
-        self.skipped = {}
-        self.missing = []
-        self.unexpected = []
-
-    @property
-    def complete(self):
-        """True when every tensor of the model was loaded and nothing was left over."""
-        return not (self.skipped or self.missing or self.unexpected)
-
-    def mismatched(self):
-        return list(self.skipped) + self.missing + self.unexpected
-
-    def problems(self):
-        parts = []
-        if self.missing:
-            parts.append("missing " + ", ".join(self.missing))
-        if self.unexpected:
-            parts.append("unexpected " + ", ".join(self.unexpected))
-        if self.skipped:
-            parts.append("mis-shaped " + ", ".join(
-                f"{name} (given {tuple(given)}, model has {tuple(own)})"
-                for name, (given, own) in self.skipped.items()))
-        return "; ".join(parts) or "none"
-
-    def __str__(self):
-        return f"loaded {len(self.loaded)} tensors; problems: {self.problems()}"
-
-    __repr__ = __str__

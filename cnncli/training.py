@@ -14,185 +14,21 @@ count: the kernels are deterministic and shuffling is seeded.
 """
 
 import math
-import os
 
 import numpy as np
 
 from cnncli.functional import softmax
 from cnncli.layers import Softmax
+from cnncli.layers.base import channels_last_hint
 from cnncli.losses import SoftmaxCrossEntropy
 from cnncli.optimizers import Adam
 from cnncli.validation import positive_int
+from cnncli.callbacks import (Callback, EarlyStopping, History, Interrupted, ModelCheckpoint,
+                              Monitor, StopTraining)
 
 __all__ = ["fit", "evaluate", "predict", "predict_proba", "predict_outputs", "History", "Callback",
-           "EarlyStopping", "ModelCheckpoint", "StopTraining", "Interrupted", "Monitor"]
-
-
-class StopTraining(Exception):
-    """Raised by a callback to end training after the current epoch."""
-
-
-class Interrupted(Exception):
-    """Training stopped between two batches because ``interrupt()`` asked it to.
-
-    ``epoch`` is the epoch under way (from 0), ``batch`` the number of its
-    batches done, and ``totals`` the epoch's running (loss sum, correct,
-    seen): what ``fit(initial_epoch=epoch, initial_batch=batch,
-    initial_totals=totals)`` needs to carry on exactly.
-    """
-
-    def __init__(self, epoch, batch, totals):
-        super().__init__(f"interrupted in epoch {epoch + 1} after batch {batch}")
-        self.epoch, self.batch, self.totals = epoch, batch, totals
-
-
-class History:
-    """Per-epoch metrics of a fit: ``history["loss"]`` is a list, one value per epoch."""
-
-    def __init__(self):
-        self.epochs = []
-        self.stopped_early = False      # a callback ended training before the last epoch
-
-    def append(self, logs):
-        self.epochs.append(dict(logs))
-
-    def __getitem__(self, key):
-        return [logs[key] for logs in self.epochs if key in logs]
-
-    def __len__(self):
-        return len(self.epochs)
-
-    def __repr__(self):
-        return f"History({len(self.epochs)} epochs, last: {self.epochs[-1] if self.epochs else {}})"
-
-
-class Callback:
-    """Hooks called by ``fit``; override what you need."""
-
-    def on_train_begin(self, model):
-        """Called once before the first epoch."""
-
-    def on_epoch_begin(self, epoch, batches, model):
-        """Called before epoch ``epoch`` (from 0) of ``batches`` batches."""
-
-    def on_batch_end(self, epoch, batch, batches, logs):
-        """Called after every batch with the epoch's running ``loss`` (and ``accuracy``)."""
-
-    def on_epoch_end(self, epoch, logs, model):
-        """Called with the epoch's metrics; raise StopTraining to stop."""
-
-    def on_train_end(self, model):
-        """Called once after the last epoch, also when training stopped early or failed."""
-
-
-class Monitor:
-    """Tracks the best value of one metric; ``accuracy`` metrics improve upwards, others down."""
-
-    def __init__(self, monitor, min_delta):
-        self.monitor = monitor
-        self.min_delta = float(min_delta)
-        self.higher_is_better = "accuracy" in monitor
-        self.reset()
-
-    def reset(self):
-        self.best = -math.inf if self.higher_is_better else math.inf
-        self.best_epoch = None
-
-    def improved(self, epoch, logs):
-        """Whether this epoch's value beats the best so far (and record it if so)."""
-        if self.monitor not in logs:
-            raise ValueError(f"monitor: {self.monitor!r} is not among the metrics "
-                             f"{sorted(logs)}; pass validation_data for val_* metrics")
-        value = logs[self.monitor]
-        better = (value > self.best + self.min_delta if self.higher_is_better
-                  else value < self.best - self.min_delta)
-        if better:
-            self.best, self.best_epoch = value, epoch
-        return better
-
-
-class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved for ``patience`` epochs.
-
-    With ``restore_best=True`` the weights of the best epoch are put back at
-    the end, so the model is the best one seen, not the last.
-    """
-
-    def __init__(self, monitor="val_loss", patience=3, min_delta=0.0, restore_best=False):
-        self.tracker = Monitor(monitor, min_delta)
-        self.patience = int(patience)
-        self.restore_best = bool(restore_best)
-
-    @property
-    def best(self):
-        return self.tracker.best
-
-    @property
-    def best_epoch(self):
-        return self.tracker.best_epoch
-
-    def on_train_begin(self, model):
-        self.tracker.reset()
-        self.best_state = None
-        self.waited = 0
-
-    def on_epoch_end(self, epoch, logs, model):
-        if self.tracker.improved(epoch, logs):
-            self.waited = 0
-            if self.restore_best:
-                self.best_state = _snapshot(model)
-            return
-        self.waited += 1
-        if self.waited >= self.patience:
-            raise StopTraining
-
-    def on_train_end(self, model):
-        if self.restore_best and self.best_state is not None:
-            _restore(model, self.best_state)
-
-
-class ModelCheckpoint(Callback):
-    """Save the model file after each epoch, atomically.
-
-    With ``save_best_only`` (the default) the file is written only when
-    ``monitor`` improves, so it always holds the best model seen so far,
-    even if the run is interrupted. ``path`` may contain ``{epoch}`` (counted
-    from 1), e.g. ``"model-{epoch:03d}.cnn"``, to keep one file per epoch.
-    The file's provenance records the epoch and its metrics.
-    """
-
-    def __init__(self, path, monitor="val_loss", save_best_only=True, min_delta=0.0):
-        self.path = os.fspath(path)
-        self.tracker = Monitor(monitor, min_delta)
-        self.save_best_only = bool(save_best_only)
-        self.saved = []         # paths written, in order
-
-    def on_train_begin(self, model):
-        self.tracker.reset()
-        self.saved = []
-
-    def on_epoch_end(self, epoch, logs, model):
-        improved = self.tracker.improved(epoch, logs)
-        if self.save_best_only and not improved:
-            return
-        from cnncli.modelfile import save_model
-        path = self.path.format(epoch=epoch + 1)
-        save_model(model, path, provenance={"epoch": epoch + 1,
-                                            "metrics": {k: float(v) for k, v in logs.items()}})
-        self.saved.append(path)
-
-
-def _snapshot(model):
-    return ({name: p.value.copy() for name, p in model.named_parameters()},
-            {name: b.copy() for name, b in model.buffers().items()})
-
-
-def _restore(model, state):
-    values, buffers = state
-    for name, parameter in model.named_parameters():
-        parameter.value[...] = values[name]
-    for name, buffer in model.buffers().items():
-        buffer[...] = buffers[name]
+           "EarlyStopping", "ModelCheckpoint", "StopTraining", "Interrupted", "Monitor",
+           "default_loss", "ends_in_softmax"]
 
 
 def _check_data(x, y, model, transform=None):
@@ -203,15 +39,53 @@ def _check_data(x, y, model, transform=None):
     """
     if not hasattr(x, "shape") or not hasattr(x, "__getitem__"):
         x = np.asarray(x)
+    model._ready(x if transform is None else None)
     if transform is None and (len(x.shape) != len(model.input_shape) + 1
                               or tuple(x.shape[1:]) != model.input_shape):
         raise ValueError(f"x: expected shape (N, {', '.join(map(str, model.input_shape))}), "
-                         f"got {x.shape}")
+                         f"got {x.shape}{channels_last_hint(x.shape[1:], model.input_shape)}")
     if y is not None:
         y = np.asarray(y)
         if len(y) != len(x):
             raise ValueError(f"y: expected {len(x)} labels (one per sample of x), got {len(y)}")
     return x, y
+
+
+def _split_off(x, y, fraction):
+    """(x, y) without their last ``fraction``, and that part as validation data."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+            or not 0 <= fraction < 1:
+        raise ValueError(f"validation_split: expected a fraction in [0, 1), got {fraction!r}")
+    held = int(len(x) * fraction)
+    if held == 0 or held == len(x):
+        raise ValueError(f"validation_split: {fraction} of {len(x)} samples leaves "
+                         f"{'no' if held == 0 else 'every'} sample for validation")
+    return x[:-held], y[:-held], (x[-held:], y[-held:])
+
+
+def ends_in_softmax(model):
+    """Whether the model's outputs are class probabilities: it ends in a Softmax over its
+    outputs, or in a layer with ``activation="softmax"``."""
+    if not len(model):
+        return False
+    last = model[-1]
+    return (isinstance(last, Softmax) and len(last.output_shape or ()) == 1) or \
+        getattr(last, "activation", None) == "softmax"
+
+
+def default_loss(model, loss):
+    """The loss ``fit`` and ``evaluate`` use: ``loss``, or softmax cross-entropy of the
+    logits, or of the probabilities when the model ends in a softmax, so the softmax is
+    never applied twice. A softmax cross-entropy of logits given for a model that ends in
+    a softmax is refused."""
+    probabilities = ends_in_softmax(model)
+    if loss is None:
+        return SoftmaxCrossEntropy(from_logits=not probabilities)
+    if probabilities and isinstance(loss, SoftmaxCrossEntropy) and loss.from_logits:
+        raise ValueError("loss: the model ends in a softmax, so its outputs are already "
+                         "probabilities; SoftmaxCrossEntropy() would apply softmax twice. "
+                         "Pass SoftmaxCrossEntropy(from_logits=False), or leave loss unset")
+    return loss
 
 
 def _batches(count, batch_size, order=None):
@@ -230,7 +104,7 @@ def _accuracy_count(outputs, labels):
 def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None,
         callbacks=(), shuffle=True, seed=0, transform=None,
         validation_transform=None, schedule=None, initial_epoch=0, initial_batch=0,
-        initial_totals=None, interrupt=None):
+        initial_totals=None, interrupt=None, validation_split=0.0, verbose=0):
     """Train ``model`` on (x, y) with mini-batch gradient descent; returns a ``History``.
 
     Parameters
@@ -243,8 +117,14 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
         Defaults to ``Adam(model.named_parameters(), lr=1e-3)``.
     loss : callable, optional
         ``loss(outputs, targets) -> (value, grad)``; defaults to softmax
-        cross-entropy.
+        cross-entropy (of the outputs as probabilities when the model ends in
+        a softmax: see ``default_loss``).
     validation_data : (x_val, y_val), optional
+    validation_split : float
+        As Keras: hold out this fraction of (x, y), the last samples before any
+        shuffling, for validation (ignored when ``validation_data`` is given).
+    verbose : 0, 1 or 2
+        As Keras: silent, a progress line, or one line per epoch.
     callbacks : list of Callback
     shuffle : bool
         Reshuffle the samples every epoch; epoch e's order comes from
@@ -252,13 +132,9 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
         orders as an uninterrupted one.
     schedule : StepLR, CosineLR or OneCycleLR, optional
         Stepped after every epoch (one-cycle: after every batch).
-    initial_epoch : int
-        The number of epochs already done (when resuming); training runs
-        epochs ``initial_epoch .. epochs - 1``.
-    initial_batch, initial_totals : optional
-        Resume inside epoch ``initial_epoch``: skip its first
-        ``initial_batch`` batches, starting from the running totals an
-        ``Interrupted`` exception carried.
+    initial_epoch, initial_batch, initial_totals : optional
+        Resume after ``initial_epoch`` epochs and ``initial_batch`` batches of the next,
+        from the running totals an ``Interrupted`` exception carried.
     interrupt : callable, optional
         Checked after every batch; when it returns True, training stops
         there by raising ``Interrupted`` (a clean point to save a checkpoint).
@@ -269,14 +145,12 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         positive_int(name, value)
-    x, y = _check_data(x, y, model, transform)
-    if len(x) == 0:
-        raise ValueError("x: expected at least one sample, got none")
-    if validation_data is not None:
-        x_val, y_val = _check_data(*validation_data, model, validation_transform)
+    x, y, validation_data, validation_transform = _training_data(
+        model, x, y, transform, validation_data, validation_split, validation_transform)
     optimizer = Adam(model.named_parameters(), lr=1e-3) if optimizer is None else optimizer
-    loss = SoftmaxCrossEntropy() if loss is None else loss
+    loss = default_loss(model, loss)
     history, batches = History(), math.ceil(len(x) / batch_size)
+    callbacks = _with_progress(callbacks, epochs, verbose)
     for callback in callbacks:
         callback.on_train_begin(model)
     # A diverging run overflows before its loss turns non-finite; the check
@@ -296,7 +170,7 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
                 if schedule is not None and not schedule.per_batch:
                     schedule.step()
                 if validation_data is not None:
-                    logs.update(_validation_logs(model, x_val, y_val, loss,
+                    logs.update(_validation_logs(model, *validation_data, loss,
                                                  validation_transform))
                 history.append(logs)
                 _end_epoch(callbacks, epoch, logs, model)
@@ -306,6 +180,30 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
         for callback in callbacks:
             callback.on_train_end(model)
     return history
+
+
+def _training_data(model, x, y, transform, validation_data, validation_split,
+                   validation_transform):
+    """(x, y, validation data, its transform), checked, validation split off if asked."""
+    x, y = _check_data(x, y, model, transform)
+    if len(x) == 0:
+        raise ValueError("x: expected at least one sample, got none")
+    if validation_data is None and validation_split:
+        x, y, validation_data = _split_off(x, y, validation_split)
+        validation_transform = validation_transform or transform
+    if validation_data is not None:
+        validation_data = _check_data(*validation_data, model, validation_transform)
+    return x, y, validation_data, validation_transform
+
+
+def _with_progress(callbacks, epochs, verbose):
+    """The callbacks, and a printer of progress for ``verbose`` 1 or 2."""
+    if verbose not in (0, 1, 2, False, True):
+        raise ValueError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
+    if not verbose:
+        return list(callbacks)
+    from cnncli.progress import ProgressPrinter
+    return list(callbacks) + [ProgressPrinter(epochs, int(verbose))]
 
 
 def _train_epoch(model, x, y, order, batch_size, epoch, optimizer, loss, schedule, transform,
@@ -377,7 +275,7 @@ def evaluate(model, x, y, batch_size=256, loss=None, transform=None):
     x, y = _check_data(x, y, model, transform)
     if len(x) == 0:
         raise ValueError("x: expected at least one sample, got none")
-    loss = SoftmaxCrossEntropy() if loss is None else loss
+    loss = default_loss(model, loss)
     total_loss, correct = 0.0, 0
     for indices in _batches(len(x), batch_size):
         outputs = model.forward(_batch_inputs(x, indices, transform))
@@ -421,7 +319,7 @@ def predict_proba(model, x, batch_size=256, transform=None):
     A model that ends in a Softmax layer already outputs probabilities.
     """
     outputs = predict_outputs(model, x, batch_size, transform)
-    if isinstance(model[-1], Softmax):
+    if ends_in_softmax(model):
         return outputs
     # Infinite logits give NaN probabilities, which callers check for; NumPy's
     # warnings about them would only be noise.

@@ -16,7 +16,7 @@ def test_alexnet_first_layer_summary():
     model = Sequential([Conv2D(96, 11, stride=4), ReLU()], input_shape=(3, 227, 227))
     assert model.output_shape == (96, 55, 55)
     assert model.count_parameters() == (34_944, 0)
-    summary = model.summary()
+    summary = model.summary(print_fn=None)
     assert "(None, 96, 55, 55)" in summary and "34,944" in summary
     assert "Trainable params: 34,944" in summary
 
@@ -114,7 +114,7 @@ def test_frozen_layers_get_no_gradient_and_backward_stops_early():
     model.freeze(upto="flatten_1")
     trainable, frozen = model.count_parameters()
     assert frozen == 6 * 25 + 6 + 16 * 6 * 25 + 16 and trainable == 400 * 32 + 32 + 32 * 10 + 10
-    assert "(frozen)" in model.summary()
+    assert "(frozen)" in model.summary(print_fn=None)
     x = np.random.default_rng(0).standard_normal((2, 1, 28, 28))
     model.forward(x, training=True)
     # Layers below the lowest trainable one kept nothing for backward.

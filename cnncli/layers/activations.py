@@ -68,8 +68,8 @@ class LeakyReLU(Layer):
 
     config_keys = ("negative_slope",)
 
-    def __init__(self, negative_slope=0.01, name=None):
-        super().__init__(name)
+    def __init__(self, negative_slope=0.01, name=None, input_shape=None):
+        super().__init__(name, input_shape)
         if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) \
                 or not math.isfinite(negative_slope):
             raise ValueError(f"negative_slope: expected a finite number, got {negative_slope!r}")
@@ -91,15 +91,33 @@ class LeakyReLU(Layer):
 
 
 class Softmax(Layer):
-    """Probabilities over the last axis: exp(x - max) / sum(exp(x - max)).
+    """Probabilities over axis ``dim`` (the last by default; 1 is the channels of an
+    image batch): exp(x - max) / sum(exp(x - max)).
 
-    For training a classifier, prefer the fused softmax cross-entropy loss on
-    the logits: it is numerically stabler and cheaper than Softmax + log.
+    A model that ends in a Softmax outputs probabilities: ``fit`` and
+    ``evaluate`` then take the cross-entropy of those probabilities (the
+    softmax is not applied twice). Ending in logits and letting the loss apply
+    the softmax is stabler and cheaper.
     """
+
+    config_keys = ("dim",)
+
+    def __init__(self, dim=-1, name=None, input_shape=None):
+        super().__init__(name, input_shape)
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim == 0:
+            raise ValueError(f"dim: expected a non-batch axis (-1, 1, ...), got {dim!r}")
+        self.dim = dim
+
+    def compute_output_shape(self, input_shape):
+        if not -len(input_shape) <= (self.dim - 1 if self.dim > 0 else self.dim) \
+                < len(input_shape):
+            raise ValueError(f"{self.describe()}: dim {self.dim} is not an axis of inputs "
+                             f"(N, {', '.join(map(str, input_shape))})")
+        return input_shape
 
     def forward(self, x, training=False):
         x = self._check_input(x)
-        out = F.softmax(x, dim=-1)
+        out = F.softmax(x, dim=self.dim)
         self._cache = out if training else None
         return out
 
@@ -107,7 +125,10 @@ class Softmax(Layer):
         out = self._cached()
         if not need_input_grad:
             return None
-        return out * (grad_output - np.sum(grad_output * out, axis=-1, keepdims=True))
+        return out * (grad_output - np.sum(grad_output * out, axis=self.dim, keepdims=True))
+
+    def extra_repr(self):
+        return "" if self.dim == -1 else f"dim={self.dim}"
 
 
 class Dropout(Layer):
@@ -119,8 +140,8 @@ class Dropout(Layer):
 
     config_keys = ("rate",)
 
-    def __init__(self, rate, name=None):
-        super().__init__(name)
+    def __init__(self, rate, name=None, input_shape=None):
+        super().__init__(name, input_shape)
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
             raise ValueError(f"rate: expected a fraction in [0, 1), got {rate!r}")
         self.rate = float(rate)

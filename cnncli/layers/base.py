@@ -19,7 +19,7 @@ import numpy as np
 from cnncli.validation import is_positive_int
 
 __all__ = ["Parameter", "Layer", "Weighted", "initialize", "INITIALIZERS", "layer_config",
-           "LAYER_TYPES", "register_layer", "shape_tuple", "plain"]
+           "LAYER_TYPES", "register_layer", "shape_tuple", "plain", "channels_last_hint"]
 
 
 class Parameter:
@@ -47,6 +47,26 @@ class Parameter:
     def __repr__(self):
         state = "" if self.trainable else ", frozen"
         return f"Parameter(shape={self.value.shape}, dtype={self.value.dtype}{state})"
+
+
+def _input_shape(value, owner):
+    if isinstance(value, (tuple, list)) and value and all(is_positive_int(v) for v in value):
+        return tuple(int(v) for v in value)
+    raise ValueError(f"input_shape: expected a tuple of positive ints such as (1, 28, 28) "
+                     f"(channels first), got {value!r} for {owner}")
+
+
+def channels_last_hint(shape, expected=None):
+    """A sentence for errors about ``shape`` when it looks like an image with its channels
+    last (H, W, C), as Keras and TensorFlow lay them out; "" otherwise."""
+    shape = tuple(shape)
+    if len(shape) != 3 or shape[-1] not in (1, 3, 4) or shape[0] <= 4:
+        return ""
+    if expected is not None and tuple(expected) != (shape[2], shape[0], shape[1]):
+        return ""
+    return (f"; {shape} looks channels-last (height, width, channels): cnncli takes "
+            f"channels first, {(shape[2], shape[0], shape[1])} "
+            "(for arrays: x.transpose(0, 3, 1, 2))")
 
 
 def shape_tuple(name, value, length):
@@ -99,13 +119,19 @@ def initialize(shape, fan_in, fan_out, method, rng, dtype):
 
 
 class Layer:
-    """Base class: a named transformation with parameters, forward and backward."""
+    """Base class: a named transformation with parameters, forward and backward.
 
-    def __init__(self, name=None):
+    ``input_shape`` (without the batch axis), given to the first layer of a
+    ``Sequential``, is the model's input shape, as in Keras.
+    """
+
+    def __init__(self, name=None, input_shape=None):
         self.name = name
         self.input_shape = None      # without the batch axis; set by build()
         self.output_shape = None
         self._cache = None
+        self.requested_input_shape = None if input_shape is None else \
+            _input_shape(input_shape, type(self).__name__)
 
     # -- construction -------------------------------------------------------
     def build(self, input_shape, rng=None, dtype=np.float32, init=None):
@@ -155,7 +181,25 @@ class Layer:
 
     @property
     def trainable(self):
+        """Whether any parameter trains; setting it freezes or unfreezes them all."""
         return any(p.trainable for p in self.parameters().values())
+
+    @trainable.setter
+    def trainable(self, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"trainable: expected True or False, got {value!r}")
+        if value:
+            self.unfreeze()
+        else:
+            self.freeze()
+
+    @property
+    def weights(self):
+        """The layer's arrays, as Keras' ``layer.weights``: the weight (kernel) and bias,
+        then saved state such as a BatchNorm's running statistics. A Dense weight is
+        (units, inputs) and a Conv2D weight (filters, channels, kh, kw): PyTorch's layout,
+        the transpose of Keras' kernels."""
+        return [p.value for p in self.parameters().values()] + list(self.buffers().values())
 
     def freeze(self):
         for parameter in self.parameters().values():
@@ -168,7 +212,24 @@ class Layer:
     # -- passes: subclasses define forward(x, training) and
     # backward(grad_output, need_input_grad) -------------------------------------
     def __call__(self, x, training=False):
+        """``forward``; a layer not yet built is built for ``x`` first (seeded by 0), so
+        layers work on their own: ``Dense(3)(x)``, ``layer3(layer2(layer1(x)))``."""
+        if not self.built:
+            shape = getattr(x, "shape", None)
+            if shape is None:
+                x = np.asarray(x, dtype=np.float32)
+                shape = x.shape
+            if len(shape) < 2:
+                raise ValueError(f"{self.describe()}: expected a batch (N, ...) of inputs, "
+                                 f"got shape {tuple(shape)}")
+            dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float32
+            self.build(tuple(shape[1:]), rng=np.random.default_rng(0), dtype=dtype,
+                       init=self.default_init())
         return self.forward(x, training)
+
+    def default_init(self):
+        """The weight initialisation a layer built on its own gets (see ``Weighted``)."""
+        return None
 
     def _check_input(self, x):
         if not self.built:
@@ -177,7 +238,8 @@ class Layer:
         x = np.asarray(x)
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"{self.describe()}: expected input of shape (N, "
-                             f"{', '.join(map(str, self.input_shape))}), got {x.shape}")
+                             f"{', '.join(map(str, self.input_shape))}), got {x.shape}"
+                             f"{channels_last_hint(x.shape[1:], self.input_shape)}")
         return x
 
     def _expect_image(self, input_shape):
@@ -217,10 +279,13 @@ def layer_config(layer):
 
 
 class Weighted(Layer):
-    """A layer with a weight and an optional bias (Conv2D, Dense)."""
+    """A layer with a weight, an optional bias and an optional activation applied as part
+    of the layer (Conv2D, Dense). Subclasses compute ``linear`` and set ``_activation``
+    (a built-in activation layer, or None)."""
 
-    def __init__(self, use_bias, init, regularizer, name):
-        super().__init__(name)
+    def __init__(self, use_bias, init, regularizer, name, input_shape=None):
+        super().__init__(name, input_shape)
+        self._activation = None
         self.regularizer = _check_regularizer(regularizer)
         if not isinstance(use_bias, (bool, np.bool_)):
             raise ValueError(f"use_bias: expected True or False, got {use_bias!r}")
@@ -238,10 +303,26 @@ class Weighted(Layer):
         fan_in, fan_out = self._fans(shape)
         rng = np.random.default_rng(0) if rng is None else rng
         method = init if self.init == "auto" else self.init
+        if self.init == "auto" and self._activation is not None:
+            method = self.default_init()
         self.weight = Parameter(initialize(shape, fan_in, fan_out, method or "glorot_uniform",
                                            rng, dtype))
         self.bias = Parameter(np.zeros(shape[0], dtype=dtype)) if self.use_bias else None
+        if self._activation is not None:
+            self._activation.build(output_shape)
         return output_shape
+
+    def default_init(self):
+        """He initialisation under a ReLU-like activation of its own, Glorot otherwise."""
+        return "he_normal" if self.activation in ("relu", "leaky_relu") else "glorot_uniform"
+
+    def _activate(self, y, training):
+        """The activation, if any, applied to the layer's linear output ``y``."""
+        return y if self._activation is None else self._activation.forward(y, training)
+
+    def _activation_backward(self, grad_output):
+        return grad_output if self._activation is None else \
+            self._activation.backward(grad_output)
 
     def state_shapes(self, input_shape):
         weight = self._weight_shape(tuple(input_shape))

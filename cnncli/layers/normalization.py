@@ -23,8 +23,8 @@ class BatchNorm2D(Layer):
 
     config_keys = ("momentum", "eps")
 
-    def __init__(self, momentum=0.1, eps=1e-5, name=None):
-        super().__init__(name)
+    def __init__(self, momentum=0.1, eps=1e-5, name=None, input_shape=None):
+        super().__init__(name, input_shape)
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) \
                 or not 0 <= momentum <= 1:
             raise ValueError(f"momentum: expected a value in [0, 1], got {momentum!r}")

@@ -12,8 +12,8 @@ __all__ = ["MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Flatten"]
 class _Pool2D(Layer):
     config_keys = ("pool_size", "stride", "padding")
 
-    def __init__(self, pool_size=2, stride=None, padding=0, name=None):
-        super().__init__(name)
+    def __init__(self, pool_size=2, stride=None, padding=0, name=None, input_shape=None):
+        super().__init__(name, input_shape)
         self.pool_size = pool_size
         self.stride = stride
         self.padding = padding

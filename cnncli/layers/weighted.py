@@ -1,10 +1,28 @@
-"""Weighted layers: the convolution (``Conv2D``) and the fully connected layer (``Dense``)."""
+"""Weighted layers: the convolution (``Conv2D``) and the fully connected layer (``Dense``),
+each with an optional activation applied as part of the layer, as in Keras
+(``Dense(64, activation="relu")``).
+"""
 
 from cnncli import functional as F
-from cnncli.layers.base import Weighted, shape_tuple
+from cnncli.layers.activations import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from cnncli.layers.base import Weighted, channels_last_hint, shape_tuple
 from cnncli.validation import positive_int
 
-__all__ = ["Conv2D", "Dense"]
+__all__ = ["Conv2D", "Dense", "ACTIVATIONS"]
+
+ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "softmax": Softmax,
+               "leaky_relu": LeakyReLU}
+
+
+def activation_layer(name, channel_axis):
+    """The layer that applies activation ``name`` (None: no layer); a softmax runs over
+    ``channel_axis``."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {', '.join(map(repr, ACTIVATIONS))} "
+                         f"or None, got {name!r}")
+    return Softmax(dim=channel_axis) if name == "softmax" else ACTIVATIONS[name]()
 
 
 class Conv2D(Weighted):
@@ -21,16 +39,24 @@ class Conv2D(Weighted):
     padding : int, (int, int), 'valid' or 'same'
     groups : int
         ``groups == in_channels`` makes a depthwise convolution.
+    activation : 'relu', 'sigmoid', 'tanh', 'softmax' (over the channels), 'leaky_relu'
+        or None
+        Applied to the output as part of the layer.
     use_bias : bool
     init : 'auto', 'he_normal' or 'glorot_uniform'
-        'auto' lets the model pick He before a ReLU, Glorot otherwise.
+        'auto' picks He before a ReLU (its own or the next layer), Glorot otherwise.
     regularizer : L1, L2 or L1L2, optional
         Penalty on the weights (not the bias), added to the loss by ``fit``.
+    input_shape : (C, H, W), optional
+        For the first layer of a model: its input shape, channels first.
     """
 
     def __init__(self, filters, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 use_bias=True, init="auto", regularizer=None, name=None):
-        super().__init__(use_bias, init, regularizer, name)
+                 activation=None, use_bias=True, init="auto", regularizer=None, name=None,
+                 input_shape=None):
+        super().__init__(use_bias, init, regularizer, name, input_shape)
+        self.activation = activation
+        self._activation = activation_layer(activation, channel_axis=1)
         self.filters = positive_int("filters", filters)
         self.kernel_size = shape_tuple("kernel_size", kernel_size, 2)
         self.stride = stride
@@ -39,14 +65,17 @@ class Conv2D(Weighted):
         self.groups = positive_int("groups", groups)
 
     config_keys = ("filters", "kernel_size", "stride", "padding", "dilation", "groups",
-                   "use_bias", "init", "regularizer")
+                   "activation", "use_bias", "init", "regularizer")
 
     def compute_output_shape(self, input_shape):
         self._expect_image(input_shape)
         # The functional API validates the arguments and names what is wrong.
-        return (self.filters,) + F.conv2d_output_size(
-            (1,) + tuple(input_shape), self._weight_shape(input_shape), self.stride,
-            self.padding, self.dilation, self.groups)
+        try:
+            return (self.filters,) + F.conv2d_output_size(
+                (1,) + tuple(input_shape), self._weight_shape(input_shape), self.stride,
+                self.padding, self.dilation, self.groups)
+        except ValueError as error:
+            raise ValueError(f"{error}{channels_last_hint(input_shape)}") from None
 
     def _weight_shape(self, input_shape):
         return (self.filters, input_shape[0] // self.groups) + self.kernel_size
@@ -63,7 +92,10 @@ class Conv2D(Weighted):
         x = self._check_input(x)
         bias = self.bias.value if self.bias is not None else None
         self._cache = x if training else None
-        return F.conv2d(x, self.weight.value, bias, **self._arguments())
+        if not training and self.activation == "relu":
+            return F.conv2d(x, self.weight.value, bias, **self._arguments(), relu=True)
+        return self._activate(F.conv2d(x, self.weight.value, bias, **self._arguments()),
+                              training)
 
     def forward_fused(self, x, scale=None, shift=None, relu=False):
         """Inference of this convolution, followed by ``y * scale[f] + shift[f]`` per output
@@ -80,6 +112,7 @@ class Conv2D(Weighted):
 
     def backward(self, grad_output, need_input_grad=True):
         x = self._cached()
+        grad_output = self._activation_backward(grad_output)
         grad_input, grad_weight, grad_bias = F.conv2d_backward(
             grad_output, x, self.weight.value, **self._arguments(),
             need_input_grad=need_input_grad, need_weight_grad=self._needs_parameter_grads())
@@ -91,6 +124,8 @@ class Conv2D(Weighted):
         for key, default in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)):
             if getattr(self, key) != default:
                 parts.append(f"{key}={getattr(self, key)!r}")
+        if self.activation is not None:
+            parts.append(f"activation={self.activation!r}")
         if not self.use_bias:
             parts.append("use_bias=False")
         return ", ".join(parts)
@@ -99,14 +134,20 @@ class Conv2D(Weighted):
 class Dense(Weighted):
     """Fully connected layer: ``y = x @ W.T + b`` with W of shape (units, in_features).
 
-    ``regularizer`` (L1, L2 or L1L2) penalises the weights, as for Conv2D.
+    ``activation`` ('relu', 'sigmoid', 'tanh', 'softmax', 'leaky_relu' or None) is
+    applied to the output as part of the layer; ``regularizer`` (L1, L2 or L1L2)
+    penalises the weights, as for Conv2D; ``input_shape`` (features,) makes it the
+    first layer of a model.
     """
 
-    def __init__(self, units, use_bias=True, init="auto", regularizer=None, name=None):
-        super().__init__(use_bias, init, regularizer, name)
+    def __init__(self, units, activation=None, use_bias=True, init="auto", regularizer=None,
+                 name=None, input_shape=None):
+        super().__init__(use_bias, init, regularizer, name, input_shape)
+        self.activation = activation
+        self._activation = activation_layer(activation, channel_axis=-1)
         self.units = positive_int("units", units)
 
-    config_keys = ("units", "use_bias", "init", "regularizer")
+    config_keys = ("units", "activation", "use_bias", "init", "regularizer")
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 1:
@@ -124,10 +165,11 @@ class Dense(Weighted):
         x = self._check_input(x)
         self._cache = x if training else None
         bias = self.bias.value if self.bias is not None else None
-        return F.linear(x, self.weight.value, bias)
+        return self._activate(F.linear(x, self.weight.value, bias), training)
 
     def backward(self, grad_output, need_input_grad=True):
         x = self._cached()
+        grad_output = self._activation_backward(grad_output)
         grad_input, grad_weight, grad_bias = F.linear_backward(
             grad_output, x, self.weight.value, need_input_grad=need_input_grad,
             need_weight_grad=self._needs_parameter_grads())
@@ -135,4 +177,6 @@ class Dense(Weighted):
         return grad_input
 
     def extra_repr(self):
-        return f"{self.units}" + ("" if self.use_bias else ", use_bias=False")
+        return f"{self.units}" + ("" if self.activation is None else
+                                  f", activation={self.activation!r}") + \
+            ("" if self.use_bias else ", use_bias=False")
