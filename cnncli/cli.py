@@ -44,6 +44,9 @@ DataArgument = Annotated[str, typer.Argument(
          "dataset shipped with cnncli ('optdigits').")]
 Threads = Annotated[Optional[int], typer.Option(help="Threads for the kernels "
                                                 "(default: all cores).")]
+SplitSeed = Annotated[int, typer.Option(help="Seed of the validation split, for data without "
+                                             "a test or validation part (as train split "
+                                             "it).")]
 Seed = Annotated[int, typer.Option(help="Seed of initialisation, shuffling, splitting and "
                                         "augmentation.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing files.")]
@@ -184,7 +187,7 @@ def evaluate(
         help="test, val, train or all. Default: the test part, else the validation part; "
              "data without either is split as train splits it (--val-split, --seed).")] = None,
     val_split: Annotated[float, typer.Option()] = 0.1,
-    seed: Seed = 0,
+    seed: SplitSeed = 0,
     top_k: Annotated[int, typer.Option(min=1)] = 5,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics "
                                                                      "to this file.")] = None,
@@ -266,14 +269,15 @@ def demo(
 
     It does the same as:
 
-      cnncli finetune lenet-mnist optdigits --freeze flatten_1 --epochs 10 -o optdigits.cnn
+      cnncli finetune lenet-mnist optdigits -o optdigits.cnn
 
       cnncli eval optdigits.cnn optdigits
     """
     with _Run():
         if not quiet:
-            say(f"Fine-tuning {jobs.DEMO_MODEL} on {jobs.DEMO_DATA}: the convolutional layers "
-                "stay frozen, new dense layers learn the new data.")
+            say(f"Fine-tuning {jobs.DEMO_MODEL} on {jobs.DEMO_DATA} with the default options: "
+                "the convolutional layers stay frozen, a new head is fitted to their features, "
+                "then the dense layers train on the new data.")
         result = jobs.demo(output=output, threads=threads, force=force,
                            reporter=ConsoleReporter(quiet))
         _print_evaluation(result)
@@ -442,7 +446,7 @@ def show_confusion(
     normalize: Annotated[bool, typer.Option("--normalize", help="Show each row as fractions "
                                                                 "of its true class.")] = False,
     val_split: Annotated[float, typer.Option()] = 0.1,
-    seed: Seed = 0,
+    seed: SplitSeed = 0,
     classes: Classes = None,
     output: PictureOutput = None, threads: Threads = None, skip_bad: SkipBad = False,
     force: Force = False,

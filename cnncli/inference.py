@@ -30,7 +30,7 @@ the output gradient where it is positive) are the same bits as unfused, and
 ReLU's forward and backward touch a quarter of the values.
 """
 
-from cnncli.layers import BatchNorm2D, Conv2D, MaxPool2D, ReLU
+from cnncli.layers import BatchNorm2D, Conv2D, Dropout, MaxPool2D, ReLU
 
 __all__ = ["inference_steps", "FUSIONS", "training_forward", "training_backward"]
 
@@ -77,6 +77,15 @@ def _single(layer):
     return lambda x: layer.forward(x)
 
 
+def _dropping(dropout):
+    """A Dropout that drops (training) but keeps nothing: no gradient comes back to it."""
+    def step(x):
+        out = dropout.forward(x, training=True)
+        dropout.clear_cache()
+        return out
+    return step
+
+
 def _fusion_at(layers, position):
     """The longest run of FUSIONS starting at ``position``, as (layers, fuse), or None.
     A convolution with an activation of its own fuses with nothing."""
@@ -92,11 +101,20 @@ def _fusion_at(layers, position):
     return None
 
 
-def inference_steps(layers):
-    """Functions ``x -> y`` that together run ``layers`` in inference mode, in order."""
+def inference_steps(layers, dropping=False):
+    """Functions ``x -> y`` that together run ``layers`` in inference mode, in order.
+
+    With ``dropping`` (the frozen layers below the trainable ones, in a training
+    pass) Dropout layers still drop: what the trainable layers learn from must be
+    the dropped-out activations, wherever the Dropout sits below them.
+    """
     steps = []
     position = 0
     while position < len(layers):
+        if dropping and isinstance(layers[position], Dropout):
+            steps.append(_dropping(layers[position]))
+            position += 1
+            continue
         found = _fusion_at(layers, position)
         if found is not None:
             run, fuse = found

@@ -496,15 +496,15 @@ class Sequential:
         Layers below the lowest trainable one run in inference mode, as an
         inference plan that fuses some pairs (``cnncli.inference``; the layers
         above fuse a ReLU with the max pooling after it, exactly), and keep
-        nothing, since no gradient reaches them (a frozen backbone is
-        deterministic), unless ``need_input_grad`` asks for the gradient with
+        nothing, since no gradient reaches them; a Dropout among them still
+        drops (it shapes what the trainable layers learn from), unless ``need_input_grad`` asks for the gradient with
         respect to the input (then pass it to ``backward`` too).
         """
         self._ready(x)
         self._fresh = None
         x = np.asarray(x, dtype=self.dtype)
         lowest = self._lowest_needed(need_input_grad) if training else len(self._layers)
-        for step in inference_steps(self._layers[:lowest]):
+        for step in inference_steps(self._layers[:lowest], dropping=training):
             x = step(x)
         return training_forward(self._layers[lowest:], x) if training else x
 

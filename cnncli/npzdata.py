@@ -127,15 +127,27 @@ def _label_values(y, count, where):
         return y, np.isfinite(y) & (np.mod(y, 1) == 0) & (y >= 0)
 
 
-def _labels_in_range(y, valid, classes, where, skip_bad):
+def _labels_in_range(y, valid, classes, where, skip_bad, values=None):
     """(int64 labels, rows kept, notes on those skipped): a label must be a class number
-    below ``len(classes)``; bad ones stop loading unless ``skip_bad``."""
+    below ``len(classes)``, or, given the label ``values`` of the classes (classes named
+    after the labels present), one of them, which becomes its index; bad ones stop
+    loading unless ``skip_bad``."""
+    if values is not None:
+        positions = np.searchsorted(values, np.where(valid, y, -1))
+        positions = np.minimum(positions, len(values) - 1)
+        with np.errstate(invalid="ignore"):
+            valid = valid & (values[positions] == y)
+        y_indices = np.where(valid, positions, -1)
+        allowed = ", ".join(map(str, values.tolist()[:10])) + \
+            (", ..." if len(values) > 10 else "")
+    else:
+        y_indices = y
+        allowed = f"0..{len(classes) - 1}"
     with np.errstate(invalid="ignore"):
-        bad = ~(valid & (y < len(classes)))
+        bad = ~(valid & (y_indices < len(classes)))
     if not bad.any():
-        return y.astype(np.int64), np.arange(len(y)), []
+        return y_indices.astype(np.int64), np.arange(len(y)), []
     rows = np.flatnonzero(bad)
-    allowed = f"0..{len(classes) - 1}"
 
     def problem(row):
         label = y[row].item()
@@ -149,7 +161,7 @@ def _labels_in_range(y, valid, classes, where, skip_bad):
     notes = [f"{where}: {problem(row)}" for row in rows[:MAX_NOTES].tolist()]
     if len(rows) > MAX_NOTES:
         notes.append(f"{where}: {len(rows) - MAX_NOTES} more samples with bad labels")
-    labels = np.where(bad, 0, np.nan_to_num(y)).astype(np.int64)
+    labels = np.where(bad, 0, np.nan_to_num(y_indices)).astype(np.int64)
     return labels, np.flatnonzero(~bad), notes
 
 
@@ -169,21 +181,24 @@ def _file_classes(values, where):
 
 
 def _classes_from_labels(labels, where, skip_bad):
-    """'0'..'k' for the largest valid label k of all parts (under ``skip_bad``, of those
-    within ``limits.MAX_CLASSES``)."""
+    """(class names, label values): one class per label value present in any part, named
+    after it ('0', '1', '2', '7'), so a stray label does not make empty classes of the
+    numbers below it. A label of ``limits.MAX_CLASSES`` or more is refused, or left out
+    under ``skip_bad``."""
     limit = MAX_CLASSES.value
-    tops = []
+    present = []
     for y, valid in labels:
-        if skip_bad:
-            with np.errstate(invalid="ignore"):
-                valid = valid & (y < limit)
-        if valid.any():
-            tops.append(int(np.max(y[valid])))
-    top = max(tops, default=-1)
-    too_many = MAX_CLASSES.exceeded(top + 1, f"{where}: label {top}")
-    if too_many:
-        raise DataError(f"{too_many}, or pass --skip-bad to leave such labels out")
-    return [str(k) for k in range(max(top + 1, 1))]
+        with np.errstate(invalid="ignore"):
+            too_large = valid & (y >= limit)
+        if too_large.any() and not skip_bad:
+            top = int(np.max(y[too_large]))
+            raise DataError(f"{MAX_CLASSES.exceeded(top + 1, f'{where}: label {top}')}, or pass "
+                            "--skip-bad to leave such labels out")
+        present.append(np.unique(y[valid & ~too_large]).astype(np.int64))
+    values = np.unique(np.concatenate(present)) if present else np.zeros(0, np.int64)
+    if len(values) == 0:
+        values = np.zeros(1, np.int64)
+    return [str(value) for value in values.tolist()], values
 
 
 NPZ_PARTS = {"train": ("x_train", "y_train"), "val": ("x_val", "y_val"),
@@ -237,12 +252,13 @@ def load_npz(path, skip_bad=False, classes=None):
         where = f"{path} [{x_key}]"
         x = _as_images(x, where)
         checked[part] = (x, *_label_values(y, len(x), where), where)
+    values = None
     if classes is None:
-        classes = _classes_from_labels([(y, valid) for _, y, valid, _ in checked.values()], path,
-                                       skip_bad)
+        classes, values = _classes_from_labels(
+            [(y, valid) for _, y, valid, _ in checked.values()], path, skip_bad)
     datasets = {}
     for part, (x, y, valid, where) in checked.items():
-        labels, keep, skipped = _labels_in_range(y, valid, classes, where, skip_bad)
+        labels, keep, skipped = _labels_in_range(y, valid, classes, where, skip_bad, values)
         non_finite = _non_finite_rows(x)
         if len(non_finite):
             if not skip_bad:

@@ -263,6 +263,27 @@ def test_bad_images_stop_or_are_skipped(trained, digit_images, tmp_path):
                     "--epochs", 1)
     assert result.exit_code == 0, result.output
     assert "skipped 1 bad item(s)" in result.stderr
+    # Every bad file is named, however many there are.
+    for index in range(30):
+        (root / "digit2" / f"broken{index}.png").write_bytes(b"not an image")
+    result = invoke("finetune", trained, root, "-o", tmp_path / "g.cnn", "--skip-bad",
+                    "--epochs", 1)
+    assert result.exit_code == 0, result.output
+    assert "skipped 31 bad item(s)" in result.stderr
+    assert all(f"broken{index}.png: " in result.stderr for index in range(30))
+
+
+def test_summary_of_an_unknown_name_lists_what_it_could_be():
+    result = invoke("summary", "foo")
+    assert result.exit_code == 1
+    assert "architectures: lenet, vgg-small, alexnet, resnet18" in result.stderr
+    assert "pretrained: " in result.stderr and "lenet-mnist" in result.stderr
+
+
+def test_eval_seed_help_speaks_of_the_split():
+    result = invoke("eval", "--help")
+    text = " ".join(result.stdout.split())
+    assert "Seed of the validation split" in text and "augmentation" not in text
 
 
 def test_console_script_and_module_entry_points():

@@ -201,6 +201,24 @@ def test_out_of_range_labels_can_be_skipped(tmp_path):
     assert np.asarray(train.x)[1, 0, 0, 0] == 18
 
 
+def test_classes_named_after_labels_are_the_labels_present(tmp_path):
+    # Digits 0-2 and one stray 7: four classes, not eight with four of them empty.
+    path = tmp_path / "stray.npz"
+    y = np.array([0, 1, 2] * 5 + [7])
+    np.savez(path, x_train=np.zeros((16, 3, 3), np.uint8), y_train=y,
+             x_test=np.zeros((4, 3, 3), np.uint8), y_test=[2, 1, 0, 7])
+    splits = load_dataset(path, skip_bad=True)
+    assert splits.train.classes == ["0", "1", "2", "7"]
+    assert splits.train.y.tolist() == [0, 1, 2] * 5 + [3]
+    assert splits.test.y.tolist() == [2, 1, 0, 3]
+    # A label too large for the limit is refused, or left out under skip_bad.
+    np.savez(path, x=np.zeros((3, 3, 3), np.uint8), y=[0, 1, 10**9])
+    with pytest.raises(DataError, match="label 1000000000"):
+        load_dataset(path)
+    skipped = load_dataset(path, skip_bad=True).train
+    assert skipped.classes == ["0", "1"] and len(skipped) == 2 and len(skipped.skipped) == 1
+
+
 def test_not_a_zip(tmp_path):
     path = tmp_path / "junk.npz"
     path.write_bytes(b"nonsense")
@@ -312,3 +330,14 @@ def test_the_shipped_optdigits_images_load_by_name():
     images = np.rint(load_digits().images * 255 / 16).astype(np.uint8)
     found = {bytes(image.tobytes()) for image in images}
     assert all(bytes(image[0].tobytes()) in found for image in splits.test.x[:50])
+
+
+def test_a_huge_png_is_refused_in_one_line_without_pillows_warning(tmp_path):
+    import warnings
+    path = tmp_path / "huge.png"
+    Image.new("L", (10000, 10000)).save(path)     # 100 million pixels, a few hundred KB
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DataError, match=r"10000x10000\) needs 100,000,000 pixels"):
+            data.load_image(path, 1, (28, 28))
+    assert not [warning for warning in caught if "Decompression" in str(warning.category)]

@@ -7,7 +7,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import cnncli
-from cnncli.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Softmax
+from cnncli.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Softmax
 from cnncli.model import Sequential
 from cnncli.optimizers import SGD, Adam
 from cnncli.training import Callback, EarlyStopping, evaluate, fit, predict, predict_proba
@@ -170,3 +170,25 @@ def test_inference_batches_shrink_for_large_activations_and_give_the_same_output
     np.testing.assert_allclose(training.predict_outputs(model, x), whole, rtol=1e-5,
                                atol=1e-5 * np.abs(whole).max())
     assert training.inference_batch_size(architectures.resnet18(), 256) == 1
+
+
+def test_a_dropout_below_the_lowest_trainable_layer_drops_in_training():
+    # The Dropout has no parameters, so the lowest trainable layer is the Dense above it;
+    # the layers below run in inference mode, but the Dropout must still drop.
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 20)), rng.integers(0, 3, 64)
+    weights = []
+    for rate in (0.9, 0.0):
+        model = Sequential([Dropout(rate), Dense(3)], input_shape=(20,), seed=1,
+                           dtype=np.float64)
+        fit(model, x, y, epochs=2, batch_size=16)
+        weights.append(model[-1].weight.value.copy())
+    assert not np.allclose(weights[0], weights[1])
+    # Below frozen layers too: the frozen Dense sees dropped inputs.
+    frozen = Sequential([Dropout(0.5), Dense(8), Dense(3)], input_shape=(20,), seed=1,
+                        dtype=np.float64)
+    frozen.freeze(upto=1)
+    first = frozen.forward(x, training=True)
+    second = frozen.forward(x, training=True)
+    assert not np.allclose(first, second)
+    np.testing.assert_array_equal(frozen.forward(x), frozen.forward(x))

@@ -31,10 +31,6 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
 
-# Skipped items named one by one in the progress messages.
-MAX_LISTED = 20
-
-
 class JobError(ValueError):
     """An expected failure of a job (bad argument, existing file, class mismatch...):
     the message is one line for the user."""
@@ -166,11 +162,12 @@ def load_splits(data_source, skip_bad, channels=None, size=None, reporter=None,
             splits.train = datasets.sample_per_class(splits.train, per_class, seed)
     except DataError as error:
         raise JobError(str(error)) from None
-    skipped = splits.train.skipped
+    skipped = [item for part in (splits.train, splits.val, splits.test) if part is not None
+               for item in part.skipped]
     if skipped and reporter is not None:
-        listed = "\n  ".join(skipped[:MAX_LISTED])
-        more = f"\n  ... and {len(skipped) - MAX_LISTED} more" if len(skipped) > MAX_LISTED else ""
-        reporter.message(f"skipped {len(skipped)} bad item(s):\n  {listed}{more}")
+        # Every one is named: the user has to find and fix them.
+        listed = "\n  ".join(skipped)
+        reporter.message(f"skipped {len(skipped)} bad item(s):\n  {listed}")
     return splits
 
 

@@ -11,11 +11,12 @@ from cnncli.jobs.evaluator import evaluate
 from cnncli.jobs.finetuner import finetune
 from cnncli.resources import zoo_models
 
-# The demo: a shipped model fine-tuned on a shipped dataset, as a user would
-# with `cnncli finetune`; the CLI's help shows the same two commands.
+# The demo: a shipped model fine-tuned on a shipped dataset with the default
+# options, as a user would with `cnncli finetune`; the CLI's help shows the
+# same two commands.
 DEMO_MODEL = "lenet-mnist"
 DEMO_DATA = "optdigits"
-DEMO_SETTINGS = dict(freeze="flatten_1", epochs=10, batch_size=32, lr=1e-3, seed=0)
+DEMO_SETTINGS = dict(seed=0)
 
 
 def describe(name, input_shape=None, classes=10):
@@ -23,7 +24,15 @@ def describe(name, input_shape=None, classes=10):
     architecture ``name`` built for ``input_shape`` ("C,H,W"; default its usual input)
     and ``classes`` outputs."""
     if name not in architectures.ARCHITECTURES or os.path.exists(name):
-        return open_model(name)
+        try:
+            return open_model(name)
+        except JobError as error:
+            if "no such model file" not in str(error):
+                raise
+            pretrained = ", ".join(zoo_name for zoo_name, _, _ in zoo_models()) or "none"
+            raise JobError(f"{name}: no such model file, pretrained model or architecture "
+                           f"(pretrained: {pretrained}; architectures: "
+                           f"{', '.join(architectures.ARCHITECTURES)})") from None
     options = {}
     if input_shape is not None:
         try:

@@ -174,7 +174,11 @@ class _FineTuning:
         self.train_transform = datasets.batch_transform(self.model.preprocessing, pixel_max,
                                                         self.augmentation)
         self.cut = _lowest_trainable(self.model)
-        self.cached = cache_features and self.augmentation is None and \
+        # Features computed once must be what every epoch would compute: no augmentation,
+        # and no Dropout that drops among the frozen layers.
+        dropping = any(isinstance(layer, Dropout) and layer.rate > 0
+                       for _, layer in self.model[:self.cut].named_layers())
+        self.cached = cache_features and self.augmentation is None and not dropping and \
             0 < self.cut < len(self.model)
         self.features = None
 
