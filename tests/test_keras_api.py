@@ -229,3 +229,16 @@ def test_keras_code_end_to_end_on_digits():
     assert "max_pool2d_1 (MaxPool2D)" in stream.getvalue()
     assert isinstance(model.get_layer("conv2d_1"), Conv2D)
     assert MaxPool2D is layers.MaxPool2D
+
+
+def test_the_readme_coming_from_keras_code_runs(capsys):
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("### Coming from Keras"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    rng = np.random.default_rng(0)
+    exec(code, {"x_train": rng.normal(size=(40, 1, 28, 28)).astype(np.float32),
+                "y_train": np.arange(40) % 10})
+    printed = capsys.readouterr().out
+    assert "conv2d_1 (Conv2D, relu)" in printed and "Epoch 5/5" in printed

@@ -225,6 +225,10 @@ class Layer:
             dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float32
             self.build(tuple(shape[1:]), rng=np.random.default_rng(0), dtype=dtype,
                        init=self.default_init())
+        # As a model does, take any numbers in the dtype of the layer's weights.
+        weights = list(self.parameters().values())
+        if weights:
+            x = np.asarray(x, dtype=weights[0].value.dtype)
         return self.forward(x, training)
 
     def default_init(self):
