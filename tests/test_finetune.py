@@ -295,3 +295,28 @@ def test_the_command_line_exit_codes_of_finetune(pretrained, tmp_path):
     assert "continue with --resume" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "c.cnn").exists()
     load_model(tmp_path / "c-checkpoints" / "last.cnn")
+
+
+def test_a_run_killed_between_checkpoint_writes_replays_the_same_epochs(pretrained, tmp_path,
+                                                                       monkeypatch):
+    options = dict(classes="6,7,8,9", epochs=4, seed=6, batch_size=16)
+    whole = jobs.finetune(pretrained, "digits", output=tmp_path / "whole.cnn", **options)
+    monkeypatch.setattr(finetuner, "CHECKPOINT_INTERVAL", 1e9)   # only at phase ends
+    original = finetuner.Checkpointer.on_epoch_end
+
+    def killed_at_epoch_four(self, epoch, logs, model):
+        original(self, epoch, logs, model)
+        if self.offset + epoch + 1 == 4:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(finetuner.Checkpointer, "on_epoch_end", killed_at_epoch_four)
+        with pytest.raises(KeyboardInterrupt):
+            jobs.finetune(pretrained, "digits", output=tmp_path / "cut.cnn", **options)
+    # Only the probe's checkpoint was written; the resumed run does epochs 2-5 again.
+    state, _ = read_training_state(tmp_path / "cut-checkpoints" / "last.cnn")
+    assert state["epochs_done"] == 1
+    resumed = jobs.finetune(pretrained, "digits", output=tmp_path / "cut.cnn", resume=True,
+                            **options)
+    for name, value in whole.model.state_dict().items():
+        assert np.array_equal(value, resumed.model.state_dict()[name]), name

@@ -3,6 +3,7 @@ after every epoch, and restoring a run from ``last.cnn`` for ``--resume``.
 """
 
 import os
+import time
 
 import numpy as np
 
@@ -24,13 +25,22 @@ class Checkpointer(Callback):
     ``model``, when given, is what the files hold, whatever part of it ``fit``
     trains (fine-tuning trains the top of a model on cached features);
     ``offset`` is the number of epochs done before the current ``fit``.
+    With ``min_interval`` (seconds), an epoch's files are written only when
+    that long has passed since the last write (epochs of a fraction of a
+    second would spend most of their time writing), and always by
+    ``flush()`` and ``save_last()``; the best weights wait in memory. A run
+    resumed from an older checkpoint replays the same epochs exactly.
     """
 
     def __init__(self, folder, settings, optimizer, schedule, augmentation, history, monitor,
-                 model=None):
+                 model=None, min_interval=0.0):
         self.folder = folder
         self.model = model
         self.offset = 0
+        self.min_interval = float(min_interval)
+        self.written = time.monotonic()
+        self.unsaved = None             # epochs done when an epoch ended unwritten
+        self.pending_best = None        # (weights, provenance) of a best epoch not yet written
         self.settings = settings
         self.optimizer, self.schedule, self.augmentation = optimizer, schedule, augmentation
         self.history = history
@@ -69,11 +79,29 @@ class Checkpointer(Callback):
         return state, arrays
 
     def save_last(self, model, epochs_done, position=None):
-        """Write last.cnn; ``position`` ({"batch", "totals"}) marks a point inside an epoch."""
+        """Write last.cnn (after a best.cnn still to write); ``position`` ({"batch",
+        "totals"}) marks a point inside an epoch."""
         model = self.model or model
+        self._write_best(model)
         save_model(model, os.path.join(self.folder, "last.cnn"),
                    provenance={"epochs": epochs_done},
                    training_state=self.training_state(model, epochs_done, position))
+        self.written, self.unsaved = time.monotonic(), None
+
+    def flush(self, model=None):
+        """Write the files of the last epoch if they are not yet on disk."""
+        if self.unsaved is not None:
+            self.save_last(model, self.unsaved)
+
+    def _write_best(self, model):
+        if self.pending_best is None:
+            return
+        weights, provenance = self.pending_best
+        current = model.state_dict()
+        model.load_state_dict(weights)
+        save_model(model, os.path.join(self.folder, "best.cnn"), provenance=provenance)
+        model.load_state_dict(current)
+        self.pending_best = None
 
     def on_epoch_end(self, epoch, logs, model):
         model = self.model or model
@@ -82,9 +110,11 @@ class Checkpointer(Callback):
         if self.tracker.improved(epoch, logs):
             self.best = {"epoch": epoch + 1, "value": float(self.tracker.best),
                          "metrics": self.history[-1]}
-            save_model(model, os.path.join(self.folder, "best.cnn"),
-                       provenance={"epochs": epoch + 1, "metrics": self.history[-1]})
-        self.save_last(model, epoch + 1)
+            self.pending_best = (model.state_dict(),
+                                 {"epochs": epoch + 1, "metrics": self.history[-1]})
+        self.unsaved = epoch + 1
+        if time.monotonic() - self.written >= self.min_interval:
+            self.flush(model)
 
 
 def restore_training_state(path, model, optimizer, schedule, augmentation, settings,

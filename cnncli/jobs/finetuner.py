@@ -18,9 +18,11 @@
 
 With validation data the saved model is the best epoch of the run by
 validation loss (the probe counts as one; the loss tells apart epochs that a
-small validation part gives the same accuracy); without, the last. Checkpoints, ``--resume`` and
-Ctrl-C work as for ``train`` (see ``cnncli.jobs``): the epochs are counted
-over the whole run, the probe being the first.
+small validation part gives the same accuracy); without, the last.
+Checkpoints, ``--resume`` and Ctrl-C work as for ``train`` (see
+``cnncli.jobs``): the epochs are counted over the whole run, the probe being
+the first, and the files are written at most every ``CHECKPOINT_INTERVAL``
+seconds and at the end of every phase.
 """
 
 import math
@@ -52,6 +54,11 @@ FINETUNE_SETTINGS = ("pretrained", "data", "head", "epochs", "unfreeze_epochs", 
 
 # The fraction of a phase's steps over which the rate warms up (one cycle).
 WARMUP = 0.1
+
+# Checkpoints are written after an epoch once this many seconds have passed since the
+# last write, and at the end of every phase: the top phase's epochs on cached features
+# take milliseconds.
+CHECKPOINT_INTERVAL = 5.0
 
 # The default length of the top phase, in optimizer steps: one epoch of a large
 # dataset, several of a small one (a hundred images give four steps an epoch).
@@ -307,7 +314,7 @@ class _FineTuning:
         monitor = "val_loss" if self.val_part is not None else "loss"
         history = []
         checkpointer = Checkpointer(folder, settings, None, None, self.augmentation, history,
-                                    monitor, model=model)
+                                    monitor, model=model, min_interval=CHECKPOINT_INTERVAL)
         resumed = self._resume_point(last, total) if resume else None
         os.makedirs(folder, exist_ok=True)
         batches = math.ceil(len(self.train_part) / settings["batch_size"])
@@ -344,6 +351,7 @@ class _FineTuning:
                     break
             if name == "probe":
                 checkpointer.on_epoch_end(0, self._probe(), model)
+                checkpointer.flush()
                 start = end
                 continue
             if not first and position is None:
@@ -353,6 +361,7 @@ class _FineTuning:
                              validation_transform, epochs, settings["batch_size"], optimizer,
                              schedule, settings["seed"] + index, checkpointer, self.reporter,
                              name, first, position)
+            checkpointer.flush()
             start = end
         self._keep_best(checkpointer, len(history))
         model.provenance = {**model.provenance, "command": "finetune",
