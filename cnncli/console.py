@@ -8,7 +8,7 @@ import re
 import typer
 from rich.console import Console
 
-from cnncli import jobs
+from cnncli import distributed, jobs
 from cnncli.data import DataError
 from cnncli.limits import LimitError
 from cnncli.modelfile import ModelFileError
@@ -38,23 +38,61 @@ def printable(text, newlines=True):
     return UNPRINTABLE.sub(lambda found: ascii(found.group())[1:-1], text)
 
 
+def _silent_rank():
+    """Whether this is a rank other than 0 of a data-parallel run: rank 0 prints."""
+    comm = distributed.current()
+    return comm is not None and comm.rank != 0
+
+
 def say(text):
     """Print a line of results to stdout."""
-    out.print(printable(text), markup=False)
+    if not _silent_rank():
+        out.print(printable(text), markup=False)
 
 
 def tell(text):
     """Print a line of progress or warning to stderr."""
-    err.print(printable(text), markup=False)
+    if not _silent_rank():
+        err.print(printable(text), markup=False)
 
 
 def fail(message, code=EXIT_FAILURE):
-    err.print(f"error: {printable(message, newlines=False)}", markup=False)
+    if not _silent_rank():
+        err.print(f"error: {printable(message, newlines=False)}", markup=False)
     raise typer.Exit(code)
 
 
+# Expected failures: a one-line message and an exit code. In a data-parallel run
+# every rank meets them together (the same data, options and files; the summed loss
+# and Ctrl-C flag), so rank 0 alone reports them and every rank exits.
+EXPECTED = ((jobs.JobError, ModelFileError, DataError, FileNotFoundError, FileExistsError,
+             LimitError), EXIT_FAILURE)
+
+
+def _outcome(error):
+    """(message, exit code, whether every rank of a data-parallel run meets it together)
+    of an exception, or None for a bug."""
+    if isinstance(error, EXPECTED[0]):
+        return str(error), EXIT_FAILURE, True
+    if isinstance(error, jobs.TrainingDiverged):
+        return str(error), EXIT_DIVERGED, True
+    if isinstance(error, jobs.TrainingInterrupted):
+        return str(error), EXIT_INTERRUPTED, True
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted", EXIT_INTERRUPTED, False
+    if isinstance(error, OSError):
+        return f"{error.filename or ''}: {error.strerror or error}".lstrip(": "), \
+            EXIT_FAILURE, False
+    return None
+
+
 class _Run:
-    """Runs a job, turning expected failures into one line and an exit code."""
+    """Runs a job, turning expected failures into one line and an exit code.
+
+    In a data-parallel run a failure of one rank alone (a bug, a full disk,
+    a second Ctrl-C) ends every rank at once (MPI_Abort) with its message and
+    code, instead of leaving the others waiting for it.
+    """
 
     def __enter__(self):
         return self
@@ -62,20 +100,21 @@ class _Run:
     def __exit__(self, kind, error, traceback):
         if error is None or isinstance(error, typer.Exit):
             return False
-        if isinstance(error, (jobs.JobError, ModelFileError, DataError, FileNotFoundError,
-                              FileExistsError, LimitError)):
-            fail(str(error))
-        if isinstance(error, jobs.TrainingDiverged):
-            fail(str(error), EXIT_DIVERGED)
-        if isinstance(error, jobs.TrainingInterrupted):
-            tell(str(error))
-            raise typer.Exit(EXIT_INTERRUPTED)
-        if isinstance(error, KeyboardInterrupt):
-            tell("interrupted")
-            raise typer.Exit(EXIT_INTERRUPTED)
-        if isinstance(error, OSError):
-            fail(f"{error.filename or ''}: {error.strerror or error}".lstrip(": "))
-        return False
+        outcome = _outcome(error)
+        comm = distributed.current()
+        if comm is not None and (outcome is None or not outcome[2]):
+            message, code = (f"{type(error).__name__}: {error}", EXIT_FAILURE) \
+                if outcome is None else outcome[:2]
+            err.print(f"error: rank {comm.rank}: {printable(message, newlines=False)}",
+                      markup=False)
+            comm.abort(code)
+        if outcome is None:
+            return False
+        message, code, _ = outcome
+        if code == EXIT_INTERRUPTED:
+            tell(message)
+            raise typer.Exit(code)
+        fail(message, code)
 
 
 class ConsoleReporter(jobs.Reporter):

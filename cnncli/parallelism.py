@@ -19,7 +19,7 @@ from cnncli.limits import MAX_THREADS
 from cnncli.validation import positive_int
 
 __all__ = ["get_num_threads", "set_num_threads", "threads", "single_threaded_blas",
-           "THREADS_VARIABLE"]
+           "thread_count_set", "THREADS_VARIABLE"]
 
 THREADS_VARIABLE = "CNNCLI_NUM_THREADS"
 
@@ -60,6 +60,12 @@ def get_num_threads() -> int:
         _num_threads = _within_thread_limit("the thread count from the environment",
                                             _threads_from_environment())
     return _num_threads
+
+
+def thread_count_set() -> bool:
+    """Whether the thread count was set (``set_num_threads``, ``threads``) or already read
+    from the environment."""
+    return _num_threads is not None
 
 
 def set_num_threads(n: int) -> None:

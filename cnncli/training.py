@@ -104,7 +104,7 @@ def _accuracy_count(outputs, labels):
 def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None,
         callbacks=(), shuffle=True, seed=0, transform=None,
         validation_transform=None, schedule=None, initial_epoch=0, initial_batch=0,
-        initial_totals=None, interrupt=None, validation_split=0.0, verbose=0):
+        initial_totals=None, interrupt=None, validation_split=0.0, verbose=0, comm=None):
     """Train ``model`` on (x, y) with mini-batch gradient descent; returns a ``History``.
 
     Parameters
@@ -125,13 +125,14 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
         shuffling, for validation (ignored when ``validation_data`` is given).
     verbose : 0, 1 or 2
         As Keras: silent, a progress line, or one line per epoch.
+    comm : cnncli.distributed.Communicator, optional
+        Data-parallel over MPI: every rank calls ``fit`` alike (``cnncli.distributed``).
     callbacks : list of Callback
     shuffle : bool
         Reshuffle the samples every epoch; epoch e's order comes from
         ``(seed, e)``, so a run resumed at ``initial_epoch`` sees the same
         orders as an uninterrupted one.
-    schedule : StepLR, CosineLR or OneCycleLR, optional
-        Stepped after every epoch (one-cycle: after every batch).
+    schedule : StepLR, CosineLR or OneCycleLR, optional (stepped every epoch or batch)
     initial_epoch, initial_batch, initial_totals : optional
         Resume after ``initial_epoch`` epochs and ``initial_batch`` batches of the next,
         from the running totals an ``Interrupted`` exception carried.
@@ -166,12 +167,13 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
                 logs = _train_epoch(model, x, y, order, batch_size, epoch, optimizer, loss,
                                     schedule, transform, callbacks, interrupt,
                                     first=int(initial_batch) if resume else 0,
-                                    totals=initial_totals if resume else (0.0, 0, 0))
+                                    totals=initial_totals if resume else (0.0, 0, 0),
+                                    comm=comm)
                 if schedule is not None and not schedule.per_batch:
                     schedule.step()
                 if validation_data is not None:
                     logs.update(_validation_logs(model, *validation_data, loss,
-                                                 validation_transform))
+                                                 validation_transform, comm))
                 history.append(logs)
                 _end_epoch(callbacks, epoch, logs, model)
     except StopTraining:
@@ -207,7 +209,7 @@ def _with_progress(callbacks, epochs, verbose):
 
 
 def _train_epoch(model, x, y, order, batch_size, epoch, optimizer, loss, schedule, transform,
-                 callbacks, interrupt, first, totals):
+                 callbacks, interrupt, first, totals, comm=None):
     """One epoch of ``fit`` from batch ``first`` on, starting from the running ``totals``
     (loss sum, correct, seen); returns the epoch's logs."""
     total_loss, correct, seen = totals
@@ -216,37 +218,66 @@ def _train_epoch(model, x, y, order, batch_size, epoch, optimizer, loss, schedul
     for batch, indices in enumerate(_batches(len(x), batch_size, order)):
         if batch < first:
             continue
-        inputs, targets = x[indices], y[indices]
-        if transform is not None:
-            inputs = transform(inputs)
-        outputs = model.forward(inputs, training=True)
-        value, grad = loss(outputs, targets)
+        asked = interrupt is not None and batch + 1 < batches and interrupt()
+        value, count, hits, asked = _step(model, x, y, indices, loss, transform, optimizer,
+                                          comm, asked)
         if not math.isfinite(value):
             raise FloatingPointError(f"loss became {value} at epoch {epoch + 1}, "
                                      f"batch {batch + 1}; lower the learning rate")
-        optimizer.zero_grad()
-        model.backward(grad)
         # L1/L2 penalties count in the reported loss, as in Keras.
         value += model.regularize()
         optimizer.step()
+        if comm is not None:
+            comm.average_buffers(model)
         if schedule is not None and schedule.per_batch:
             schedule.step()
-        total_loss += value * len(targets)
-        seen += len(targets)
-        hits = _accuracy_count(outputs, targets)
+        total_loss += value * count
+        seen += count
         correct = None if hits is None or correct is None else correct + hits
         logs = {"loss": total_loss / seen}
         if correct is not None:
             logs["accuracy"] = correct / seen
         for callback in callbacks:
             callback.on_batch_end(epoch, batch, batches, logs)
-        if interrupt is not None and batch + 1 < batches and interrupt():
+        if asked:
             raise Interrupted(epoch, batch + 1, (total_loss, correct, seen))
     return logs
 
 
-def _validation_logs(model, x_val, y_val, loss, transform):
-    metrics = evaluate(model, x_val, y_val, loss=loss, transform=transform)
+def _step(model, x, y, indices, loss, transform, optimizer, comm, asked):
+    """Forward and backward of one batch, leaving the gradients of its mean loss in the
+    parameters; returns (mean loss, samples, correct or None, interrupt asked). With a
+    communicator, this rank takes its shard and everything is summed over the ranks."""
+    if comm is not None:
+        indices = np.arange(len(x))[indices] if isinstance(indices, slice) else indices
+    local = indices if comm is None else comm.shard(indices)
+    optimizer.zero_grad()
+    value, count, hits = 0.0, 0, 0
+    if comm is None or len(local):
+        inputs, targets = x[local], y[local]
+        if transform is not None:
+            inputs = transform(inputs)
+        outputs = model.forward(inputs, training=True)
+        value, grad = loss(outputs, targets)
+        count, hits = len(targets), _accuracy_count(outputs, targets)
+        if comm is not None:
+            # Scaled by this rank's share, the ranks' gradients add up to the gradient of
+            # the whole batch's mean loss.
+            grad = grad * grad.dtype.type(count / len(indices))
+        if math.isfinite(value):
+            model.backward(grad)
+    if comm is None:
+        return value, count, hits, asked
+    totals = comm.sum(np.array([value * count, count, hits or 0, hits is None, asked],
+                               dtype=np.float64))
+    comm.sum_gradients(model)
+    count = int(totals[1])
+    return float(totals[0] / count), count, None if totals[3] else int(totals[2]), \
+        bool(totals[4])
+
+
+def _validation_logs(model, x_val, y_val, loss, transform, comm=None):
+    metrics = evaluate(model, x_val, y_val, loss=loss, transform=transform, comm=comm)
     return {f"val_{key}": value for key, value in metrics.items()}
 
 
@@ -267,21 +298,27 @@ def _batch_inputs(x, indices, transform):
     return np.asarray(inputs) if transform is None else transform(inputs)
 
 
-def evaluate(model, x, y, batch_size=256, loss=None, transform=None):
+def evaluate(model, x, y, batch_size=256, loss=None, transform=None, comm=None):
     """Mean loss (and accuracy, for class labels) of ``model`` on (x, y), in inference mode.
 
-    ``transform`` is applied to each batch of x first (see ``fit``).
+    ``transform`` is applied to each batch of x first (see ``fit``). With a
+    communicator, each rank evaluates its share and the totals are summed.
     """
     x, y = _check_data(x, y, model, transform)
     if len(x) == 0:
         raise ValueError("x: expected at least one sample, got none")
     loss = default_loss(model, loss)
+    low, high = (0, len(x)) if comm is None else comm.bounds(len(x))
     total_loss, correct = 0.0, 0
-    for indices in _batches(len(x), batch_size):
+    for start in range(low, high, batch_size):
+        indices = slice(start, min(start + batch_size, high))
         outputs = model.forward(_batch_inputs(x, indices, transform))
         total_loss += loss(outputs, y[indices])[0] * len(outputs)
         hits = _accuracy_count(outputs, y[indices])
         correct = None if hits is None or correct is None else correct + hits
+    if comm is not None:
+        totals = comm.sum(np.array([total_loss, correct or 0, correct is None]))
+        total_loss, correct = float(totals[0]), None if totals[2] else int(totals[1])
     metrics = {"loss": total_loss / len(x)}
     if correct is not None:
         metrics["accuracy"] = correct / len(x)

@@ -33,8 +33,10 @@ class Checkpointer(Callback):
     """
 
     def __init__(self, folder, settings, optimizer, schedule, augmentation, history, monitor,
-                 model=None, min_interval=0.0):
+                 model=None, min_interval=0.0, writes=True):
         self.folder = folder
+        # Only one process of a data-parallel run writes (the others keep the same state).
+        self.writes = writes
         self.model = model
         self.offset = 0
         self.min_interval = float(min_interval)
@@ -82,6 +84,9 @@ class Checkpointer(Callback):
         """Write last.cnn (after a best.cnn still to write); ``position`` ({"batch",
         "totals"}) marks a point inside an epoch."""
         model = self.model or model
+        if not self.writes:
+            self.pending_best, self.unsaved = None, None
+            return
         self._write_best(model)
         save_model(model, os.path.join(self.folder, "last.cnn"),
                    provenance={"epochs": epochs_done},

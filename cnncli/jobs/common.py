@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from cnncli import data as datasets
+from cnncli import data as datasets, distributed
 from cnncli.data import DataError
 from cnncli.files import OutputLocked, RunLock
 from cnncli.functional import threads
@@ -248,9 +248,43 @@ class TrainResult:
         self.cached_features = cached_features
 
 
-def locked(*targets):
-    """The run locks of every file and folder a run writes (see ``cnncli.files.RunLock``)."""
+def data_parallel():
+    """The MPI communicator of a run started by mpirun with several ranks, else None."""
+    try:
+        return distributed.world()
+    except ImportError as error:
+        raise JobError(str(error)) from None
+
+
+def agreed(comm, check):
+    """Run ``check`` (which raises JobError or returns) on rank 0 only, and raise its
+    JobError on every rank: checks of files that rank 0 is about to write must not give
+    other ranks a different answer a moment later."""
+    if comm is None:
+        return check()
+    message = None
+    if comm.rank == 0:
+        try:
+            check()
+        except JobError as error:
+            message = str(error)
+    message = comm.comm.bcast(message, root=0)
+    if message is not None:
+        raise JobError(message)
+
+
+def is_writer(comm):
+    """Whether this process writes files and prints progress: rank 0 of a data-parallel
+    run, or the only process."""
+    return comm is None or comm.rank == 0
+
+
+def locked(*targets, comm=None):
+    """The run locks of every file and folder a run writes (see ``cnncli.files.RunLock``);
+    in a data-parallel run, rank 0 holds them."""
     stack = contextlib.ExitStack()
+    if not is_writer(comm):
+        return stack
     try:
         for target in targets:
             stack.enter_context(RunLock(target))
@@ -298,7 +332,7 @@ def class_probabilities(model, x, pixel_max, batch_size):
 
 def run_checkpointed(model, x, y, validation, transform, validation_transform, epochs,
                      batch_size, optimizer, schedule, seed, checkpointer, reporter, phase="",
-                     first_epoch=0, position=None):
+                     first_epoch=0, position=None, comm=None):
     """``fit`` for ``epochs`` epochs from epoch ``first_epoch`` (and ``position`` inside it,
     when resuming), writing checkpoints through ``checkpointer``. Ctrl-C saves last.cnn
     where training stopped and raises TrainingInterrupted; a loss that stops being finite
@@ -313,7 +347,7 @@ def run_checkpointed(model, x, y, validation, transform, validation_transform, e
                 initial_totals=tuple(position["totals"]) if position else None,
                 interrupt=ctrl_c, validation_data=validation, transform=transform,
                 validation_transform=validation_transform,
-                callbacks=[checkpointer, epoch_reporter])
+                callbacks=[checkpointer, epoch_reporter], comm=comm)
     except FloatingPointError as error:
         raise TrainingDiverged(f"{error}; the last good checkpoint is {last}") from None
     except Interrupted as stop:

@@ -13,7 +13,7 @@ from cnncli.preprocessing import Preprocessing
 from cnncli.jobs.common import (JobError, OPTIMIZERS, Reporter, SCHEDULES, TrainResult,
                                 at_least_two_classes, check_output, class_list, load_splits, locked,
                                 make_optimizer, make_schedule, on_threads, positive,
-                                run_checkpointed, train_val)
+                                run_checkpointed, train_val, agreed, data_parallel, is_writer)
 from cnncli.jobs.history import write_history
 from cnncli.jobs.checkpoints import Checkpointer, restore_training_state
 
@@ -31,8 +31,13 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
     each. See the module notes for checkpoints and ``resume``. Raises JobError for
     expected failures, TrainingDiverged when the loss is no longer finite, and
     lets KeyboardInterrupt through after making sure a checkpoint exists.
+
+    Started by mpirun with several ranks, the run is data-parallel
+    (``cnncli.distributed``): every rank trains its shard of each batch, and
+    rank 0 alone checks and writes the files and reports progress.
     """
-    reporter = reporter or Reporter()
+    comm = data_parallel()
+    reporter = (reporter or Reporter()) if is_writer(comm) else Reporter()
     if arch not in architectures.ARCHITECTURES:
         raise JobError(f"--arch: expected one of {', '.join(architectures.ARCHITECTURES)}, "
                        f"got {arch!r}")
@@ -61,20 +66,25 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
                 "weight_decay": weight_decay, "momentum": momentum, "epochs": epochs,
                 "classes": classes, "per_class": per_class}
     # Checked under the locks, so two runs cannot both find the output free.
-    with locked(output, folder):
+    with locked(output, folder, comm=comm):
         last = os.path.join(folder, "last.cnn")
-        if not resume:
-            check_output(output, force)
-        if resume and not os.path.exists(last):
-            raise JobError(f"--resume: no checkpoint at {last}")
-        if not resume and os.path.exists(last) and not force:
-            raise JobError(f"{folder}: holds checkpoints of an earlier run; pass --resume to "
-                           "continue it or --force to start over")
+
+        def outputs_free():
+            if not resume:
+                check_output(output, force)
+            if resume and not os.path.exists(last):
+                raise JobError(f"--resume: no checkpoint at {last}")
+            if not resume and os.path.exists(last) and not force:
+                raise JobError(f"{folder}: holds checkpoints of an earlier run; pass --resume "
+                               "to continue it or --force to start over")
+
+        agreed(comm, outputs_free)
         splits = load_splits(data, skip_bad, channels, size, reporter, classes, per_class,
                              seed)
         train_part, val_part = train_val(splits, val_split, seed)
         at_least_two_classes(train_part)
-        return _train_run(settings, train_part, val_part, output, folder, resume, reporter)
+        return _train_run(settings, train_part, val_part, output, folder, resume, reporter,
+                          comm)
 
 
 def _new_model(settings, train_part):
@@ -97,7 +107,7 @@ def _new_model(settings, train_part):
     return model
 
 
-def _train_run(settings, train_part, val_part, output, folder, resume, reporter):
+def _train_run(settings, train_part, val_part, output, folder, resume, reporter, comm=None):
     """The run of ``train`` once its options are checked and its outputs locked."""
     epochs, batch_size, seed = settings["epochs"], settings["batch_size"], settings["seed"]
     model = _new_model(settings, train_part)
@@ -129,32 +139,38 @@ def _train_run(settings, train_part, val_part, output, folder, resume, reporter)
         if start > epochs or (start == epochs and position):
             raise JobError(f"--resume: the checkpoint has done {start} epochs already; ask "
                            f"for more with --epochs")
-    os.makedirs(folder, exist_ok=True)
+    writer = is_writer(comm)
+    if writer:
+        os.makedirs(folder, exist_ok=True)
     monitor = "val_accuracy" if val_part is not None else "loss"
-    checkpointer = Checkpointer(folder, settings, opt, sched, augmentation, history, monitor)
+    checkpointer = Checkpointer(folder, settings, opt, sched, augmentation, history, monitor,
+                                writes=writer)
     checkpointer.restore_best(best)
     if not resume:
         checkpointer.save_last(model, 0)
     if start < epochs:
         _fit_with_checkpoints(model, train_part, val_part, settings, opt, sched, augmentation,
-                              checkpointer, start, position, batches, reporter)
+                              checkpointer, start, position, batches, reporter, comm)
     else:
         # Every epoch was done, but the final model was never written (say,
         # the disk was full): the checkpoint holds the finished weights.
         reporter.message(f"{last} has finished all {epochs} epochs; writing the final model")
-    save_model(model, output, overwrite=True,
-               provenance={"epochs": epochs, "metrics": history[-1] if history else {}})
-    write_history(output, "train", history, ["train"] * len(history))
+    if writer:
+        save_model(model, output, overwrite=True,
+                   provenance={"epochs": epochs, "metrics": history[-1] if history else {}})
+        write_history(output, "train", history, ["train"] * len(history))
     return TrainResult(model, history, output, checkpoints=folder,
                        best=checkpointer.best, resumed_from=last if resume else None,
                        skipped=train_part.skipped)
 
 
 def _fit_with_checkpoints(model, train_part, val_part, settings, optimizer, schedule,
-                          augmentation, checkpointer, start, position, batches, reporter):
+                          augmentation, checkpointer, start, position, batches, reporter,
+                          comm=None):
     transform = datasets.batch_transform(model.preprocessing, train_part.pixel_max, augmentation)
     val_transform = datasets.batch_transform(model.preprocessing, train_part.pixel_max)
     run_checkpointed(model, train_part.x, train_part.y,
                      None if val_part is None else (val_part.x, val_part.y), transform,
                      val_transform, settings["epochs"], settings["batch_size"], optimizer,
-                     schedule, settings["seed"], checkpointer, reporter, "", start, position)
+                     schedule, settings["seed"], checkpointer, reporter, "", start, position,
+                     comm)

@@ -1,0 +1,152 @@
+"""Data-parallel training over MPI (mpi4py): one model across K processes.
+
+    mpirun -n 2 cnncli train mnist -o mnist.cnn          # the CLI finds the ranks itself
+    fit(model, x, y, comm=world())                       # the library, given a communicator
+
+Every rank holds the whole model and takes its shard of every global batch
+(the batch is cut into K contiguous pieces, in rank order). Each rank's loss
+gradient is scaled by its share of the batch, so the gradients summed across
+ranks are the gradient of the global batch's mean loss: ``--batch-size``
+keeps its meaning whatever K. The sum is taken in a fixed order (rank 0
+gathers every rank's gradients, adds them in rank order and broadcasts the
+result), so for a given K a run gives the same bits every time, and every
+rank applies the same update to the same weights. Running totals (loss,
+correct predictions, samples) and the Ctrl-C flag travel with a small sum
+each step, so every rank sees the same metrics and stops at the same batch.
+
+BatchNorm layers use each rank's own batch statistics (as PyTorch's
+DistributedDataParallel does); their running statistics are averaged across
+ranks after every step, so they are the same on every rank.
+
+mpi4py is an optional dependency (``pip install "cnncli[mpi]"``); nothing
+else in cnncli imports it.
+"""
+
+import os
+
+import numpy as np
+
+__all__ = ["Communicator", "world", "current", "launched_by_mpi", "MPI_MISSING"]
+
+MPI_MISSING = ('data-parallel training needs the MPI extra: pip install "cnncli[mpi]" '
+               "(mpi4py and an MPI library)")
+
+# What MPI launchers put in each rank's environment.
+LAUNCH_VARIABLES = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK",
+                    "MPI_LOCALNRANKS")
+
+
+def launched_by_mpi():
+    """Whether this process was started by mpirun/mpiexec (with more than one rank)."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS"):
+        value = os.environ.get(name)
+        if value is not None:
+            return value.isdigit() and int(value) > 1
+    return "PMIX_RANK" in os.environ
+
+
+_WORLD = []
+
+
+def world():
+    """The communicator of all ranks when launched by mpirun with more than one rank,
+    else None. ImportError (naming the extra) when launched so without mpi4py."""
+    if _WORLD:
+        return _WORLD[0]
+    if not launched_by_mpi():
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise ImportError(MPI_MISSING) from None
+    comm = MPI.COMM_WORLD
+    _WORLD.append(Communicator(comm) if comm.Get_size() > 1 else None)
+    if _WORLD[0] is not None:
+        _share_cores(comm, MPI)
+    return _WORLD[0]
+
+
+def _share_cores(comm, MPI):
+    """Give each rank its share of this machine's cores, unless the user set a thread
+    count: K ranks of all-core kernels on one machine would fight over the cores."""
+    from cnncli.parallelism import get_num_threads, set_num_threads, thread_count_set
+    if thread_count_set() or any(os.environ.get(name) for name in ("CNNCLI_NUM_THREADS",
+                                                                    "OMP_NUM_THREADS")):
+        return
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
+    set_num_threads(max(1, get_num_threads() // local))
+
+
+def current():
+    """The communicator ``world()`` made in this process, if any (imports nothing)."""
+    return _WORLD[0] if _WORLD else None
+
+
+class Communicator:
+    """The collective operations training needs, on an mpi4py communicator, each with a
+    fixed reduction order."""
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+
+    def bounds(self, count):
+        """(start, stop) of this rank's contiguous piece of ``count`` items, the pieces in
+        rank order and as even as can be."""
+        return count * self.rank // self.size, count * (self.rank + 1) // self.size
+
+    def shard(self, indices):
+        """This rank's piece of a global batch's ``indices`` (an array)."""
+        start, stop = self.bounds(len(indices))
+        return indices[start:stop]
+
+    def sum(self, values):
+        """The element-wise sum over ranks of a 1-D float array, added in rank order on rank
+        0 and broadcast, so every rank gets the same bits, run after run."""
+        values = np.ascontiguousarray(values)
+        gathered = np.empty((self.size,) + values.shape, dtype=values.dtype) \
+            if self.rank == 0 else None
+        self.comm.Gather(values, gathered, root=0)
+        total = np.empty_like(values)
+        if self.rank == 0:
+            total[...] = gathered[0]
+            for row in gathered[1:]:
+                total += row
+        self.comm.Bcast(total, root=0)
+        return total
+
+    def sum_gradients(self, model):
+        """Replace every trainable parameter's gradient by its sum over ranks (a rank with
+        no samples in the batch contributes zeros)."""
+        named = model.named_parameters(trainable_only=True)
+        if not named:
+            return
+        flat = np.concatenate([(p.grad if p.grad is not None else np.zeros_like(p.value))
+                               .reshape(-1) for _, p in named])
+        total = self.sum(flat)
+        offset = 0
+        for _, parameter in named:
+            size = parameter.value.size
+            parameter.grad = total[offset:offset + size].reshape(parameter.value.shape)
+            offset += size
+
+    def average_buffers(self, model):
+        """Make every buffer (BatchNorm running statistics) the mean over ranks."""
+        buffers = list(model.buffers().values())
+        if not buffers:
+            return
+        flat = np.concatenate([buffer.reshape(-1) for buffer in buffers]).astype(np.float64)
+        total = self.sum(flat) / self.size
+        offset = 0
+        for buffer in buffers:
+            buffer[...] = total[offset:offset + buffer.size].reshape(buffer.shape)
+            offset += buffer.size
+
+    def any(self, flag):
+        """Whether ``flag`` is true on any rank."""
+        return bool(self.sum(np.array([1.0 if flag else 0.0]))[0])
+
+    def abort(self, code=1):
+        """End every rank now (a rank that failed must not leave the others waiting)."""
+        self.comm.Abort(code)
