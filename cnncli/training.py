@@ -129,9 +129,8 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
         Data-parallel over MPI: every rank calls ``fit`` alike (``cnncli.distributed``).
     callbacks : list of Callback
     shuffle : bool
-        Reshuffle the samples every epoch; epoch e's order comes from
-        ``(seed, e)``, so a run resumed at ``initial_epoch`` sees the same
-        orders as an uninterrupted one.
+        Reshuffle every epoch; epoch e's order comes from ``(seed, e)``, so a
+        resumed run sees the same orders as an uninterrupted one.
     schedule : StepLR, CosineLR or OneCycleLR, optional (stepped every epoch or batch)
     initial_epoch, initial_batch, initial_totals : optional
         Resume after ``initial_epoch`` epochs and ``initial_batch`` batches of the next,
