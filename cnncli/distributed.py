@@ -82,6 +82,11 @@ def current():
     return _WORLD[0] if _WORLD else None
 
 
+def _mpi_type(dtype):
+    from mpi4py.util.dtlib import from_numpy_dtype
+    return from_numpy_dtype(np.dtype(dtype))
+
+
 class Communicator:
     """The collective operations training needs, on an mpi4py communicator, each with a
     fixed reduction order."""
@@ -115,6 +120,18 @@ class Communicator:
                 total += row
         self.comm.Bcast(total, root=0)
         return total
+
+    def gather_rows(self, local, count):
+        """The (count, ...) array whose rows ``bounds(count)`` of each rank are that rank's
+        ``local`` rows, on every rank."""
+        local = np.ascontiguousarray(local)
+        row = int(np.prod(local.shape[1:], dtype=np.int64))
+        whole = np.empty((count,) + local.shape[1:], dtype=local.dtype)
+        counts = [(count * (r + 1) // self.size - count * r // self.size) * row
+                  for r in range(self.size)]
+        offsets = [count * r // self.size * row for r in range(self.size)]
+        self.comm.Allgatherv(local, [whole, counts, offsets, _mpi_type(local.dtype)])
+        return whole
 
     def sum_gradients(self, model):
         """Replace every trainable parameter's gradient by its sum over ranks (a rank with

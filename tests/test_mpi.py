@@ -152,3 +152,36 @@ def test_without_mpi4py_the_command_names_the_extra(monkeypatch, tmp_path):
     result = CliRunner().invoke(app, ["train", "digits", "-o", str(tmp_path / "m.cnn")])
     assert result.exit_code == 1
     assert 'pip install "cnncli[mpi]"' in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_mpirun_finetune_matches_one_process(tmp_path):
+    split = cli(3, "finetune", "lenet-mnist", "digits", "--classes", "0,1,2", "-o", "k3.cnn",
+                "--unfreeze-epochs", 1, cwd=tmp_path)
+    assert split.returncode == 0, split.stderr
+    assert split.stdout.count("saved k3.cnn") == 1
+    alone = cli(1, "finetune", "lenet-mnist", "digits", "--classes", "0,1,2", "-o", "k1.cnn",
+                "--unfreeze-epochs", 1, cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr
+    a = load_model(tmp_path / "k3.cnn").state_dict()
+    b = load_model(tmp_path / "k1.cnn").state_dict()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=1e-4, err_msg=name)
+
+
+def test_ctrl_c_on_the_launcher_saves_from_rank_0_and_exits_130(tmp_path):
+    process = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "cnncli", "train",
+                                "digits", "--epochs", "100", "--batch-size", "8", "-o", "c.cnn"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    for line in process.stdout:
+        if line.startswith("epoch 1/100"):
+            process.send_signal(signal.SIGINT)
+            break
+    process.wait(timeout=60)
+    stderr = process.stderr.read()
+    process.stdout.close()
+    process.stderr.close()
+    assert process.returncode == 130, stderr
+    assert stderr.count("continue with --resume") == 1
+    load_model(tmp_path / "c-checkpoints" / "last.cnn")
+    assert not (tmp_path / "c.cnn").exists()

@@ -43,6 +43,7 @@ class Checkpointer(Callback):
         self.written = time.monotonic()
         self.unsaved = None             # epochs done when an epoch ended unwritten
         self.pending_best = None        # (weights, provenance) of a best epoch not yet written
+        self.best_weights = None        # the best epoch's weights, when it came in this run
         self.settings = settings
         self.optimizer, self.schedule, self.augmentation = optimizer, schedule, augmentation
         self.history = history
@@ -115,7 +116,8 @@ class Checkpointer(Callback):
         if self.tracker.improved(epoch, logs):
             self.best = {"epoch": epoch + 1, "value": float(self.tracker.best),
                          "metrics": self.history[-1]}
-            self.pending_best = (model.state_dict(),
+            self.best_weights = model.state_dict()
+            self.pending_best = (self.best_weights,
                                  {"epochs": epoch + 1, "metrics": self.history[-1]})
         self.unsaved = epoch + 1
         if time.monotonic() - self.written >= self.min_interval:

@@ -42,7 +42,7 @@ from cnncli.jobs.checkpoints import Checkpointer, restore_training_state
 from cnncli.jobs.common import (JobError, OPTIMIZERS, Reporter, TrainResult, at_least_two_classes,
                                 check_output, class_list, load_splits, locked, make_optimizer,
                                 model_image_format, on_threads, open_model, positive,
-                                run_checkpointed, train_val)
+                                run_checkpointed, train_val, agreed, data_parallel, is_writer)
 from cnncli.jobs.history import write_history
 
 HEADS = ("lbfgs", "sgd")
@@ -121,16 +121,22 @@ def finetune(pretrained, data, output="finetuned.cnn", epochs=None, batch_size=3
                 "freeze": freeze, "optimizer": optimizer, "seed": seed,
                 "val_split": val_split, "shift": shift, "flip": bool(flip), "classes": classes,
                 "per_class": per_class, "schedule": "onecycle"}
-    with locked(output, folder):
+    comm = data_parallel()
+    with locked(output, folder, comm=comm):
         last = os.path.join(folder, "last.cnn")
-        if not resume:
-            check_output(output, force)
-        if resume and not os.path.exists(last):
-            raise JobError(f"--resume: no checkpoint at {last}")
-        if not resume and os.path.exists(last) and not force:
-            raise JobError(f"{folder}: holds checkpoints of an earlier run; pass --resume to "
-                           "continue it or --force to start over")
-        run = _FineTuning(settings, skip_bad, reporter, cache_features)
+
+        def outputs_free():
+            if not resume:
+                check_output(output, force)
+            if resume and not os.path.exists(last):
+                raise JobError(f"--resume: no checkpoint at {last}")
+            if not resume and os.path.exists(last) and not force:
+                raise JobError(f"{folder}: holds checkpoints of an earlier run; pass --resume "
+                               "to continue it or --force to start over")
+
+        agreed(comm, outputs_free)
+        run = _FineTuning(settings, skip_bad, reporter if is_writer(comm) else Reporter(),
+                          cache_features, comm)
         return run.run(output, folder, resume)
 
 
@@ -153,8 +159,8 @@ def _lowest_trainable(model):
 class _FineTuning:
     """One fine-tuning run: the model prepared, then its phases, checkpointed."""
 
-    def __init__(self, settings, skip_bad, reporter, cache_features=True):
-        self.settings, self.reporter = settings, reporter
+    def __init__(self, settings, skip_bad, reporter, cache_features=True, comm=None):
+        self.settings, self.reporter, self.comm = settings, reporter, comm
         self.model = open_model(settings["pretrained"])
         splits = load_splits(settings["data"], skip_bad, reporter=reporter,
                              classes=settings["classes"], per_class=settings["per_class"],
@@ -240,10 +246,18 @@ class _FineTuning:
             backbone = self.model[:self.cut]
             self.reporter.message(f"computing the frozen backbone's features once "
                                   f"({self.cut} layers)")
-            self.features = [predict_outputs(backbone, part.x, batch_size=256,
-                                             transform=self.transform)
+            self.features = [self._features_of(backbone, part.x)
                              for part in (self.train_part, self.val_part) if part is not None]
         return self.features
+
+    def _features_of(self, backbone, x):
+        if self.comm is None:
+            return predict_outputs(backbone, x, batch_size=256, transform=self.transform)
+        # Each rank computes its share; every rank then holds them all (any rank may
+        # train on any sample's features).
+        start, stop = self.comm.bounds(len(x))
+        return self.comm.gather_rows(predict_outputs(
+            backbone, x[start:stop], batch_size=256, transform=self.transform), len(x))
 
     def _phase_data(self, name):
         """(model part, x, validation, transform, validation transform) a phase trains on."""
@@ -314,7 +328,8 @@ class _FineTuning:
         monitor = "val_loss" if self.val_part is not None else "loss"
         history = []
         checkpointer = Checkpointer(folder, settings, None, None, self.augmentation, history,
-                                    monitor, model=model, min_interval=CHECKPOINT_INTERVAL)
+                                    monitor, model=model, min_interval=CHECKPOINT_INTERVAL,
+                                    writes=is_writer(self.comm))
         resumed = self._resume_point(last, total) if resume else None
         os.makedirs(folder, exist_ok=True)
         batches = math.ceil(len(self.train_part) / settings["batch_size"])
@@ -360,10 +375,13 @@ class _FineTuning:
             run_checkpointed(part, x, self.train_part.y, validation, transform,
                              validation_transform, epochs, settings["batch_size"], optimizer,
                              schedule, settings["seed"] + index, checkpointer, self.reporter,
-                             name, first, position)
+                             name, first, position, self.comm)
             checkpointer.flush()
             start = end
         self._keep_best(checkpointer, len(history))
+        if not is_writer(self.comm):
+            return TrainResult(model, history, output, checkpoints=folder,
+                               best=checkpointer.best, cached_features=self.cached)
         model.provenance = {**model.provenance, "command": "finetune",
                             **{key: settings[key] for key in FINETUNE_SETTINGS},
                             "metrics": history[-1] if history else {}}
@@ -401,11 +419,16 @@ class _FineTuning:
         best = checkpointer.best
         if self.val_part is None or best is None or best["epoch"] == epochs_done:
             return
-        try:
-            self.model.load_state_dict(load_model(os.path.join(checkpointer.folder,
-                                                               "best.cnn")).state_dict())
-        except (ModelFileError, ValueError) as error:
-            raise JobError(f"the best epoch's checkpoint cannot be read ({error})") from None
+        if checkpointer.best_weights is not None:
+            self.model.load_state_dict(checkpointer.best_weights)
+        else:
+            # The best epoch came before a resumed run started: its file holds it.
+            try:
+                self.model.load_state_dict(load_model(os.path.join(
+                    checkpointer.folder, "best.cnn")).state_dict())
+            except (ModelFileError, ValueError) as error:
+                raise JobError(f"the best epoch's checkpoint cannot be read ({error})") \
+                    from None
         self.reporter.message(f"keeping epoch {best['epoch']} of {epochs_done}, the best by "
                               f"validation loss ({best['value']:.4f})")
 
