@@ -54,6 +54,9 @@ SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Leave out unreadable 
                                                           "out-of-range labels, and report "
                                                           "them, instead of stopping.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the results.")]
+SyncBatchNorm = Annotated[bool, typer.Option(
+    "--sync-batchnorm", help="Under mpirun: BatchNorm uses the statistics of the global batch "
+                             "over every rank (default: each rank's own).")]
 Classes = Annotated[Optional[str], typer.Option(help="Use only these classes of the data, "
                                                      "comma-separated (e.g. 0,1,2,3,4).")]
 PerClass = Annotated[Optional[int], typer.Option(min=1, help="Train on at most this many "
@@ -90,7 +93,7 @@ def train(
                                                           "checkpoint.")] = False,
     classes: Classes = None, per_class: PerClass = None,
     seed: Seed = 0, threads: Threads = None, skip_bad: SkipBad = False, force: Force = False,
-    quiet: Quiet = False,
+    quiet: Quiet = False, sync_batchnorm: SyncBatchNorm = False,
 ):
     """Train a network from scratch.
 
@@ -110,7 +113,7 @@ def train(
                             flip=flip, size=_size(size), channels=channels,
                             skip_bad=skip_bad, checkpoints=checkpoints, resume=resume,
                             force=force, classes=classes, per_class=per_class,
-                            reporter=ConsoleReporter(quiet))
+                            sync_batchnorm=sync_batchnorm, reporter=ConsoleReporter(quiet))
         best = result.best
         say(f"saved {result.output}; checkpoints in {result.checkpoints} "
             f"(best: epoch {best['epoch']}, {metrics_text(best['metrics'])})")
@@ -154,7 +157,7 @@ def finetune(
                                                           "checkpoint.")] = False,
     classes: Classes = None, per_class: PerClass = None,
     seed: Seed = 0, threads: Threads = None, skip_bad: SkipBad = False, force: Force = False,
-    quiet: Quiet = False,
+    quiet: Quiet = False, sync_batchnorm: SyncBatchNorm = False,
 ):
     """Transfer learning: replace the head of a pretrained model for the classes of DATA,
     fit it on the frozen network's features, fine-tune.
@@ -175,7 +178,7 @@ def finetune(
                                seed=seed, threads=threads, val_split=val_split, shift=shift,
                                flip=flip, skip_bad=skip_bad, force=force, classes=classes,
                                per_class=per_class, checkpoints=checkpoints, resume=resume,
-                               reporter=ConsoleReporter(quiet))
+                               sync_batchnorm=sync_batchnorm, reporter=ConsoleReporter(quiet))
         say(f"saved {result.output}")
 
 

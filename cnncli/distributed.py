@@ -16,7 +16,10 @@ each step, so every rank sees the same metrics and stops at the same batch.
 
 BatchNorm layers use each rank's own batch statistics (as PyTorch's
 DistributedDataParallel does); their running statistics are averaged across
-ranks after every step, so they are the same on every rank.
+ranks after every step, so they are the same on every rank. With
+``fit(sync_batchnorm=True)`` (``--sync-batchnorm``) they use the global
+batch's statistics instead, summed across ranks in the forward and backward
+passes: the arithmetic of one process on the whole batch.
 
 mpi4py is an optional dependency (``pip install "cnncli[mpi]"``); nothing
 else in cnncli imports it.
@@ -26,7 +29,11 @@ import os
 
 import numpy as np
 
-__all__ = ["Communicator", "world", "current", "launched_by_mpi", "MPI_MISSING"]
+from cnncli.callbacks import Callback
+from cnncli.layers import BatchNorm2D
+
+__all__ = ["Communicator", "world", "current", "launched_by_mpi", "MPI_MISSING",
+           "SynchronizedBatchNorm"]
 
 MPI_MISSING = ('data-parallel training needs the MPI extra: pip install "cnncli[mpi]" '
                "(mpi4py and an MPI library)")
@@ -167,3 +174,26 @@ class Communicator:
     def abort(self, code=1):
         """End every rank now (a rank that failed must not leave the others waiting)."""
         self.comm.Abort(code)
+
+
+class SynchronizedBatchNorm(Callback):
+    """While ``fit`` runs, every BatchNorm2D of the model (blocks included) computes its
+    batch statistics over the global batch of all ranks."""
+
+    def __init__(self, comm, samples, batch_size):
+        last = samples % batch_size or batch_size
+        if min(batch_size, last) < comm.size:
+            raise ValueError(f"sync_batchnorm: every batch needs a sample on each of the "
+                             f"{comm.size} ranks; a batch of {min(batch_size, last)} has "
+                             "too few (choose another batch size)")
+        self.comm = comm
+
+    def on_train_begin(self, model):
+        self.layers = [layer for _, layer in model.named_layers()
+                       if isinstance(layer, BatchNorm2D)]
+        for layer in self.layers:
+            layer.synchronized = self.comm
+
+    def on_train_end(self, model):
+        for layer in self.layers:
+            layer.synchronized = None

@@ -102,9 +102,9 @@ def _accuracy_count(outputs, labels):
 
 
 def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None,
-        callbacks=(), shuffle=True, seed=0, transform=None,
-        validation_transform=None, schedule=None, initial_epoch=0, initial_batch=0,
-        initial_totals=None, interrupt=None, validation_split=0.0, verbose=0, comm=None):
+        callbacks=(), shuffle=True, seed=0, transform=None, validation_transform=None,
+        schedule=None, initial_epoch=0, initial_batch=0, initial_totals=None, interrupt=None,
+        validation_split=0.0, verbose=0, comm=None, sync_batchnorm=False):
     """Train ``model`` on (x, y) with mini-batch gradient descent; returns a ``History``.
 
     Parameters
@@ -116,17 +116,16 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
     optimizer : Optimizer, optional
         Defaults to ``Adam(model.named_parameters(), lr=1e-3)``.
     loss : callable, optional
-        ``loss(outputs, targets) -> (value, grad)``; defaults to softmax
-        cross-entropy (of the outputs as probabilities when the model ends in
-        a softmax: see ``default_loss``).
+        ``loss(outputs, targets) -> (value, grad)``; by default ``default_loss``:
+        softmax cross-entropy (of probabilities when the model ends in a softmax).
     validation_data : (x_val, y_val), optional
     validation_split : float
-        As Keras: hold out this fraction of (x, y), the last samples before any
-        shuffling, for validation (ignored when ``validation_data`` is given).
+        As Keras: the last samples of (x, y), before shuffling, for validation.
     verbose : 0, 1 or 2
         As Keras: silent, a progress line, or one line per epoch.
     comm : cnncli.distributed.Communicator, optional
-        Data-parallel over MPI: every rank calls ``fit`` alike (``cnncli.distributed``).
+        Data-parallel over MPI: every rank calls ``fit`` alike (``cnncli.distributed``);
+        ``sync_batchnorm`` gives BatchNorm the global batch's statistics.
     callbacks : list of Callback
     shuffle : bool
         Reshuffle every epoch; epoch e's order comes from ``(seed, e)``, so a
@@ -150,7 +149,8 @@ def fit(model, x, y, epochs=1, batch_size=32, optimizer=None, loss=None, validat
     optimizer = Adam(model.named_parameters(), lr=1e-3) if optimizer is None else optimizer
     loss = default_loss(model, loss)
     history, batches = History(), math.ceil(len(x) / batch_size)
-    callbacks = _with_progress(callbacks, epochs, verbose)
+    callbacks = _all_callbacks(callbacks, epochs, verbose,
+                               (comm, len(x), batch_size) if sync_batchnorm else None)
     for callback in callbacks:
         callback.on_train_begin(model)
     # A diverging run overflows before its loss turns non-finite; the check
@@ -197,14 +197,19 @@ def _training_data(model, x, y, transform, validation_data, validation_split,
     return x, y, validation_data, validation_transform
 
 
-def _with_progress(callbacks, epochs, verbose):
-    """The callbacks, and a printer of progress for ``verbose`` 1 or 2."""
+def _all_callbacks(callbacks, epochs, verbose, synchronized):
+    """The callbacks, a printer of progress for ``verbose`` 1 or 2, and the synchronized
+    BatchNorm of ``synchronized`` (comm, samples, batch size) when asked."""
     if verbose not in (0, 1, 2, False, True):
         raise ValueError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
-    if not verbose:
-        return list(callbacks)
-    from cnncli.progress import ProgressPrinter
-    return list(callbacks) + [ProgressPrinter(epochs, int(verbose))]
+    callbacks = list(callbacks)
+    if verbose:
+        from cnncli.progress import ProgressPrinter
+        callbacks.append(ProgressPrinter(epochs, int(verbose)))
+    if synchronized is not None and synchronized[0] is not None:
+        from cnncli.distributed import SynchronizedBatchNorm
+        callbacks.append(SynchronizedBatchNorm(*synchronized))
+    return callbacks
 
 
 def _train_epoch(model, x, y, order, batch_size, epoch, optimizer, loss, schedule, transform,

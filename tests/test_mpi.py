@@ -34,12 +34,13 @@ dtype = np.dtype(sys.argv[2])
 digits = load_digits()
 x, y = (digits.images[:230, None] / 16).astype(dtype), digits.target[:230]
 layers = [Conv2D(4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(10)]
-if sys.argv[3] == "batchnorm":
+if sys.argv[3] in ("batchnorm", "sync"):
     layers.insert(1, BatchNorm2D())
 model = Sequential(layers, input_shape=(1, 8, 8), seed=0, dtype=dtype)
 comm = world()
 history = fit(model, x, y, epochs=2, batch_size=32, seed=4, validation_data=(x[:50], y[:50]),
-              optimizer=SGD(model.named_parameters(), lr=0.1, momentum=0.9), comm=comm)
+              optimizer=SGD(model.named_parameters(), lr=0.1, momentum=0.9), comm=comm,
+              sync_batchnorm=sys.argv[3] == "sync")
 arrays = model.state_dict()
 arrays["history"] = np.array([[e["loss"], e["accuracy"], e["val_loss"]] for e in history.epochs])
 np.savez(sys.argv[1] + f"-{0 if comm is None else comm.rank}.npz", **arrays)
@@ -94,6 +95,20 @@ def test_batchnorm_running_statistics_agree_across_ranks(script, tmp_path):
     for name in results[0]:
         assert np.array_equal(results[0][name], results[1][name]), name
     assert "batch_norm2d_1.running_mean" in results[0]
+
+
+def test_synchronized_batchnorm_gives_the_weights_of_one_process(script, tmp_path):
+    alone = trained(script, tmp_path, 1, layers="sync")[0]
+    per_rank = trained(script, tmp_path, 2, layers="batchnorm", tag="own")[0]
+    for ranks in (2, 3):
+        result = trained(script, tmp_path, ranks, layers="sync")[0]
+        for name, expected in alone.items():
+            # A convolution's bias before a BatchNorm has no gradient: it stays at ~1e-15
+            # of rounding, so the comparison is absolute there.
+            np.testing.assert_allclose(result[name], expected, rtol=1e-10, atol=1e-10,
+                                       err_msg=name)
+    # Without synchronisation each rank normalises by its own shard's statistics.
+    assert not np.allclose(per_rank["conv2d_1.weight"], alone["conv2d_1.weight"], rtol=1e-6)
 
 
 def cli(ranks, *arguments, cwd, **options):

@@ -332,7 +332,7 @@ def class_probabilities(model, x, pixel_max, batch_size):
 
 def run_checkpointed(model, x, y, validation, transform, validation_transform, epochs,
                      batch_size, optimizer, schedule, seed, checkpointer, reporter, phase="",
-                     first_epoch=0, position=None, comm=None):
+                     first_epoch=0, position=None, comm=None, sync_batchnorm=False):
     """``fit`` for ``epochs`` epochs from epoch ``first_epoch`` (and ``position`` inside it,
     when resuming), writing checkpoints through ``checkpointer``. Ctrl-C saves last.cnn
     where training stopped and raises TrainingInterrupted; a loss that stops being finite
@@ -347,7 +347,8 @@ def run_checkpointed(model, x, y, validation, transform, validation_transform, e
                 initial_totals=tuple(position["totals"]) if position else None,
                 interrupt=ctrl_c, validation_data=validation, transform=transform,
                 validation_transform=validation_transform,
-                callbacks=[checkpointer, epoch_reporter], comm=comm)
+                callbacks=[checkpointer, epoch_reporter], comm=comm,
+                sync_batchnorm=sync_batchnorm)
     except FloatingPointError as error:
         raise TrainingDiverged(f"{error}; the last good checkpoint is {last}") from None
     except Interrupted as stop:

@@ -78,7 +78,7 @@ def finetune(pretrained, data, output="finetuned.cnn", epochs=None, batch_size=3
              freeze=None, unfreeze_epochs=0, backbone_lr_factor=0.1, optimizer="adam",
              head="lbfgs", seed=0, threads=None, val_split=None, shift=0, flip=False,
              skip_bad=False, force=False, classes=None, per_class=None, checkpoints=None,
-             resume=False, cache_features=True, reporter=None):
+             resume=False, cache_features=True, sync_batchnorm=False, reporter=None):
     """Transfer learning: replace the head of ``pretrained`` for the classes of ``data``,
     fit it, then train the layers above the frozen backbone and optionally everything
     (see the module notes). ``freeze`` names the last frozen layer ('none': nothing
@@ -120,7 +120,8 @@ def finetune(pretrained, data, output="finetuned.cnn", epochs=None, batch_size=3
                 "batch_size": batch_size, "lr": lr, "backbone_lr_factor": backbone_lr_factor,
                 "freeze": freeze, "optimizer": optimizer, "seed": seed,
                 "val_split": val_split, "shift": shift, "flip": bool(flip), "classes": classes,
-                "per_class": per_class, "schedule": "onecycle"}
+                "per_class": per_class, "schedule": "onecycle",
+                "sync_batchnorm": bool(sync_batchnorm)}
     comm = data_parallel()
     with locked(output, folder, comm=comm):
         last = os.path.join(folder, "last.cnn")
@@ -375,7 +376,7 @@ class _FineTuning:
             run_checkpointed(part, x, self.train_part.y, validation, transform,
                              validation_transform, epochs, settings["batch_size"], optimizer,
                              schedule, settings["seed"] + index, checkpointer, self.reporter,
-                             name, first, position, self.comm)
+                             name, first, position, self.comm, settings["sync_batchnorm"])
             checkpointer.flush()
             start = end
         self._keep_best(checkpointer, len(history))

@@ -23,7 +23,7 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
           optimizer="adam", schedule="constant", momentum=0.9, weight_decay=0.0, seed=0,
           threads=None, val_split=0.1, shift=0, flip=False, size=None, channels=None,
           skip_bad=False, checkpoints=None, resume=False, force=False, classes=None,
-          per_class=None, reporter=None):
+          per_class=None, sync_batchnorm=False, reporter=None):
     """Train architecture ``arch`` from scratch on ``data`` and save it to ``output``.
 
     ``classes`` keeps only the named classes of the data (a list, or names
@@ -34,7 +34,8 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
 
     Started by mpirun with several ranks, the run is data-parallel
     (``cnncli.distributed``): every rank trains its shard of each batch, and
-    rank 0 alone checks and writes the files and reports progress.
+    rank 0 alone checks and writes the files and reports progress;
+    ``sync_batchnorm`` gives BatchNorm the global batch's statistics.
     """
     comm = data_parallel()
     reporter = (reporter or Reporter()) if is_writer(comm) else Reporter()
@@ -64,7 +65,8 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
                 "val_split": val_split, "shift": shift, "flip": bool(flip),
                 "size": list(size) if size else None, "channels": channels,
                 "weight_decay": weight_decay, "momentum": momentum, "epochs": epochs,
-                "classes": classes, "per_class": per_class}
+                "classes": classes, "per_class": per_class,
+                "sync_batchnorm": bool(sync_batchnorm)}
     # Checked under the locks, so two runs cannot both find the output free.
     with locked(output, folder, comm=comm):
         last = os.path.join(folder, "last.cnn")
@@ -173,4 +175,4 @@ def _fit_with_checkpoints(model, train_part, val_part, settings, optimizer, sche
                      None if val_part is None else (val_part.x, val_part.y), transform,
                      val_transform, settings["epochs"], settings["batch_size"], optimizer,
                      schedule, settings["seed"], checkpointer, reporter, "", start, position,
-                     comm)
+                     comm, settings["sync_batchnorm"])

@@ -19,6 +19,11 @@ class BatchNorm2D(Layer):
     running estimates. A frozen BatchNorm (gamma and beta not trainable) uses
     its running estimates and leaves them unchanged whatever the mode, so a
     frozen backbone behaves the same in training and in evaluation.
+
+    ``synchronized`` (a ``cnncli.distributed.Communicator``, set by
+    ``fit(sync_batchnorm=True)``) makes the batch statistics, and the sums of
+    the backward pass, those of the global batch over every rank of a
+    data-parallel run: the same arithmetic as one process on the whole batch.
     """
 
     config_keys = ("momentum", "eps")
@@ -34,6 +39,7 @@ class BatchNorm2D(Layer):
         self.eps = float(eps)
         self.gamma = self.beta = None
         self.running_mean = self.running_var = None
+        self.synchronized = None
 
     def compute_output_shape(self, input_shape):
         self._expect_image(input_shape)
@@ -77,8 +83,7 @@ class BatchNorm2D(Layer):
             if count < 2:
                 raise ValueError(f"{self.describe()}: batch statistics need more than one value "
                                  f"per channel, got input of shape {x.shape}")
-            mean, var = F.batch_norm_statistics(x, self.running_mean, self.running_var,
-                                                self.momentum)
+            mean, var = self._statistics(x, count)
         else:
             mean, var = self.running_mean, self.running_var
         inverse_std = 1 / np.sqrt(var + x.dtype.type(self.eps))
@@ -86,16 +91,54 @@ class BatchNorm2D(Layer):
         self._cache = (x, mean, inverse_std, use_batch)
         return F.channel_affine(x, scale, self.beta.value - mean * scale)
 
+    def _statistics(self, x, count):
+        """The batch's mean and biased variance per channel (the global batch's, when
+        synchronized), the running estimates updated."""
+        if self.synchronized is None:
+            return F.batch_norm_statistics(x, self.running_mean, self.running_var,
+                                           self.momentum)
+        mean, var = F.batch_norm_statistics(x)
+        sums = self.synchronized.sum(np.concatenate(
+            [[count], count * mean.astype(np.float64),
+             count * (var.astype(np.float64) + mean.astype(np.float64) ** 2)]))
+        total, channels = sums[0], len(mean)
+        mean64 = sums[1:1 + channels] / total
+        var64 = np.maximum(sums[1 + channels:] / total - mean64 ** 2, 0)
+        self.running_mean *= 1 - self.momentum
+        self.running_mean += self.momentum * mean64
+        self.running_var *= 1 - self.momentum
+        self.running_var += self.momentum * var64 * (total / max(total - 1, 1))
+        self._global_count = total
+        return mean64.astype(x.dtype), var64.astype(x.dtype)
+
     def backward(self, grad_output, need_input_grad=True):
         x, mean, inverse_std, use_batch = self._cached()
+        synchronized = use_batch and self.synchronized is not None
         grad_input, grad_gamma, grad_beta = F.batch_norm_backward(
             grad_output, x, mean, inverse_std, self.gamma.value, batch_statistics=use_batch,
-            need_input_grad=need_input_grad)
+            need_input_grad=need_input_grad and not synchronized)
+        if synchronized and need_input_grad:
+            grad_input = self._synchronized_input_grad(grad_output, x, mean, inverse_std,
+                                                       grad_gamma, grad_beta)
         if self.gamma.trainable:
             self.gamma.grad = grad_gamma
         if self.beta.trainable:
             self.beta.grad = grad_beta
         return grad_input
+
+    def _synchronized_input_grad(self, grad_output, x, mean, inverse_std, grad_gamma,
+                                 grad_beta):
+        """dL/dx with the global batch statistics: ``gamma * inverse_std * (g - (sum g +
+        xhat * sum g*xhat) / N)``, the sums and N over every rank."""
+        sums = self.synchronized.sum(np.concatenate([grad_beta, grad_gamma]).astype(np.float64))
+        channels = len(grad_beta)
+        shape = (1, channels, 1, 1)
+        total = self._global_count
+        mean_grad = (sums[:channels] / total).astype(x.dtype).reshape(shape)
+        mean_grad_xhat = (sums[channels:] / total).astype(x.dtype).reshape(shape)
+        xhat = (x - mean.reshape(shape)) * inverse_std.reshape(shape)
+        return (self.gamma.value * inverse_std).reshape(shape) * \
+            (grad_output - mean_grad - xhat * mean_grad_xhat)
 
     def extra_repr(self):
         return f"momentum={self.momentum}, eps={self.eps}"
