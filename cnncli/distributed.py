@@ -114,9 +114,13 @@ class Communicator:
         return indices[start:stop]
 
     def sum(self, values):
-        """The element-wise sum over ranks of a 1-D float array, added in rank order on rank
-        0 and broadcast, so every rank gets the same bits, run after run."""
+        """The element-wise sum over ranks of a 1-D float array, the same bits on every
+        rank and in every run: a ring (each rank sends and receives about two copies of
+        the array, whatever the number of ranks) where the array has an element per
+        rank, else gathered on rank 0 in rank order and broadcast."""
         values = np.ascontiguousarray(values)
+        if values.ndim == 1 and len(values) >= self.size:
+            return self._ring_sum(values)
         gathered = np.empty((self.size,) + values.shape, dtype=values.dtype) \
             if self.rank == 0 else None
         self.comm.Gather(values, gathered, root=0)
@@ -126,6 +130,27 @@ class Communicator:
             for row in gathered[1:]:
                 total += row
         self.comm.Bcast(total, root=0)
+        return total
+
+    def _ring_sum(self, values):
+        """Reduce-scatter then all-gather around the ring of ranks, in K - 1 steps each.
+        Chunk c is summed along the ring from rank c on, always in that order."""
+        total = values.copy()
+        size, rank = self.size, self.rank
+        edges = [len(values) * part // size for part in range(size + 1)]
+        chunk = [slice(edges[part], edges[part + 1]) for part in range(size)]
+        right, left = (rank + 1) % size, (rank - 1) % size
+        received = np.empty(edges[1] - edges[0] + len(values) % size + 1, dtype=values.dtype)
+        for step in range(size - 1):
+            send, take = chunk[(rank - step) % size], chunk[(rank - step - 1) % size]
+            incoming = received[:take.stop - take.start]
+            self.comm.Sendrecv(total[send], dest=right, recvbuf=incoming, source=left)
+            total[take] += incoming
+        for step in range(size - 1):
+            send, take = chunk[(rank + 1 - step) % size], chunk[(rank - step) % size]
+            incoming = received[:take.stop - take.start]
+            self.comm.Sendrecv(total[send], dest=right, recvbuf=incoming, source=left)
+            total[take] = incoming
         return total
 
     def gather_rows(self, local, count):

@@ -200,3 +200,23 @@ def test_ctrl_c_on_the_launcher_saves_from_rank_0_and_exits_130(tmp_path):
     assert stderr.count("continue with --resume") == 1
     load_model(tmp_path / "c-checkpoints" / "last.cnn")
     assert not (tmp_path / "c.cnn").exists()
+
+
+def test_a_rank_that_fails_alone_ends_every_rank(tmp_path):
+    # A bug (or a full disk) on one rank: the command ends all ranks at once, with the
+    # failing rank's message and a non-zero exit, instead of leaving the others waiting.
+    script = tmp_path / "fails.py"
+    script.write_text(
+        "import time\n"
+        "from cnncli.console import _Run\n"
+        "from cnncli.distributed import world\n"
+        "comm = world()\n"
+        "with _Run():\n"
+        "    if comm.rank == 1:\n"
+        "        raise RuntimeError('disk on fire')\n"
+        "    comm.sum(__import__('numpy').zeros(1))\n"
+        "    time.sleep(60)\n")
+    started = time.monotonic()
+    done = run_ranks(2, [script], tmp_path, timeout=60)
+    assert done.returncode != 0 and time.monotonic() - started < 30
+    assert "error: rank 1: RuntimeError: disk on fire" in done.stderr
