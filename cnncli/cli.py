@@ -54,6 +54,9 @@ SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Leave out unreadable 
                                                           "out-of-range labels, and report "
                                                           "them, instead of stopping.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the results.")]
+DaskAddress = Annotated[Optional[str], typer.Option(
+    "--dask", help="Compute on a Dask cluster: a scheduler's address (tcp://host:8786) or "
+                   "local:N for N worker processes here.")]
 SyncBatchNorm = Annotated[bool, typer.Option(
     "--sync-batchnorm", help="Under mpirun: BatchNorm uses the statistics of the global batch "
                              "over every rank (default: each rank's own).")]
@@ -182,6 +185,39 @@ def finetune(
         say(f"saved {result.output}")
 
 
+@app.command("features")
+def extract_features(
+    model: Annotated[str, typer.Argument(help="A model file or a pretrained model's name.")],
+    data: DataArgument,
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("features.npz"),
+    upto: Annotated[Optional[str], typer.Option(help="The last layer kept (default: the one "
+                                                     "below the head).")] = None,
+    split: Annotated[str, typer.Option(help="all (default), train, val or test, as for "
+                                            "eval.")] = "all",
+    val_split: Annotated[float, typer.Option()] = 0.1,
+    seed: SplitSeed = 0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    classes: Classes = None, dask: DaskAddress = None,
+    threads: Threads = None, skip_bad: SkipBad = False, force: Force = False,
+):
+    """Write a layer's outputs for every image of DATA to an .npz: features (N, F), labels,
+    classes, layer.
+
+    Examples:
+
+      cnncli features lenet-mnist optdigits -o optdigits-features.npz
+
+      cnncli features resnet18.cnn photos/ --upto flatten_1 --dask local:2
+    """
+    with _Run():
+        result = jobs.features(model, data, output=output, upto=upto, split=split,
+                               batch_size=batch_size, threads=threads, skip_bad=skip_bad,
+                               val_split=val_split, seed=seed, classes=classes, force=force,
+                               dask=dask, reporter=ConsoleReporter())
+        say(f"saved {result.output}: {result.shape[0]} x {result.shape[1]} features of "
+            f"{result.layer}")
+
+
 @app.command("eval")
 def evaluate(
     model: Annotated[str, typer.Argument(help="A model file or a pretrained model's name.")],
@@ -195,7 +231,7 @@ def evaluate(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics "
                                                                      "to this file.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
-    classes: Classes = None,
+    classes: Classes = None, dask: DaskAddress = None,
     threads: Threads = None, skip_bad: SkipBad = False, force: Force = False,
 ):
     """Accuracy, top-k, per-class precision/recall/F1 and the confusion matrix.
@@ -205,12 +241,14 @@ def evaluate(
       cnncli eval digits.cnn digits
 
       cnncli eval mnist.cnn mnist --json metrics.json
+
+      cnncli eval mnist.cnn big.npz --dask tcp://scheduler:8786
     """
     with _Run():
         result = jobs.evaluate(model, data, split=split, top_k=top_k, batch_size=batch_size,
                                threads=threads, skip_bad=skip_bad, val_split=val_split,
                                seed=seed, classes=classes, json_path=json_path, force=force,
-                               reporter=ConsoleReporter())
+                               dask=dask, reporter=ConsoleReporter())
         _print_evaluation(result)
 
 
@@ -242,7 +280,7 @@ def predict(
                                                      ".npz file.")],
     top_k: Annotated[int, typer.Option(min=1)] = 3,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
-    threads: Threads = None, skip_bad: SkipBad = False,
+    threads: Threads = None, skip_bad: SkipBad = False, dask: DaskAddress = None,
 ):
     """Class names and probabilities for images.
 
@@ -254,7 +292,8 @@ def predict(
     """
     with _Run():
         result = jobs.predict(model, inputs, top_k=top_k, batch_size=batch_size,
-                              threads=threads, skip_bad=skip_bad, reporter=ConsoleReporter())
+                              threads=threads, skip_bad=skip_bad, dask=dask,
+                              reporter=ConsoleReporter())
         for name, top in zip(result.names, result.top):
             say(f"{printable(name, newlines=False)}: "
                 + ", ".join(f"{printable(label, newlines=False)} {p:.3f}" for label, p in top))

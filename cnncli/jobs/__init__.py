@@ -27,6 +27,7 @@ from cnncli.jobs.common import (JobError, Reporter, TrainingDiverged, TrainingIn
 from cnncli.jobs.conversion import ImportResult, import_model
 from cnncli.jobs.describer import DEMO_DATA, DEMO_MODEL, demo, describe, list_models
 from cnncli.jobs.evaluator import Evaluation, evaluate
+from cnncli.jobs.featurizer import FeatureResult, features
 from cnncli.jobs.finetuner import finetune
 from cnncli.jobs.history import history_path, read_history, write_history
 from cnncli.jobs.pictures import show_confusion, show_features, show_filters, show_history
@@ -39,4 +40,4 @@ __all__ = ["train", "finetune", "evaluate", "predict", "import_model", "show_fil
            "history_path", "Reporter", "JobError", "TrainingDiverged", "TrainingInterrupted",
            "TrainResult", "Evaluation", "Prediction", "ImportResult", "zoo_models",
            "open_model", "resolve_model", "describe", "list_models", "demo", "DEMO_MODEL",
-           "DEMO_DATA"]
+           "DEMO_DATA", "features", "FeatureResult"]

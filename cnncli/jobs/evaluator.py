@@ -7,9 +7,10 @@ import os
 import numpy as np
 
 from cnncli.files import atomic_write
+from cnncli.jobs.cluster import DatasetRecipe, connect, shard_results
 from cnncli.jobs.common import (JobError, Reporter, check_output, class_list, class_probabilities,
                                 load_splits, model_image_format, on_threads, open_model, positive,
-                                train_val)
+                                resolve_model, train_val)
 
 
 class Evaluation:
@@ -40,6 +41,7 @@ class Evaluation:
         self.confused = [{"true": self.classes[t], "predicted": self.classes[p],
                           "count": int(off[t, p])} for t, p in pairs[:5] if off[t, p] > 0]
         self.predicted = predicted
+        self.probabilities = probabilities
 
     def as_dict(self):
         return {"source": self.source, "samples": self.count, "accuracy": self.accuracy,
@@ -65,22 +67,43 @@ def _label_map(model, dataset, source):
 @on_threads
 def evaluate(model_path, data, split=None, top_k=5, batch_size=256, threads=None,
              skip_bad=False, val_split=0.1, seed=0, classes=None, json_path=None, force=False,
-             reporter=None):
+             dask=None, reporter=None):
     """Evaluate a model file on a part of a dataset (of its ``classes`` only, when given).
 
     ``split``: "test", "val", "train" or "all". By default the test part,
     else the validation part; data with neither is split as ``train`` splits
     it (``val_split``, ``seed``), so the default evaluates on the images that
     training held out. ``json_path`` also writes the metrics there as JSON
-    (an existing file only with ``force``).
+    (an existing file only with ``force``). ``dask`` (a scheduler address or
+    ``local:N``) computes the outputs on a Dask cluster (``cnncli.jobs.cluster``).
     """
     reporter = reporter or Reporter()
     if json_path is not None:
         check_output(json_path, force)
     positive("--top-k", top_k)
     positive("--batch-size", batch_size)
-    classes = class_list(classes)
+    selected = class_list(classes)
     model = open_model(model_path)
+    dataset, split = evaluation_part(model, data, split, skip_bad, val_split, seed, selected,
+                                     reporter)
+    remap, classes = _label_map(model, dataset, os.fspath(data))
+    if dask is None:
+        probabilities = class_probabilities(model, dataset.x, dataset.pixel_max, batch_size)
+    else:
+        recipe = DatasetRecipe(evaluation_part, os.fspath(data), split, skip_bad,
+                                       val_split, seed, selected)
+        probabilities = on_cluster(dask, resolve_model(model_path), recipe, len(dataset),
+                                   batch_size)
+    result = Evaluation(classes, remap[dataset.y], probabilities, top_k,
+                        f"{os.fspath(data)} ({split})")
+    if json_path is not None:
+        atomic_write(json_path, (json.dumps(result.as_dict(), indent=2) + "\n").encode())
+    return result
+
+
+def evaluation_part(model, data, split, skip_bad, val_split, seed, classes, reporter=None):
+    """(dataset, split name) of the part of ``data`` that ``evaluate`` uses; the same on a
+    Dask worker that rebuilds it."""
     splits = load_splits(data, skip_bad, reporter=reporter, classes=classes,
                          **model_image_format(model))
     if split is None:
@@ -96,10 +119,21 @@ def evaluate(model_path, data, split=None, top_k=5, batch_size=256, threads=None
         raise JobError(f"--split: {data} has no {split!r} part")
     if len(dataset) == 0:
         raise JobError(f"{dataset.source}: no samples to evaluate ({split} part)")
-    remap, classes = _label_map(model, dataset, os.fspath(data))
-    probabilities = class_probabilities(model, dataset.x, dataset.pixel_max, batch_size)
-    result = Evaluation(classes, remap[dataset.y], probabilities, top_k,
-                        f"{os.fspath(data)} ({split})")
-    if json_path is not None:
-        atomic_write(json_path, (json.dumps(result.as_dict(), indent=2) + "\n").encode())
-    return result
+    return dataset, split
+
+
+def on_cluster(address, model_path, recipe, count, batch_size, kind="probabilities",
+               upto=None):
+    """``cluster.shard_results`` on the cluster at ``address``, its failures as JobError."""
+    try:
+        with connect(address) as client:
+            outputs = shard_results(client, model_path, recipe, count, batch_size,
+                                            kind, upto)
+    except (ImportError, ValueError) as error:
+        raise JobError(str(error)) from None
+    if kind == "probabilities":
+        broken = np.count_nonzero(~np.isfinite(outputs).all(axis=1))
+        if broken:
+            raise JobError(f"the model gives NaN or infinite outputs for {broken} of "
+                           f"{len(outputs)} inputs; its weights or preprocessing are broken")
+    return outputs

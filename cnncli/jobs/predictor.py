@@ -8,8 +8,10 @@ import numpy as np
 
 from cnncli import data as datasets
 from cnncli.data import DataError
+from cnncli.jobs.cluster import DatasetRecipe, FilesRecipe
 from cnncli.jobs.common import (JobError, Reporter, class_probabilities, on_threads, open_model,
-                                positive)
+                                positive, resolve_model)
+from cnncli.jobs.evaluator import on_cluster
 
 
 class Prediction:
@@ -41,13 +43,20 @@ def _image_files(paths):
     return files
 
 
+def npz_rows(model, path):
+    """The part of an .npz that ``predict`` reads (its test part, else its only one)."""
+    splits = datasets.load_npz(path, skip_bad=True)
+    return splits.test or splits.train
+
+
 @on_threads
 def predict(model_path, inputs, top_k=3, batch_size=256, threads=None, skip_bad=False,
-            reporter=None):
+            dask=None, reporter=None):
     """Class probabilities for image files, folders of images, or the ``x`` of an .npz.
 
     Images are decoded ``batch_size`` at a time, so memory holds one batch
-    of them, however many files there are.
+    of them, however many files there are. ``dask`` computes them on a Dask
+    cluster (each worker reads its own files or rows), the same bits as here.
     """
     reporter = reporter or Reporter()
     positive("--top-k", top_k)
@@ -64,11 +73,23 @@ def predict(model_path, inputs, top_k=3, batch_size=256, threads=None, skip_bad=
             raise JobError(str(error)) from None
         dataset = splits.test or splits.train
         names = [f"{inputs[0]}[{index}]" for index in range(len(dataset))]
-        probabilities = class_probabilities(model, dataset.x, dataset.pixel_max, batch_size)
+        if dask is not None:
+            recipe = DatasetRecipe(npz_rows, inputs[0])
+            probabilities = on_cluster(dask, resolve_model(model_path), recipe, len(dataset),
+                                       batch_size)
+        else:
+            probabilities = class_probabilities(model, dataset.x, dataset.pixel_max,
+                                                batch_size)
         return Prediction(names, classes, probabilities, top_k)
     preprocessing = model.preprocessing
     names, parts = [], []
     files = _image_files(inputs)
+    if dask is not None:
+        if skip_bad:
+            raise JobError("--skip-bad: not with --dask; every file must be readable there")
+        probabilities = on_cluster(dask, resolve_model(model_path), FilesRecipe(files),
+                                   len(files), batch_size)
+        return Prediction(files, classes, probabilities, top_k)
     for start in range(0, len(files), batch_size):
         batch, batch_names = [], []
         for path in files[start:start + batch_size]:

@@ -1,0 +1,74 @@
+"""Evaluation, prediction and feature extraction on a Dask LocalCluster: the local run's
+results bit for bit, also when a worker is killed mid-run."""
+
+import os
+import signal
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed")
+
+from cnncli import jobs  # noqa: E402
+from cnncli.jobs import cluster  # noqa: E402
+from cnncli.jobs.predictor import npz_rows  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def digits_npz(tmp_path_factory):
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    path = tmp_path_factory.mktemp("dask") / "digits.npz"
+    np.savez(path, x=(digits.images * 255 / 16).astype(np.uint8), y=digits.target)
+    return path
+
+
+def test_eval_features_and_predict_equal_the_local_run(digits_npz, tmp_path):
+    local = jobs.evaluate("lenet-mnist", digits_npz, split="all")
+    spread = jobs.evaluate("lenet-mnist", digits_npz, split="all", dask="local:2")
+    assert np.array_equal(local.probabilities, spread.probabilities)
+    assert spread.accuracy == local.accuracy and spread.count == 1797
+    jobs.features("lenet-mnist", digits_npz, output=tmp_path / "a.npz")
+    jobs.features("lenet-mnist", digits_npz, output=tmp_path / "b.npz", dask="local:2")
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    assert all(np.array_equal(a[key], b[key]) for key in a.files)
+    assert a["features"].shape == (1797, 128) and str(a["layer"]) == "re_lu_3"
+    here = jobs.predict("lenet-mnist", [digits_npz])
+    there = jobs.predict("lenet-mnist", [digits_npz], dask="local:2")
+    assert np.array_equal(here.probabilities, there.probabilities)
+
+
+def test_a_killed_worker_has_its_shards_recomputed(digits_npz):
+    model = jobs.resolve_model("lenet-mnist")
+    recipe = cluster.DatasetRecipe(npz_rows, str(digits_npz))
+    expected = jobs.predict("lenet-mnist", [digits_npz], batch_size=8).probabilities
+    with cluster.connect("local:2") as client:
+        pids = client.run(os.getpid)
+        started = threading.Event()
+        original = client.submit
+
+        def submit_then_kill(*args, **kwargs):
+            future = original(*args, **kwargs)
+            if not started.is_set():
+                started.set()
+                # Kill a worker as the first shard is handed out: its work is lost.
+                os.kill(list(pids.values())[-1], signal.SIGKILL)
+            return future
+
+        client.submit = submit_then_kill
+        result = cluster.shard_results(client, model, recipe, 1797, batch_size=8)
+    assert started.is_set()
+    assert np.array_equal(result, expected)
+
+
+def test_without_dask_the_option_names_the_extra(monkeypatch, digits_npz):
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(jobs.JobError, match=r'pip install "cnncli\[dask\]"'):
+        jobs.evaluate("lenet-mnist", digits_npz, dask="local:1")
+
+
+def test_a_bad_address_is_one_line(digits_npz):
+    with pytest.raises(jobs.JobError, match="expected local:N"):
+        jobs.evaluate("lenet-mnist", digits_npz, dask="local:many")
