@@ -56,6 +56,8 @@ def connect(address):
                 n_workers=int(count), threads_per_worker=1, processes=True,
                 dashboard_address=None))
             client = stack.enter_context(Client(cluster))
+            # The workers share this machine's cores, as the ranks of mpirun do.
+            client.run(_share_cores, int(count))
         else:
             try:
                 client = stack.enter_context(Client(address, timeout=30))
@@ -96,6 +98,13 @@ class FilesRecipe:
         images = [load_image(path, preprocessing.channels, preprocessing.size)
                   for path in self.paths[start:stop]]
         return np.stack(images), 255
+
+
+def _share_cores(workers):
+    import cnncli
+    if not (os.environ.get("CNNCLI_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")):
+        cnncli.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers)
+                               if hasattr(os, "sched_getaffinity") else 1)
 
 
 def _cached(key, make):
