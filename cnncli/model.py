@@ -497,8 +497,9 @@ class Sequential:
         inference plan that fuses some pairs (``cnncli.inference``; the layers
         above fuse a ReLU with the max pooling after it, exactly), and keep
         nothing, since no gradient reaches them; a Dropout among them still
-        drops (it shapes what the trainable layers learn from), unless ``need_input_grad`` asks for the gradient with
-        respect to the input (then pass it to ``backward`` too).
+        drops (it shapes what the trainable layers learn from). ``need_input_grad``
+        asks for the gradient with respect to the input instead (then pass it to
+        ``backward`` too): every layer then runs in training mode.
         """
         self._ready(x)
         self._fresh = None

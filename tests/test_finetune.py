@@ -267,9 +267,8 @@ def test_a_pretrained_model_by_name_in_the_library():
 
 
 def test_the_command_line_exit_codes_of_finetune(pretrained, tmp_path):
-    import signal
-    import subprocess
     import sys
+    from processes import interrupted
     from typer.testing import CliRunner
     from cnncli.cli import app
     common_args = [str(pretrained), "digits", "--classes", "6,7,8,9"]
@@ -278,20 +277,10 @@ def test_the_command_line_exit_codes_of_finetune(pretrained, tmp_path):
                                         "--lr", "1e12"])
     assert diverged.exit_code == 3 and "last good checkpoint" in diverged.stderr
     # Ctrl-C: a checkpoint, exit 130, and --resume finishes the run.
-    process = subprocess.Popen([sys.executable, "-m", "cnncli", "finetune", *common_args,
+    code, stderr = interrupted([sys.executable, "-m", "cnncli", "finetune", *common_args,
                                 "-o", "c.cnn", "--epochs", "1", "--unfreeze-epochs", "30",
-                                "--batch-size", "4"],
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    for line in process.stdout:
-        if line.startswith("epoch 1/30"):
-            process.send_signal(signal.SIGINT)
-            break
-    process.wait(timeout=120)
-    stderr = process.stderr.read()
-    process.stdout.close()
-    process.stderr.close()
-    assert process.returncode == 130, stderr
+                                "--batch-size", "4"], tmp_path, "epoch 1/30")
+    assert code == 130, stderr
     assert "continue with --resume" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "c.cnn").exists()
     load_model(tmp_path / "c-checkpoints" / "last.cnn")

@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("mpi4py")
 
 from cnncli import distributed  # noqa: E402
+from processes import interrupted  # noqa: E402
 from cnncli.loading import load_model  # noqa: E402
 
 MPIEXEC = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
@@ -128,7 +129,8 @@ def test_mpirun_train_writes_once_and_resumes_with_another_number_of_ranks(tmp_p
     assert "resuming from m-checkpoints/last.cnn after epoch 1" in resumed.stderr
     alone = cli(1, "train", "digits", "--epochs", 2, "--seed", 3, "-o", "one.cnn", cwd=tmp_path)
     assert alone.returncode == 0, alone.stderr
-    a, b = load_model(tmp_path / "m.cnn").state_dict(), load_model(tmp_path / "one.cnn").state_dict()
+    a = load_model(tmp_path / "m.cnn").state_dict()
+    b = load_model(tmp_path / "one.cnn").state_dict()
     for name in a:   # float32: the same training, summed in another order
         np.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=1e-4, err_msg=name)
 
@@ -184,19 +186,10 @@ def test_mpirun_finetune_matches_one_process(tmp_path):
 
 
 def test_ctrl_c_on_the_launcher_saves_from_rank_0_and_exits_130(tmp_path):
-    process = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "cnncli", "train",
-                                "digits", "--epochs", "100", "--batch-size", "8", "-o", "c.cnn"],
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    for line in process.stdout:
-        if line.startswith("epoch 1/100"):
-            process.send_signal(signal.SIGINT)
-            break
-    process.wait(timeout=60)
-    stderr = process.stderr.read()
-    process.stdout.close()
-    process.stderr.close()
-    assert process.returncode == 130, stderr
+    code, stderr = interrupted([MPIEXEC, "-n", "2", sys.executable, "-m", "cnncli", "train",
+                                "digits", "--epochs", "100", "--batch-size", "8", "-o",
+                                "c.cnn"], tmp_path, "epoch 1/100", timeout=60)
+    assert code == 130, stderr
     assert stderr.count("continue with --resume") == 1
     load_model(tmp_path / "c-checkpoints" / "last.cnn")
     assert not (tmp_path / "c.cnn").exists()

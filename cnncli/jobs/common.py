@@ -273,6 +273,20 @@ def agreed(comm, check):
         raise JobError(message)
 
 
+def check_run_outputs(output, folder, resume, force):
+    """Refuse a run whose output exists (without ``force``), whose ``--resume`` has no
+    checkpoint, or whose checkpoint folder holds an earlier run (without ``resume`` or
+    ``force``)."""
+    last = os.path.join(folder, "last.cnn")
+    if not resume:
+        check_output(output, force)
+    if resume and not os.path.exists(last):
+        raise JobError(f"--resume: no checkpoint at {last}")
+    if not resume and os.path.exists(last) and not force:
+        raise JobError(f"{folder}: holds checkpoints of an earlier run; pass --resume to "
+                       "continue it or --force to start over")
+
+
 def is_writer(comm):
     """Whether this process writes files and prints progress: rank 0 of a data-parallel
     run, or the only process."""

@@ -39,10 +39,11 @@ from cnncli.optimizers import OneCycleLR
 from cnncli.preprocessing import Preprocessing
 from cnncli.training import evaluate, predict_outputs
 from cnncli.jobs.checkpoints import Checkpointer, restore_training_state
-from cnncli.jobs.common import (JobError, OPTIMIZERS, Reporter, TrainResult, at_least_two_classes,
-                                check_output, class_list, load_splits, locked, make_optimizer,
+from cnncli.jobs.common import (JobError, OPTIMIZERS, Reporter, TrainResult, agreed,
+                                at_least_two_classes, check_run_outputs, class_list,
+                                data_parallel, is_writer, load_splits, locked, make_optimizer,
                                 model_image_format, on_threads, open_model, positive,
-                                run_checkpointed, train_val, agreed, data_parallel, is_writer)
+                                run_checkpointed, train_val)
 from cnncli.jobs.history import write_history
 
 HEADS = ("lbfgs", "sgd")
@@ -83,11 +84,12 @@ def finetune(pretrained, data, output="finetuned.cnn", epochs=None, batch_size=3
     fit it, then train the layers above the frozen backbone and optionally everything
     (see the module notes). ``freeze`` names the last frozen layer ('none': nothing
     frozen). ``cache_features=False`` runs the frozen layers at every step instead of
-    once (the same result, slower: for checking). ``epochs`` None: enough epochs of the top phase for ``AUTO_STEPS`` steps
-    (at least one; with ``head="sgd"``, 5). ``val_split`` None: 0.1, or no validation
-    part where it would hold fewer than ``MIN_AUTO_VALIDATION`` images (too few to choose
-    an epoch by, and a tenth of scarce labels). ``classes`` and ``per_class`` select data as in ``train``; ``checkpoints``
-    and ``resume`` as in ``train``. Raises JobError for expected failures,
+    once (the same result, slower: for checking). ``epochs`` None: enough epochs of the
+    top phase for ``AUTO_STEPS`` steps (at least one; with ``head="sgd"``, 5).
+    ``val_split`` None: 0.1, or no validation part where it would hold fewer than
+    ``MIN_AUTO_VALIDATION`` images (too few to choose an epoch by, and a tenth of scarce
+    labels). ``classes``, ``per_class``, ``checkpoints``, ``resume`` and
+    ``sync_batchnorm`` as in ``train``. Raises JobError for expected failures,
     TrainingDiverged when the loss is no longer finite, TrainingInterrupted on Ctrl-C.
     """
     reporter = reporter or Reporter()
@@ -124,18 +126,7 @@ def finetune(pretrained, data, output="finetuned.cnn", epochs=None, batch_size=3
                 "sync_batchnorm": bool(sync_batchnorm)}
     comm = data_parallel()
     with locked(output, folder, comm=comm):
-        last = os.path.join(folder, "last.cnn")
-
-        def outputs_free():
-            if not resume:
-                check_output(output, force)
-            if resume and not os.path.exists(last):
-                raise JobError(f"--resume: no checkpoint at {last}")
-            if not resume and os.path.exists(last) and not force:
-                raise JobError(f"{folder}: holds checkpoints of an earlier run; pass --resume "
-                               "to continue it or --force to start over")
-
-        agreed(comm, outputs_free)
+        agreed(comm, lambda: check_run_outputs(output, folder, resume, force))
         run = _FineTuning(settings, skip_bad, reporter if is_writer(comm) else Reporter(),
                           cache_features, comm)
         return run.run(output, folder, resume)

@@ -10,10 +10,11 @@ from cnncli import architectures, data as datasets
 from cnncli.loading import load_model
 from cnncli.modelfile import ModelFileError, save_model
 from cnncli.preprocessing import Preprocessing
-from cnncli.jobs.common import (JobError, OPTIMIZERS, Reporter, SCHEDULES, TrainResult,
-                                at_least_two_classes, check_output, class_list, load_splits, locked,
-                                make_optimizer, make_schedule, on_threads, positive,
-                                run_checkpointed, train_val, agreed, data_parallel, is_writer)
+from cnncli.jobs.common import (JobError, OPTIMIZERS, Reporter, SCHEDULES, TrainResult, agreed,
+                                at_least_two_classes, check_run_outputs, class_list,
+                                data_parallel, is_writer, load_splits, locked, make_optimizer,
+                                make_schedule, on_threads, positive, run_checkpointed,
+                                train_val)
 from cnncli.jobs.history import write_history
 from cnncli.jobs.checkpoints import Checkpointer, restore_training_state
 
@@ -69,18 +70,7 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
                 "sync_batchnorm": bool(sync_batchnorm)}
     # Checked under the locks, so two runs cannot both find the output free.
     with locked(output, folder, comm=comm):
-        last = os.path.join(folder, "last.cnn")
-
-        def outputs_free():
-            if not resume:
-                check_output(output, force)
-            if resume and not os.path.exists(last):
-                raise JobError(f"--resume: no checkpoint at {last}")
-            if not resume and os.path.exists(last) and not force:
-                raise JobError(f"{folder}: holds checkpoints of an earlier run; pass --resume "
-                               "to continue it or --force to start over")
-
-        agreed(comm, outputs_free)
+        agreed(comm, lambda: check_run_outputs(output, folder, resume, force))
         splits = load_splits(data, skip_bad, channels, size, reporter, classes, per_class,
                              seed)
         train_part, val_part = train_val(splits, val_split, seed)
