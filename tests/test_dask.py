@@ -72,3 +72,18 @@ def test_without_dask_the_option_names_the_extra(monkeypatch, digits_npz):
 def test_a_bad_address_is_one_line(digits_npz):
     with pytest.raises(jobs.JobError, match="expected local:N"):
         jobs.evaluate("lenet-mnist", digits_npz, dask="local:many")
+
+
+def test_a_corrupt_image_on_a_worker_is_one_line(tmp_path):
+    import subprocess
+    from PIL import Image
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("L", (8, 8)).save(folder / "good.png")
+    (folder / "bad.png").write_bytes(b"not an image")
+    done = subprocess.run([sys.executable, "-m", "cnncli", "predict", "lenet-mnist", folder,
+                           "--dask", "local:1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: {folder / 'bad.png'}: not a readable image (not one of PNG, JPEG, BMP, GIF, "
+        "TIFF, WEBP, PPM, or corrupt)"]

@@ -17,6 +17,7 @@ dask and distributed are an optional dependency (``pip install "cnncli[dask]"``)
 
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 
@@ -54,7 +55,7 @@ def connect(address):
                                  f"{address!r}")
             cluster = stack.enter_context(LocalCluster(
                 n_workers=int(count), threads_per_worker=1, processes=True,
-                dashboard_address=None))
+                dashboard_address=None, silence_logs=logging.CRITICAL))
             client = stack.enter_context(Client(cluster))
             # The workers share this machine's cores, as the ranks of mpirun do.
             client.run(_share_cores, int(count))
@@ -124,8 +125,24 @@ def _model_from(data):
     return _cached(("model", hashlib.sha256(data).hexdigest()), load)
 
 
+class ShardFailure:
+    """What a task returns for bad data (a corrupt image...): the one-line message. An
+    expected failure is an answer, not a crash to retry and log on the worker."""
+
+    def __init__(self, message):
+        self.message = message
+
+
 def _shard(model_bytes, recipe, start, stop, batch_size, kind, upto):
     """A task: the probabilities (or features up to layer ``upto``) of rows start..stop."""
+    from cnncli.data import DataError
+    try:
+        return _shard_outputs(model_bytes, recipe, start, stop, batch_size, kind, upto)
+    except DataError as error:
+        return ShardFailure(str(error))
+
+
+def _shard_outputs(model_bytes, recipe, start, stop, batch_size, kind, upto):
     from cnncli.data import batch_transform
     model = _model_from(model_bytes)
     x, pixel_max = recipe.rows(model, start, stop)
@@ -154,5 +171,8 @@ def shard_results(client, model_path, recipe, count, batch_size, kind="probabili
                for start, stop in bounds]
     results = []
     for future in futures:                  # in order, as each one is ready
-        results.append(future.result())
+        result = future.result()
+        if isinstance(result, ShardFailure):
+            raise ValueError(result.message)
+        results.append(result)
     return np.concatenate(results)
