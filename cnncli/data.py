@@ -53,7 +53,7 @@ MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1
 # ---------------------------------------------------------------------------
 
 
-def load_dataset(source, channels=None, size=None, skip_bad=False, cache_dir=None):
+def load_dataset(source, channels=None, size=None, skip_bad=False, cache_dir=None, lazy=False):
     """Load a dataset by name or path.
 
     Parameters
@@ -69,6 +69,9 @@ def load_dataset(source, channels=None, size=None, skip_bad=False, cache_dir=Non
         grayscale, else 3).
     skip_bad : bool
         Leave out bad files and labels instead of stopping at the first.
+    lazy : bool
+        Image folders: decode each image only when its rows are read
+        (``imagefolder.ImageFiles``), for a process that reads a shard.
     """
     text = os.fspath(source)
     if text == "digits":
@@ -79,7 +82,8 @@ def load_dataset(source, channels=None, size=None, skip_bad=False, cache_dir=Non
     if not os.path.exists(text) and text in shipped_datasets():
         text = shipped_datasets()[text]
     if os.path.isdir(text):
-        return load_image_folder(text, channels=channels, size=size, skip_bad=skip_bad)
+        return load_image_folder(text, channels=channels, size=size, skip_bad=skip_bad,
+                                 lazy=lazy)
     if not os.path.exists(text):
         shipped = "".join(f", '{name}'" for name in shipped_datasets())
         raise DataError(f"{text}: no such file or folder (expected a folder of images, an .npz "

@@ -87,7 +87,9 @@ class Dataset:
         return tuple(self.x.shape[1:])
 
     def subset(self, rows, source=None):
-        if isinstance(self.x, Rows):
+        if hasattr(self.x, "subset"):
+            x = self.x.subset(rows)
+        elif isinstance(self.x, Rows):
             x = Rows(self.x.base, self.x.rows[rows])
         elif isinstance(self.x, np.memmap):
             x = Rows(self.x, rows)

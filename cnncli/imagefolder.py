@@ -17,7 +17,48 @@ from cnncli.dataset import Dataset, Splits, class_name
 from cnncli.images import DataError, image_header, load_image
 from cnncli.limits import MAX_ARRAY_BYTES, cut
 
-__all__ = ["load_image_folder"]
+__all__ = ["load_image_folder", "ImageFiles"]
+
+
+class ImageFiles:
+    """Image files read only when indexed: ``x`` of a lazily loaded image folder.
+
+    Indexing with a slice or an array of rows decodes those files (converted to
+    ``channels`` and ``size``) into a (rows, channels, height, width) uint8
+    array; a file that cannot be decoded raises DataError then. A process
+    working on a shard (a Dask worker) reads only the shard's files.
+    """
+
+    def __init__(self, paths, channels, size):
+        self.paths = list(paths)
+        self.channels, self.size = channels, tuple(size)
+
+    def __len__(self):
+        return len(self.paths)
+
+    @property
+    def shape(self):
+        return (len(self.paths), self.channels) + self.size
+
+    ndim = 4
+    dtype = np.dtype(np.uint8)
+
+    def subset(self, rows):
+        return ImageFiles(np.asarray(self.paths, dtype=object)[rows].tolist(), self.channels,
+                          self.size)
+
+    def __getitem__(self, index):
+        if np.ndim(index) == 0 and not isinstance(index, slice):
+            return load_image(self.paths[int(index)], self.channels, self.size)
+        paths = np.asarray(self.paths, dtype=object)[index]
+        out = np.empty((len(paths), self.channels) + self.size, dtype=np.uint8)
+        for row, path in enumerate(paths):
+            out[row] = load_image(path, self.channels, self.size)
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        array = self[:]
+        return array if dtype is None else array.astype(dtype)
 
 
 def _visible(entries):
@@ -162,14 +203,15 @@ def _folder_layout(root):
     return layout
 
 
-def load_image_folder(root, channels=None, size=None, skip_bad=False):
+def load_image_folder(root, channels=None, size=None, skip_bad=False, lazy=False):
     """Images from ``root/<class>/<file>``, or ``root/train/<class>/...`` with ``root/val/``
     (or ``validation/``) and ``root/test/`` beside it.
 
     Class names are the folder names (sorted); validation and test parts
     must use the training classes. Headers are read first (sizes, colour),
     then each image is decoded and converted on its own, so memory holds
-    the dataset at its final size and one decoded image at a time.
+    the dataset at its final size and one decoded image at a time. With
+    ``lazy``, nothing is decoded here: ``x`` is ``ImageFiles``, read when indexed.
     """
     root = os.fspath(root)
     layout = _folder_layout(root)
@@ -189,7 +231,11 @@ def load_image_folder(root, channels=None, size=None, skip_bad=False):
     size = _target_size(all_shapes, size, root)
     decoded = {}
     for part, (samples, _, _, classes) in scanned.items():
-        x, labels = _decode(samples, channels, size, layout[part], skip_bad, skipped)
+        if lazy:
+            x = ImageFiles([path for path, _ in samples], channels, size)
+            labels = np.array([label for _, label in samples], dtype=np.int64)
+        else:
+            x, labels = _decode(samples, channels, size, layout[part], skip_bad, skipped)
         decoded[part] = (x, *_drop_empty_classes(labels, classes, layout[part], skipped))
     classes = decoded["train"][2]
     datasets = {}

@@ -87,3 +87,23 @@ def test_a_corrupt_image_on_a_worker_is_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"error: {folder / 'bad.png'}: not a readable image (not one of PNG, JPEG, BMP, GIF, "
         "TIFF, WEBP, PPM, or corrupt)"]
+
+
+def test_an_image_folder_is_decoded_by_the_workers_only(tmp_path, monkeypatch):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from cnncli import images, imagefolder
+    digits = load_digits()
+    for index in range(60):
+        folder = tmp_path / "digits" / str(digits.target[index])
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((digits.images[index] * 255 / 16).astype(np.uint8)).save(
+            folder / f"{index}.png")
+    local = jobs.evaluate("lenet-mnist", tmp_path / "digits", split="all")
+    decoded = []
+    original = images.load_image
+    monkeypatch.setattr(imagefolder, "load_image",
+                        lambda *args: decoded.append(args) or original(*args))
+    spread = jobs.evaluate("lenet-mnist", tmp_path / "digits", split="all", dask="local:2")
+    assert decoded == []                 # this process read headers only
+    assert np.array_equal(local.probabilities, spread.probabilities)

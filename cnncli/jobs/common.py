@@ -147,12 +147,13 @@ def model_image_format(model):
 
 
 def load_splits(data_source, skip_bad, channels=None, size=None, reporter=None,
-                classes=None, per_class=None, seed=0):
+                classes=None, per_class=None, seed=0, lazy=False):
     """The dataset's parts, restricted to ``classes`` and to ``per_class`` training images
-    of each class (chosen by ``seed``) when given."""
+    of each class (chosen by ``seed``) when given; image folders read lazily with
+    ``lazy``."""
     try:
         splits = datasets.load_dataset(data_source, channels=channels, size=size,
-                                       skip_bad=skip_bad)
+                                       skip_bad=skip_bad, lazy=lazy)
         if classes is not None:
             for part in ("train", "val", "test"):
                 if getattr(splits, part) is not None:

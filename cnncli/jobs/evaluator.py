@@ -84,14 +84,16 @@ def evaluate(model_path, data, split=None, top_k=5, batch_size=256, threads=None
     positive("--batch-size", batch_size)
     selected = class_list(classes)
     model = open_model(model_path)
+    # With a cluster, this process decodes no image: the workers decode their shards
+    # (unless bad files are to be skipped: which ones, only decoding tells).
     dataset, split = evaluation_part(model, data, split, skip_bad, val_split, seed, selected,
-                                     reporter)
+                                     reporter, lazy=dask is not None and not skip_bad)
     remap, classes = _label_map(model, dataset, os.fspath(data))
     if dask is None:
         probabilities = class_probabilities(model, dataset.x, dataset.pixel_max, batch_size)
     else:
         recipe = DatasetRecipe(evaluation_part, os.fspath(data), split, skip_bad,
-                                       val_split, seed, selected)
+                               val_split, seed, selected, None, not skip_bad)
         probabilities = on_cluster(dask, resolve_model(model_path), recipe, len(dataset),
                                    batch_size)
     result = Evaluation(classes, remap[dataset.y], probabilities, top_k,
@@ -101,10 +103,11 @@ def evaluate(model_path, data, split=None, top_k=5, batch_size=256, threads=None
     return result
 
 
-def evaluation_part(model, data, split, skip_bad, val_split, seed, classes, reporter=None):
+def evaluation_part(model, data, split, skip_bad, val_split, seed, classes, reporter=None,
+                    lazy=False):
     """(dataset, split name) of the part of ``data`` that ``evaluate`` uses; the same on a
-    Dask worker that rebuilds it."""
-    splits = load_splits(data, skip_bad, reporter=reporter, classes=classes,
+    Dask worker that rebuilds it (``lazy``: image folders decoded as rows are read)."""
+    splits = load_splits(data, skip_bad, reporter=reporter, classes=classes, lazy=lazy,
                          **model_image_format(model))
     if split is None:
         split = "test" if splits.test is not None else "val"

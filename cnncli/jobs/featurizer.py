@@ -46,7 +46,7 @@ def features(model_path, data, output="features.npz", upto=None, split="all", ba
         raise JobError(f"--upto: {error.args[0]}") from None
     selected = class_list(classes)
     dataset, split = evaluation_part(model, data, split, skip_bad, val_split, seed, selected,
-                                     reporter)
+                                     reporter, lazy=dask is not None and not skip_bad)
     if dask is None:
         from cnncli.data import batch_transform
         values = predict_outputs(part, dataset.x, batch_size=batch_size,
@@ -55,7 +55,7 @@ def features(model_path, data, output="features.npz", upto=None, split="all", ba
         values = values.reshape(len(values), -1)
     else:
         recipe = DatasetRecipe(evaluation_part, os.fspath(data), split, skip_bad,
-                                       val_split, seed, selected)
+                               val_split, seed, selected, None, not skip_bad)
         values = on_cluster(dask, resolve_model(model_path), recipe, len(dataset), batch_size,
                             kind="features", upto=upto)
     buffer = io.BytesIO()
