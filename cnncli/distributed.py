@@ -26,6 +26,7 @@ else in cnncli imports it.
 """
 
 import os
+import tempfile
 
 import numpy as np
 
@@ -164,6 +165,43 @@ class Communicator:
         offsets = [count * r // self.size * row for r in range(self.size)]
         self.comm.Allgatherv(local, [whole, counts, offsets, _mpi_type(local.dtype)])
         return whole
+
+    def decode_shared(self, images):
+        """``images`` (lazy image files) decoded into one memory-mapped array per machine:
+        the ranks of a machine each decode their share into a temporary file, then all map
+        it read-only; the file is unlinked once mapped, so it goes with the processes. A
+        file that cannot be decoded is the same DataError on every rank."""
+        from mpi4py import MPI
+        from cnncli.data import DataError
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        path = None
+        if node.Get_rank() == 0:
+            handle, path = tempfile.mkstemp(prefix="cnncli-images-", suffix=".npy",
+                                            dir=os.environ.get("CNNCLI_CACHE") or None)
+            os.close(handle)
+            np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
+                                      shape=images.shape).flush()
+        path = node.bcast(path, root=0)
+        count, size, rank = len(images), node.Get_size(), node.Get_rank()
+        start, stop = count * rank // size, count * (rank + 1) // size
+        problem = None
+        try:
+            target = np.load(path, mmap_mode="r+")
+            for first in range(start, stop, 256):
+                target[first:min(first + 256, stop)] = images[first:min(first + 256, stop)]
+            target.flush()
+            del target
+        except DataError as error:
+            problem = str(error)
+        problems = [message for message in node.allgather(problem) if message]
+        decoded = None if problems else np.load(path, mmap_mode="r")
+        node.Barrier()
+        if rank == 0:
+            os.unlink(path)
+        node.Free()
+        if problems:
+            raise DataError(problems[0])
+        return decoded
 
     def sum_gradients(self, model):
         """Replace every trainable parameter's gradient by its sum over ranks (a rank with

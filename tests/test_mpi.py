@@ -213,3 +213,32 @@ def test_a_rank_that_fails_alone_ends_every_rank(tmp_path):
     done = run_ranks(2, [script], tmp_path, timeout=60)
     assert done.returncode != 0 and time.monotonic() - started < 30
     assert "error: rank 1: RuntimeError: disk on fire" in done.stderr
+
+
+def test_the_ranks_of_a_machine_decode_an_image_folder_once_together(tmp_path):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    for index in range(120):
+        folder = tmp_path / "images" / str(digits.target[index] % 3)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((digits.images[index] * 255 / 16).astype(np.uint8)).save(
+            folder / f"{index}.png")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    environment = dict(os.environ, CNNCLI_CACHE=str(cache))
+    split = cli(2, "train", "images", "--epochs", 2, "-o", "two.cnn", cwd=tmp_path,
+                env=environment)
+    assert split.returncode == 0, split.stderr
+    alone = cli(1, "train", "images", "--epochs", 2, "-o", "one.cnn", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr
+    a = load_model(tmp_path / "two.cnn").state_dict()
+    b = load_model(tmp_path / "one.cnn").state_dict()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=1e-4, err_msg=name)
+    assert os.listdir(cache) == []          # the shared decoded images went with the ranks
+    (tmp_path / "images" / "1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    broken = cli(2, "train", "images", "--epochs", 1, "-o", "three.cnn", cwd=tmp_path,
+                 env=environment)
+    assert broken.returncode == 1 and broken.stderr.count("broken.png") == 1, broken.stderr
+    assert os.listdir(cache) == []

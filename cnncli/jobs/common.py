@@ -14,6 +14,7 @@ import numpy as np
 
 from cnncli import data as datasets, distributed
 from cnncli.data import DataError
+from cnncli.imagefolder import ImageFiles
 from cnncli.files import OutputLocked, RunLock
 from cnncli.functional import threads
 from cnncli.layers import Dropout
@@ -147,13 +148,15 @@ def model_image_format(model):
 
 
 def load_splits(data_source, skip_bad, channels=None, size=None, reporter=None,
-                classes=None, per_class=None, seed=0, lazy=False):
+                classes=None, per_class=None, seed=0, lazy=False, comm=None):
     """The dataset's parts, restricted to ``classes`` and to ``per_class`` training images
     of each class (chosen by ``seed``) when given; image folders read lazily with
-    ``lazy``."""
+    ``lazy``. In a data-parallel run (``comm``), the ranks of each machine decode an
+    image folder together, once, into one memory map they all read."""
+    shared = comm is not None and not skip_bad
     try:
         splits = datasets.load_dataset(data_source, channels=channels, size=size,
-                                       skip_bad=skip_bad, lazy=lazy)
+                                       skip_bad=skip_bad, lazy=lazy or shared)
         if classes is not None:
             for part in ("train", "val", "test"):
                 if getattr(splits, part) is not None:
@@ -161,6 +164,10 @@ def load_splits(data_source, skip_bad, channels=None, size=None, reporter=None,
                                                                   classes))
         if per_class is not None:
             splits.train = datasets.sample_per_class(splits.train, per_class, seed)
+        if shared and not lazy:
+            for part in (splits.train, splits.val, splits.test):
+                if part is not None and isinstance(part.x, ImageFiles):
+                    part.x = comm.decode_shared(part.x)
     except DataError as error:
         raise JobError(str(error)) from None
     skipped = [item for part in (splits.train, splits.val, splits.test) if part is not None

@@ -156,7 +156,8 @@ class _FineTuning:
         self.model = open_model(settings["pretrained"])
         splits = load_splits(settings["data"], skip_bad, reporter=reporter,
                              classes=settings["classes"], per_class=settings["per_class"],
-                             seed=settings["seed"], **model_image_format(self.model))
+                             seed=settings["seed"], comm=comm,
+                             **model_image_format(self.model))
         if settings["val_split"] is None:
             held = AUTO_VAL_SPLIT * len(splits.train)
             settings["val_split"] = AUTO_VAL_SPLIT if held >= MIN_AUTO_VALIDATION else 0.0

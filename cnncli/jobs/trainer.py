@@ -72,7 +72,7 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
     with locked(output, folder, comm=comm):
         agreed(comm, lambda: check_run_outputs(output, folder, resume, force))
         splits = load_splits(data, skip_bad, channels, size, reporter, classes, per_class,
-                             seed)
+                             seed, comm=comm)
         train_part, val_part = train_val(splits, val_split, seed)
         at_least_two_classes(train_part)
         return _train_run(settings, train_part, val_part, output, folder, resume, reporter,
