@@ -107,3 +107,36 @@ def test_an_image_folder_is_decoded_by_the_workers_only(tmp_path, monkeypatch):
     spread = jobs.evaluate("lenet-mnist", tmp_path / "digits", split="all", dask="local:2")
     assert decoded == []                 # this process read headers only
     assert np.array_equal(local.probabilities, spread.probabilities)
+
+
+def test_a_dataset_larger_than_a_workers_memory_limit(tmp_path):
+    import zipfile
+    from distributed import Client, LocalCluster
+    from cnncli.layers import Dense, Flatten
+    from cnncli.model import Sequential
+    from cnncli.preprocessing import Preprocessing
+    model = Sequential([Flatten(input_shape=(1, 64, 64)), Dense(2)], seed=0)
+    model.preprocessing = Preprocessing(1, (64, 64), mean=[0.5], std=[0.25], scale=1 / 255)
+    model.save(tmp_path / "tiny.cnn")
+    count = 50000                                         # 205 MB of pixels
+    pixels = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.uint8,
+                                       shape=(count, 64, 64))
+    for start in range(0, count, 5000):
+        pixels[start:start + 5000] = (np.arange(5000 * 4096) % 251).reshape(5000, 64, 64)
+    pixels.flush()
+    del pixels
+    np.save(tmp_path / "y.npy", np.arange(count) % 2)
+    path = tmp_path / "big.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.write(tmp_path / "x.npy", "x.npy")
+        archive.write(tmp_path / "y.npy", "y.npy")
+    (tmp_path / "x.npy").unlink()
+    recipe = cluster.DatasetRecipe(npz_rows, str(path))
+    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="160MB",
+                      dashboard_address=None) as local, Client(local) as client:
+        result = cluster.shard_results(client, str(tmp_path / "tiny.cnn"), recipe, count, 256)
+        peak = client.run(lambda: int(next(line.split()[1] for line in open("/proc/self/status")
+                                           if line.startswith("VmHWM:"))) / 1024)
+    assert list(peak.values())[0] < 160
+    expected = jobs.predict(str(tmp_path / "tiny.cnn"), [path]).probabilities
+    assert np.array_equal(result, expected)

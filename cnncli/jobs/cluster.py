@@ -18,11 +18,13 @@ dask and distributed are an optional dependency (``pip install "cnncli[dask]"``)
 import contextlib
 import hashlib
 import logging
+import mmap
 import os
 import tempfile
 
 import numpy as np
 
+from cnncli.dataset import Rows
 from cnncli.loading import load_model
 from cnncli.training import inference_batch_size, predict_outputs, predict_proba
 
@@ -84,7 +86,9 @@ class DatasetRecipe:
         dataset = _cached(("data", self.key()), lambda: self.rebuild(model, *self.arguments))
         if isinstance(dataset, tuple):
             dataset = dataset[0]
-        return dataset.x[start:stop], dataset.pixel_max
+        rows = np.array(dataset.x[start:stop])
+        _release_pages(dataset.x)
+        return rows, dataset.pixel_max
 
 
 class FilesRecipe:
@@ -106,6 +110,15 @@ def _share_cores(workers):
     if not (os.environ.get("CNNCLI_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")):
         cnncli.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers)
                                if hasattr(os, "sched_getaffinity") else 1)
+
+
+def _release_pages(x):
+    """Give the pages of a memory-mapped dataset back once a shard is read: they count in
+    the worker's resident memory, which the worker keeps under its limit, and a dataset
+    larger than that limit would otherwise pause the worker."""
+    memory_map = getattr(getattr(x, "base", None) if isinstance(x, Rows) else x, "_mmap", None)
+    if memory_map is not None and hasattr(mmap, "MADV_DONTNEED"):
+        memory_map.madvise(mmap.MADV_DONTNEED)
 
 
 def _cached(key, make):
