@@ -166,11 +166,12 @@ class Communicator:
         self.comm.Allgatherv(local, [whole, counts, offsets, _mpi_type(local.dtype)])
         return whole
 
-    def decode_shared(self, images):
-        """``images`` (lazy image files) decoded into one memory-mapped array per machine:
-        the ranks of a machine each decode their share into a temporary file, then all map
-        it read-only; the file is unlinked once mapped, so it goes with the processes. A
-        file that cannot be decoded is the same DataError on every rank."""
+    def decode_shared(self, images, skip_bad=False):
+        """``images`` (lazy image files) decoded into one memory-mapped array per machine,
+        and the (row, message) of each file that could not be decoded: the ranks of a
+        machine each decode their share into a temporary file, then all map it read-only;
+        the file is unlinked once mapped, so it goes with the processes. Without
+        ``skip_bad`` a bad file is the same DataError on every rank."""
         from mpi4py import MPI
         from cnncli.data import DataError
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
@@ -184,24 +185,27 @@ class Communicator:
         path = node.bcast(path, root=0)
         count, size, rank = len(images), node.Get_size(), node.Get_rank()
         start, stop = count * rank // size, count * (rank + 1) // size
-        problem = None
-        try:
-            target = np.load(path, mmap_mode="r+")
-            for first in range(start, stop, 256):
-                target[first:min(first + 256, stop)] = images[first:min(first + 256, stop)]
-            target.flush()
-            del target
-        except DataError as error:
-            problem = str(error)
-        problems = [message for message in node.allgather(problem) if message]
-        decoded = None if problems else np.load(path, mmap_mode="r")
+        bad = []
+        target = np.load(path, mmap_mode="r+")
+        for row in range(start, stop):
+            try:
+                target[row] = images[row]
+            except DataError as error:
+                if not skip_bad:
+                    bad.append((row, f"{error}; pass --skip-bad to leave bad files out"))
+                    break
+                bad.append((row, str(error)))
+        target.flush()
+        del target
+        bad = sorted(pair for share in node.allgather(bad) for pair in share)
+        decoded = np.load(path, mmap_mode="r") if skip_bad or not bad else None
         node.Barrier()
         if rank == 0:
             os.unlink(path)
         node.Free()
-        if problems:
-            raise DataError(problems[0])
-        return decoded
+        if bad and not skip_bad:
+            raise DataError(bad[0][1])
+        return decoded, bad
 
     def sum_gradients(self, model):
         """Replace every trainable parameter's gradient by its sum over ranks (a rank with

@@ -237,8 +237,15 @@ def test_the_ranks_of_a_machine_decode_an_image_folder_once_together(tmp_path):
     for name in a:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=1e-4, err_msg=name)
     assert os.listdir(cache) == []          # the shared decoded images went with the ranks
-    (tmp_path / "images" / "1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    # A file whose header reads but whose pixels do not: found while the ranks decode.
+    image = tmp_path / "images" / "1" / "truncated.png"
+    Image.fromarray((digits.images[0] * 255 / 16).astype(np.uint8)).resize((64, 64)).save(image)
+    image.write_bytes(image.read_bytes()[:200])
     broken = cli(2, "train", "images", "--epochs", 1, "-o", "three.cnn", cwd=tmp_path,
                  env=environment)
-    assert broken.returncode == 1 and broken.stderr.count("broken.png") == 1, broken.stderr
+    assert broken.returncode == 1 and broken.stderr.count("truncated.png") == 1, broken.stderr
+    skipped = cli(2, "train", "images", "--epochs", 1, "-o", "four.cnn", "--skip-bad",
+                  "--size", "8x8", cwd=tmp_path, env=environment)
+    assert skipped.returncode == 0, skipped.stderr
+    assert "skipped 1 bad item(s)" in skipped.stderr and "truncated.png" in skipped.stderr
     assert os.listdir(cache) == []

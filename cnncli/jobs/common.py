@@ -153,7 +153,7 @@ def load_splits(data_source, skip_bad, channels=None, size=None, reporter=None,
     of each class (chosen by ``seed``) when given; image folders read lazily with
     ``lazy``. In a data-parallel run (``comm``), the ranks of each machine decode an
     image folder together, once, into one memory map they all read."""
-    shared = comm is not None and not skip_bad
+    shared = comm is not None
     try:
         splits = datasets.load_dataset(data_source, channels=channels, size=size,
                                        skip_bad=skip_bad, lazy=lazy or shared)
@@ -165,9 +165,10 @@ def load_splits(data_source, skip_bad, channels=None, size=None, reporter=None,
         if per_class is not None:
             splits.train = datasets.sample_per_class(splits.train, per_class, seed)
         if shared and not lazy:
-            for part in (splits.train, splits.val, splits.test):
+            for name in ("train", "val", "test"):
+                part = getattr(splits, name)
                 if part is not None and isinstance(part.x, ImageFiles):
-                    part.x = comm.decode_shared(part.x)
+                    setattr(splits, name, _decoded_together(part, comm, skip_bad))
     except DataError as error:
         raise JobError(str(error)) from None
     skipped = [item for part in (splits.train, splits.val, splits.test) if part is not None
@@ -177,6 +178,17 @@ def load_splits(data_source, skip_bad, channels=None, size=None, reporter=None,
         listed = "\n  ".join(skipped)
         reporter.message(f"skipped {len(skipped)} bad item(s):\n  {listed}")
     return splits
+
+
+def _decoded_together(dataset, comm, skip_bad):
+    """A lazily read image part, decoded by the ranks of each machine together; files that
+    cannot be decoded are left out (under ``skip_bad``) the same way on every rank."""
+    pixels, bad = comm.decode_shared(dataset.x, skip_bad)
+    decoded = datasets.Dataset(pixels, dataset.y, dataset.classes, dataset.pixel_max,
+                               dataset.source, dataset.skipped + [message for _, message in bad])
+    if not bad:
+        return decoded
+    return decoded.subset(np.setdiff1d(np.arange(len(decoded)), [row for row, _ in bad]))
 
 
 def at_least_two_classes(dataset):
