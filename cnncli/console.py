@@ -65,14 +65,14 @@ def fail(message, code=EXIT_FAILURE):
 # Expected failures: a one-line message and an exit code. In a data-parallel run
 # every rank meets them together (the same data, options and files; the summed loss
 # and Ctrl-C flag), so rank 0 alone reports them and every rank exits.
-EXPECTED = ((jobs.JobError, ModelFileError, DataError, FileNotFoundError, FileExistsError,
-             LimitError), EXIT_FAILURE)
+EXPECTED = (jobs.JobError, ModelFileError, DataError, FileNotFoundError, FileExistsError,
+            LimitError)
 
 
 def _outcome(error):
     """(message, exit code, whether every rank of a data-parallel run meets it together)
     of an exception, or None for a bug."""
-    if isinstance(error, EXPECTED[0]):
+    if isinstance(error, EXPECTED):
         return str(error), EXIT_FAILURE, True
     if isinstance(error, jobs.TrainingDiverged):
         return str(error), EXIT_DIVERGED, True

@@ -563,6 +563,12 @@ class Sequential:
         from. Runs in inference mode, in batches.
         """
         from cnncli import training
+        features = training.predict_outputs(self.feature_part(upto), x, batch_size=batch_size)
+        return features.reshape(len(features), -1)
+
+    def feature_part(self, upto=None):
+        """The layers up to and including ``upto`` (a name or index; by default everything
+        below the head), as a model sharing them: what ``extract_features`` runs."""
         if upto is None:
             if self.head is None:
                 raise ValueError("upto: the model has no layer with parameters; name the layer "
@@ -570,11 +576,9 @@ class Sequential:
             last = self.index(self.head) - 1
         else:
             last = self.index(upto)
-        part = self[:last + 1]
-        if not part._layers:
+        if last < 0:
             raise ValueError("upto: the head is the first layer; nothing comes before it")
-        features = training.predict_outputs(part, x, batch_size=batch_size)
-        return features.reshape(len(features), -1)
+        return self[:last + 1]
 
     # -- description ----------------------------------------------------------------------
     def summary(self, print_fn=print):

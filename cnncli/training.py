@@ -252,8 +252,8 @@ def _step(model, x, y, indices, loss, transform, optimizer, comm, asked):
     """Forward and backward of one batch, leaving the gradients of its mean loss in the
     parameters; returns (mean loss, samples, correct or None, interrupt asked). With a
     communicator, this rank takes its shard and everything is summed over the ranks."""
-    if comm is not None:
-        indices = np.arange(len(x))[indices] if isinstance(indices, slice) else indices
+    if comm is not None and isinstance(indices, slice):
+        indices = np.arange(*indices.indices(len(x)))
     local = indices if comm is None else comm.shard(indices)
     optimizer.zero_grad()
     value, count, hits = 0.0, 0, 0

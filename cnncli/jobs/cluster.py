@@ -168,12 +168,13 @@ def _shard_outputs(model_bytes, recipe, start, stop, batch_size, kind, upto):
 
 
 def shard_results(client, model_path, recipe, count, batch_size, kind="probabilities",
-                  upto=None):
+                  upto=None, model=None):
     """The probabilities (N, classes) or features (N, F) of the ``count`` rows of
-    ``recipe``, computed in shards on the cluster of ``client``, in row order."""
+    ``recipe``, computed in shards on the cluster of ``client``, in row order.
+    ``model`` is the file's model when the caller has it open already."""
     with open(model_path, "rb") as handle:
         model_bytes = handle.read()
-    model = load_model(model_path)
+    model = load_model(model_path) if model is None else model
     part = model if kind != "features" else model[:model.index(upto) + 1]
     step = inference_batch_size(part, batch_size) * BATCHES_PER_SHARD
     model_future = client.scatter(model_bytes, broadcast=True, hash=True)

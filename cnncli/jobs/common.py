@@ -357,11 +357,16 @@ def class_probabilities(model, x, pixel_max, batch_size):
                                       transform=model_transform(model, pixel_max))
     except DataError as error:
         raise JobError(str(error)) from None
-    broken = np.count_nonzero(~np.isfinite(probabilities).all(axis=1))
+    return finite_outputs(probabilities)
+
+
+def finite_outputs(outputs):
+    """``outputs``, unless some rows hold NaN or infinite values (JobError)."""
+    broken = np.count_nonzero(~np.isfinite(outputs).all(axis=1))
     if broken:
         raise JobError(f"the model gives NaN or infinite outputs for {broken} of "
-                       f"{len(probabilities)} inputs; its weights or preprocessing are broken")
-    return probabilities
+                       f"{len(outputs)} inputs; its weights or preprocessing are broken")
+    return outputs
 
 
 def run_checkpointed(model, x, y, validation, transform, validation_transform, epochs,

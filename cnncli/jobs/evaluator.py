@@ -9,8 +9,8 @@ import numpy as np
 from cnncli.files import atomic_write
 from cnncli.jobs.cluster import DatasetRecipe, connect, shard_results
 from cnncli.jobs.common import (JobError, Reporter, check_output, class_list, class_probabilities,
-                                load_splits, model_image_format, on_threads, open_model, positive,
-                                resolve_model, train_val)
+                                finite_outputs, load_splits, model_image_format, on_threads,
+                                open_model, positive, resolve_model, train_val)
 
 
 class Evaluation:
@@ -95,7 +95,7 @@ def evaluate(model_path, data, split=None, top_k=5, batch_size=256, threads=None
         recipe = DatasetRecipe(evaluation_part, os.fspath(data), split, skip_bad,
                                val_split, seed, selected, None, not skip_bad)
         probabilities = on_cluster(dask, resolve_model(model_path), recipe, len(dataset),
-                                   batch_size)
+                                   batch_size, model=model)
     result = Evaluation(classes, remap[dataset.y], probabilities, top_k,
                         f"{os.fspath(data)} ({split})")
     if json_path is not None:
@@ -126,17 +126,12 @@ def evaluation_part(model, data, split, skip_bad, val_split, seed, classes, repo
 
 
 def on_cluster(address, model_path, recipe, count, batch_size, kind="probabilities",
-               upto=None):
+               upto=None, model=None):
     """``cluster.shard_results`` on the cluster at ``address``, its failures as JobError."""
     try:
         with connect(address) as client:
-            outputs = shard_results(client, model_path, recipe, count, batch_size,
-                                            kind, upto)
+            outputs = shard_results(client, model_path, recipe, count, batch_size, kind,
+                                    upto, model)
     except (ImportError, ValueError) as error:
         raise JobError(str(error)) from None
-    if kind == "probabilities":
-        broken = np.count_nonzero(~np.isfinite(outputs).all(axis=1))
-        if broken:
-            raise JobError(f"the model gives NaN or infinite outputs for {broken} of "
-                           f"{len(outputs)} inputs; its weights or preprocessing are broken")
-    return outputs
+    return finite_outputs(outputs) if kind == "probabilities" else outputs

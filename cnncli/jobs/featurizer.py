@@ -32,18 +32,13 @@ def features(model_path, data, output="features.npz", upto=None, split="all", ba
     positive("--batch-size", batch_size)
     output = check_output(output, force)
     model = open_model(model_path)
-    if upto is None:
-        if model.head is None:
-            raise JobError(f"{model_path}: the model has no layer with parameters; name the "
-                           "layer with --upto")
-        position = model.index(model.head) - 1
-        if position < 0:
-            raise JobError(f"{model_path}: the head is the first layer; name one with --upto")
-        upto = model[position].name
     try:
-        part = model[:model.index(upto) + 1]
+        part = model.feature_part(upto)
     except KeyError as error:
         raise JobError(f"--upto: {error.args[0]}") from None
+    except ValueError as error:
+        raise JobError(f"{model_path}: {error}; name the layer with --upto") from None
+    upto = part[-1].name
     selected = class_list(classes)
     dataset, split = evaluation_part(model, data, split, skip_bad, val_split, seed, selected,
                                      reporter, lazy=dask is not None and not skip_bad)
@@ -57,7 +52,7 @@ def features(model_path, data, output="features.npz", upto=None, split="all", ba
         recipe = DatasetRecipe(evaluation_part, os.fspath(data), split, skip_bad,
                                val_split, seed, selected, None, not skip_bad)
         values = on_cluster(dask, resolve_model(model_path), recipe, len(dataset), batch_size,
-                            kind="features", upto=upto)
+                            kind="features", upto=upto, model=model)
     buffer = io.BytesIO()
     np.savez(buffer, features=values, labels=np.asarray(dataset.y),
              classes=np.array(dataset.classes), layer=np.array(upto))

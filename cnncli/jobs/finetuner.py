@@ -269,7 +269,7 @@ class _FineTuning:
                               "(L-BFGS)")
 
         def head_inputs(inputs, inputs_transform):
-            if not below_head._layers:
+            if not len(below_head):
                 return inputs if inputs_transform is None else np.concatenate(
                     [inputs_transform(inputs[i:i + 256]) for i in range(0, len(inputs), 256)])
             return predict_outputs(below_head, inputs, batch_size=256, transform=inputs_transform)

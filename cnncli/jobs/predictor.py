@@ -76,7 +76,7 @@ def predict(model_path, inputs, top_k=3, batch_size=256, threads=None, skip_bad=
         if dask is not None:
             recipe = DatasetRecipe(npz_rows, inputs[0])
             probabilities = on_cluster(dask, resolve_model(model_path), recipe, len(dataset),
-                                       batch_size)
+                                       batch_size, model=model)
         else:
             probabilities = class_probabilities(model, dataset.x, dataset.pixel_max,
                                                 batch_size)
@@ -88,7 +88,7 @@ def predict(model_path, inputs, top_k=3, batch_size=256, threads=None, skip_bad=
         if skip_bad:
             raise JobError("--skip-bad: not with --dask; every file must be readable there")
         probabilities = on_cluster(dask, resolve_model(model_path), FilesRecipe(files),
-                                   len(files), batch_size)
+                                   len(files), batch_size, model=model)
         return Prediction(files, classes, probabilities, top_k)
     for start in range(0, len(files), batch_size):
         batch, batch_names = [], []
