@@ -7,6 +7,7 @@ the kernels run serially and a warning says so. tests/test_build.py fails if a
 machine whose compiler supports OpenMP ended up with a serial build.
 """
 
+import glob
 import os
 import shutil
 import tempfile
@@ -94,7 +95,10 @@ class BuildKernels(build_ext):
         super().build_extensions()
 
 
-extensions = [Extension(name, [source]) for name, source in KERNEL_MODULES.items()]
+# The included files (.pxi) and the micro-kernel's C header: a change to one rebuilds.
+SHARED_SOURCES = sorted(glob.glob("pyx/*.pxi") + glob.glob("pyx/*.h"))
+extensions = [Extension(name, [source], depends=SHARED_SOURCES)
+              for name, source in KERNEL_MODULES.items()]
 
 setup(
     # models/ is installed as cnncli.zoo and data/ as cnncli.sample_data, so

@@ -28,7 +28,7 @@ from cnncli.geometry import (IntPair, conv2d_output_size, conv_geometry, conv_ou
 from cnncli.parallelism import get_num_threads, set_num_threads, single_threaded_blas, threads
 
 __all__ = [
-    "conv2d", "conv2d_backward",
+    "conv2d", "conv2d_backward", "conv2d_paths", "use_direct_convolution",
     "linear", "linear_backward",
     "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward",
@@ -114,6 +114,22 @@ def conv2d(x, weight, bias=None, stride: IntPair = 1, padding: Union[IntPair, st
         _conv.conv2d_forward(x, weight, bias, out, geometry.stride, geometry.padding,
                              geometry.dilation, geometry.groups, get_num_threads(), bool(relu))
     return out
+
+
+def use_direct_convolution(enabled: bool) -> bool:
+    """Let float32 convolutions use the direct kernel (the default) or keep them on im2col +
+    GEMM (to compare the two on one machine); returns the previous setting."""
+    return _conv.use_direct_kernel(enabled)
+
+
+def conv2d_paths(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
+                 dtype=np.float32) -> dict:
+    """Which parts of this convolution ('forward', 'input_grad', 'weight_grad') run on the
+    direct kernel rather than im2col + GEMM, on this CPU."""
+    x, weight = np.empty(x_shape, dtype), np.empty(weight_shape, dtype)
+    geometry = conv_geometry(x, weight, stride, padding, dilation, groups)
+    return _conv.direct_paths(x.shape, weight.shape, geometry.output_size, geometry.stride,
+                              geometry.padding, geometry.dilation, geometry.groups, dtype)
 
 
 def conv2d_backward(grad_output, x, weight, stride: IntPair = 1,

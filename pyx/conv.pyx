@@ -254,6 +254,9 @@ cdef bint is_pointwise(const Geometry* g) noexcept:
             and g.PW == 0 and g.OH == g.H and g.OW == g.W)
 
 
+include "direct.pxi"
+
+
 cdef object column_scratch(const Geometry* g, bint pointwise, int n_threads, object dtype):
     cdef Py_ssize_t columns = 1 if pointwise else g.C * g.KH * g.KW * g.OH * g.OW
     return np.empty((n_threads, columns), dtype=dtype)
@@ -487,6 +490,9 @@ def conv2d_forward(x, weight, bias, out, tuple stride, tuple padding, tuple dila
         check_array("bias", bias, 1, dtype, False)
         check_shape("bias", bias, (g.F,))
     check_disjoint("out", out, "x", x)
+    if direct_forward_applies(&g, dtype):
+        direct_forward(x, weight, bias, out, g, relu, n_threads)
+        return
     cdef bint pointwise = is_pointwise(&g)
     if g.N < SHARED_BATCH and g.G == 1:
         cols = column_scratch(&g, pointwise, 1, dtype)[0]
@@ -544,6 +550,16 @@ def conv2d_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias,
                 check_disjoint("grad_bias", grad_bias, name, array)
         weight_flat = grad_weight.reshape(-1)
         bias_flat = grad_bias
+    # The direct kernel takes the parts it applies to; im2col + GEMM does the rest.
+    if grad_input is not None and direct_input_grad_applies(&g, dtype):
+        direct_input_grad(grad_output, weight, grad_input, g, n_threads)
+        grad_input = None
+    if weight_flat is not None and direct_weight_grad_applies(&g, dtype):
+        direct_weight_grad(grad_output, x, weight_flat, g, max(n_chunks, 1), n_threads)
+        bias_gradient[float](grad_output, bias_flat, n_threads)
+        weight_flat = bias_flat = None
+    if grad_input is None and weight_flat is None:
+        return
     cdef Py_ssize_t L = g.OH * g.OW, S
     if g.N > 0 and g.F > L:
         # Fewer positions than filters: per-sample products would be thin (L columns)

@@ -1,0 +1,120 @@
+/* The register-blocked inner product of the direct convolution (pyx/direct.pxi).
+ *
+ * Design notes
+ * - One call computes a tile of TILE_ROWS rows by cnncli_tile_filters() filters:
+ *       c[r][j] (+)= sum_{t < T} a[rows[r] + cols[t]] * b[t][j]
+ *   The forward takes r = output positions, t = (channel, kh, kw) taps and b = the weights
+ *   packed filter-minor; the weight gradient takes r = taps, t = output positions and
+ *   b = the output gradient transposed. Either way `a` is an input sample copied once into
+ *   a padded buffer, so no column matrix is built: each value is broadcast straight from it.
+ * - The accumulators (6 rows by 2 vectors) live in registers for the whole sum: per step,
+ *   two vector loads of b and six broadcasts feed twelve fused multiply-adds.
+ * - Written in C because Cython has no vector types and cannot compile one function for
+ *   several instruction sets. Each variant is compiled for its own target (AVX2+FMA,
+ *   AVX-512) whatever flags the build used, and chosen at run time by what the CPU
+ *   supports. Elsewhere cnncli_tile_filters() is 0 and the caller keeps im2col + GEMM.
+ * - The sum over t runs in order with fused multiply-adds, so a result depends on the CPU
+ *   variant only, never on the thread that computed it.
+ */
+#ifndef CNNCLI_MICROKERNEL_H
+#define CNNCLI_MICROKERNEL_H
+
+#include <stddef.h>
+
+#define CNNCLI_TILE_ROWS 6
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+#define CNNCLI_DEFINE_TILE(NAME, TARGET, VEC, LANES, LOADU, STOREU, SET1, FMADD, ZERO)     \
+__attribute__((target(TARGET)))                                                           \
+static void NAME(const float* a, const int* rows, const int* cols, ptrdiff_t T,            \
+                 const float* b, float* c, int accumulate)                                 \
+{                                                                                          \
+    const float *a0 = a + rows[0], *a1 = a + rows[1], *a2 = a + rows[2];                  \
+    const float *a3 = a + rows[3], *a4 = a + rows[4], *a5 = a + rows[5];                  \
+    VEC c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, b0, b1, x;            \
+    ptrdiff_t t, o;                                                                        \
+    if (accumulate) {                                                                      \
+        c00 = LOADU(c + 0 * LANES); c01 = LOADU(c + 1 * LANES);                            \
+        c10 = LOADU(c + 2 * LANES); c11 = LOADU(c + 3 * LANES);                            \
+        c20 = LOADU(c + 4 * LANES); c21 = LOADU(c + 5 * LANES);                            \
+        c30 = LOADU(c + 6 * LANES); c31 = LOADU(c + 7 * LANES);                            \
+        c40 = LOADU(c + 8 * LANES); c41 = LOADU(c + 9 * LANES);                            \
+        c50 = LOADU(c + 10 * LANES); c51 = LOADU(c + 11 * LANES);                          \
+    } else {                                                                               \
+        c00 = c01 = c10 = c11 = c20 = c21 = ZERO();                                        \
+        c30 = c31 = c40 = c41 = c50 = c51 = ZERO();                                        \
+    }                                                                                      \
+    for (t = 0; t < T; t++) {                                                              \
+        o = cols[t];                                                                       \
+        b0 = LOADU(b + 2 * LANES * t);                                                     \
+        b1 = LOADU(b + 2 * LANES * t + LANES);                                             \
+        x = SET1(a0[o]); c00 = FMADD(x, b0, c00); c01 = FMADD(x, b1, c01);                 \
+        x = SET1(a1[o]); c10 = FMADD(x, b0, c10); c11 = FMADD(x, b1, c11);                 \
+        x = SET1(a2[o]); c20 = FMADD(x, b0, c20); c21 = FMADD(x, b1, c21);                 \
+        x = SET1(a3[o]); c30 = FMADD(x, b0, c30); c31 = FMADD(x, b1, c31);                 \
+        x = SET1(a4[o]); c40 = FMADD(x, b0, c40); c41 = FMADD(x, b1, c41);                 \
+        x = SET1(a5[o]); c50 = FMADD(x, b0, c50); c51 = FMADD(x, b1, c51);                 \
+    }                                                                                      \
+    STOREU(c + 0 * LANES, c00); STOREU(c + 1 * LANES, c01);                                \
+    STOREU(c + 2 * LANES, c10); STOREU(c + 3 * LANES, c11);                                \
+    STOREU(c + 4 * LANES, c20); STOREU(c + 5 * LANES, c21);                                \
+    STOREU(c + 6 * LANES, c30); STOREU(c + 7 * LANES, c31);                                \
+    STOREU(c + 8 * LANES, c40); STOREU(c + 9 * LANES, c41);                                \
+    STOREU(c + 10 * LANES, c50); STOREU(c + 11 * LANES, c51);                              \
+}
+
+CNNCLI_DEFINE_TILE(cnncli_tile_avx2, "avx2,fma", __m256, 8, _mm256_loadu_ps,
+                   _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_setzero_ps)
+CNNCLI_DEFINE_TILE(cnncli_tile_avx512, "avx512f", __m512, 16, _mm512_loadu_ps,
+                   _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_setzero_ps)
+
+/* 0: no vector kernel; 1: AVX2 + FMA; 2: AVX-512. Set on first use. CNNCLI_DIRECT_ISA
+ * (tests, benchmarks) may lower the choice: "avx2" or "none". */
+static int cnncli_isa = -1;
+
+static int cnncli_pick_isa(const char* ceiling)
+{
+    int isa = 0;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        isa = 1;
+    if (isa == 1 && __builtin_cpu_supports("avx512f"))
+        isa = 2;
+    if (ceiling != NULL && ceiling[0] == 'a' && isa > 1)   /* "avx2" */
+        isa = 1;
+    if (ceiling != NULL && ceiling[0] == 'n')              /* "none" */
+        isa = 0;
+    return isa;
+}
+
+/* Filters per tile: 16 (AVX2) or 32 (AVX-512); 0 when the CPU has neither. */
+static int cnncli_tile_filters(const char* ceiling)
+{
+    if (cnncli_isa < 0)
+        cnncli_isa = cnncli_pick_isa(ceiling);
+    return cnncli_isa == 2 ? 32 : cnncli_isa == 1 ? 16 : 0;
+}
+
+static void cnncli_tile(const float* a, const int* rows, const int* cols, ptrdiff_t T,
+                        const float* b, float* c, int accumulate)
+{
+    if (cnncli_isa == 2)
+        cnncli_tile_avx512(a, rows, cols, T, b, c, accumulate);
+    else
+        cnncli_tile_avx2(a, rows, cols, T, b, c, accumulate);
+}
+
+#else
+
+static int cnncli_tile_filters(const char* ceiling) { (void)ceiling; return 0; }
+
+static void cnncli_tile(const float* a, const int* rows, const int* cols, ptrdiff_t T,
+                        const float* b, float* c, int accumulate)
+{
+    (void)a; (void)rows; (void)cols; (void)T; (void)b; (void)c; (void)accumulate;
+}
+
+#endif
+#endif

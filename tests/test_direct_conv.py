@@ -1,0 +1,136 @@
+"""The direct convolution kernel (float32 on AVX2 or AVX-512): against the NumPy oracle and
+against im2col + GEMM, by finite differences, and at 1, 2 and 3 threads.
+
+The kernel has no float64 variant, so its finite-difference check runs in float32: a
+convolution is linear in its input and in its weight, so a central difference with a step
+of 1 has no truncation error, only float32 rounding."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import reference
+from cnncli import functional as F
+from test_conv import conv_arguments, make_operands, reference_arguments
+
+# (N, C, H, W, filters, kernel, stride, padding, dilation, groups, bias), each with at
+# least 64 taps, so the direct kernel takes some of its passes.
+DIRECT_CASES = [
+    (4, 8, 10, 10, 16, (3, 3), 1, 1, 1, 1, True),         # 8 channels: grad_input on GEMM
+    (5, 16, 9, 11, 28, (3, 3), 1, 1, 1, 1, True),         # a part-filled tile of filters
+    (2, 16, 12, 12, 24, (3, 3), 1, 1, 1, 1, False),       # 2 samples: tiles shared out
+    (1, 12, 13, 9, 40, (5, 3), 2, (2, 1), 1, 1, True),    # strided, one sample
+    (3, 16, 11, 10, 16, (3, 3), 1, "same", 2, 1, True),   # dilated 'same'
+    (4, 16, 9, 9, 16, (4, 4), 1, "same", 1, 1, True),     # even kernel: asymmetric padding
+    (4, 13, 8, 8, 12, (5, 5), 1, 0, 1, 1, True),          # 'valid', odd channel counts
+    (6, 16, 12, 12, 32, (3, 3), 1, 3, 1, 1, True),        # padding beyond the kernel's reach
+    (7, 16, 10, 10, 16, (3, 3), (1, 2), 1, 1, 1, True),   # stride differs by axis
+    (2, 3, 27, 27, 48, (11, 11), 4, 0, 1, 1, True),       # AlexNet's first layer, scaled
+    (19, 16, 8, 8, 16, (3, 3), 1, 1, 1, 1, True),         # more samples than weight chunks
+]
+TOLERANCE = dict(rtol=2e-4, atol=2e-4)
+
+
+def paths(case):
+    N, C, H, W, filters, kernel, *_ = case
+    return F.conv2d_paths((N, C, H, W), (filters, C) + kernel, **conv_arguments(case))
+
+
+DIRECT_CPU = any(any(paths(case).values()) for case in DIRECT_CASES)
+needs_direct = pytest.mark.skipif(not DIRECT_CPU, reason="this CPU has no AVX2: the "
+                                  "convolutions run on im2col + GEMM only")
+
+
+@needs_direct
+def test_the_cases_cover_every_direct_pass():
+    covered = {name for case in DIRECT_CASES for name, used in paths(case).items() if used}
+    assert covered == {"forward", "input_grad", "weight_grad"}
+    assert not any(paths(DIRECT_CASES[0][:4] + (16, (1, 1)) + (1, 0, 1, 1, True)).values())
+    assert not any(F.conv2d_paths((4, 16, 9, 9), (16, 16, 3, 3), padding=1,
+                                  dtype=np.float64).values())
+
+
+def gradients(case, x, weight, grad_output):
+    return F.conv2d_backward(grad_output, x, weight, **conv_arguments(case))
+
+
+@pytest.mark.parametrize("case", DIRECT_CASES)
+def test_direct_convolution_matches_reference(case):
+    x, weight, bias = make_operands(case, np.float32)
+    out = F.conv2d(x, weight, bias, **conv_arguments(case))
+    np.testing.assert_allclose(out, reference.conv2d(x, weight, bias,
+                                                     **reference_arguments(case)), **TOLERANCE)
+    np.testing.assert_array_equal(F.conv2d(x, weight, bias, relu=True, **conv_arguments(case)),
+                                  np.maximum(out, 0))
+    grad_output = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
+    expected = reference.conv2d_backward(grad_output, x, weight, **reference_arguments(case))
+    for got, want in zip(gradients(case, x, weight, grad_output), expected):
+        np.testing.assert_allclose(got, want, **TOLERANCE)
+
+
+@needs_direct
+@pytest.mark.parametrize("case", DIRECT_CASES)
+def test_direct_convolution_agrees_with_im2col(case):
+    x, weight, bias = make_operands(case, np.float32)
+    grad_output = None
+    results = {}
+    for direct in (True, False):
+        previous = F.use_direct_convolution(direct)
+        try:
+            out = F.conv2d(x, weight, bias, **conv_arguments(case))
+            if grad_output is None:
+                grad_output = np.random.default_rng(2).standard_normal(out.shape)
+                grad_output = grad_output.astype(np.float32)
+            results[direct] = [out, *gradients(case, x, weight, grad_output)]
+        finally:
+            F.use_direct_convolution(previous)
+    for direct, gemm in zip(results[True], results[False]):
+        np.testing.assert_allclose(direct, gemm, rtol=1e-5, atol=1e-5 * np.abs(gemm).max())
+
+
+@pytest.mark.parametrize("case", DIRECT_CASES)
+def test_direct_gradients_match_finite_differences(case):
+    x, weight, _ = make_operands(case, np.float32)
+    rng = np.random.default_rng(3)
+    arguments = conv_arguments(case)
+    grad_output = rng.standard_normal(F.conv2d(x, weight, **arguments).shape)
+
+    def loss(x_, weight_):
+        return float(np.sum(F.conv2d(x_, weight_, **arguments) * grad_output))
+
+    grad_input, grad_weight, _ = gradients(case, x, weight, grad_output.astype(np.float32))
+    for _ in range(3):
+        dx = rng.standard_normal(x.shape).astype(np.float32)
+        dw = rng.standard_normal(weight.shape).astype(np.float32)
+        slope_x = (loss(x + dx, weight) - loss(x - dx, weight)) / 2
+        slope_w = (loss(x, weight + dw) - loss(x, weight - dw)) / 2
+        scale_x = np.sum(np.abs(grad_input * dx)) + 1
+        scale_w = np.sum(np.abs(grad_weight * dw)) + 1
+        assert abs(slope_x - np.sum(grad_input * dx, dtype=np.float64)) < 1e-4 * scale_x
+        assert abs(slope_w - np.sum(grad_weight * dw, dtype=np.float64)) < 1e-4 * scale_w
+
+
+@pytest.mark.parametrize("case", DIRECT_CASES)
+def test_direct_results_do_not_depend_on_the_thread_count(case):
+    x, weight, bias = make_operands(case, np.float32)
+    outcomes = []
+    for n in (1, 2, 3):
+        with F.threads(n):
+            out = F.conv2d(x, weight, bias, relu=True, **conv_arguments(case))
+            outcomes.append([out, *gradients(case, x, weight, out)])
+    for parallel in outcomes[1:]:
+        for single, result in zip(outcomes[0], parallel):
+            np.testing.assert_array_equal(single, result)
+
+
+@needs_direct
+def test_the_direct_kernel_can_be_turned_off_by_the_environment():
+    code = ("from cnncli import functional as F; "
+            "print(any(F.conv2d_paths((4, 16, 9, 9), (16, 16, 3, 3), padding=1).values()))")
+    environment = dict(os.environ, CNNCLI_DIRECT_ISA="none")
+    result = subprocess.run([sys.executable, "-c", code], env=environment,
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
