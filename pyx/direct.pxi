@@ -29,18 +29,21 @@ import os
 
 cdef extern from "microkernel.h" nogil:
     enum: CNNCLI_TILE_ROWS
-    int cnncli_tile_filters(const char* ceiling)
+    enum: CNNCLI_AUTO
+    int cnncli_tile_filters(int wanted)
     void cnncli_tile(const float* a, const int* rows, const int* cols, Py_ssize_t T,
                      const float* b, float* c, int accumulate)
 
 
+# CNNCLI_DIRECT_ISA: the variant of the direct kernel to run (see microkernel.h).
+ISA_CHOICES = {"auto": CNNCLI_AUTO, "none": 0, "avx2": 1, "avx512": 2}
+
+
 cdef Py_ssize_t pick_tile_filters():
-    """Filters per tile: 16 with AVX2, 32 with AVX-512, 0 where neither is available.
-    CNNCLI_DIRECT_ISA=avx2 or none lowers the choice (to compare variants on one CPU)."""
-    cdef bytes ceiling = os.environ.get("CNNCLI_DIRECT_ISA", "").encode()
-    if ceiling:
-        return cnncli_tile_filters(ceiling)
-    return cnncli_tile_filters(NULL)
+    """Filters per tile: 16 with AVX2, 32 with AVX-512, 0 where the direct kernel does not
+    run. CNNCLI_DIRECT_ISA (auto, none, avx2, avx512) chooses; an unknown value is auto."""
+    wanted = ISA_CHOICES.get(os.environ.get("CNNCLI_DIRECT_ISA", "auto").lower(), CNNCLI_AUTO)
+    return cnncli_tile_filters(wanted)
 
 
 cdef Py_ssize_t TILE_FILTERS = pick_tile_filters()
@@ -48,11 +51,13 @@ cdef Py_ssize_t TILE_ROWS = CNNCLI_TILE_ROWS
 cdef bint direct_enabled = TILE_FILTERS > 0
 
 # The direct path pays off once a tile's sum is long enough to hide loading and storing its
-# accumulators: forward and grad_input sum over the K taps, grad_weight over L positions.
+# accumulators (forward and grad_input sum over the K taps, grad_weight over L positions),
+# and once a sample has enough positions to reuse the weights (direct_common).
 cdef Py_ssize_t MIN_DIRECT_SUM = 64
-# A task of the forward is GROUP_TILES tiles of positions; its taps are summed CHUNK_TAPS at
-# a time, so the chunk's packed weights (16 KiB) stay in the L1 cache across its tiles.
-cdef Py_ssize_t GROUP_TILES = 8
+# A task of the forward is a group of at most MAX_GROUP_TILES tiles of positions (the tiles
+# of a sample shared out evenly between the fewest groups); its taps are summed CHUNK_TAPS
+# at a time, so the chunk's packed weights (16 KiB) stay in the L1 cache across the tiles.
+cdef Py_ssize_t MAX_GROUP_TILES = 16
 cdef Py_ssize_t CHUNK_TAPS = 4096 // TILE_FILTERS if TILE_FILTERS else 1
 # Offsets are 32-bit: a padded sample must stay below 2**31 values.
 cdef Py_ssize_t MAX_PADDED = 2147483647
@@ -92,9 +97,14 @@ cdef bint fills_tiles(Py_ssize_t filters):
 
 
 cdef bint direct_common(const Geometry* g, object dtype):
+    """What every pass needs: float32, no groups, a convolution that needs im2col, a sample
+    that 32-bit offsets can address, and (MIN_DIRECT_SUM) at least 64 output positions per
+    sample, so a group of tiles reuses each chunk of packed weights. Below that (ResNet's
+    last stage, 7x7), OpenBLAS's one product per sample reads the weights once and wins:
+    3.2 ms against 4.4 ms for 512 filters of 3x3x512 at batch 1."""
     cdef Padding p = padding_for(g)
     return (direct_enabled and dtype == np.float32 and g.G == 1 and not is_pointwise(g)
-            and g.C * p.HP * p.WP < MAX_PADDED)
+            and g.C * p.HP * p.WP < MAX_PADDED and g.OH * g.OW >= MIN_DIRECT_SUM)
 
 
 cdef bint direct_forward_applies(const Geometry* g, object dtype):
@@ -105,14 +115,14 @@ cdef bint direct_forward_applies(const Geometry* g, object dtype):
 cdef bint direct_input_grad_applies(const Geometry* g, object dtype):
     """grad_input as a forward of grad_output: stride 1, and a padding no wider than the
     kernel's reach (so the rotated kernel's padding is not negative)."""
-    return (direct_common(g, dtype) and g.SH == 1 and g.SW == 1
+    return (direct_common(g, dtype) and g.SH == 1 and g.SW == 1 and g.H * g.W >= MIN_DIRECT_SUM
             and g.PH <= (g.KH - 1) * g.DH and g.PW <= (g.KW - 1) * g.DW
             and fills_tiles(g.C) and g.F * g.KH * g.KW >= MIN_DIRECT_SUM)
 
 
 cdef bint direct_weight_grad_applies(const Geometry* g, object dtype):
-    return (direct_common(g, dtype) and fills_tiles(g.F) and g.OH * g.OW >= MIN_DIRECT_SUM
-            and g.C * g.KH * g.KW >= MIN_DIRECT_SUM and g.F <= g.OH * g.OW)
+    return (direct_common(g, dtype) and fills_tiles(g.F) and g.C * g.KH * g.KW >= MIN_DIRECT_SUM
+            and g.F <= g.OH * g.OW)
 
 
 cdef Geometry transposed_geometry(const Geometry* g):
@@ -130,18 +140,57 @@ cdef Py_ssize_t round_up(Py_ssize_t value, Py_ssize_t multiple) noexcept nogil:
     return (value + multiple - 1) // multiple * multiple
 
 
-cdef object tap_offsets(const Geometry* g, Padding p, Py_ssize_t count):
-    """taps[k] for k = (c, kh, kw), repeated at the end up to `count` entries."""
-    c, kh, kw = np.meshgrid(np.arange(g.C), np.arange(g.KH), np.arange(g.KW), indexing="ij")
-    taps = (c * p.HP * p.WP + kh * g.DH * p.WP + kw * g.DW).reshape(-1)
-    return np.pad(taps, (0, count - taps.size), mode="edge").astype(np.int32)
+cdef void fill_taps(int* taps, Py_ssize_t count, const Geometry* g, Padding p) noexcept nogil:
+    """taps[k] for k = (c, kh, kw), the last one repeated up to `count` entries."""
+    cdef Py_ssize_t c, kh, kw, k = 0
+    for c in range(g.C):
+        for kh in range(g.KH):
+            for kw in range(g.KW):
+                taps[k] = <int>(c * p.HP * p.WP + kh * g.DH * p.WP + kw * g.DW)
+                k += 1
+    for k in range(k, count):
+        taps[k] = taps[k - 1]
 
 
-cdef object position_offsets(const Geometry* g, Padding p, Py_ssize_t count):
-    """positions[p] for p = (oh, ow), repeated at the end up to `count` entries."""
-    oh, ow = np.meshgrid(np.arange(g.OH), np.arange(g.OW), indexing="ij")
-    positions = (oh * g.SH * p.WP + ow * g.SW).reshape(-1)
-    return np.pad(positions, (0, count - positions.size), mode="edge").astype(np.int32)
+cdef void fill_positions(int* positions, Py_ssize_t count, const Geometry* g,
+                         Padding p) noexcept nogil:
+    """positions[l] for l = (oh, ow), the last one repeated up to `count` entries."""
+    cdef Py_ssize_t oh, ow, l = 0
+    for oh in range(g.OH):
+        for ow in range(g.OW):
+            positions[l] = <int>(oh * g.SH * p.WP + ow * g.SW)
+            l += 1
+    for l in range(l, count):
+        positions[l] = positions[l - 1]
+
+
+cdef void pack_block(const float* weight, float* packed, Py_ssize_t block, Py_ssize_t F,
+                     Py_ssize_t K) noexcept nogil:
+    """packed[block, k, j] = weight[block * TILE_FILTERS + j, k] (F, K), zero past F."""
+    cdef Py_ssize_t k, j, f
+    cdef float* out = packed + block * K * TILE_FILTERS
+    for k in range(K):
+        for j in range(TILE_FILTERS):
+            f = block * TILE_FILTERS + j
+            out[k * TILE_FILTERS + j] = weight[f * K + k] if f < F else 0
+
+
+cdef void pack_rotated_block(const float* weight, float* packed, Py_ssize_t block,
+                             const Geometry* g) noexcept nogil:
+    """The packing of pack_block for the kernel of grad_input: filter c (a channel of the
+    layer) at tap (f, kh, kw) is weight[f, c, KH-1-kh, KW-1-kw] of the layer's (F, C, KH, KW)
+    weight, zero past C."""
+    cdef Py_ssize_t f, kh, kw, j, c, k = 0
+    cdef float* out = packed + block * g.F * g.KH * g.KW * TILE_FILTERS
+    for f in range(g.F):
+        for kh in range(g.KH):
+            for kw in range(g.KW):
+                for j in range(TILE_FILTERS):
+                    c = block * TILE_FILTERS + j
+                    out[k * TILE_FILTERS + j] = weight[
+                        ((f * g.C + c) * g.KH + g.KH - 1 - kh) * g.KW + g.KW - 1 - kw
+                    ] if c < g.C else 0
+                k += 1
 
 
 cdef object aligned_empty(tuple shape):
@@ -154,19 +203,6 @@ cdef object aligned_empty(tuple shape):
     buffer = np.empty(count + 16, dtype=np.float32)
     first = (-buffer.ctypes.data % 64) // 4
     return buffer[first:first + count].reshape(shape)
-
-
-cdef object packed_filters(object weight):
-    """weight (F, K...) as (ceil(F / TILE_FILTERS), K, TILE_FILTERS), zero-filled past F."""
-    cdef Py_ssize_t F = weight.shape[0]
-    flat = weight.reshape(F, -1)
-    blocks = round_up(F, TILE_FILTERS) // TILE_FILTERS
-    packed = aligned_empty((blocks, flat.shape[1], TILE_FILTERS))
-    packed[...] = 0
-    for block in range(blocks):
-        packed[block, :, :min(TILE_FILTERS, F - block * TILE_FILTERS)] = \
-            flat[block * TILE_FILTERS:(block + 1) * TILE_FILTERS].T
-    return packed.reshape(-1)
 
 
 cdef void pad_channels(const float* x, float* padded, const Geometry* g, Padding p,
@@ -186,21 +222,32 @@ cdef void pad_channels(const float* x, float* padded, const Geometry* g, Padding
         zero(plane + (p.top + g.H) * p.WP, (p.HP - p.top - g.H) * p.WP)
 
 
+cdef Py_ssize_t position_groups(Py_ssize_t L, Py_ssize_t* group_tiles) noexcept nogil:
+    """How many groups of tiles a sample's L positions form, and (group_tiles) how many
+    tiles each holds: the fewest groups of at most MAX_GROUP_TILES, as even as can be. A
+    layer of few positions (ResNet's last stage: 49) reads its weights once, not twice."""
+    cdef Py_ssize_t tiles = (L + TILE_ROWS - 1) // TILE_ROWS
+    cdef Py_ssize_t groups = (tiles + MAX_GROUP_TILES - 1) // MAX_GROUP_TILES
+    group_tiles[0] = (tiles + groups - 1) // groups
+    return (tiles + group_tiles[0] - 1) // group_tiles[0]
+
+
 cdef void forward_task(const float* padded, const int* taps, const int* positions,
                        const float* packed, const float* bias, bint relu, float* y,
                        float* sums, const Geometry* g, Py_ssize_t task) noexcept nogil:
     """One task of a sample's output y (F, L): filter block task // groups, times the
-    positions of group task % groups (GROUP_TILES tiles of TILE_ROWS positions).
+    positions of group task % groups (see position_groups).
 
     The taps are summed in chunks of CHUNK_TAPS, so the weights of a chunk stay in the L1
     cache while every tile of the group uses them; the group's sums wait in `sums`.
     Chunking does not change a result: each sum is the same sequence of fused
     multiply-adds, only stored and reloaded between chunks."""
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
-    cdef Py_ssize_t groups = (L + GROUP_TILES * TILE_ROWS - 1) // (GROUP_TILES * TILE_ROWS)
+    cdef Py_ssize_t group_tiles
+    cdef Py_ssize_t groups = position_groups(L, &group_tiles)
     cdef Py_ssize_t block = task // groups
-    cdef Py_ssize_t p_first = task % groups * GROUP_TILES * TILE_ROWS
-    cdef Py_ssize_t p_stop = min(L, p_first + GROUP_TILES * TILE_ROWS)
+    cdef Py_ssize_t p_first = task % groups * group_tiles * TILE_ROWS
+    cdef Py_ssize_t p_stop = min(L, p_first + group_tiles * TILE_ROWS)
     cdef Py_ssize_t filters = min(TILE_FILTERS, g.F - block * TILE_FILTERS)
     cdef Py_ssize_t chunk, k0, count, tile, p0, j, p
     cdef float value
@@ -225,17 +272,26 @@ cdef void forward_task(const float* padded, const int* taps, const int* position
 
 
 cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* bias,
-                               float[:, :, :, ::1] out, const float[::1] packed,
-                               const int[::1] taps, const int[::1] positions,
-                               float[:, ::1] padded, float[:, ::1] sums, Geometry g,
-                               bint relu, int n_threads) noexcept:
+                               float[:, :, :, ::1] out, const float[:, :, :, ::1] weight,
+                               bint rotated, float[::1] packed, int[::1] taps,
+                               int[::1] positions, float[:, ::1] padded, float[:, ::1] sums,
+                               Geometry g, const Geometry* layer, bint relu,
+                               int n_threads) noexcept:
     cdef Padding p = padding_for(&g)
-    cdef Py_ssize_t L = g.OH * g.OW
-    cdef Py_ssize_t tasks = (round_up(g.F, TILE_FILTERS) // TILE_FILTERS) * (
-        (L + GROUP_TILES * TILE_ROWS - 1) // (GROUP_TILES * TILE_ROWS))
+    cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
+    cdef Py_ssize_t blocks = round_up(g.F, TILE_FILTERS) // TILE_FILTERS
+    cdef Py_ssize_t group_tiles
+    cdef Py_ssize_t tasks = blocks * position_groups(L, &group_tiles)
     cdef Py_ssize_t channel_blocks = min(g.C, SHARED_TASKS)
     cdef Py_ssize_t n, t, task, block
     with nogil:
+        fill_taps(&taps[0], K, &g, p)
+        fill_positions(&positions[0], round_up(L, TILE_ROWS), &g, p)
+        for block in prange(blocks, schedule="static", num_threads=n_threads):
+            if rotated:
+                pack_rotated_block(&weight[0, 0, 0, 0], &packed[0], block, layer)
+            else:
+                pack_block(&weight[0, 0, 0, 0], &packed[0], block, g.F, K)
         if g.N >= SHARED_BATCH:
             for n in prange(g.N, schedule="dynamic", num_threads=n_threads):
                 t = threadid()
@@ -253,8 +309,11 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* bias,
                              &out[n, 0, 0, 0], &sums[threadid(), 0], &g, task)
 
 
-cdef direct_forward(x, weight, bias, out, Geometry g, bint relu, int n_threads):
-    """out = conv2d(x, weight) + bias (then ReLU) by the direct kernel, float32, groups 1."""
+cdef direct_forward(x, weight, bias, out, Geometry g, bint relu, int n_threads,
+                    const Geometry* layer=NULL):
+    """out = conv2d(x, weight) + bias (then ReLU) by the direct kernel, float32, groups 1.
+    With `layer`, this is grad_input of that layer (g its transposed geometry): weight is
+    the layer's, rotated while it is packed."""
     cdef Padding p = padding_for(&g)
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
     cdef int workers = n_threads if g.N >= SHARED_BATCH else 1
@@ -263,19 +322,20 @@ cdef direct_forward(x, weight, bias, out, Geometry g, bint relu, int n_threads):
     if bias is not None:
         bias_view = bias
         bias_pointer = &bias_view[0]
+    packed = aligned_empty((round_up(g.F, TILE_FILTERS) * K,))
+    taps = np.empty(K, dtype=np.int32)
+    positions = np.empty(round_up(L, TILE_ROWS), dtype=np.int32)
     padded = np.empty((workers, g.C * p.HP * p.WP), dtype=np.float32)
-    sums = aligned_empty((n_threads, GROUP_TILES * TILE_ROWS * TILE_FILTERS))
-    direct_forward_typed(x, bias_pointer, out, packed_filters(weight), tap_offsets(&g, p, K),
-                         position_offsets(&g, p, round_up(L, TILE_ROWS)), padded, sums, g,
-                         relu, n_threads)
+    sums = aligned_empty((n_threads, MAX_GROUP_TILES * TILE_ROWS * TILE_FILTERS))
+    direct_forward_typed(x, bias_pointer, out, weight, layer != NULL, packed, taps, positions,
+                         padded, sums, g, layer, relu, n_threads)
 
 
 cdef direct_input_grad(grad_output, weight, grad_input, Geometry g, int n_threads):
     """grad_input of a stride-1 layer: the forward of grad_output through the kernel rotated
     by 180 degrees, with input and output channels swapped."""
-    rotated = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    direct_forward(grad_output, rotated, None, grad_input, transposed_geometry(&g), False,
-                   n_threads)
+    direct_forward(grad_output, weight, None, grad_input, transposed_geometry(&g), False,
+                   n_threads, &g)
 
 
 cdef void transpose_gradient(const float* dy, float* blocks, Py_ssize_t F,
@@ -294,8 +354,8 @@ cdef void transpose_gradient(const float* dy, float* blocks, Py_ssize_t F,
 
 cdef void direct_weight_grad_typed(const float[:, :, :, ::1] grad_output,
                                    const float[:, :, :, ::1] x, float[:, ::1] partials,
-                                   float[::1] grad_weight, const int[::1] taps,
-                                   const int[::1] positions, float[:, ::1] padded,
+                                   float[::1] grad_weight, int[::1] taps,
+                                   int[::1] positions, float[:, ::1] padded,
                                    float[:, ::1] transposed, Geometry g, Py_ssize_t n_chunks,
                                    int n_threads) noexcept:
     cdef Padding p = padding_for(&g)
@@ -305,6 +365,8 @@ cdef void direct_weight_grad_typed(const float[:, :, :, ::1] grad_output,
     cdef Py_ssize_t chunk, n, first, stop, t, block, tap_tile, i, f, k
     cdef double total
     with nogil:
+        fill_taps(&taps[0], KR, &g, p)
+        fill_positions(&positions[0], L, &g, p)
         for chunk in prange(n_chunks, schedule="dynamic", num_threads=n_threads):
             t = threadid()
             first = chunk * g.N // n_chunks
@@ -340,9 +402,9 @@ cdef direct_weight_grad(grad_output, x, grad_weight, Geometry g, Py_ssize_t n_ch
     partials = aligned_empty((n_chunks, FR * KR))
     padded = np.empty((n_threads, g.C * p.HP * p.WP), dtype=np.float32)
     transposed = aligned_empty((n_threads, FR * L))
-    direct_weight_grad_typed(grad_output, x, partials, grad_weight, tap_offsets(&g, p, KR),
-                             position_offsets(&g, p, L), padded, transposed, g, n_chunks,
-                             workers)
+    direct_weight_grad_typed(grad_output, x, partials, grad_weight,
+                             np.empty(KR, dtype=np.int32), np.empty(L, dtype=np.int32), padded,
+                             transposed, g, n_chunks, workers)
 
 
 
@@ -357,3 +419,4 @@ def direct_paths(tuple input_shape, tuple weight_shape, tuple output_size, tuple
     return {"forward": direct_forward_applies(&g, dtype),
             "input_grad": direct_input_grad_applies(&g, dtype),
             "weight_grad": direct_weight_grad_applies(&g, dtype)}
+
