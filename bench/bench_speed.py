@@ -5,6 +5,7 @@ process, alternating which goes first, with each process's peak memory:
     python bench/bench_speed.py --quick                      # a tenth of the epoch, 1 round
     python bench/bench_speed.py --only resnet18_infer1       # one workload
     python bench/bench_speed.py --blas-autodetect ...        # see below
+    python bench/bench_speed.py --direct none ...            # cnncli without its direct kernel
 
 Workloads (float32, --threads 2 by default):
 
@@ -235,9 +236,16 @@ def blas_kernels():
                    for info in threadpool_info() if info.get("user_api") == "blas"})
 
 
+def direct_kernel():
+    """Whether cnncli's direct convolution kernel runs on this CPU (LeNet conv2's shape)."""
+    from cnncli import functional as F
+    paths = F.conv2d_paths((64, 32, 14, 14), (64, 32, 5, 5), padding=2)
+    return "direct kernel" if any(paths.values()) else "im2col + GEMM only"
+
+
 def worker(framework, workload, options):
     result = (cnncli_worker if framework == "cnncli" else torch_worker)(workload, options)
-    result["blas"] = blas_kernels()
+    result["blas"] = blas_kernels() + ([direct_kernel()] if framework == "cnncli" else [])
     print(json.dumps(result))
 
 
@@ -274,6 +282,8 @@ def main():
     parser.add_argument("--only", action="append", choices=WORKLOADS)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--blas-autodetect", action="store_true")
+    parser.add_argument("--direct", choices=["auto", "none", "avx2", "avx512"],
+                        help="CNNCLI_DIRECT_ISA for cnncli's workers (none: im2col + GEMM only)")
     options = parser.parse_args()
     if options.worker:
         worker(*options.worker, options)
@@ -284,6 +294,8 @@ def main():
     if options.blas_autodetect:
         env.pop("OPENBLAS_CORETYPE", None)
         env.pop("OPENBLAS_L2_SIZE", None)
+    if options.direct:
+        env["CNNCLI_DIRECT_ISA"] = options.direct
     workloads = options.only or WORKLOADS
     results = {workload: {"cnncli": [], "torch": []} for workload in workloads}
     for round_ in range(options.rounds):

@@ -55,10 +55,13 @@ cdef bint direct_enabled = TILE_FILTERS > 0
 # and once a sample has enough positions to reuse the weights (direct_common).
 cdef Py_ssize_t MIN_DIRECT_SUM = 64
 # A task of the forward is a group of at most MAX_GROUP_TILES tiles of positions (the tiles
-# of a sample shared out evenly between the fewest groups); its taps are summed CHUNK_TAPS
-# at a time, so the chunk's packed weights (16 KiB) stay in the L1 cache across the tiles.
+# shared out evenly between the fewest groups). A tile's sum runs SUM_CHUNK steps at a
+# time, so the chunk's packed rows (16 KiB) stay in the L1 cache across the tiles.
 cdef Py_ssize_t MAX_GROUP_TILES = 16
-cdef Py_ssize_t CHUNK_TAPS = 4096 // TILE_FILTERS if TILE_FILTERS else 1
+cdef Py_ssize_t SUM_CHUNK = 4096 // TILE_FILTERS if TILE_FILTERS else 1
+cdef Py_ssize_t TASK_TAP_TILES = 16
+# Layers with fewer output positions per sample than this list the whole batch's.
+cdef Py_ssize_t WHOLE_BATCH_POSITIONS = 256
 # Offsets are 32-bit: a padded sample must stay below 2**31 values.
 cdef Py_ssize_t MAX_PADDED = 2147483647
 
@@ -97,14 +100,15 @@ cdef bint fills_tiles(Py_ssize_t filters):
 
 
 cdef bint direct_common(const Geometry* g, object dtype):
-    """What every pass needs: float32, no groups, a convolution that needs im2col, a sample
-    that 32-bit offsets can address, and (MIN_DIRECT_SUM) at least 64 output positions per
-    sample, so a group of tiles reuses each chunk of packed weights. Below that (ResNet's
-    last stage, 7x7), OpenBLAS's one product per sample reads the weights once and wins:
-    3.2 ms against 4.4 ms for 512 filters of 3x3x512 at batch 1."""
+    """What every pass needs: float32, no groups, a kernel wider than 1x1 (a strided 1x1
+    sums too few taps: 1.06 ms against 0.65 for ResNet's downsampling), a sample that 32-bit
+    offsets can address, and (MIN_DIRECT_SUM) at least 64 output positions in the batch,
+    so a group of tiles reuses each chunk of packed weights. Below that (ResNet-18's last
+    stage at batch 1, 7x7), OpenBLAS's one product reads the weights once and wins: 3.2 ms
+    against 4.4 ms for 512 filters of 3x3x512."""
     cdef Padding p = padding_for(g)
-    return (direct_enabled and dtype == np.float32 and g.G == 1 and not is_pointwise(g)
-            and g.C * p.HP * p.WP < MAX_PADDED and g.OH * g.OW >= MIN_DIRECT_SUM)
+    return (direct_enabled and dtype == np.float32 and g.G == 1 and g.KH * g.KW > 1
+            and g.C * p.HP * p.WP < MAX_PADDED and g.N * g.OH * g.OW >= MIN_DIRECT_SUM)
 
 
 cdef bint direct_forward_applies(const Geometry* g, object dtype):
@@ -113,16 +117,22 @@ cdef bint direct_forward_applies(const Geometry* g, object dtype):
 
 
 cdef bint direct_input_grad_applies(const Geometry* g, object dtype):
-    """grad_input as a forward of grad_output: stride 1, and a padding no wider than the
-    kernel's reach (so the rotated kernel's padding is not negative)."""
-    return (direct_common(g, dtype) and g.SH == 1 and g.SW == 1 and g.H * g.W >= MIN_DIRECT_SUM
-            and g.PH <= (g.KH - 1) * g.DH and g.PW <= (g.KW - 1) * g.DW
-            and fills_tiles(g.C) and g.F * g.KH * g.KW >= MIN_DIRECT_SUM)
+    """grad_input as a forward of grad_output (transposed_geometry): stride 1, and a padding
+    no wider than the kernel's reach (so the rotated kernel's padding is not negative)."""
+    if g.SH != 1 or g.SW != 1 or g.PH > (g.KH - 1) * g.DH or g.PW > (g.KW - 1) * g.DW:
+        return False
+    cdef Geometry t = transposed_geometry(g)
+    return direct_forward_applies(&t, dtype)
 
 
 cdef bint direct_weight_grad_applies(const Geometry* g, object dtype):
+    """The sum over positions (a sample's or, for layers of few positions, the whole
+    batch's) is at least as long as the filters are many. Otherwise the im2col path's one
+    product over samples side by side wins: ResNet-18's last stage at 112x112, batch 16
+    (512 filters, 256 positions): 16 ms against 21."""
+    cdef Py_ssize_t positions = g.OH * g.OW * (g.N if whole_batch(g) else 1)
     return (direct_common(g, dtype) and fills_tiles(g.F) and g.C * g.KH * g.KW >= MIN_DIRECT_SUM
-            and g.F <= g.OH * g.OW)
+            and g.F <= positions)
 
 
 cdef Geometry transposed_geometry(const Geometry* g):
@@ -152,14 +162,16 @@ cdef void fill_taps(int* taps, Py_ssize_t count, const Geometry* g, Padding p) n
         taps[k] = taps[k - 1]
 
 
-cdef void fill_positions(int* positions, Py_ssize_t count, const Geometry* g,
-                         Padding p) noexcept nogil:
-    """positions[l] for l = (oh, ow), the last one repeated up to `count` entries."""
-    cdef Py_ssize_t oh, ow, l = 0
-    for oh in range(g.OH):
-        for ow in range(g.OW):
-            positions[l] = <int>(oh * g.SH * p.WP + ow * g.SW)
-            l += 1
+cdef void fill_positions(int* positions, Py_ssize_t count, const Geometry* g, Padding p,
+                         Py_ssize_t samples) noexcept nogil:
+    """positions[n*L + l] for l = (oh, ow) of the first `samples` samples, padded back to
+    back, the last one repeated up to `count` entries."""
+    cdef Py_ssize_t n, oh, ow, l = 0
+    for n in range(samples):
+        for oh in range(g.OH):
+            for ow in range(g.OW):
+                positions[l] = <int>(n * g.C * p.HP * p.WP + oh * g.SH * p.WP + ow * g.SW)
+                l += 1
     for l in range(l, count):
         positions[l] = positions[l - 1]
 
@@ -222,53 +234,61 @@ cdef void pad_channels(const float* x, float* padded, const Geometry* g, Padding
         zero(plane + (p.top + g.H) * p.WP, (p.HP - p.top - g.H) * p.WP)
 
 
-cdef Py_ssize_t position_groups(Py_ssize_t L, Py_ssize_t* group_tiles) noexcept nogil:
-    """How many groups of tiles a sample's L positions form, and (group_tiles) how many
-    tiles each holds: the fewest groups of at most MAX_GROUP_TILES, as even as can be. A
-    layer of few positions (ResNet's last stage: 49) reads its weights once, not twice."""
-    cdef Py_ssize_t tiles = (L + TILE_ROWS - 1) // TILE_ROWS
+cdef Py_ssize_t position_groups(Py_ssize_t P, Py_ssize_t* group_tiles) noexcept nogil:
+    """How many groups of tiles P positions form, and (group_tiles) how many tiles each
+    holds: the fewest groups of at most MAX_GROUP_TILES, as even as can be."""
+    cdef Py_ssize_t tiles = (P + TILE_ROWS - 1) // TILE_ROWS
     cdef Py_ssize_t groups = (tiles + MAX_GROUP_TILES - 1) // MAX_GROUP_TILES
     group_tiles[0] = (tiles + groups - 1) // groups
     return (tiles + group_tiles[0] - 1) // group_tiles[0]
 
 
 cdef void forward_task(const float* padded, const int* taps, const int* positions,
-                       const float* packed, const float* bias, bint relu, float* y,
-                       float* sums, const Geometry* g, Py_ssize_t task) noexcept nogil:
-    """One task of a sample's output y (F, L): filter block task // groups, times the
-    positions of group task % groups (see position_groups).
+                       Py_ssize_t P, const float* packed, const float* bias, bint relu,
+                       float* y, float* sums, const Geometry* g, Py_ssize_t task) noexcept nogil:
+    """One task of the output y (samples, F, L) of the P positions listed (one sample's or,
+    back to back, a whole batch's): filter block task // groups, times the positions of
+    group task % groups (see position_groups).
 
-    The taps are summed in chunks of CHUNK_TAPS, so the weights of a chunk stay in the L1
+    The taps are summed in chunks of SUM_CHUNK, so the weights of a chunk stay in the L1
     cache while every tile of the group uses them; the group's sums wait in `sums`.
     Chunking does not change a result: each sum is the same sequence of fused
     multiply-adds, only stored and reloaded between chunks."""
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
     cdef Py_ssize_t group_tiles
-    cdef Py_ssize_t groups = position_groups(L, &group_tiles)
+    cdef Py_ssize_t groups = position_groups(P, &group_tiles)
     cdef Py_ssize_t block = task // groups
     cdef Py_ssize_t p_first = task % groups * group_tiles * TILE_ROWS
-    cdef Py_ssize_t p_stop = min(L, p_first + group_tiles * TILE_ROWS)
+    cdef Py_ssize_t p_stop = min(P, p_first + group_tiles * TILE_ROWS)
     cdef Py_ssize_t filters = min(TILE_FILTERS, g.F - block * TILE_FILTERS)
-    cdef Py_ssize_t chunk, k0, count, tile, p0, j, p
+    cdef Py_ssize_t chunk, k0, count, tile, p0, j, p, n
     cdef float value
-    cdef float* row
-    for chunk in range((K + CHUNK_TAPS - 1) // CHUNK_TAPS):
-        k0 = chunk * CHUNK_TAPS
-        count = min(CHUNK_TAPS, K - k0)
+    for chunk in range((K + SUM_CHUNK - 1) // SUM_CHUNK):
+        k0 = chunk * SUM_CHUNK
+        count = min(SUM_CHUNK, K - k0)
         for tile in range((p_stop - p_first + TILE_ROWS - 1) // TILE_ROWS):
             p0 = p_first + tile * TILE_ROWS
             cnncli_tile(padded, positions + p0, taps + k0, count,
                         packed + (block * K + k0) * TILE_FILTERS,
                         sums + (p0 - p_first) * TILE_FILTERS, k0 > 0)
     for j in range(filters):
-        row = y + (block * TILE_FILTERS + j) * L
         for p in range(p_first, p_stop):
             value = sums[(p - p_first) * TILE_FILTERS + j]
             if bias != NULL:
                 value = value + bias[block * TILE_FILTERS + j]
             if relu:
                 value = 0 if value < 0 else value
-            row[p] = value
+            n = p // L
+            y[(n * g.F + block * TILE_FILTERS + j) * L + p - n * L] = value
+
+
+cdef bint whole_batch(const Geometry* g):
+    """Whether the passes list the positions of the whole batch back to back (a padded copy
+    of every sample at once) rather than one sample's: for layers of few positions, where
+    a sample alone would reuse each chunk of weights over too few positions (ResNet-18's
+    4x4 last stage at 112x112: 16)."""
+    cdef Padding p = padding_for(g)
+    return g.OH * g.OW < WHOLE_BATCH_POSITIONS and g.N * g.C * p.HP * p.WP < MAX_PADDED
 
 
 cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* bias,
@@ -279,34 +299,44 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* bias,
                                int n_threads) noexcept:
     cdef Padding p = padding_for(&g)
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
+    cdef Py_ssize_t plane = g.C * p.HP * p.WP
     cdef Py_ssize_t blocks = round_up(g.F, TILE_FILTERS) // TILE_FILTERS
+    cdef bint batch = whole_batch(&g)
+    cdef Py_ssize_t P = g.N * L if batch else L
     cdef Py_ssize_t group_tiles
-    cdef Py_ssize_t tasks = blocks * position_groups(L, &group_tiles)
+    cdef Py_ssize_t tasks = blocks * position_groups(P, &group_tiles)
     cdef Py_ssize_t channel_blocks = min(g.C, SHARED_TASKS)
     cdef Py_ssize_t n, t, task, block
     with nogil:
         fill_taps(&taps[0], K, &g, p)
-        fill_positions(&positions[0], round_up(L, TILE_ROWS), &g, p)
+        fill_positions(&positions[0], round_up(P, TILE_ROWS), &g, p, g.N if batch else 1)
         for block in prange(blocks, schedule="static", num_threads=n_threads):
             if rotated:
                 pack_rotated_block(&weight[0, 0, 0, 0], &packed[0], block, layer)
             else:
                 pack_block(&weight[0, 0, 0, 0], &packed[0], block, g.F, K)
-        if g.N >= SHARED_BATCH:
+        if batch:
+            for n in prange(g.N, schedule="static", num_threads=n_threads):
+                pad_channels(&x[n, 0, 0, 0], &padded[0, n * plane], &g, p, 0, g.C)
+            for task in prange(tasks, schedule="dynamic", num_threads=n_threads):
+                forward_task(&padded[0, 0], &taps[0], &positions[0], P, &packed[0], bias, relu,
+                             &out[0, 0, 0, 0], &sums[threadid(), 0], &g, task)
+        elif g.N >= SHARED_BATCH:
             for n in prange(g.N, schedule="dynamic", num_threads=n_threads):
                 t = threadid()
                 pad_channels(&x[n, 0, 0, 0], &padded[t, 0], &g, p, 0, g.C)
                 for task in range(tasks):
-                    forward_task(&padded[t, 0], &taps[0], &positions[0], &packed[0], bias,
+                    forward_task(&padded[t, 0], &taps[0], &positions[0], P, &packed[0], bias,
                                  relu, &out[n, 0, 0, 0], &sums[t, 0], &g, task)
-            return
-        for n in range(g.N):
-            for block in prange(channel_blocks, schedule="static", num_threads=n_threads):
-                pad_channels(&x[n, 0, 0, 0], &padded[0, 0], &g, p,
-                             block * g.C // channel_blocks, (block + 1) * g.C // channel_blocks)
-            for task in prange(tasks, schedule="dynamic", num_threads=n_threads):
-                forward_task(&padded[0, 0], &taps[0], &positions[0], &packed[0], bias, relu,
-                             &out[n, 0, 0, 0], &sums[threadid(), 0], &g, task)
+        else:
+            for n in range(g.N):
+                for block in prange(channel_blocks, schedule="static", num_threads=n_threads):
+                    pad_channels(&x[n, 0, 0, 0], &padded[0, 0], &g, p,
+                                 block * g.C // channel_blocks,
+                                 (block + 1) * g.C // channel_blocks)
+                for task in prange(tasks, schedule="dynamic", num_threads=n_threads):
+                    forward_task(&padded[0, 0], &taps[0], &positions[0], P, &packed[0], bias,
+                                 relu, &out[n, 0, 0, 0], &sums[threadid(), 0], &g, task)
 
 
 cdef direct_forward(x, weight, bias, out, Geometry g, bint relu, int n_threads,
@@ -316,7 +346,9 @@ cdef direct_forward(x, weight, bias, out, Geometry g, bint relu, int n_threads,
     the layer's, rotated while it is packed."""
     cdef Padding p = padding_for(&g)
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
-    cdef int workers = n_threads if g.N >= SHARED_BATCH else 1
+    cdef bint batch = whole_batch(&g)
+    cdef Py_ssize_t rows = 1 if batch or g.N < SHARED_BATCH else n_threads
+    cdef Py_ssize_t samples_per_row = g.N if batch else 1
     cdef const float[::1] bias_view
     cdef const float* bias_pointer = NULL
     if bias is not None:
@@ -324,8 +356,8 @@ cdef direct_forward(x, weight, bias, out, Geometry g, bint relu, int n_threads,
         bias_pointer = &bias_view[0]
     packed = aligned_empty((round_up(g.F, TILE_FILTERS) * K,))
     taps = np.empty(K, dtype=np.int32)
-    positions = np.empty(round_up(L, TILE_ROWS), dtype=np.int32)
-    padded = np.empty((workers, g.C * p.HP * p.WP), dtype=np.float32)
+    positions = np.empty(round_up(samples_per_row * L, TILE_ROWS), dtype=np.int32)
+    padded = np.empty((rows, samples_per_row * g.C * p.HP * p.WP), dtype=np.float32)
     sums = aligned_empty((n_threads, MAX_GROUP_TILES * TILE_ROWS * TILE_FILTERS))
     direct_forward_typed(x, bias_pointer, out, weight, layer != NULL, packed, taps, positions,
                          padded, sums, g, layer, relu, n_threads)
@@ -338,18 +370,32 @@ cdef direct_input_grad(grad_output, weight, grad_input, Geometry g, int n_thread
                    n_threads, &g)
 
 
-cdef void transpose_gradient(const float* dy, float* blocks, Py_ssize_t F,
-                             Py_ssize_t L) noexcept nogil:
-    """blocks[b, p, j] = dy[b * TILE_FILTERS + j, p], zero past F."""
-    cdef Py_ssize_t b, p, j, f
+cdef void transpose_gradient(const float* dy, float* blocks, Py_ssize_t F, Py_ssize_t L,
+                             Py_ssize_t P, Py_ssize_t first) noexcept nogil:
+    """blocks[b, first + l, j] = dy[b * TILE_FILTERS + j, l] for one sample's dy (F, L), in
+    blocks of P positions; zero past F."""
+    cdef Py_ssize_t b, l, j, f
+    cdef float* row
     for b in range(round_up(F, TILE_FILTERS) // TILE_FILTERS):
-        for p in range(L):
+        for l in range(L):
+            row = blocks + (b * P + first + l) * TILE_FILTERS
             for j in range(TILE_FILTERS):
                 f = b * TILE_FILTERS + j
-                if f < F:
-                    blocks[(b * L + p) * TILE_FILTERS + j] = dy[f * L + p]
-                else:
-                    blocks[(b * L + p) * TILE_FILTERS + j] = 0
+                row[j] = dy[f * L + l] if f < F else 0
+
+
+cdef void weight_grad_task(const float* padded, const int* taps, const int* positions,
+                           Py_ssize_t P, const float* transposed, float* sums, Py_ssize_t KR,
+                           Py_ssize_t block, Py_ssize_t tap_tile, bint accumulate) noexcept nogil:
+    """sums (6 taps x TILE_FILTERS) of filter block `block`, over the P positions listed,
+    SUM_CHUNK positions at a time (their output gradients stay in the L1 cache)."""
+    cdef Py_ssize_t chunk, p0
+    for chunk in range((P + SUM_CHUNK - 1) // SUM_CHUNK):
+        p0 = chunk * SUM_CHUNK
+        cnncli_tile(padded, taps + tap_tile * TILE_ROWS, positions + p0, min(SUM_CHUNK, P - p0),
+                    transposed + (block * P + p0) * TILE_FILTERS,
+                    sums + (block * KR + tap_tile * TILE_ROWS) * TILE_FILTERS,
+                    accumulate or p0 > 0)
 
 
 cdef void direct_weight_grad_typed(const float[:, :, :, ::1] grad_output,
@@ -358,29 +404,51 @@ cdef void direct_weight_grad_typed(const float[:, :, :, ::1] grad_output,
                                    int[::1] positions, float[:, ::1] padded,
                                    float[:, ::1] transposed, Geometry g, Py_ssize_t n_chunks,
                                    int n_threads) noexcept:
+    """Per sample, one chunk of samples' sums in each row of partials; with the whole batch
+    listed (whole_batch), one task per tile of the result, over every position at once."""
     cdef Padding p = padding_for(&g)
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
     cdef Py_ssize_t KR = round_up(K, TILE_ROWS)
+    cdef Py_ssize_t plane = g.C * p.HP * p.WP
     cdef Py_ssize_t blocks = round_up(g.F, TILE_FILTERS) // TILE_FILTERS
-    cdef Py_ssize_t chunk, n, first, stop, t, block, tap_tile, i, f, k
+    cdef bint batch = whole_batch(&g)
+    cdef Py_ssize_t P = g.N * L if batch else L
+    cdef Py_ssize_t task_groups = (KR // TILE_ROWS + TASK_TAP_TILES - 1) // TASK_TAP_TILES
+    cdef Py_ssize_t chunk, n, first, stop, t, task, block, tap_tile, i, f, k
     cdef double total
     with nogil:
         fill_taps(&taps[0], KR, &g, p)
-        fill_positions(&positions[0], L, &g, p)
-        for chunk in prange(n_chunks, schedule="dynamic", num_threads=n_threads):
-            t = threadid()
-            first = chunk * g.N // n_chunks
-            stop = (chunk + 1) * g.N // n_chunks
-            for n in range(first, stop):
-                pad_channels(&x[n, 0, 0, 0], &padded[t, 0], &g, p, 0, g.C)
-                transpose_gradient(&grad_output[n, 0, 0, 0], &transposed[t, 0], g.F, L)
-                for block in range(blocks):
-                    for tap_tile in range(KR // TILE_ROWS):
-                        cnncli_tile(&padded[t, 0], &taps[tap_tile * TILE_ROWS], &positions[0], L,
-                                    &transposed[t, block * L * TILE_FILTERS],
-                                    &partials[chunk, (block * KR + tap_tile * TILE_ROWS)
-                                              * TILE_FILTERS],
-                                    n > first)
+        fill_positions(&positions[0], P, &g, p, g.N if batch else 1)
+        if batch:
+            n_chunks = 1
+            for n in prange(g.N, schedule="static", num_threads=n_threads):
+                pad_channels(&x[n, 0, 0, 0], &padded[0, n * plane], &g, p, 0, g.C)
+                transpose_gradient(&grad_output[n, 0, 0, 0], &transposed[0, 0], g.F, L, P,
+                                   n * L)
+            # A task is up to TASK_TAP_TILES tiles of one filter block: thousands of tasks
+            # of one tile each would spend their time being handed out.
+            for task in prange(blocks * task_groups, schedule="dynamic", num_threads=n_threads):
+                block = task // task_groups
+                for tap_tile in range(task % task_groups * TASK_TAP_TILES,
+                                      min(KR // TILE_ROWS,
+                                          (task % task_groups + 1) * TASK_TAP_TILES)):
+                    weight_grad_task(&padded[0, 0], &taps[0], &positions[0], P,
+                                     &transposed[0, 0], &partials[0, 0], KR, block, tap_tile,
+                                     False)
+        else:
+            for chunk in prange(n_chunks, schedule="dynamic", num_threads=n_threads):
+                t = threadid()
+                first = chunk * g.N // n_chunks
+                stop = (chunk + 1) * g.N // n_chunks
+                for n in range(first, stop):
+                    pad_channels(&x[n, 0, 0, 0], &padded[t, 0], &g, p, 0, g.C)
+                    transpose_gradient(&grad_output[n, 0, 0, 0], &transposed[t, 0], g.F, L, L,
+                                       0)
+                    for block in range(blocks):
+                        for tap_tile in range(KR // TILE_ROWS):
+                            weight_grad_task(&padded[t, 0], &taps[0], &positions[0], L,
+                                             &transposed[t, 0], &partials[chunk, 0], KR, block,
+                                             tap_tile, n > first)
         for i in prange(g.F * K, schedule="static", num_threads=n_threads):
             f = i // K
             k = i % K
@@ -393,19 +461,22 @@ cdef void direct_weight_grad_typed(const float[:, :, :, ::1] grad_output,
 
 cdef direct_weight_grad(grad_output, x, grad_weight, Geometry g, Py_ssize_t n_chunks,
                         int n_threads):
-    """grad_weight (flat, F*K) summed over the batch in n_chunks fixed chunks."""
+    """grad_weight (flat, F*K) summed over the batch: in n_chunks fixed chunks of samples,
+    or over the whole batch's positions at once (whole_batch)."""
     cdef Padding p = padding_for(&g)
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
     cdef Py_ssize_t KR = round_up(K, TILE_ROWS)
     cdef Py_ssize_t FR = round_up(g.F, TILE_FILTERS)
-    workers = min(n_threads, n_chunks)
-    partials = aligned_empty((n_chunks, FR * KR))
-    padded = np.empty((n_threads, g.C * p.HP * p.WP), dtype=np.float32)
-    transposed = aligned_empty((n_threads, FR * L))
+    cdef bint batch = whole_batch(&g)
+    cdef Py_ssize_t rows = 1 if batch else n_threads
+    cdef Py_ssize_t samples_per_row = g.N if batch else 1
+    partials = aligned_empty((1 if batch else n_chunks, FR * KR))
+    padded = np.empty((rows, samples_per_row * g.C * p.HP * p.WP), dtype=np.float32)
+    transposed = aligned_empty((rows, FR * samples_per_row * L))
     direct_weight_grad_typed(grad_output, x, partials, grad_weight,
-                             np.empty(KR, dtype=np.int32), np.empty(L, dtype=np.int32), padded,
-                             transposed, g, n_chunks, workers)
-
+                             np.empty(KR, dtype=np.int32),
+                             np.empty(samples_per_row * L, dtype=np.int32), padded, transposed,
+                             g, n_chunks, n_threads if batch else min(n_threads, n_chunks))
 
 
 def direct_paths(tuple input_shape, tuple weight_shape, tuple output_size, tuple stride,

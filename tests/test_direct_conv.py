@@ -17,7 +17,10 @@ from cnncli import functional as F
 from test_conv import conv_arguments, make_operands, reference_arguments
 
 # (N, C, H, W, filters, kernel, stride, padding, dilation, groups, bias), each with at
-# least 64 taps, so the direct kernel takes some of its passes.
+# least 64 taps, so the direct kernel takes some of its passes. Below 256 output positions
+# per sample the passes list the whole batch's positions at once; the last three cases have
+# more, so they run sample by sample (four or more samples) or share each sample's tiles
+# out (fewer).
 DIRECT_CASES = [
     (4, 8, 10, 10, 16, (3, 3), 1, 1, 1, 1, True),         # 8 channels: grad_input on GEMM
     (5, 16, 9, 11, 28, (3, 3), 1, 1, 1, 1, True),         # a part-filled tile of filters
@@ -29,7 +32,11 @@ DIRECT_CASES = [
     (6, 16, 12, 12, 32, (3, 3), 1, 3, 1, 1, True),        # padding beyond the kernel's reach
     (7, 16, 10, 10, 16, (3, 3), (1, 2), 1, 1, 1, True),   # stride differs by axis
     (2, 3, 27, 27, 48, (11, 11), 4, 0, 1, 1, True),       # AlexNet's first layer, scaled
-    (19, 16, 8, 8, 16, (3, 3), 1, 1, 1, 1, True),         # more samples than weight chunks
+    (19, 16, 8, 8, 16, (3, 3), 1, 1, 1, 1, True),         # more samples than positions
+    (8, 16, 4, 4, 48, (3, 3), 1, 1, 1, 1, True),          # more filters than positions
+    (5, 16, 17, 16, 20, (3, 3), 1, 1, 1, 1, True),        # sample by sample
+    (19, 12, 16, 17, 16, (3, 3), 1, 1, 1, 1, False),      # more samples than weight chunks
+    (2, 16, 18, 16, 28, (3, 3), 1, 1, 1, 1, True),        # each sample's tiles shared out
 ]
 TOLERANCE = dict(rtol=2e-4, atol=2e-4)
 
