@@ -2,7 +2,8 @@
 
 One run measures every implementation on the same inputs, at each thread
 count, and prints milliseconds (median of repeated calls), GFLOP/s and the
-ratios as Markdown tables, ready for BENCHMARKS.md:
+ratios as Markdown tables, ready for BENCHMARKS.md. "cnncli im2col" is cnncli with its
+direct convolution kernel turned off (the same as cnncli where the CPU has no AVX2):
 
     python bench/bench_kernels.py                 # full run, 1 and 2 threads
     python bench/bench_kernels.py --quick         # fewer repeats, 2 threads
@@ -155,6 +156,18 @@ def conv_timings(shape, threads, repeats, seconds, rng):
         F.conv2d_backward(grad_output, x, weight, stride=S, padding=P)
     step["cnncli"] = cnncli_step
 
+    def im2col_only(function):
+        """cnncli with its direct kernel turned off: im2col + GEMM for every pass."""
+        def run():
+            previous = F.use_direct_convolution(False)
+            try:
+                function()
+            finally:
+                F.use_direct_convolution(previous)
+        return run
+    forward["im2col"] = im2col_only(forward["cnncli"])
+    step["im2col"] = im2col_only(cnncli_step)
+
     for name, numpy_forward, numpy_backward in (
             ("numpy", plain_conv_forward, plain_conv_backward),
             ("strided", numpy_conv_forward, numpy_conv_backward)):
@@ -285,9 +298,10 @@ def main():
 
     for threads in thread_counts:
         print(f"### Convolution, {threads} thread{'s' if threads > 1 else ''}\n")
-        print("| layer (N, Cin->Cout, HxW, k/s/p) | pass | cnncli ms | GFLOP/s | torch ms "
-              "| numpy plain ms | numpy strided ms | vs torch | plain/cnncli | strided/cnncli |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| layer (N, Cin->Cout, HxW, k/s/p) | pass | cnncli ms | GFLOP/s | cnncli im2col "
+              "ms | torch ms | numpy plain ms | numpy strided ms | vs torch | plain/cnncli "
+              "| strided/cnncli |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         conv_ratios = {"fwd": [], "fwd+bwd": []}
         pool_inputs = []
         for shape in shapes:
@@ -302,6 +316,7 @@ def main():
                 conv_ratios[step].append(ours / theirs if theirs else None)
                 print(f"| {label} ({N}, {Cin}->{Cout}, {H}x{H}, {K}/{S}/{P}) | {step} "
                       f"| {ours:.3f} | {multiple * flops / ours / 1e6:.1f} "
+                      f"| {timings['im2col', step]:.3f} "
                       f"| {f'{theirs:.3f}' if theirs else '-'} | {timings['numpy', step]:.3f} "
                       f"| {timings['strided', step]:.3f} | {ratio(ours, theirs)} "
                       f"| {timings['numpy', step] / ours:.2f} "

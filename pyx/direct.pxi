@@ -16,14 +16,22 @@
 # - Why: im2col + GEMM writes the column matrix, then BLAS copies it again into its packed
 #   panels; on GEMM-bound layers (LeNet conv2, VGG) those copies cost a third of the time.
 #   Here the only copies are the padded sample (one pass) and the weights (once per call).
-# - Parallel axis: as the GEMM path. Samples for the forward (each owns out[n]); below
-#   SHARED_BATCH samples, the tiles of one sample (each owns its block of out[n]);
-#   grad_weight over the same fixed chunks, partial sums added in chunk order. Each output
-#   value is one in-order sum computed by one thread: bit-identical for any thread count.
-# - Allocation: the caller (conv2d_forward / conv2d_backward) allocates the padded buffers,
-#   tiles and partials with the GIL, one row per thread.
+# - Two ways to list positions. A layer of 256 or more output positions per sample works
+#   sample by sample (padded copy per thread). A layer of fewer (ResNet's later stages)
+#   lists the whole batch's positions back to back over one padded copy of the batch, so
+#   a chunk of weights serves up to 96 positions across samples instead of a few.
+# - Parallel axis. Forward: samples (each owns out[n]); with the whole batch listed, or
+#   below SHARED_BATCH samples, tasks of (filter block, group of position tiles), each
+#   owning its block of the output. grad_weight: the same fixed chunks of samples as the
+#   GEMM path, partial sums added in chunk order; with the whole batch listed, tasks of
+#   tap tiles, each owning its rows of the result, with no partial sums. Each output value
+#   is one in-order sum computed by one thread: bit-identical for any thread count.
+# - Allocation: direct_forward / direct_weight_grad allocate the packed weights, offset
+#   tables, padded buffers, tile sums and partials with the GIL before the loops (the
+#   offsets and the packing are then filled without it).
 # - Which path: see direct_forward_applies and friends; float64 (gradient checks), grouped
-#   convolutions and CPUs without AVX2 keep im2col + GEMM.
+#   convolutions, CPUs without AVX2 and (until the AVX-512 variant is measured) CPUs with
+#   AVX-512 keep im2col + GEMM.
 
 import os
 

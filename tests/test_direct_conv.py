@@ -141,3 +141,31 @@ def test_the_direct_kernel_can_be_turned_off_by_the_environment():
     result = subprocess.run([sys.executable, "-c", code], env=environment,
                             capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_training_on_the_direct_kernel_ignores_the_thread_count():
+    """Two epochs of a network whose convolutions run on the direct kernel, sample by
+    sample (16x16: 256 positions) and with the whole batch listed (8x8), then inference
+    of one sample: the same bits at 1, 2 and 3 threads."""
+    import cnncli
+    from cnncli.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+    from cnncli.model import Sequential
+    from cnncli.optimizers import Adam
+    from cnncli.training import fit
+    rng = np.random.default_rng(4)
+    images = rng.standard_normal((48, 3, 16, 16)).astype(np.float32)
+    labels = np.arange(48) % 3
+    runs = []
+    for threads in (1, 2, 3):
+        with cnncli.threads(threads):
+            model = Sequential([Conv2D(16, 3, padding=1), ReLU(), Conv2D(16, 3, padding=1),
+                                ReLU(), MaxPool2D(2), Conv2D(32, 3, padding=1), ReLU(),
+                                Flatten(), Dense(3)], input_shape=(3, 16, 16), seed=2)
+            fit(model, images, labels, epochs=2, batch_size=16, seed=1,
+                optimizer=Adam(model.parameters(), lr=0.01))
+            runs.append(model.weights + [model.forward(images[:1])])
+    if DIRECT_CPU:
+        assert F.conv2d_paths((16, 16, 16, 16), (16, 16, 3, 3), padding=1)["weight_grad"]
+    for other in runs[1:]:
+        for single, parallel in zip(runs[0], other):
+            np.testing.assert_array_equal(single, parallel)
