@@ -70,7 +70,7 @@ cdef Py_ssize_t SUM_CHUNK = 4096 // TILE_FILTERS if TILE_FILTERS else 1
 cdef Py_ssize_t TASK_TAP_TILES = 16
 # Layers with fewer output positions per sample than this list the whole batch's.
 cdef Py_ssize_t WHOLE_BATCH_POSITIONS = 256
-# Offsets are 32-bit: a padded sample must stay below 2**31 values.
+# Offsets are 32-bit: a padded sample (or batch, when listed whole) stays below 2**31 values.
 cdef Py_ssize_t MAX_PADDED = 2147483647
 
 
@@ -81,11 +81,6 @@ def use_direct_kernel(bint enabled):
     previous = direct_enabled
     direct_enabled = enabled and TILE_FILTERS > 0
     return previous
-
-
-def direct_tile_filters():
-    """Filters per tile of the direct kernel on this CPU (0: the CPU has no AVX2)."""
-    return TILE_FILTERS
 
 
 cdef struct Padding:
