@@ -110,6 +110,71 @@ static void cnncli_tile(const float* a, const int* rows, const int* cols, ptrdif
         cnncli_tile_avx2(a, rows, cols, T, b, c, accumulate);
 }
 
+/* y[j * row_stride + r] = relu?(sums[r * width + j] + bias[j]) for r < rows, j < filters:
+ * a group's sums (position-major, `width` filters a row) written out filter-major. Blocks
+ * of 8 positions by 8 filters go through an in-register transpose, the rest value by
+ * value; bias may be NULL. ReLU keeps NaN, as the scalar max(0, x) of the other paths. */
+__attribute__((target("avx2")))
+static void cnncli_store_avx2(const float* sums, ptrdiff_t rows, ptrdiff_t filters,
+                              ptrdiff_t width, const float* bias, int relu, float* y,
+                              ptrdiff_t row_stride)
+{
+    ptrdiff_t r0, j0, r, j;
+    const __m256 zero = _mm256_setzero_ps();
+    for (j0 = 0; j0 + 8 <= filters; j0 += 8) {
+        for (r0 = 0; r0 + 8 <= rows; r0 += 8) {
+            __m256 v[8], t[8], u[8];
+            for (r = 0; r < 8; r++)
+                v[r] = _mm256_loadu_ps(sums + (r0 + r) * width + j0);
+            for (r = 0; r < 8; r += 2) {
+                t[r] = _mm256_unpacklo_ps(v[r], v[r + 1]);
+                t[r + 1] = _mm256_unpackhi_ps(v[r], v[r + 1]);
+            }
+            for (r = 0; r < 8; r += 4) {
+                u[r] = _mm256_shuffle_ps(t[r], t[r + 2], 0x44);
+                u[r + 1] = _mm256_shuffle_ps(t[r], t[r + 2], 0xEE);
+                u[r + 2] = _mm256_shuffle_ps(t[r + 1], t[r + 3], 0x44);
+                u[r + 3] = _mm256_shuffle_ps(t[r + 1], t[r + 3], 0xEE);
+            }
+            /* u[0..3]: filters 0,1,2,3 of positions 0-3 | 0-3 of positions 4-7 in the
+             * high lanes of u[4..7]; the lane permutes below finish the transpose. */
+            for (j = 0; j < 4; j++) {
+                v[j] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x20);
+                v[j + 4] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x31);
+            }
+            for (j = 0; j < 8; j++) {
+                __m256 value = v[j];
+                if (bias != NULL)
+                    value = _mm256_add_ps(value, _mm256_set1_ps(bias[j0 + j]));
+                if (relu)
+                    value = _mm256_max_ps(zero, value);
+                _mm256_storeu_ps(y + (j0 + j) * row_stride + r0, value);
+            }
+        }
+        for (j = j0; j < j0 + 8; j++)
+            for (r = r0; r < rows; r++) {
+                float value = sums[r * width + j];
+                if (bias != NULL)
+                    value += bias[j];
+                y[j * row_stride + r] = relu && value < 0 ? 0.0f : value;
+            }
+    }
+    for (j = j0; j < filters; j++)
+        for (r = 0; r < rows; r++) {
+            float value = sums[r * width + j];
+            if (bias != NULL)
+                value += bias[j];
+            y[j * row_stride + r] = relu && value < 0 ? 0.0f : value;
+        }
+}
+
+static void cnncli_store(const float* sums, ptrdiff_t rows, ptrdiff_t filters,
+                         ptrdiff_t width, const float* bias, int relu, float* y,
+                         ptrdiff_t row_stride)
+{
+    cnncli_store_avx2(sums, rows, filters, width, bias, relu, y, row_stride);
+}
+
 #else
 
 #define CNNCLI_AUTO (-1)
@@ -119,6 +184,14 @@ static void cnncli_tile(const float* a, const int* rows, const int* cols, ptrdif
                         const float* b, float* c, int accumulate)
 {
     (void)a; (void)rows; (void)cols; (void)T; (void)b; (void)c; (void)accumulate;
+}
+
+static void cnncli_store(const float* sums, ptrdiff_t rows, ptrdiff_t filters,
+                         ptrdiff_t width, const float* bias, int relu, float* y,
+                         ptrdiff_t row_stride)
+{
+    (void)sums; (void)rows; (void)filters; (void)width; (void)bias; (void)relu; (void)y;
+    (void)row_stride;
 }
 
 #endif

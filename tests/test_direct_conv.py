@@ -17,12 +17,13 @@ from cnncli import functional as F
 from test_conv import conv_arguments, make_operands, reference_arguments
 
 # (N, C, H, W, filters, kernel, stride, padding, dilation, groups, bias), each with at
-# least 64 taps, so the direct kernel takes some of its passes. Below 256 output positions
+# least 16 taps, so the direct kernel takes some of its passes. Below 256 output positions
 # per sample the passes list the whole batch's positions at once; the last three cases have
 # more, so they run sample by sample (four or more samples) or share each sample's tiles
 # out (fewer).
 DIRECT_CASES = [
     (4, 8, 10, 10, 16, (3, 3), 1, 1, 1, 1, True),         # 8 channels: grad_input on GEMM
+    (2, 1, 9, 10, 16, (5, 5), 1, 2, 1, 1, True),          # one channel, 25 taps: forward only
     (5, 16, 9, 11, 28, (3, 3), 1, 1, 1, 1, True),         # a part-filled tile of filters
     (2, 16, 12, 12, 24, (3, 3), 1, 1, 1, 1, False),       # 2 samples: tiles shared out
     (1, 12, 13, 9, 40, (5, 3), 2, (2, 1), 1, 1, True),    # strided, one sample
