@@ -16,6 +16,9 @@
  *   keeps im2col + GEMM.
  * - The sum over t runs in order with fused multiply-adds, so a result depends on the CPU
  *   variant only, never on the thread that computed it.
+ * - cnncli_store writes a forward tile's sums (position-major) out filter-major through an
+ *   8x8 in-register transpose, bias and ReLU applied to whole vectors: value by value,
+ *   those stores cost more than the sums of a layer with few taps.
  */
 #ifndef CNNCLI_MICROKERNEL_H
 #define CNNCLI_MICROKERNEL_H
