@@ -301,10 +301,11 @@ cdef bint whole_batch(const Geometry* g):
 
 cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* bias,
                                float[:, :, :, ::1] out, const float[:, :, :, ::1] weight,
-                               bint rotated, float[::1] packed, int[::1] taps,
+                               float[::1] packed, int[::1] taps,
                                int[::1] positions, float[:, ::1] padded, float[:, ::1] sums,
                                Geometry g, const Geometry* layer, bint relu,
                                int n_threads) noexcept:
+    """With `layer` (grad_input), weight is that layer's and is packed rotated."""
     cdef Padding p = padding_for(&g)
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
     cdef Py_ssize_t plane = g.C * p.HP * p.WP
@@ -319,7 +320,7 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* bias,
         fill_taps(&taps[0], K, &g, p)
         fill_positions(&positions[0], round_up(P, TILE_ROWS), &g, p, g.N if batch else 1)
         for block in prange(blocks, schedule="static", num_threads=n_threads):
-            if rotated:
+            if layer != NULL:
                 pack_rotated_block(&weight[0, 0, 0, 0], &packed[0], block, layer)
             else:
                 pack_block(&weight[0, 0, 0, 0], &packed[0], block, g.F, K)
@@ -367,7 +368,7 @@ cdef direct_forward(x, weight, bias, out, Geometry g, bint relu, int n_threads,
     positions = np.empty(round_up(samples_per_row * L, TILE_ROWS), dtype=np.int32)
     padded = np.empty((rows, samples_per_row * g.C * p.HP * p.WP), dtype=np.float32)
     sums = aligned_empty((n_threads, MAX_GROUP_TILES * TILE_ROWS * TILE_FILTERS))
-    direct_forward_typed(x, bias_pointer, out, weight, layer != NULL, packed, taps, positions,
+    direct_forward_typed(x, bias_pointer, out, weight, packed, taps, positions,
                          padded, sums, g, layer, relu, n_threads)
 
 
