@@ -79,7 +79,8 @@ def _conv_operands(x, weight):
 
 
 def conv2d(x, weight, bias=None, stride: IntPair = 1, padding: Union[IntPair, str] = 0,
-           dilation: IntPair = 1, groups: int = 1, *, relu: bool = False) -> np.ndarray:
+           dilation: IntPair = 1, groups: int = 1, *, relu: bool = False,
+           scale=None) -> np.ndarray:
     """2-D convolution (cross-correlation, as in deep learning) of a batch of images.
 
     Parameters
@@ -97,6 +98,10 @@ def conv2d(x, weight, bias=None, stride: IntPair = 1, padding: Union[IntPair, st
     relu : bool
         Return ``max(conv, 0)``, applied to each sample's output while it is in
         cache (the same values as ``relu(conv2d(...))``).
+    scale : ndarray, shape (F,), optional
+        Multiply each filter's sums by ``scale[f]`` before the bias is added: a
+        BatchNorm's inference affine map folded in (shift as the bias), without
+        a pass of its own over the weights or the output.
 
     Returns
     -------
@@ -109,10 +114,14 @@ def conv2d(x, weight, bias=None, stride: IntPair = 1, padding: Union[IntPair, st
     if bias is not None:
         bias = float_array("bias", bias, 1, "(out_channels,)", dtype=x.dtype)
         expect_shape("bias", bias, (weight.shape[0],))
+    if scale is not None:
+        scale = float_array("scale", scale, 1, "(out_channels,)", dtype=x.dtype)
+        expect_shape("scale", scale, (weight.shape[0],))
     out = np.empty((x.shape[0], weight.shape[0]) + geometry.output_size, dtype=x.dtype)
     with single_threaded_blas:
         _conv.conv2d_forward(x, weight, bias, out, geometry.stride, geometry.padding,
-                             geometry.dilation, geometry.groups, get_num_threads(), bool(relu))
+                             geometry.dilation, geometry.groups, get_num_threads(), bool(relu),
+                             scale)
     return out
 
 

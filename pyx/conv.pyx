@@ -106,6 +106,22 @@ cdef inline void relu_rows(floating* y, Py_ssize_t rows, Py_ssize_t width,
         relu_block(y + r * row_stride, y + r * row_stride, width)
 
 
+cdef inline void scale_shift_rows(floating* y, Py_ssize_t f_first, Py_ssize_t f_stop,
+                                  Py_ssize_t width, Py_ssize_t row_stride,
+                                  const floating[::1] scale, const floating[::1] bias,
+                                  bint has_bias) noexcept nogil:
+    """y[f, :width] = y[f, :width] * scale[f] (+ bias[f]) for rows f_first..f_stop of y (row f
+    at f * row_stride): a BatchNorm folded into the output pass of a GEMM that summed
+    without the bias."""
+    cdef Py_ssize_t f, p
+    cdef floating factor, shift
+    for f in range(f_first, f_stop):
+        factor = scale[f]
+        shift = bias[f] if has_bias else 0
+        for p in range(width):
+            y[f * row_stride + p] = y[f * row_stride + p] * factor + shift
+
+
 cdef inline void same_width_rows(floating* dst, const floating* src, Py_ssize_t rows,
                                  Py_ssize_t W, Py_ssize_t shift, bint accumulate) noexcept nogil:
     """For a stride-1 row whose output is as wide as the input: dst[r, w] = src[r, w + shift]
@@ -268,15 +284,17 @@ cdef object column_scratch(const Geometry* g, bint pointwise, int n_threads, obj
 
 cdef void conv2d_forward_typed(const floating[:, :, :, ::1] x,
                                const floating[:, :, :, ::1] weight,
-                               const floating[::1] bias, floating[:, :, :, ::1] out,
-                               floating[:, ::1] scratch, Geometry g, bint pointwise,
-                               bint relu, int n_threads) noexcept:
+                               const floating[::1] scale, const floating[::1] bias,
+                               floating[:, :, :, ::1] out, floating[:, ::1] scratch,
+                               Geometry g, bint pointwise, bint relu, int n_threads) noexcept:
     cdef Py_ssize_t n, f, p, group
     cdef Py_ssize_t L = g.OH * g.OW
     cdef Py_ssize_t Fg = g.F // g.G
     cdef Py_ssize_t K = (g.C // g.G) * g.KH * g.KW
     cdef bint has_bias = bias is not None
-    cdef floating beta = 1 if has_bias else 0
+    cdef bint has_scale = scale is not None
+    # With a scale, the bias is added after it, in the output pass.
+    cdef floating beta = 1 if has_bias and not has_scale else 0
     cdef const floating* col
     cdef floating* y
     with nogil:
@@ -287,13 +305,15 @@ cdef void conv2d_forward_typed(const floating[:, :, :, ::1] x,
                 im2col_sample(&x[n, 0, 0, 0], &scratch[threadid(), 0], &g)
                 col = &scratch[threadid(), 0]
             y = &out[n, 0, 0, 0]
-            if has_bias:
+            if has_bias and not has_scale:
                 for f in range(g.F):
                     for p in range(L):
                         y[f * L + p] = bias[f]
             for group in range(g.G):
                 gemm(False, False, Fg, L, K, 1, &weight[group * Fg, 0, 0, 0], K,
                      col + group * K * L, L, beta, y + group * Fg * L, L)
+            if has_scale:
+                scale_shift_rows(y, 0, g.F, L, L, scale, bias, has_bias)
             if relu:
                 relu_rows(y, 1, g.F * L, 0)
 
@@ -435,9 +455,10 @@ cdef void conv2d_backward_grouped_typed(const floating[:, :, :, ::1] grad_output
 
 cdef void conv2d_forward_shared_typed(const floating[:, :, :, ::1] x,
                                       const floating[:, :, :, ::1] weight,
-                                      const floating[::1] bias, floating[:, :, :, ::1] out,
-                                      floating[::1] cols, Geometry g, bint pointwise,
-                                      bint relu, int n_threads) noexcept:
+                                      const floating[::1] scale, const floating[::1] bias,
+                                      floating[:, :, :, ::1] out, floating[::1] cols,
+                                      Geometry g, bint pointwise, bint relu,
+                                      int n_threads) noexcept:
     """conv2d_forward_typed for a few samples (groups == 1): each sample's column matrix is
     built by all threads (a block of channels each), then its product is cut into blocks
     of filters and output positions, fixed by the shape, one task each."""
@@ -449,7 +470,8 @@ cdef void conv2d_forward_shared_typed(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t l_blocks = min(max(1, SHARED_TASKS // f_blocks),
                                    max(1, L // MIN_POSITION_BLOCK))
     cdef bint has_bias = bias is not None
-    cdef floating beta = 1 if has_bias else 0
+    cdef bint has_scale = scale is not None
+    cdef floating beta = 1 if has_bias and not has_scale else 0
     cdef const floating* col
     cdef floating* y
     with nogil:
@@ -467,20 +489,23 @@ cdef void conv2d_forward_shared_typed(const floating[:, :, :, ::1] x,
                 l_first = task % l_blocks * L // l_blocks
                 l_stop = (task % l_blocks + 1) * L // l_blocks
                 y = &out[n, 0, 0, 0]
-                if has_bias:
+                if has_bias and not has_scale:
                     for f in range(f_first, f_stop):
                         for p in range(l_first, l_stop):
                             y[f * L + p] = bias[f]
                 gemm(False, False, f_stop - f_first, l_stop - l_first, K, 1,
                      &weight[f_first, 0, 0, 0], K, col + l_first, L, beta,
                      y + f_first * L + l_first, L)
+                if has_scale:
+                    scale_shift_rows(y + l_first, f_first, f_stop, l_stop - l_first, L, scale,
+                                     bias, has_bias)
                 if relu:
                     relu_rows(y + f_first * L + l_first, f_stop - f_first, l_stop - l_first, L)
 
 
 def conv2d_forward(x, weight, bias, out, tuple stride, tuple padding, tuple dilation,
-                   Py_ssize_t groups, int n_threads, bint relu=False):
-    """out[n, f] = bias[f] + sum_{c in group(f), kh, kw} weight[f, c, kh, kw] * x_padded[n, c, oh*S + kh*D, ow*S + kw*D]; then max(out, 0) with relu."""
+                   Py_ssize_t groups, int n_threads, bint relu=False, scale=None):
+    """out[n, f] = scale[f] * (sum_{c in group(f), kh, kw} weight[f, c, kh, kw] * x_padded[n, c, oh*S + kh*D, ow*S + kw*D]) + bias[f]; then max(out, 0) with relu. scale and bias may be None."""
     dtype = working_dtype("x", x)
     check_array("x", x, 4, dtype, False)
     check_array("weight", weight, 4, dtype, False)
@@ -493,27 +518,30 @@ def conv2d_forward(x, weight, bias, out, tuple stride, tuple padding, tuple dila
     if bias is not None:
         check_array("bias", bias, 1, dtype, False)
         check_shape("bias", bias, (g.F,))
+    if scale is not None:
+        check_array("scale", scale, 1, dtype, False)
+        check_shape("scale", scale, (g.F,))
     check_disjoint("out", out, "x", x)
     if direct_forward_applies(&g, dtype):
-        direct_forward(x, weight, bias, out, g, relu, n_threads)
+        direct_forward(x, weight, scale, bias, out, g, relu, n_threads)
         return
     cdef bint pointwise = is_pointwise(&g)
     if g.N < SHARED_BATCH and g.G == 1:
         cols = column_scratch(&g, pointwise, 1, dtype)[0]
         if dtype == np.float32:
-            conv2d_forward_shared_typed[float](x, weight, bias, out, cols, g, pointwise, relu,
-                                               n_threads)
+            conv2d_forward_shared_typed[float](x, weight, scale, bias, out, cols, g, pointwise,
+                                               relu, n_threads)
         else:
-            conv2d_forward_shared_typed[double](x, weight, bias, out, cols, g, pointwise, relu,
-                                                n_threads)
+            conv2d_forward_shared_typed[double](x, weight, scale, bias, out, cols, g, pointwise,
+                                                relu, n_threads)
         return
     scratch = column_scratch(&g, pointwise, n_threads, dtype)
     if dtype == np.float32:
-        conv2d_forward_typed[float](x, weight, bias, out, scratch, g, pointwise, relu,
-                                    n_threads)
+        conv2d_forward_typed[float](x, weight, scale, bias, out, scratch, g, pointwise,
+                                    relu, n_threads)
     else:
-        conv2d_forward_typed[double](x, weight, bias, out, scratch, g, pointwise, relu,
-                                     n_threads)
+        conv2d_forward_typed[double](x, weight, scale, bias, out, scratch, g, pointwise,
+                                     relu, n_threads)
 
 
 def conv2d_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias,

@@ -185,15 +185,22 @@ cdef void fill_positions(int* positions, Py_ssize_t count, const Geometry* g, Pa
         positions[l] = positions[l - 1]
 
 
-cdef void pack_block(const float* weight, float* packed, Py_ssize_t block, Py_ssize_t F,
-                     Py_ssize_t K) noexcept nogil:
-    """packed[block, k, j] = weight[block * TILE_FILTERS + j, k] (F, K), zero past F."""
+cdef void pack_block(const float* weight, const float* scale, float* packed, Py_ssize_t block,
+                     Py_ssize_t F, Py_ssize_t K) noexcept nogil:
+    """packed[block, k, j] = weight[f, k] (F, K) for f = block * TILE_FILTERS + j, zero past
+    F; times scale[f] unless scale is NULL (a BatchNorm folded in while packing, rather
+    than in a pass of its own over the weights)."""
     cdef Py_ssize_t k, j, f
     cdef float* out = packed + block * K * TILE_FILTERS
     for k in range(K):
         for j in range(TILE_FILTERS):
             f = block * TILE_FILTERS + j
-            out[k * TILE_FILTERS + j] = weight[f * K + k] if f < F else 0
+            if f >= F:
+                out[k * TILE_FILTERS + j] = 0
+            elif scale != NULL:
+                out[k * TILE_FILTERS + j] = weight[f * K + k] * scale[f]
+            else:
+                out[k * TILE_FILTERS + j] = weight[f * K + k]
 
 
 cdef void pack_rotated_block(const float* weight, float* packed, Py_ssize_t block,
@@ -299,8 +306,8 @@ cdef bint whole_batch(const Geometry* g):
     return g.OH * g.OW < WHOLE_BATCH_POSITIONS and g.N * g.C * p.HP * p.WP < MAX_PADDED
 
 
-cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* bias,
-                               float[:, :, :, ::1] out, const float[:, :, :, ::1] weight,
+cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
+                               const float* bias, float[:, :, :, ::1] out, const float[:, :, :, ::1] weight,
                                float[::1] packed, int[::1] taps,
                                int[::1] positions, float[:, ::1] padded, float[:, ::1] sums,
                                Geometry g, const Geometry* layer, bint relu,
@@ -323,7 +330,7 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* bias,
             if layer != NULL:
                 pack_rotated_block(&weight[0, 0, 0, 0], &packed[0], block, layer)
             else:
-                pack_block(&weight[0, 0, 0, 0], &packed[0], block, g.F, K)
+                pack_block(&weight[0, 0, 0, 0], scale, &packed[0], block, g.F, K)
         if batch:
             for n in prange(g.N, schedule="static", num_threads=n_threads):
                 pad_channels(&x[n, 0, 0, 0], &padded[0, n * plane], &g, p, 0, g.C)
@@ -348,34 +355,38 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* bias,
                                  relu, &out[n, 0, 0, 0], &sums[threadid(), 0], &g, task)
 
 
-cdef direct_forward(x, weight, bias, out, Geometry g, bint relu, int n_threads,
+cdef direct_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_threads,
                     const Geometry* layer=NULL):
-    """out = conv2d(x, weight) + bias (then ReLU) by the direct kernel, float32, groups 1.
-    With `layer`, this is grad_input of that layer (g its transposed geometry): weight is
-    the layer's, rotated while it is packed."""
+    """out = conv2d(x, weight) * scale + bias (then ReLU) by the direct kernel, float32,
+    groups 1; scale and bias may be None. With `layer`, this is grad_input of that layer
+    (g its transposed geometry): weight is the layer's, rotated while it is packed."""
     cdef Padding p = padding_for(&g)
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
     cdef bint batch = whole_batch(&g)
     cdef Py_ssize_t rows = 1 if batch or g.N < SHARED_BATCH else n_threads
     cdef Py_ssize_t samples_per_row = g.N if batch else 1
-    cdef const float[::1] bias_view
+    cdef const float[::1] bias_view, scale_view
     cdef const float* bias_pointer = NULL
+    cdef const float* scale_pointer = NULL
     if bias is not None:
         bias_view = bias
         bias_pointer = &bias_view[0]
+    if scale is not None:
+        scale_view = scale
+        scale_pointer = &scale_view[0]
     packed = aligned_empty((round_up(g.F, TILE_FILTERS) * K,))
     taps = np.empty(K, dtype=np.int32)
     positions = np.empty(round_up(samples_per_row * L, TILE_ROWS), dtype=np.int32)
     padded = np.empty((rows, samples_per_row * g.C * p.HP * p.WP), dtype=np.float32)
     sums = aligned_empty((n_threads, MAX_GROUP_TILES * TILE_ROWS * TILE_FILTERS))
-    direct_forward_typed(x, bias_pointer, out, weight, packed, taps, positions,
+    direct_forward_typed(x, scale_pointer, bias_pointer, out, weight, packed, taps, positions,
                          padded, sums, g, layer, relu, n_threads)
 
 
 cdef direct_input_grad(grad_output, weight, grad_input, Geometry g, int n_threads):
     """grad_input of a stride-1 layer: the forward of grad_output through the kernel rotated
     by 180 degrees, with input and output channels swapped."""
-    direct_forward(grad_output, weight, None, grad_input, transposed_geometry(&g), False,
+    direct_forward(grad_output, weight, None, None, grad_input, transposed_geometry(&g), False,
                    n_threads, &g)
 
 

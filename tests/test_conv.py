@@ -125,6 +125,34 @@ def test_conv2d_backward_matches_reference(case, dtype):
         np.testing.assert_allclose(got, want, **TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", HAND_PICKED)
+def test_conv2d_scale_multiplies_each_filter_before_the_bias(case, dtype, direct):
+    """``scale`` is a BatchNorm folded in: in the direct kernel's packing (float32) or in
+    the output pass after the GEMM, with and without bias and ReLU."""
+    x, weight, bias = make_operands(case, dtype)
+    scale = np.random.default_rng(2).uniform(-2, 2, weight.shape[0]).astype(dtype)
+    unscaled = reference.conv2d(x, weight, None, **reference_arguments(case))
+    expected = unscaled * scale[:, None, None] + (0 if bias is None else bias[:, None, None])
+    previous = F.use_direct_convolution(direct)
+    try:
+        out = F.conv2d(x, weight, bias, scale=scale, **conv_arguments(case))
+        rectified = F.conv2d(x, weight, bias, scale=scale, relu=True, **conv_arguments(case))
+    finally:
+        F.use_direct_convolution(previous)
+    np.testing.assert_allclose(out, expected, **TOLERANCE[dtype])
+    np.testing.assert_array_equal(rectified, np.maximum(out, 0))
+
+
+def test_conv2d_refuses_a_mis_shaped_scale():
+    x, weight, bias = make_operands(HAND_PICKED[0], np.float32)
+    with pytest.raises(ValueError, match=r"scale: expected shape \(4,\)"):
+        F.conv2d(x, weight, bias, padding=1, scale=np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="scale: expected dtype float32"):
+        F.conv2d(x, weight, bias, padding=1, scale=np.ones(4))
+
+
 # Small cases only: finite differences of a loss summed over many outputs lose digits
 # to rounding (at 61 samples, about 1e-7, as large as the tolerance).
 GRADIENT_CASES = [case for case in HAND_PICKED

@@ -170,3 +170,15 @@ def test_training_on_the_direct_kernel_ignores_the_thread_count():
     for other in runs[1:]:
         for single, parallel in zip(runs[0], other):
             np.testing.assert_array_equal(single, parallel)
+
+
+@needs_direct
+@pytest.mark.parametrize("case", [case for case in DIRECT_CASES if paths(case)["forward"]])
+def test_a_scale_folds_into_the_packed_weights_exactly(case):
+    """The direct kernel multiplies the weights by the scale while packing them: the same
+    bits as folding the scale into the weights first (what inference did before)."""
+    x, weight, bias = make_operands(case, np.float32)
+    scale = np.random.default_rng(2).uniform(-2, 2, weight.shape[0]).astype(np.float32)
+    folded = F.conv2d(x, weight * scale[:, None, None, None], bias, **conv_arguments(case))
+    np.testing.assert_array_equal(F.conv2d(x, weight, bias, scale=scale,
+                                           **conv_arguments(case)), folded)

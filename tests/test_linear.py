@@ -8,7 +8,10 @@ from cnncli.gradcheck import check_gradient
 TOLERANCE = {np.float32: dict(rtol=1e-4, atol=1e-4), np.float64: dict(rtol=1e-10, atol=1e-10)}
 
 # (batch, in_features, out_features): single columns, a block and a tail, many blocks.
-SHAPES = [(1, 1, 1), (3, 7, 5), (64, 3136, 128), (5, 300, 1100), (17, 2000, 10), (2, 64, 65)]
+# One sample: a matrix-vector product per block of units (the last block of 65 is one
+# unit wide: a strided column of grad_output in the backward).
+SHAPES = [(1, 1, 1), (3, 7, 5), (64, 3136, 128), (5, 300, 1100), (17, 2000, 10), (2, 64, 65),
+          (1, 3136, 128), (1, 50, 65), (6, 40, 1)]
 
 
 def operands(shape, dtype, seed=0):

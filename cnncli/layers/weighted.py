@@ -99,16 +99,16 @@ class Conv2D(Weighted):
 
     def forward_fused(self, x, scale=None, shift=None, relu=False):
         """Inference of this convolution, followed by ``y * scale[f] + shift[f]`` per output
-        channel (a BatchNorm's affine map) and by ReLU if asked, in one pass: the scale
-        folds into the weights, the shift into the bias, and ReLU is applied to each
-        sample's output while it is in cache."""
+        channel (a BatchNorm's affine map) and by ReLU if asked, in one pass: the kernel
+        scales each filter's sums (or its weights while it packs them), the shift joins the
+        bias, and ReLU is applied to each sample's output while it is in cache."""
         x = self._check_input(x)
         self._cache = None
-        weight, bias = self.weight.value, None if self.bias is None else self.bias.value
+        bias = None if self.bias is None else self.bias.value
         if scale is not None:
-            weight = weight * scale.reshape(-1, 1, 1, 1)
             bias = shift if bias is None else bias * scale + shift
-        return F.conv2d(x, weight, bias, **self._arguments(), relu=relu)
+        return F.conv2d(x, self.weight.value, bias, **self._arguments(), relu=relu,
+                        scale=scale)
 
     def backward(self, grad_output, need_input_grad=True):
         x = self._cached()
