@@ -30,38 +30,36 @@ the output gradient where it is positive) are the same bits as unfused, and
 ReLU's forward and backward touch a quarter of the values.
 """
 
+from functools import partial
+
 from cnncli.layers import BatchNorm2D, Conv2D, Dropout, MaxPool2D, ReLU
 
 __all__ = ["inference_steps", "FUSIONS", "training_forward", "training_backward"]
 
-
-def _relu_then_max_pool(relu, pool):
-    def step(x):
-        relu.clear_cache()
-        return relu.function(pool.forward(x))
-    return step
+# A step is a module-level function with its layers bound by functools.partial, not a
+# closure: a model that keeps its plan can then be deep-copied, the copy's plan bound to
+# the copy's layers.
 
 
-def _convolution_then_batchnorm(convolution, batchnorm):
-    def step(x):
-        batchnorm.clear_cache()
-        return convolution.forward_fused(x, *batchnorm.inference_affine())
-    return step
+def _relu_then_max_pool(relu, pool, x):
+    relu.clear_cache()
+    return relu.function(pool.forward(x))
 
 
-def _convolution_then_relu(convolution, relu):
-    def step(x):
-        relu.clear_cache()
-        return convolution.forward_fused(x, relu=True)
-    return step
+def _convolution_then_batchnorm(convolution, batchnorm, x):
+    batchnorm.clear_cache()
+    return convolution.forward_fused(x, *batchnorm.inference_affine())
 
 
-def _convolution_batchnorm_relu(convolution, batchnorm, relu):
-    def step(x):
-        batchnorm.clear_cache()
-        relu.clear_cache()
-        return convolution.forward_fused(x, *batchnorm.inference_affine(), relu=True)
-    return step
+def _convolution_then_relu(convolution, relu, x):
+    relu.clear_cache()
+    return convolution.forward_fused(x, relu=True)
+
+
+def _convolution_batchnorm_relu(convolution, batchnorm, relu, x):
+    batchnorm.clear_cache()
+    relu.clear_cache()
+    return convolution.forward_fused(x, *batchnorm.inference_affine(), relu=True)
 
 
 # (exact layer types of the run, the fused step), longest runs first: subclasses may
@@ -73,17 +71,15 @@ FUSIONS = {(Conv2D, BatchNorm2D, ReLU): _convolution_batchnorm_relu,
            (Conv2D, ReLU): _convolution_then_relu}
 
 
-def _single(layer):
-    return lambda x: layer.forward(x)
+def _single(layer, x):
+    return layer.forward(x)
 
 
-def _dropping(dropout):
+def _dropping(dropout, x):
     """A Dropout that drops (training) but keeps nothing: no gradient comes back to it."""
-    def step(x):
-        out = dropout.forward(x, training=True)
-        dropout.clear_cache()
-        return out
-    return step
+    out = dropout.forward(x, training=True)
+    dropout.clear_cache()
+    return out
 
 
 def _fusion_at(layers, position):
@@ -112,16 +108,16 @@ def inference_steps(layers, dropping=False):
     position = 0
     while position < len(layers):
         if dropping and isinstance(layers[position], Dropout):
-            steps.append(_dropping(layers[position]))
+            steps.append(partial(_dropping, layers[position]))
             position += 1
             continue
         found = _fusion_at(layers, position)
         if found is not None:
             run, fuse = found
-            steps.append(fuse(*run))
+            steps.append(partial(fuse, *run))
             position += len(run)
         else:
-            steps.append(_single(layers[position]))
+            steps.append(partial(_single, layers[position]))
             position += 1
     return steps
 

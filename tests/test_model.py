@@ -311,3 +311,34 @@ def test_an_inference_plan_fuses_exact_pairs_only():
         value = step(value)
     expected = model.forward_layer_by_layer(x, lambda *seen: None)
     np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_kept_inference_plan_follows_every_change_to_the_layers():
+    """Sequential keeps its inference plan between calls: replacing, inserting, removing or
+    freezing a layer must be seen at once, and a deep copy must run its own layers."""
+    import copy
+    model = Sequential([Conv2D(4, 3, padding=1), BatchNorm2D(), ReLU(), MaxPool2D(2), Flatten(),
+                        Dense(3)], input_shape=(2, 6, 6), seed=0)
+    x = np.random.default_rng(0).standard_normal((2, 2, 6, 6)).astype(np.float32)
+
+    def unfused():
+        return model.forward_layer_by_layer(x, lambda *seen: None)
+
+    model.forward(x)
+    model[2] = Tanh()
+    np.testing.assert_allclose(model.forward(x), unfused(), rtol=1e-5, atol=1e-6)
+    model.insert(3, ReLU())
+    np.testing.assert_allclose(model.forward(x), unfused(), rtol=1e-5, atol=1e-6)
+    del model[1]
+    np.testing.assert_allclose(model.forward(x), unfused(), rtol=1e-5, atol=1e-6)
+    model.pop()
+    model.add(Dense(7))
+    assert model.forward(x).shape == (2, 7)
+    twin = copy.deepcopy(model)
+    for parameter in twin.parameters():
+        parameter.value[...] = 0
+    assert np.abs(model.forward(x)).sum() > 0
+    np.testing.assert_array_equal(twin.forward(x), np.zeros((2, 7), np.float32))
+    model.freeze(upto=model[2].name)
+    np.testing.assert_allclose(model.forward(x, training=True), unfused(), rtol=1e-5,
+                               atol=1e-6)
