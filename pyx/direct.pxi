@@ -263,8 +263,14 @@ cdef void forward_task(const float* padded, const int* taps, const int* position
                        Py_ssize_t P, const float* packed, const float* bias, bint relu,
                        float* y, float* sums, const Geometry* g, Py_ssize_t task) noexcept nogil:
     """One task of the output y (samples, F, L) of the P positions listed (one sample's or,
-    back to back, a whole batch's): filter block task // groups, times the positions of
-    group task % groups (see position_groups).
+    back to back, a whole batch's): filter block task % blocks, times the positions of
+    group task // blocks (see position_groups).
+
+    Consecutive tasks take the same positions with the next filter block, so a group's
+    input stays in the L2 cache while every block of weights passes over it. Taking each
+    block over all positions instead re-read the whole padded batch once per block:
+    ResNet-18's 14x14 stages at batch 32 took 1.1-1.5x (stride 1) and 2.4-2.8x (stride 2)
+    as long.
 
     The taps are summed in chunks of SUM_CHUNK, so the weights of a chunk stay in the L1
     cache while every tile of the group uses them; the group's sums wait in `sums`.
@@ -273,8 +279,9 @@ cdef void forward_task(const float* padded, const int* taps, const int* position
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
     cdef Py_ssize_t group_tiles
     cdef Py_ssize_t groups = position_groups(P, &group_tiles)
-    cdef Py_ssize_t block = task // groups
-    cdef Py_ssize_t p_first = task % groups * group_tiles * TILE_ROWS
+    cdef Py_ssize_t blocks = round_up(g.F, TILE_FILTERS) // TILE_FILTERS
+    cdef Py_ssize_t block = task % blocks
+    cdef Py_ssize_t p_first = task // blocks * group_tiles * TILE_ROWS
     cdef Py_ssize_t p_stop = min(P, p_first + group_tiles * TILE_ROWS)
     cdef Py_ssize_t filters = min(TILE_FILTERS, g.F - block * TILE_FILTERS)
     cdef Py_ssize_t chunk, k0, count, tile, p0, p, n, run
