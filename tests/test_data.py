@@ -253,6 +253,23 @@ def test_stratified_split_keeps_class_proportions():
     assert np.array_equal(again.y, train.y)
 
 
+def test_stratified_split_holds_out_the_fraction_and_keeps_every_class_for_training():
+    # Classes of 50, 7 and 2 images: their shares of 20 held out are 16.9, 2.4 and 0.7.
+    labels = np.repeat([0, 1, 2], [50, 7, 2])
+    images = np.arange(59 * 4, dtype=np.uint8).reshape(59, 1, 2, 2)
+    dataset = data.Dataset(images, labels, ["a", "b", "c"], source="t")
+    train, val = data.stratified_split(dataset, 20 / 59, seed=3)
+    assert len(val) == 20 and len(train) == 39
+    assert list(val.class_counts()) == [17, 2, 1] and list(train.class_counts()) == [33, 5, 1]
+    assert not set(images_of(train)) & set(images_of(val))
+    other, _ = data.stratified_split(dataset, 20 / 59, seed=4)
+    assert images_of(other) != images_of(train)
+
+
+def images_of(dataset):
+    return [int(image.reshape(-1)[0]) for image in np.asarray(dataset.x)]
+
+
 def test_split_of_a_memory_map_stays_lazy(tmp_path):
     np.savez(tmp_path / "m.npz", x=np.arange(40 * 4, dtype=np.uint8).reshape(40, 2, 2),
              y=np.arange(40) % 2)

@@ -52,6 +52,23 @@ def test_the_probe_solves_scikit_learns_logistic_regression_at_the_chosen_streng
     np.testing.assert_array_equal(logits(head, x).argmax(1), oracle.predict(standard))
 
 
+def test_the_folds_of_the_cross_validation_are_stratified_and_cover_every_sample():
+    from cnncli.linear_probe import _folds
+    labels = np.repeat([0, 1, 2], [30, 12, 7])
+    folds = _folds(labels, seed=0)
+    assert len(folds) == 3
+    held = np.concatenate([test for _, test in folds])
+    assert sorted(held) == list(range(len(labels)))
+    for train, test in folds:
+        assert not set(train) & set(test) and len(train) + len(test) == len(labels)
+        # Each class is dealt out evenly: 10, 4 and 2 or 3 of each per fold.
+        assert set(np.bincount(labels[test], minlength=3) - [10, 4, 2]) <= {0, 1}
+    assert [list(test) for _, test in _folds(labels, seed=0)] == [list(test) for _, test in folds]
+    assert [list(test) for _, test in _folds(labels, seed=1)] != [list(test) for _, test in folds]
+    # Two samples of a class: two folds.
+    assert len(_folds(np.array([0, 0, 1, 1, 1]), seed=0)) == 2
+
+
 def test_a_large_validation_part_chooses_the_strength():
     x, y = blobs(2000, 3, 10, seed=1, spread=3.0)
     xv, yv = blobs(MIN_VALIDATION, 3, 10, seed=1, spread=3.0)
