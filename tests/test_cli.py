@@ -183,6 +183,23 @@ def test_eval_json_matches_scikit_learn_on_predict_output(trained, digits_npz, t
     assert metrics["top_3_accuracy"] >= metrics["accuracy"]
 
 
+def test_eval_metrics_match_scikit_learn_where_a_class_is_never_predicted_or_absent():
+    from cnncli.jobs.evaluator import Evaluation
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 300)             # class 4 is absent from the labels
+    probabilities = rng.random((300, 5))
+    probabilities[:, 2] = 0                      # class 2 is never predicted
+    evaluation = Evaluation([str(k) for k in range(5)], labels, probabilities, 3, "t")
+    predicted = probabilities.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=range(5), zero_division=0)
+    for row, p, r, f, s in zip(evaluation.per_class, precision, recall, f1, support):
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == \
+            pytest.approx((p, r, f, s))
+    assert evaluation.confusion.tolist() == confusion_matrix(labels, predicted,
+                                                             labels=range(5)).tolist()
+
+
 def test_finetune_on_an_image_folder(trained, digit_images, tmp_path):
     output = tmp_path / "three.cnn"
     result = invoke("finetune", trained, digit_images, "-o", output, "--epochs", 3,

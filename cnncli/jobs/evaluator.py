@@ -17,7 +17,6 @@ class Evaluation:
     """Metrics of a model on a labelled dataset (see ``as_dict`` for the JSON form)."""
 
     def __init__(self, classes, labels, probabilities, top_k, source):
-        from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
         self.classes = list(classes)
         self.source = source
         self.count = len(labels)
@@ -27,13 +26,11 @@ class Evaluation:
         self.top_k = min(top_k, len(self.classes))
         ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :self.top_k]
         self.top_k_accuracy = float(np.mean((ranked == labels[:, None]).any(axis=1)))
-        precision, recall, f1, support = precision_recall_fscore_support(
-            labels, predicted, labels=everything, zero_division=0)
+        self.confusion = confusion_matrix(labels, predicted, len(everything))
         self.per_class = [{"class": name, "precision": float(p), "recall": float(r),
                            "f1": float(f), "support": int(s)}
-                          for name, p, r, f, s in zip(self.classes, precision, recall, f1,
-                                                      support)]
-        self.confusion = confusion_matrix(labels, predicted, labels=everything)
+                          for name, p, r, f, s in zip(self.classes,
+                                                      *precision_recall_f1(self.confusion))]
         off = self.confusion.copy()
         np.fill_diagonal(off, 0)
         pairs = np.dstack(np.unravel_index(np.argsort(-off, axis=None, kind="stable"),
@@ -48,6 +45,28 @@ class Evaluation:
                 f"top_{self.top_k}_accuracy": self.top_k_accuracy, "top_k": self.top_k,
                 "per_class": self.per_class, "classes": self.classes,
                 "confusion_matrix": self.confusion.tolist(), "most_confused": self.confused}
+
+
+def confusion_matrix(labels, predicted, classes):
+    """counts[t, p]: the samples of class t predicted as p (scikit-learn's layout). Computed
+    here: importing scikit-learn's metrics took about a second of every ``eval``."""
+    return np.bincount(labels * classes + predicted, minlength=classes * classes) \
+        .reshape(classes, classes)
+
+
+def precision_recall_f1(confusion):
+    """Per class: precision, recall, F1 and support from a confusion matrix, 0 where a
+    ratio has nothing to divide by (scikit-learn's ``zero_division=0``)."""
+    hits = np.diag(confusion).astype(np.float64)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+
+    def ratio(top, bottom):
+        return np.divide(top, bottom, out=np.zeros_like(top), where=bottom > 0)
+
+    precision, recall = ratio(hits, predicted), ratio(hits, support)
+    f1 = ratio(2 * precision * recall, precision + recall)
+    return precision, recall, f1, support
 
 
 def _label_map(model, dataset, source):
