@@ -16,10 +16,11 @@
 # - Why: im2col + GEMM writes the column matrix, then BLAS copies it again into its packed
 #   panels; on GEMM-bound layers (LeNet conv2, VGG) those copies cost a third of the time.
 #   Here the only copies are the padded sample (one pass) and the weights (once per call).
-# - Two ways to list positions. A layer of 256 or more output positions per sample works
-#   sample by sample (padded copy per thread). A layer of fewer (ResNet's later stages)
-#   lists the whole batch's positions back to back over one padded copy of the batch, so
-#   a chunk of weights serves up to 96 positions across samples instead of a few.
+# - Two ways to list positions. A layer of many output positions per sample works sample
+#   by sample (padded copy per thread). A layer of few (ResNet's later stages) lists the
+#   whole batch's positions back to back over one padded copy of the batch, so a chunk of
+#   weights serves up to 96 positions across samples instead of a few. "Few" is below 128
+#   for the forward and grad_input, below 256 for grad_weight (see whole_batch).
 # - Parallel axis. Forward: samples (each owns out[n]); with the whole batch listed, or
 #   below SHARED_BATCH samples, tasks of (filter block, group of position tiles), each
 #   owning its block of the output. grad_weight: the same fixed chunks of samples as the
@@ -74,8 +75,12 @@ cdef Py_ssize_t MIN_DIRECT_SUM = 64
 cdef Py_ssize_t MAX_GROUP_TILES = 16
 cdef Py_ssize_t SUM_CHUNK = 4096 // TILE_FILTERS if TILE_FILTERS else 1
 cdef Py_ssize_t TASK_TAP_TILES = 16
-# Layers with fewer output positions per sample than this list the whole batch's.
-cdef Py_ssize_t WHOLE_BATCH_POSITIONS = 256
+# Layers with fewer output positions per sample than these list the whole batch's: in the
+# forward (and grad_input), and in grad_weight. Layers of 196 positions (LeNet's second,
+# ResNet-18's 14x14 stage) ran their forward in 0.92-0.98x the time sample by sample,
+# their grad_weight in 1.1-1.2x.
+cdef Py_ssize_t FORWARD_WHOLE_BATCH = 128
+cdef Py_ssize_t WEIGHT_GRAD_WHOLE_BATCH = 256
 # Offsets are 32-bit: a padded sample (or batch, when listed whole) stays below 2**31 values.
 cdef Py_ssize_t MAX_PADDED = 2147483647
 
@@ -139,7 +144,8 @@ cdef bint direct_weight_grad_applies(const Geometry* g, object dtype):
     batch's) is at least as long as the filters are many. Otherwise the im2col path's one
     product over samples side by side wins: ResNet-18's last stage at 112x112, batch 16
     (512 filters, 256 positions): 16 ms against 21."""
-    cdef Py_ssize_t positions = g.OH * g.OW * (g.N if whole_batch(g) else 1)
+    cdef Py_ssize_t positions = g.OH * g.OW * (g.N if whole_batch(g, WEIGHT_GRAD_WHOLE_BATCH)
+                                               else 1)
     return (direct_common(g, dtype) and fills_tiles(g.F) and g.C * g.KH * g.KW >= MIN_DIRECT_SUM
             and g.F <= positions)
 
@@ -304,13 +310,13 @@ cdef void forward_task(const float* padded, const int* taps, const int* position
         p += run
 
 
-cdef bint whole_batch(const Geometry* g):
-    """Whether the passes list the positions of the whole batch back to back (a padded copy
-    of every sample at once) rather than one sample's: for layers of few positions, where
-    a sample alone would reuse each chunk of weights over too few positions (ResNet-18's
-    4x4 last stage at 112x112: 16)."""
+cdef bint whole_batch(const Geometry* g, Py_ssize_t below):
+    """Whether a pass lists the positions of the whole batch back to back (a padded copy
+    of every sample at once) rather than one sample's: for layers of fewer than `below`
+    positions, where a sample alone would reuse each chunk of weights over too few
+    positions (ResNet-18's 4x4 last stage at 112x112: 16)."""
     cdef Padding p = padding_for(g)
-    return g.OH * g.OW < WHOLE_BATCH_POSITIONS and g.N * g.C * p.HP * p.WP < MAX_PADDED
+    return g.OH * g.OW < below and g.N * g.C * p.HP * p.WP < MAX_PADDED
 
 
 cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
@@ -324,7 +330,7 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
     cdef Py_ssize_t plane = g.C * p.HP * p.WP
     cdef Py_ssize_t blocks = round_up(g.F, TILE_FILTERS) // TILE_FILTERS
-    cdef bint batch = whole_batch(&g)
+    cdef bint batch = whole_batch(&g, FORWARD_WHOLE_BATCH)
     cdef Py_ssize_t P = g.N * L if batch else L
     cdef Py_ssize_t group_tiles
     cdef Py_ssize_t tasks = blocks * position_groups(P, &group_tiles)
@@ -369,7 +375,7 @@ cdef direct_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_th
     (g its transposed geometry): weight is the layer's, rotated while it is packed."""
     cdef Padding p = padding_for(&g)
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
-    cdef bint batch = whole_batch(&g)
+    cdef bint batch = whole_batch(&g, FORWARD_WHOLE_BATCH)
     cdef Py_ssize_t rows = 1 if batch or g.N < SHARED_BATCH else n_threads
     cdef Py_ssize_t samples_per_row = g.N if batch else 1
     cdef const float[::1] bias_view, scale_view
@@ -438,7 +444,7 @@ cdef void direct_weight_grad_typed(const float[:, :, :, ::1] grad_output,
     cdef Py_ssize_t KR = round_up(K, TILE_ROWS)
     cdef Py_ssize_t plane = g.C * p.HP * p.WP
     cdef Py_ssize_t blocks = round_up(g.F, TILE_FILTERS) // TILE_FILTERS
-    cdef bint batch = whole_batch(&g)
+    cdef bint batch = whole_batch(&g, WEIGHT_GRAD_WHOLE_BATCH)
     cdef Py_ssize_t P = g.N * L if batch else L
     cdef Py_ssize_t task_groups = (KR // TILE_ROWS + TASK_TAP_TILES - 1) // TASK_TAP_TILES
     cdef Py_ssize_t chunk, n, first, stop, t, task, block, tap_tile, i, f, k
@@ -494,7 +500,7 @@ cdef direct_weight_grad(grad_output, x, grad_weight, Geometry g, Py_ssize_t n_ch
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
     cdef Py_ssize_t KR = round_up(K, TILE_ROWS)
     cdef Py_ssize_t FR = round_up(g.F, TILE_FILTERS)
-    cdef bint batch = whole_batch(&g)
+    cdef bint batch = whole_batch(&g, WEIGHT_GRAD_WHOLE_BATCH)
     cdef Py_ssize_t rows = 1 if batch else n_threads
     cdef Py_ssize_t samples_per_row = g.N if batch else 1
     partials = aligned_empty((1 if batch else n_chunks, FR * KR))
