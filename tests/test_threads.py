@@ -40,7 +40,30 @@ def run_every_kernel(rng):
         weight = rng.standard_normal((70, 6, 3, 3)).astype(np.float32)
         results.append(F.conv2d(x[:batch], weight, weight[:, 0, 0, 0], padding=1))
         results.append(F.conv2d(x[:batch], weight[:, :, :1, :1]))
+        # A BatchNorm folded in: scaled while packing, or in the GEMM's output pass.
+        scale = weight[:, 1, 1, 1]
+        results.append(F.conv2d(x[:batch], weight, None, padding=1, scale=scale, relu=True))
+        results.append(F.conv2d(x[:batch], weight[:, :, :1, :1], scale=scale))
+    # One sample through a dense layer: matrix-vector products, blocks of units.
+    flat = x.reshape(len(x), -1)
+    weight = rng.standard_normal((150, flat.shape[1])).astype(np.float32)
+    results.append(F.linear(flat[:1], weight, weight[:, 0]))
+    results += list(F.linear_backward(np.ones((1, 150), np.float32), flat[:1], weight))
     return results
+
+
+def test_batch_one_inference_does_not_depend_on_the_thread_count():
+    from cnncli import architectures
+    rng = np.random.default_rng(0)
+    for model, shape in ((architectures.lenet(), (1, 1, 28, 28)),
+                         (architectures.resnet18((3, 64, 64), 10), (1, 3, 64, 64))):
+        x = rng.standard_normal(shape).astype(np.float32)
+        outputs = []
+        for n in (1, 2, 3):
+            with F.threads(n):
+                outputs.append(model.forward(x))
+        for output in outputs[1:]:
+            np.testing.assert_array_equal(outputs[0], output)
 
 
 def test_results_do_not_depend_on_the_thread_count():
