@@ -99,9 +99,8 @@ def conv2d(x, weight, bias=None, stride: IntPair = 1, padding: Union[IntPair, st
         Return ``max(conv, 0)``, applied to each sample's output while it is in
         cache (the same values as ``relu(conv2d(...))``).
     scale : ndarray, shape (F,), optional
-        Multiply each filter's sums by ``scale[f]`` before the bias is added: a
-        BatchNorm's inference affine map folded in (shift as the bias), without
-        a pass of its own over the weights or the output.
+        Multiply filter f's sums by ``scale[f]`` before the bias: a BatchNorm
+        folded in, with no pass of its own over the weights or the output.
 
     Returns
     -------
@@ -120,14 +119,12 @@ def conv2d(x, weight, bias=None, stride: IntPair = 1, padding: Union[IntPair, st
     out = np.empty((x.shape[0], weight.shape[0]) + geometry.output_size, dtype=x.dtype)
     with single_threaded_blas:
         _conv.conv2d_forward(x, weight, bias, out, geometry.stride, geometry.padding,
-                             geometry.dilation, geometry.groups, get_num_threads(), bool(relu),
-                             scale)
+                             geometry.dilation, geometry.groups, get_num_threads(), relu, scale)
     return out
 
 
 def use_direct_convolution(enabled: bool) -> bool:
-    """Let float32 convolutions use the direct kernel (the default) or keep them on im2col +
-    GEMM (to compare the two on one machine); returns the previous setting."""
+    """Allow the direct kernel (default) or only im2col + GEMM; returns the previous setting."""
     return _conv.use_direct_kernel(enabled)
 
 

@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from cnncli.inference import inference_steps, training_backward, training_forward
+from cnncli.inference import KeptPlan, training_backward, training_forward
 from cnncli.layers import LeakyReLU, Layer, ReLU
 from cnncli.state import IncompatibleWeightsError, LoadReport, load_state
 
@@ -108,8 +108,7 @@ class Sequential:
         self.input_shape = None if input_shape is None else tuple(int(v) for v in input_shape)
         self._layers = []
         self._builds = 0
-        # (the layers it was made for, the steps): see _inference_plan.
-        self._plan = None
+        self._plan = KeptPlan()
         # The layer the last add() built, while nothing has used it yet: a
         # ReLU added right after it may still switch it to He initialisation.
         self._fresh = None
@@ -507,21 +506,11 @@ class Sequential:
         self._fresh = None
         x = np.asarray(x, dtype=self.dtype)
         lowest = self._lowest_needed(need_input_grad) if training else len(self._layers)
-        for step in self._inference_plan(lowest, training):
+        for step in self._plan.steps(self._layers[:lowest], dropping=training):
             x = step(x)
         return training_forward(self._layers[lowest:], x) if training else x
 
     __call__ = forward
-
-    def _inference_plan(self, lowest, dropping):
-        """``inference_steps`` of the layers below ``lowest``, kept while those layers (and
-        their activations) stay the same: working the fusions out again cost 16 us a call,
-        a tenth of LeNet's first convolution at batch 1."""
-        key = (tuple((layer, getattr(layer, "activation", None))
-                     for layer in self._layers[:lowest]), dropping)
-        if self._plan is None or self._plan[0] != key:
-            self._plan = (key, inference_steps(self._layers[:lowest], dropping=dropping))
-        return self._plan[1]
 
     def _lowest_needed(self, need_input_grad):
         """Index of the lowest layer a backward pass must reach."""
