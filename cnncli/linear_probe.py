@@ -40,6 +40,8 @@ import copy
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from cnncli.functional import softmax
+
 __all__ = ["LinearHead", "fit_linear_head", "C_GRID", "MIN_VALIDATION"]
 
 # Inverse L2 strengths tried, from strong to weak regularisation (each fit
@@ -126,13 +128,8 @@ class _Softmax:
         return self
 
     def predict_proba(self, features):
-        return _softmax(np.asarray(features, dtype=np.float64) @ self.coef_.T + self.intercept_)
-
-
-def _softmax(scores):
-    scores = scores - scores.max(axis=1, keepdims=True)
-    exponentials = np.exp(scores)
-    return exponentials / exponentials.sum(axis=1, keepdims=True)
+        scores = np.asarray(features, dtype=np.float64) @ self.coef_.T + self.intercept_
+        return softmax(scores, dim=1, out=scores)
 
 
 def _loss_and_gradient(parameters, features, targets, l2_strength):

@@ -320,11 +320,11 @@ cdef bint whole_batch(const Geometry* g, Py_ssize_t below):
 
 
 cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
-                               const float* bias, float[:, :, :, ::1] out, const float[:, :, :, ::1] weight,
-                               float[::1] packed, int[::1] taps,
-                               int[::1] positions, float[:, ::1] padded, float[:, ::1] sums,
-                               Geometry g, const Geometry* layer, bint relu,
-                               int n_threads) noexcept:
+                               const float* bias, float[:, :, :, ::1] out,
+                               const float[:, :, :, ::1] weight, float[::1] packed,
+                               int[::1] taps, int[::1] positions, float[:, ::1] padded,
+                               float[:, ::1] sums, Geometry g, const Geometry* layer,
+                               bint relu, int n_threads) noexcept:
     """With `layer` (grad_input), weight is that layer's and is packed rotated."""
     cdef Padding p = padding_for(&g)
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
