@@ -6,20 +6,21 @@
 #   address it: taps[k] = c*HP*WP + kh*DH*WP + kw*DW for k = (c, kh, kw), and
 #   positions[p] = oh*SH*WP + ow*SW for p = (oh, ow); value (k, p) of im2col's matrix is
 #   padded[taps[k] + positions[p]].
-# - Forward: a tile is 6 output positions by TILE_FILTERS filters, summed over all K taps
-#   in registers; the weights are packed once per call as (filter block, K, TILE_FILTERS),
-#   so each step reads one contiguous row of them. grad_input of a stride-1 layer is the
+# - Forward: a tile is a few output positions (3 or 6) by a block of filters (32, or 16 for
+#   layers of 16 or fewer: tile_for), summed over all K taps in registers; the weights are
+#   packed once per call as (filter block, K, tile filters), so each step reads one
+#   contiguous row of them. grad_input of a stride-1 layer is the
 #   forward of grad_output with the kernel rotated by 180 degrees and in/out channels
-#   swapped, padded by (K-1)*D - P. grad_weight swaps the roles: a tile is 6 taps by
-#   TILE_FILTERS filters, summed over the output positions against grad_output transposed
-#   to (filter block, L, TILE_FILTERS).
+#   swapped, padded by (K-1)*D - P. grad_weight swaps the roles: a tile is a few taps by a
+#   block of filters, summed over the output positions against grad_output transposed
+#   to (filter block, L, tile filters).
 # - Why: im2col + GEMM writes the column matrix, then BLAS copies it again into its packed
 #   panels; on GEMM-bound layers (LeNet conv2, VGG) those copies cost a third of the time.
 #   Here the only copies are the padded sample (one pass) and the weights (once per call).
 # - Two ways to list positions. A layer of many output positions per sample works sample
 #   by sample (padded copy per thread). A layer of few (ResNet's later stages) lists the
 #   whole batch's positions back to back over one padded copy of the batch, so a chunk of
-#   weights serves up to 96 positions across samples instead of a few. "Few" is below 128
+#   weights serves up to MAX_GROUP_ROWS (96) positions across samples instead of a few. "Few" is below 128
 #   for the forward and grad_input, below 256 for grad_weight (see whole_batch).
 # - Parallel axis. Forward: samples (each owns out[n]); with the whole batch listed, or
 #   below SHARED_BATCH samples, tasks of (filter block, group of position tiles), each
@@ -37,10 +38,10 @@
 import os
 
 cdef extern from "microkernel.h" nogil:
-    enum: CNNCLI_TILE_ROWS
     enum: CNNCLI_AUTO
     int cnncli_tile_filters(int wanted)
-    void cnncli_tile(const float* a, const int* rows, const int* cols, Py_ssize_t T,
+    int cnncli_tile_rows(int wide)
+    void cnncli_tile(int wide, const float* a, const int* rows, const int* cols, Py_ssize_t T,
                      const float* b, float* c, int accumulate)
     void cnncli_store(const float* sums, Py_ssize_t rows, Py_ssize_t filters,
                       Py_ssize_t width, const float* bias, int relu, float* y,
@@ -52,15 +53,22 @@ ISA_CHOICES = {"auto": CNNCLI_AUTO, "none": 0, "avx2": 1, "avx512": 2}
 
 
 cdef Py_ssize_t pick_tile_filters():
-    """Filters per tile: 16 with AVX2, 32 with AVX-512, 0 where the direct kernel does not
-    run. CNNCLI_DIRECT_ISA (auto, none, avx2, avx512) chooses; an unknown value is auto."""
+    """Filters of the wide tile: 32, or 0 where the direct kernel does not run.
+    CNNCLI_DIRECT_ISA (auto, none, avx2, avx512) chooses; an unknown value is auto."""
     wanted = ISA_CHOICES.get(os.environ.get("CNNCLI_DIRECT_ISA", "auto").lower(), CNNCLI_AUTO)
     return cnncli_tile_filters(wanted)
 
 
-cdef Py_ssize_t TILE_FILTERS = pick_tile_filters()
-cdef Py_ssize_t TILE_ROWS = CNNCLI_TILE_ROWS
-cdef bint direct_enabled = TILE_FILTERS > 0
+cdef Py_ssize_t WIDE_FILTERS = pick_tile_filters()
+cdef Py_ssize_t NARROW_FILTERS = WIDE_FILTERS // 2
+cdef bint direct_enabled = WIDE_FILTERS > 0
+
+
+cdef struct Tile:
+    bint wide               # which shape of microkernel.h
+    Py_ssize_t rows         # output positions (forward) or taps (grad_weight) per tile
+    Py_ssize_t filters      # filters per tile; 0: the layer keeps im2col + GEMM
+    Py_ssize_t chunk        # steps of a tile's sum per call (see SUM_CHUNK_BYTES)
 
 # The direct path pays off once a tile's sum is long enough to hide loading and storing its
 # accumulators: the forward and grad_input sum over at least MIN_DIRECT_TAPS taps (LeNet's
@@ -69,12 +77,13 @@ cdef bint direct_enabled = TILE_FILTERS > 0
 # saves: 1.38x). A batch needs MIN_DIRECT_SUM positions to reuse the weights (direct_common).
 cdef Py_ssize_t MIN_DIRECT_TAPS = 16
 cdef Py_ssize_t MIN_DIRECT_SUM = 64
-# A task of the forward is a group of at most MAX_GROUP_TILES tiles of positions (the tiles
-# shared out evenly between the fewest groups). A tile's sum runs SUM_CHUNK steps at a
-# time, so the chunk's packed rows (16 KiB) stay in the L1 cache across the tiles.
-cdef Py_ssize_t MAX_GROUP_TILES = 16
-cdef Py_ssize_t SUM_CHUNK = 4096 // TILE_FILTERS if TILE_FILTERS else 1
-cdef Py_ssize_t TASK_TAP_TILES = 16
+# A task of the forward is a group of tiles of at most MAX_GROUP_ROWS positions (the tiles
+# shared out evenly between the fewest groups). A tile's sum runs SUM_CHUNK_BYTES of packed
+# rows at a time, so they stay in the L1 cache across the tiles. A task of grad_weight
+# with the whole batch listed is TASK_TAP_ROWS taps.
+cdef Py_ssize_t MAX_GROUP_ROWS = 96
+cdef Py_ssize_t SUM_CHUNK_BYTES = 16384
+cdef Py_ssize_t TASK_TAP_ROWS = 96
 # Layers with fewer output positions per sample than these list the whole batch's: in the
 # forward (and grad_input), and in grad_weight. Layers of 196 positions (LeNet's second,
 # ResNet-18's 14x14 stage) ran their forward in 0.92-0.98x the time sample by sample,
@@ -90,7 +99,7 @@ def use_direct_kernel(bint enabled):
     tests and benchmarks that compare it with im2col + GEMM on the same machine."""
     global direct_enabled
     previous = direct_enabled
-    direct_enabled = enabled and TILE_FILTERS > 0
+    direct_enabled = enabled and WIDE_FILTERS > 0
     return previous
 
 
@@ -107,10 +116,27 @@ cdef Padding padding_for(const Geometry* g):
     return p
 
 
+cdef bint fills(Py_ssize_t filters, Py_ssize_t width) noexcept nogil:
+    """At least three quarters of the lanes of tiles `width` filters wide over `filters`
+    do useful work (the first layer's grad_input, one channel wide, would waste 15 of 16)."""
+    return width > 0 and 4 * filters >= 3 * round_up(filters, width)
+
+
+cdef Tile tile_for(Py_ssize_t filters) noexcept nogil:
+    """The tile of a pass over `filters` filters: the wide one where it fills its lanes
+    (32, 64, 96, ...: every layer of the shipped architectures), else the narrow one where
+    that fills them (12 to 16 filters, or 40), else none (filters 0: im2col + GEMM)."""
+    cdef Tile tile
+    tile.wide = fills(filters, WIDE_FILTERS)
+    tile.filters = (WIDE_FILTERS if tile.wide
+                    else NARROW_FILTERS if fills(filters, NARROW_FILTERS) else 0)
+    tile.rows = cnncli_tile_rows(tile.wide)
+    tile.chunk = SUM_CHUNK_BYTES // (4 * tile.filters) if tile.filters else 1
+    return tile
+
+
 cdef bint fills_tiles(Py_ssize_t filters):
-    """At least three quarters of the lanes of the tiles over `filters` do useful work
-    (the first layer's grad_input, one channel wide, would waste 15 of 16)."""
-    return 4 * filters >= 3 * round_up(filters, TILE_FILTERS)
+    return tile_for(filters).filters > 0
 
 
 cdef bint direct_common(const Geometry* g, object dtype):
@@ -192,36 +218,36 @@ cdef void fill_positions(int* positions, Py_ssize_t count, const Geometry* g, Pa
 
 
 cdef void pack_block(const float* weight, const float* scale, float* packed, Py_ssize_t block,
-                     Py_ssize_t F, Py_ssize_t K) noexcept nogil:
-    """packed[block, k, j] = weight[f, k] (F, K) for f = block * TILE_FILTERS + j, zero past
-    F; times scale[f] unless scale is NULL (a BatchNorm folded in while packing, rather
-    than in a pass of its own over the weights)."""
+                     Py_ssize_t F, Py_ssize_t K, Py_ssize_t width) noexcept nogil:
+    """packed[block, k, j] = weight[f, k] (F, K) for f = block * width + j, zero past F;
+    times scale[f] unless scale is NULL (a BatchNorm folded in while packing, rather than
+    in a pass of its own over the weights)."""
     cdef Py_ssize_t k, j, f
-    cdef float* out = packed + block * K * TILE_FILTERS
+    cdef float* out = packed + block * K * width
     for k in range(K):
-        for j in range(TILE_FILTERS):
-            f = block * TILE_FILTERS + j
+        for j in range(width):
+            f = block * width + j
             if f >= F:
-                out[k * TILE_FILTERS + j] = 0
+                out[k * width + j] = 0
             elif scale != NULL:
-                out[k * TILE_FILTERS + j] = weight[f * K + k] * scale[f]
+                out[k * width + j] = weight[f * K + k] * scale[f]
             else:
-                out[k * TILE_FILTERS + j] = weight[f * K + k]
+                out[k * width + j] = weight[f * K + k]
 
 
 cdef void pack_rotated_block(const float* weight, float* packed, Py_ssize_t block,
-                             const Geometry* g) noexcept nogil:
+                             const Geometry* g, Py_ssize_t width) noexcept nogil:
     """The packing of pack_block for the kernel of grad_input: filter c (a channel of the
     layer) at tap (f, kh, kw) is weight[f, c, KH-1-kh, KW-1-kw] of the layer's (F, C, KH, KW)
     weight, zero past C."""
     cdef Py_ssize_t f, kh, kw, j, c, k = 0
-    cdef float* out = packed + block * g.F * g.KH * g.KW * TILE_FILTERS
+    cdef float* out = packed + block * g.F * g.KH * g.KW * width
     for f in range(g.F):
         for kh in range(g.KH):
             for kw in range(g.KW):
-                for j in range(TILE_FILTERS):
-                    c = block * TILE_FILTERS + j
-                    out[k * TILE_FILTERS + j] = weight[
+                for j in range(width):
+                    c = block * width + j
+                    out[k * width + j] = weight[
                         ((f * g.C + c) * g.KH + g.KH - 1 - kh) * g.KW + g.KW - 1 - kw
                     ] if c < g.C else 0
                 k += 1
@@ -256,18 +282,20 @@ cdef void pad_channels(const float* x, float* padded, const Geometry* g, Padding
         zero(plane + (p.top + g.H) * p.WP, (p.HP - p.top - g.H) * p.WP)
 
 
-cdef Py_ssize_t position_groups(Py_ssize_t P, Py_ssize_t* group_tiles) noexcept nogil:
+cdef Py_ssize_t position_groups(Py_ssize_t P, Tile tile, Py_ssize_t* group_tiles) noexcept nogil:
     """How many groups of tiles P positions form, and (group_tiles) how many tiles each
-    holds: the fewest groups of at most MAX_GROUP_TILES, as even as can be."""
-    cdef Py_ssize_t tiles = (P + TILE_ROWS - 1) // TILE_ROWS
-    cdef Py_ssize_t groups = (tiles + MAX_GROUP_TILES - 1) // MAX_GROUP_TILES
+    holds: the fewest groups of at most MAX_GROUP_ROWS positions, as even as can be."""
+    cdef Py_ssize_t tiles = (P + tile.rows - 1) // tile.rows
+    cdef Py_ssize_t max_tiles = MAX_GROUP_ROWS // tile.rows
+    cdef Py_ssize_t groups = (tiles + max_tiles - 1) // max_tiles
     group_tiles[0] = (tiles + groups - 1) // groups
     return (tiles + group_tiles[0] - 1) // group_tiles[0]
 
 
 cdef void forward_task(const float* padded, const int* taps, const int* positions,
                        Py_ssize_t P, const float* packed, const float* bias, bint relu,
-                       float* y, float* sums, const Geometry* g, Py_ssize_t task) noexcept nogil:
+                       float* y, float* sums, const Geometry* g, Tile tile,
+                       Py_ssize_t task) noexcept nogil:
     """One task of the output y (samples, F, L) of the P positions listed (one sample's or,
     back to back, a whole batch's): filter block task % blocks, times the positions of
     group task // blocks (see position_groups).
@@ -278,35 +306,36 @@ cdef void forward_task(const float* padded, const int* taps, const int* position
     ResNet-18's 14x14 stages at batch 32 took 1.1-1.5x (stride 1) and 2.4-2.8x (stride 2)
     as long.
 
-    The taps are summed in chunks of SUM_CHUNK, so the weights of a chunk stay in the L1
+    The taps are summed in chunks of tile.chunk, so the weights of a chunk stay in the L1
     cache while every tile of the group uses them; the group's sums wait in `sums`.
     Chunking does not change a result: each sum is the same sequence of fused
     multiply-adds, only stored and reloaded between chunks."""
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
     cdef Py_ssize_t group_tiles
-    cdef Py_ssize_t groups = position_groups(P, &group_tiles)
-    cdef Py_ssize_t blocks = round_up(g.F, TILE_FILTERS) // TILE_FILTERS
+    cdef Py_ssize_t groups = position_groups(P, tile, &group_tiles)
+    cdef Py_ssize_t width = tile.filters
+    cdef Py_ssize_t blocks = round_up(g.F, width) // width
     cdef Py_ssize_t block = task % blocks
-    cdef Py_ssize_t p_first = task // blocks * group_tiles * TILE_ROWS
-    cdef Py_ssize_t p_stop = min(P, p_first + group_tiles * TILE_ROWS)
-    cdef Py_ssize_t filters = min(TILE_FILTERS, g.F - block * TILE_FILTERS)
-    cdef Py_ssize_t chunk, k0, count, tile, p0, p, n, run
-    for chunk in range((K + SUM_CHUNK - 1) // SUM_CHUNK):
-        k0 = chunk * SUM_CHUNK
-        count = min(SUM_CHUNK, K - k0)
-        for tile in range((p_stop - p_first + TILE_ROWS - 1) // TILE_ROWS):
-            p0 = p_first + tile * TILE_ROWS
-            cnncli_tile(padded, positions + p0, taps + k0, count,
-                        packed + (block * K + k0) * TILE_FILTERS,
-                        sums + (p0 - p_first) * TILE_FILTERS, k0 > 0)
+    cdef Py_ssize_t p_first = task // blocks * group_tiles * tile.rows
+    cdef Py_ssize_t p_stop = min(P, p_first + group_tiles * tile.rows)
+    cdef Py_ssize_t filters = min(width, g.F - block * width)
+    cdef Py_ssize_t chunk, k0, count, i, p0, p, n, run
+    for chunk in range((K + tile.chunk - 1) // tile.chunk):
+        k0 = chunk * tile.chunk
+        count = min(tile.chunk, K - k0)
+        for i in range((p_stop - p_first + tile.rows - 1) // tile.rows):
+            p0 = p_first + i * tile.rows
+            cnncli_tile(tile.wide, padded, positions + p0, taps + k0, count,
+                        packed + (block * K + k0) * width, sums + (p0 - p_first) * width,
+                        k0 > 0)
     # Written out filter-major, one run of positions per sample the group touches.
     p = p_first
     while p < p_stop:
         n = p // L
         run = min(p_stop, (n + 1) * L) - p
-        cnncli_store(sums + (p - p_first) * TILE_FILTERS, run, filters, TILE_FILTERS,
-                     bias + block * TILE_FILTERS if bias != NULL else NULL, relu,
-                     y + (n * g.F + block * TILE_FILTERS) * L + p - n * L, L)
+        cnncli_store(sums + (p - p_first) * width, run, filters, width,
+                     bias + block * width if bias != NULL else NULL, relu,
+                     y + (n * g.F + block * width) * L + p - n * L, L)
         p += run
 
 
@@ -329,34 +358,35 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
     cdef Padding p = padding_for(&g)
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
     cdef Py_ssize_t plane = g.C * p.HP * p.WP
-    cdef Py_ssize_t blocks = round_up(g.F, TILE_FILTERS) // TILE_FILTERS
+    cdef Tile tile = tile_for(g.F)
+    cdef Py_ssize_t blocks = round_up(g.F, tile.filters) // tile.filters
     cdef bint batch = whole_batch(&g, FORWARD_WHOLE_BATCH)
     cdef Py_ssize_t P = g.N * L if batch else L
     cdef Py_ssize_t group_tiles
-    cdef Py_ssize_t tasks = blocks * position_groups(P, &group_tiles)
+    cdef Py_ssize_t tasks = blocks * position_groups(P, tile, &group_tiles)
     cdef Py_ssize_t channel_blocks = min(g.C, SHARED_TASKS)
     cdef Py_ssize_t n, t, task, block
     with nogil:
         fill_taps(&taps[0], K, &g, p)
-        fill_positions(&positions[0], round_up(P, TILE_ROWS), &g, p, g.N if batch else 1)
+        fill_positions(&positions[0], round_up(P, tile.rows), &g, p, g.N if batch else 1)
         for block in prange(blocks, schedule="static", num_threads=n_threads):
             if layer != NULL:
-                pack_rotated_block(&weight[0, 0, 0, 0], &packed[0], block, layer)
+                pack_rotated_block(&weight[0, 0, 0, 0], &packed[0], block, layer, tile.filters)
             else:
-                pack_block(&weight[0, 0, 0, 0], scale, &packed[0], block, g.F, K)
+                pack_block(&weight[0, 0, 0, 0], scale, &packed[0], block, g.F, K, tile.filters)
         if batch:
             for n in prange(g.N, schedule="static", num_threads=n_threads):
                 pad_channels(&x[n, 0, 0, 0], &padded[0, n * plane], &g, p, 0, g.C)
             for task in prange(tasks, schedule="dynamic", num_threads=n_threads):
                 forward_task(&padded[0, 0], &taps[0], &positions[0], P, &packed[0], bias, relu,
-                             &out[0, 0, 0, 0], &sums[threadid(), 0], &g, task)
+                             &out[0, 0, 0, 0], &sums[threadid(), 0], &g, tile, task)
         elif g.N >= SHARED_BATCH:
             for n in prange(g.N, schedule="dynamic", num_threads=n_threads):
                 t = threadid()
                 pad_channels(&x[n, 0, 0, 0], &padded[t, 0], &g, p, 0, g.C)
                 for task in range(tasks):
                     forward_task(&padded[t, 0], &taps[0], &positions[0], P, &packed[0], bias,
-                                 relu, &out[n, 0, 0, 0], &sums[t, 0], &g, task)
+                                 relu, &out[n, 0, 0, 0], &sums[t, 0], &g, tile, task)
         else:
             for n in range(g.N):
                 for block in prange(channel_blocks, schedule="static", num_threads=n_threads):
@@ -365,7 +395,7 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
                                  (block + 1) * g.C // channel_blocks)
                 for task in prange(tasks, schedule="dynamic", num_threads=n_threads):
                     forward_task(&padded[0, 0], &taps[0], &positions[0], P, &packed[0], bias,
-                                 relu, &out[n, 0, 0, 0], &sums[threadid(), 0], &g, task)
+                                 relu, &out[n, 0, 0, 0], &sums[threadid(), 0], &g, tile, task)
 
 
 cdef direct_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_threads,
@@ -387,11 +417,12 @@ cdef direct_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_th
     if scale is not None:
         scale_view = scale
         scale_pointer = &scale_view[0]
-    packed = aligned_empty((round_up(g.F, TILE_FILTERS) * K,))
+    cdef Tile tile = tile_for(g.F)
+    packed = aligned_empty((round_up(g.F, tile.filters) * K,))
     taps = np.empty(K, dtype=np.int32)
-    positions = np.empty(round_up(samples_per_row * L, TILE_ROWS), dtype=np.int32)
+    positions = np.empty(round_up(samples_per_row * L, tile.rows), dtype=np.int32)
     padded = np.empty((rows, samples_per_row * g.C * p.HP * p.WP), dtype=np.float32)
-    sums = aligned_empty((n_threads, MAX_GROUP_TILES * TILE_ROWS * TILE_FILTERS))
+    sums = aligned_empty((n_threads, MAX_GROUP_ROWS * tile.filters))
     direct_forward_typed(x, scale_pointer, bias_pointer, out, weight, packed, taps, positions,
                          padded, sums, g, layer, relu, n_threads)
 
@@ -404,30 +435,31 @@ cdef direct_input_grad(grad_output, weight, grad_input, Geometry g, int n_thread
 
 
 cdef void transpose_gradient(const float* dy, float* blocks, Py_ssize_t F, Py_ssize_t L,
-                             Py_ssize_t P, Py_ssize_t first) noexcept nogil:
-    """blocks[b, first + l, j] = dy[b * TILE_FILTERS + j, l] for one sample's dy (F, L), in
-    blocks of P positions; zero past F."""
+                             Py_ssize_t P, Py_ssize_t first, Py_ssize_t width) noexcept nogil:
+    """blocks[b, first + l, j] = dy[b * width + j, l] for one sample's dy (F, L), in blocks
+    of P positions; zero past F."""
     cdef Py_ssize_t b, l, j, f
     cdef float* row
-    for b in range(round_up(F, TILE_FILTERS) // TILE_FILTERS):
+    for b in range(round_up(F, width) // width):
         for l in range(L):
-            row = blocks + (b * P + first + l) * TILE_FILTERS
-            for j in range(TILE_FILTERS):
-                f = b * TILE_FILTERS + j
+            row = blocks + (b * P + first + l) * width
+            for j in range(width):
+                f = b * width + j
                 row[j] = dy[f * L + l] if f < F else 0
 
 
 cdef void weight_grad_task(const float* padded, const int* taps, const int* positions,
                            Py_ssize_t P, const float* transposed, float* sums, Py_ssize_t KR,
-                           Py_ssize_t block, Py_ssize_t tap_tile, bint accumulate) noexcept nogil:
-    """sums (6 taps x TILE_FILTERS) of filter block `block`, over the P positions listed,
-    SUM_CHUNK positions at a time (their output gradients stay in the L1 cache)."""
+                           Tile tile, Py_ssize_t block, Py_ssize_t tap_tile,
+                           bint accumulate) noexcept nogil:
+    """sums (tile.rows taps x tile.filters) of filter block `block`, over the P positions
+    listed, tile.chunk positions at a time (their output gradients stay in the L1 cache)."""
     cdef Py_ssize_t chunk, p0
-    for chunk in range((P + SUM_CHUNK - 1) // SUM_CHUNK):
-        p0 = chunk * SUM_CHUNK
-        cnncli_tile(padded, taps + tap_tile * TILE_ROWS, positions + p0, min(SUM_CHUNK, P - p0),
-                    transposed + (block * P + p0) * TILE_FILTERS,
-                    sums + (block * KR + tap_tile * TILE_ROWS) * TILE_FILTERS,
+    for chunk in range((P + tile.chunk - 1) // tile.chunk):
+        p0 = chunk * tile.chunk
+        cnncli_tile(tile.wide, padded, taps + tap_tile * tile.rows, positions + p0,
+                    min(tile.chunk, P - p0), transposed + (block * P + p0) * tile.filters,
+                    sums + (block * KR + tap_tile * tile.rows) * tile.filters,
                     accumulate or p0 > 0)
 
 
@@ -441,12 +473,16 @@ cdef void direct_weight_grad_typed(const float[:, :, :, ::1] grad_output,
     listed (whole_batch), one task per tile of the result, over every position at once."""
     cdef Padding p = padding_for(&g)
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
-    cdef Py_ssize_t KR = round_up(K, TILE_ROWS)
+    cdef Tile tile = tile_for(g.F)
+    cdef Py_ssize_t width = tile.filters
+    cdef Py_ssize_t KR = round_up(K, tile.rows)
     cdef Py_ssize_t plane = g.C * p.HP * p.WP
-    cdef Py_ssize_t blocks = round_up(g.F, TILE_FILTERS) // TILE_FILTERS
+    cdef Py_ssize_t blocks = round_up(g.F, width) // width
     cdef bint batch = whole_batch(&g, WEIGHT_GRAD_WHOLE_BATCH)
     cdef Py_ssize_t P = g.N * L if batch else L
-    cdef Py_ssize_t task_groups = (KR // TILE_ROWS + TASK_TAP_TILES - 1) // TASK_TAP_TILES
+    cdef Py_ssize_t tap_tiles = KR // tile.rows
+    cdef Py_ssize_t task_tiles = TASK_TAP_ROWS // tile.rows
+    cdef Py_ssize_t task_groups = (tap_tiles + task_tiles - 1) // task_tiles
     cdef Py_ssize_t chunk, n, first, stop, t, task, block, tap_tile, i, f, k
     cdef double total
     with nogil:
@@ -457,17 +493,16 @@ cdef void direct_weight_grad_typed(const float[:, :, :, ::1] grad_output,
             for n in prange(g.N, schedule="static", num_threads=n_threads):
                 pad_channels(&x[n, 0, 0, 0], &padded[0, n * plane], &g, p, 0, g.C)
                 transpose_gradient(&grad_output[n, 0, 0, 0], &transposed[0, 0], g.F, L, P,
-                                   n * L)
-            # A task is up to TASK_TAP_TILES tiles of one filter block: thousands of tasks
+                                   n * L, width)
+            # A task is up to TASK_TAP_ROWS taps of one filter block: thousands of tasks
             # of one tile each would spend their time being handed out.
             for task in prange(blocks * task_groups, schedule="dynamic", num_threads=n_threads):
                 block = task // task_groups
-                for tap_tile in range(task % task_groups * TASK_TAP_TILES,
-                                      min(KR // TILE_ROWS,
-                                          (task % task_groups + 1) * TASK_TAP_TILES)):
+                for tap_tile in range(task % task_groups * task_tiles,
+                                      min(tap_tiles, (task % task_groups + 1) * task_tiles)):
                     weight_grad_task(&padded[0, 0], &taps[0], &positions[0], P,
-                                     &transposed[0, 0], &partials[0, 0], KR, block, tap_tile,
-                                     False)
+                                     &transposed[0, 0], &partials[0, 0], KR, tile, block,
+                                     tap_tile, False)
         else:
             for chunk in prange(n_chunks, schedule="dynamic", num_threads=n_threads):
                 t = threadid()
@@ -476,19 +511,18 @@ cdef void direct_weight_grad_typed(const float[:, :, :, ::1] grad_output,
                 for n in range(first, stop):
                     pad_channels(&x[n, 0, 0, 0], &padded[t, 0], &g, p, 0, g.C)
                     transpose_gradient(&grad_output[n, 0, 0, 0], &transposed[t, 0], g.F, L, L,
-                                       0)
+                                       0, width)
                     for block in range(blocks):
-                        for tap_tile in range(KR // TILE_ROWS):
+                        for tap_tile in range(tap_tiles):
                             weight_grad_task(&padded[t, 0], &taps[0], &positions[0], L,
-                                             &transposed[t, 0], &partials[chunk, 0], KR, block,
-                                             tap_tile, n > first)
+                                             &transposed[t, 0], &partials[chunk, 0], KR, tile,
+                                             block, tap_tile, n > first)
         for i in prange(g.F * K, schedule="static", num_threads=n_threads):
             f = i // K
             k = i % K
             total = 0
             for chunk in range(n_chunks):
-                total = total + partials[chunk, ((f // TILE_FILTERS) * KR + k) * TILE_FILTERS
-                                         + f % TILE_FILTERS]
+                total = total + partials[chunk, ((f // width) * KR + k) * width + f % width]
             grad_weight[i] = <float>total
 
 
@@ -498,8 +532,9 @@ cdef direct_weight_grad(grad_output, x, grad_weight, Geometry g, Py_ssize_t n_ch
     or over the whole batch's positions at once (whole_batch)."""
     cdef Padding p = padding_for(&g)
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
-    cdef Py_ssize_t KR = round_up(K, TILE_ROWS)
-    cdef Py_ssize_t FR = round_up(g.F, TILE_FILTERS)
+    cdef Tile tile = tile_for(g.F)
+    cdef Py_ssize_t KR = round_up(K, tile.rows)
+    cdef Py_ssize_t FR = round_up(g.F, tile.filters)
     cdef bint batch = whole_batch(&g, WEIGHT_GRAD_WHOLE_BATCH)
     cdef Py_ssize_t rows = 1 if batch else n_threads
     cdef Py_ssize_t samples_per_row = g.N if batch else 1
@@ -515,12 +550,14 @@ cdef direct_weight_grad(grad_output, x, grad_weight, Geometry g, Py_ssize_t n_ch
 def direct_paths(tuple input_shape, tuple weight_shape, tuple output_size, tuple stride,
                  tuple padding, tuple dilation, Py_ssize_t groups, dtype):
     """Which parts of a convolution of these shapes run on the direct kernel: a dict of
-    'forward', 'input_grad', 'weight_grad' to bools (padding is the top/left pair the
-    kernels take)."""
+    'forward', 'input_grad', 'weight_grad' to the filters of the tile each pass takes (32
+    or 16), 0 where it keeps im2col + GEMM (padding is the top/left pair the kernels
+    take)."""
     cdef Geometry g = make_geometry(input_shape, weight_shape[0], weight_shape[2:],
                                     output_size, stride, padding, dilation, groups)
     dtype = np.dtype(dtype)
-    return {"forward": direct_forward_applies(&g, dtype),
-            "input_grad": direct_input_grad_applies(&g, dtype),
-            "weight_grad": direct_weight_grad_applies(&g, dtype)}
+    return {"forward": tile_for(g.F).filters if direct_forward_applies(&g, dtype) else 0,
+            "input_grad": tile_for(g.C).filters if direct_input_grad_applies(&g, dtype) else 0,
+            "weight_grad": tile_for(g.F).filters if direct_weight_grad_applies(&g, dtype)
+            else 0}
 

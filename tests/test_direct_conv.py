@@ -38,6 +38,8 @@ DIRECT_CASES = [
     (5, 16, 17, 16, 20, (3, 3), 1, 1, 1, 1, True),        # sample by sample
     (19, 12, 16, 17, 16, (3, 3), 1, 1, 1, 1, False),      # more samples than weight chunks
     (2, 16, 18, 16, 28, (3, 3), 1, 1, 1, 1, True),        # each sample's tiles shared out
+    (3, 32, 9, 9, 32, (3, 3), 1, 1, 1, 1, True),          # wide tiles in every pass
+    (5, 40, 15, 15, 64, (3, 3), 1, 1, 1, 1, False),       # narrow grad_input, 2 wide blocks
 ]
 TOLERANCE = dict(rtol=2e-4, atol=2e-4)
 
@@ -54,8 +56,10 @@ needs_direct = pytest.mark.skipif(not DIRECT_CPU, reason="this CPU has no AVX2: 
 
 @needs_direct
 def test_the_cases_cover_every_direct_pass():
-    covered = {name for case in DIRECT_CASES for name, used in paths(case).items() if used}
-    assert covered == {"forward", "input_grad", "weight_grad"}
+    covered = {(name, width) for case in DIRECT_CASES for name, width in paths(case).items()
+               if width}
+    assert covered == {(name, width) for name in ("forward", "input_grad", "weight_grad")
+                       for width in (16, 32)}
     assert not any(paths(DIRECT_CASES[0][:4] + (16, (1, 1)) + (1, 0, 1, 1, True)).values())
     assert not any(F.conv2d_paths((4, 16, 9, 9), (16, 16, 3, 3), padding=1,
                                   dtype=np.float64).values())
