@@ -130,9 +130,8 @@ def use_direct_convolution(enabled: bool) -> bool:
 
 def conv2d_paths(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
                  dtype=np.float32) -> dict:
-    """Which parts of this convolution ('forward', 'input_grad', 'weight_grad') run on the
-    direct kernel rather than im2col + GEMM, on this CPU: each to the filters of its tile
-    (32 or 16), or 0 for im2col + GEMM."""
+    """For 'forward', 'input_grad', 'weight_grad' of this convolution on this CPU: the
+    filters of the direct kernel's tile that runs it (32 or 16), 0 for im2col + GEMM."""
     x, weight = np.empty(x_shape, dtype), np.empty(weight_shape, dtype)
     geometry = conv_geometry(x, weight, stride, padding, dilation, groups)
     return _conv.direct_paths(x.shape, weight.shape, geometry.output_size, geometry.stride,
