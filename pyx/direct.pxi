@@ -6,12 +6,12 @@
 #   address it: taps[k] = c*HP*WP + kh*DH*WP + kw*DW for k = (c, kh, kw), and
 #   positions[p] = oh*SH*WP + ow*SW for p = (oh, ow); value (k, p) of im2col's matrix is
 #   padded[taps[k] + positions[p]].
-# - Forward: a tile is a few output positions (3 or 6) by a block of filters (32, or 16 for
-#   layers of 16 or fewer: tile_for), summed over all K taps in registers; the weights are
-#   packed once per call as (filter block, K, tile filters), so each step reads one
-#   contiguous row of them. grad_input of a stride-1 layer is the
-#   forward of grad_output with the kernel rotated by 180 degrees and in/out channels
-#   swapped, padded by (K-1)*D - P. grad_weight swaps the roles: a tile is a few taps by a
+# - Forward: a tile is a few output positions (3 or 6) by a block of filters (32, or 16
+#   where 32-wide tiles would idle over a quarter of their lanes: tile_for), summed over all
+#   K taps in registers; the weights are packed once per call as (filter block, K, tile
+#   filters), so each step reads one contiguous row of them. grad_input of a stride-1 layer
+#   is the forward of grad_output with the kernel rotated by 180 degrees and in/out
+#   channels swapped, padded by (K-1)*D - P. grad_weight swaps the roles: a tile is a few taps by a
 #   block of filters, summed over the output positions against grad_output transposed
 #   to (filter block, L, tile filters).
 # - Why: im2col + GEMM writes the column matrix, then BLAS copies it again into its packed
@@ -80,8 +80,9 @@ cdef Py_ssize_t MIN_DIRECT_TAPS = 16
 cdef Py_ssize_t MIN_DIRECT_SUM = 64
 # A task of the forward is a group of tiles of at most MAX_GROUP_ROWS positions (the tiles
 # shared out evenly between the fewest groups). A tile's sum runs SUM_CHUNK_BYTES of packed
-# rows at a time, so they stay in the L1 cache across the tiles. A task of grad_weight
-# with the whole batch listed is TASK_TAP_ROWS taps.
+# rows at a time, so they stay in the L1 cache across the tiles. grad_weight sums the tiles
+# of TASK_TAP_ROWS taps together (weight_grad_tiles), each such group one task when the
+# whole batch is listed.
 cdef Py_ssize_t MAX_GROUP_ROWS = 96
 cdef Py_ssize_t SUM_CHUNK_BYTES = 16384
 cdef Py_ssize_t TASK_TAP_ROWS = 96
