@@ -19,7 +19,8 @@ Workloads (float32, --threads 2 by default):
 - conv: forward and forward+backward of each shape of bench/bench_kernels.py.
 
 Each figure is the median over repeated calls inside the worker (the epoch: one pass);
-the table gives the median over --rounds rounds. PyTorch runs in eval mode under
+the table gives the median over --rounds rounds, and the range of the ratio round by
+round (the two frameworks' processes of one round run back to back). PyTorch runs in eval mode under
 no_grad for inference. It is never a dependency of cnncli: ``pip install
 torch==2.13.0``.
 
@@ -264,8 +265,13 @@ def measure(framework, workload, options, env):
     return result
 
 
-def ratio_row(label, mine, theirs, peaks=None):
-    cells = [label, f"{mine:.2f}", f"{theirs:.2f}", f"{mine / theirs:.2f}x"]
+def ratio_row(label, mine, theirs, rounds, peaks=None):
+    """A table row: the medians, their ratio, and the range of the ratio round by round
+    (each round's cnncli time over the same round's PyTorch time): on a shared machine a
+    single shape's ratio moves by a third between rounds, and the range shows how far."""
+    per_round = [a / b for a, b in rounds]
+    cells = [label, f"{mine:.2f}", f"{theirs:.2f}", f"{mine / theirs:.2f}x",
+             f"{min(per_round):.2f}-{max(per_round):.2f}x"]
     if peaks:
         cells += [f"{peaks[0]:.0f}", f"{peaks[1]:.0f}"]
     return "| " + " | ".join(cells) + " |"
@@ -316,9 +322,9 @@ def report(results, options):
           + "; ".join(f"{framework} {', '.join(runs[framework][0]['blas'])}"
                       for runs in list(results.values())[:1] for framework in runs))
     print()
-    print("| workload | cnncli ms | torch ms | cnncli / torch | cnncli peak MiB | "
+    print("| workload | cnncli ms | torch ms | cnncli / torch | per round | cnncli peak MiB | "
           "torch peak MiB |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for workload, runs in results.items():
         if workload == "conv":
             continue
@@ -326,11 +332,12 @@ def report(results, options):
         theirs = statistics.median(run["ms"] for run in runs["torch"])
         peaks = (max(run["peak_mib"] for run in runs["cnncli"]),
                  max(run["peak_mib"] for run in runs["torch"]))
-        print(ratio_row(workload, mine, theirs, peaks))
+        rounds = [(a["ms"], b["ms"]) for a, b in zip(runs["cnncli"], runs["torch"])]
+        print(ratio_row(workload, mine, theirs, rounds, peaks))
     if "conv" in results:
         print()
-        print("| conv layer | pass | cnncli ms | torch ms | cnncli / torch |")
-        print("|---|---|---|---|---|")
+        print("| conv layer | pass | cnncli ms | torch ms | cnncli / torch | per round |")
+        print("|---|---|---|---|---|---|")
         ratios = {"fwd": [], "fwd+bwd": []}
         runs = results["conv"]
         for label in runs["cnncli"][0]["conv"]:
@@ -338,7 +345,9 @@ def report(results, options):
                 mine = statistics.median(run["conv"][label][kind] for run in runs["cnncli"])
                 theirs = statistics.median(run["conv"][label][kind] for run in runs["torch"])
                 ratios[kind].append(mine / theirs)
-                print(ratio_row(f"{label} | {kind}", mine, theirs))
+                rounds = [(a["conv"][label][kind], b["conv"][label][kind])
+                          for a, b in zip(runs["cnncli"], runs["torch"])]
+                print(ratio_row(f"{label} | {kind}", mine, theirs, rounds))
         for kind, values in ratios.items():
             print(f"\ngeometric mean cnncli / torch, {kind}: "
                   f"{float(np.exp(np.mean(np.log(values)))):.2f}x, worst {max(values):.2f}x")
