@@ -354,13 +354,12 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
                                const float* bias, float[:, :, :, ::1] out,
                                const float[:, :, :, ::1] weight, float[::1] packed,
                                int[::1] taps, int[::1] positions, float[:, ::1] padded,
-                               float[:, ::1] sums, Geometry g, const Geometry* layer,
-                               bint relu, int n_threads) noexcept:
+                               float[:, ::1] sums, Geometry g, Tile tile,
+                               const Geometry* layer, bint relu, int n_threads) noexcept:
     """With `layer` (grad_input), weight is that layer's and is packed rotated."""
     cdef Padding p = padding_for(&g)
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
     cdef Py_ssize_t plane = g.C * p.HP * p.WP
-    cdef Tile tile = tile_for(g.F)
     cdef Py_ssize_t blocks = round_up(g.F, tile.filters) // tile.filters
     cdef bint batch = whole_batch(&g, FORWARD_WHOLE_BATCH)
     cdef Py_ssize_t P = g.N * L if batch else L
@@ -426,7 +425,7 @@ cdef direct_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_th
     padded = np.empty((rows, samples_per_row * g.C * p.HP * p.WP), dtype=np.float32)
     sums = aligned_empty((n_threads, MAX_GROUP_ROWS * tile.filters))
     direct_forward_typed(x, scale_pointer, bias_pointer, out, weight, packed, taps, positions,
-                         padded, sums, g, layer, relu, n_threads)
+                         padded, sums, g, tile, layer, relu, n_threads)
 
 
 cdef direct_input_grad(grad_output, weight, grad_input, Geometry g, int n_threads):
@@ -475,13 +474,12 @@ cdef void direct_weight_grad_typed(const float[:, :, :, ::1] grad_output,
                                    const float[:, :, :, ::1] x, float[:, ::1] partials,
                                    float[::1] grad_weight, int[::1] taps,
                                    int[::1] positions, float[:, ::1] padded,
-                                   float[:, ::1] transposed, Geometry g, Py_ssize_t n_chunks,
-                                   int n_threads) noexcept:
+                                   float[:, ::1] transposed, Geometry g, Tile tile,
+                                   Py_ssize_t n_chunks, int n_threads) noexcept:
     """Per sample, one chunk of samples' sums in each row of partials; with the whole batch
     listed (whole_batch), one task per tile of the result, over every position at once."""
     cdef Padding p = padding_for(&g)
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
-    cdef Tile tile = tile_for(g.F)
     cdef Py_ssize_t width = tile.filters
     cdef Py_ssize_t KR = round_up(K, tile.rows)
     cdef Py_ssize_t plane = g.C * p.HP * p.WP
@@ -553,7 +551,7 @@ cdef direct_weight_grad(grad_output, x, grad_weight, Geometry g, Py_ssize_t n_ch
     direct_weight_grad_typed(grad_output, x, partials, grad_weight,
                              np.empty(KR, dtype=np.int32),
                              np.empty(samples_per_row * L, dtype=np.int32), padded, transposed,
-                             g, n_chunks, n_threads if batch else min(n_threads, n_chunks))
+                             g, tile, n_chunks, n_threads if batch else min(n_threads, n_chunks))
 
 
 def direct_paths(tuple input_shape, tuple weight_shape, tuple output_size, tuple stride,
