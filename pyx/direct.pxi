@@ -32,6 +32,8 @@
 # - Allocation: direct_forward / direct_weight_grad allocate the packed weights, offset
 #   tables, padded buffers, tile sums and partials with the GIL before the loops (the
 #   offsets and the packing are then filled without it).
+# - A narrowing 1x1 layer (narrowing_pointwise) takes the forward only, reading each sample
+#   in place: it is its own padded copy.
 # - Which path: see direct_forward_applies and friends; float64 (gradient checks), grouped
 #   convolutions, CPUs without AVX2 and (until the AVX-512 variant is measured) CPUs with
 #   AVX-512 keep im2col + GEMM.
@@ -96,6 +98,8 @@ cdef Py_ssize_t FORWARD_WHOLE_BATCH = 128
 cdef Py_ssize_t WEIGHT_GRAD_WHOLE_BATCH = 256
 # Offsets are 32-bit: a padded sample (or batch, when listed whole) stays below 2**31 values.
 cdef Py_ssize_t MAX_PADDED = 2147483647
+# The widest narrowing 1x1 layer the forward takes (see narrowing_pointwise).
+cdef Py_ssize_t MAX_POINTWISE_FILTERS = 128
 
 
 def use_direct_kernel(bint enabled):
@@ -143,27 +147,46 @@ cdef bint fills_tiles(Py_ssize_t filters):
     return tile_for(filters).filters > 0
 
 
-cdef bint direct_common(const Geometry* g, object dtype):
-    """What every pass needs: float32, no groups, a kernel wider than 1x1 (a strided 1x1
-    sums too few taps: 1.06 ms against 0.65 for ResNet's downsampling), a sample that 32-bit
-    offsets can address, and (MIN_DIRECT_SUM) at least 64 output positions in the batch,
-    so a group of tiles reuses each chunk of packed weights. Below that (ResNet-18's last
-    stage at batch 1, 7x7), OpenBLAS's one product reads the weights once and wins: 3.2 ms
-    against 4.4 ms for 512 filters of 3x3x512."""
+cdef bint direct_allowed(const Geometry* g, object dtype):
+    """What every pass needs: float32, no groups, a sample that 32-bit offsets can address,
+    and (MIN_DIRECT_SUM) at least 64 output positions in the batch, so a group of tiles
+    reuses each chunk of packed weights. Below that (ResNet-18's last stage at batch 1,
+    7x7), OpenBLAS's one product reads the weights once and wins: 3.2 ms against 4.4 ms for
+    512 filters of 3x3x512."""
     cdef Padding p = padding_for(g)
-    return (direct_enabled and dtype == np.float32 and g.G == 1 and g.KH * g.KW > 1
+    return (direct_enabled and dtype == np.float32 and g.G == 1
             and g.C * p.HP * p.WP < MAX_PADDED and g.N * g.OH * g.OW >= MIN_DIRECT_SUM)
 
 
+cdef bint direct_common(const Geometry* g, object dtype):
+    """direct_allowed, and a kernel wider than 1x1 (a strided 1x1 sums too few taps: 1.06 ms
+    against 0.65 for ResNet's downsampling)."""
+    return direct_allowed(g, dtype) and g.KH * g.KW > 1
+
+
+cdef bint narrowing_pointwise(const Geometry* g) noexcept:
+    """A stride-1 1x1 layer that narrows its channels to at most MAX_POINTWISE_FILTERS
+    filters (a bottleneck's first layer). The GEMM path's product packs the whole sample
+    for BLAS, a copy so few filters do not pay back; the direct kernel reads the sample in
+    place. Interleaved against GEMM, time ratio: 256 to 64 channels at 14x14, batch 32:
+    0.71-0.72x; at 56x56, batch 16: 0.95x, batch 1: 0.73x; 512 to 64: 0.72x; 256 to 128:
+    0.82x; 96 to 32 at 16x16: 0.63x; 1024 to 128: 1.04x (the one loss seen). Layers that
+    keep or widen their channels lose or draw (64 to 64 at 56x56: 1.00-1.07x; 128 to 128:
+    1.00x; 64 to 256: 1.04-1.08x), and so do wider ones (2048 to 512 at 7x7: 1.07x)."""
+    return is_pointwise(g) and g.F <= MAX_POINTWISE_FILTERS and g.C > g.F
+
+
 cdef bint direct_forward_applies(const Geometry* g, object dtype):
-    return (direct_common(g, dtype) and fills_tiles(g.F)
-            and g.C * g.KH * g.KW >= MIN_DIRECT_TAPS)
+    return ((direct_common(g, dtype) or (narrowing_pointwise(g) and direct_allowed(g, dtype)))
+            and fills_tiles(g.F) and g.C * g.KH * g.KW >= MIN_DIRECT_TAPS)
 
 
 cdef bint direct_input_grad_applies(const Geometry* g, object dtype):
-    """grad_input as a forward of grad_output (transposed_geometry): stride 1, and a padding
-    no wider than the kernel's reach (so the rotated kernel's padding is not negative)."""
-    if g.SH != 1 or g.SW != 1 or g.PH > (g.KH - 1) * g.DH or g.PW > (g.KW - 1) * g.DW:
+    """grad_input as a forward of grad_output (transposed_geometry): stride 1, a kernel wider
+    than 1x1 (narrowing_pointwise is measured for the forward only), and a padding no wider
+    than the kernel's reach (so the rotated kernel's padding is not negative)."""
+    if (g.SH != 1 or g.SW != 1 or g.KH * g.KW == 1 or g.PH > (g.KH - 1) * g.DH
+            or g.PW > (g.KW - 1) * g.DW):
         return False
     cdef Geometry t = transposed_geometry(g)
     return direct_forward_applies(&t, dtype)
@@ -362,6 +385,10 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
     cdef Py_ssize_t tasks = blocks * position_groups(P, tile, &group_tiles)
     cdef Py_ssize_t channel_blocks = min(g.C, SHARED_TASKS)
     cdef Py_ssize_t n, t, task, block
+    # A 1x1 layer's sample is its own padded copy (padding_for gives HP = H, WP = W): the
+    # tiles read it in place.
+    cdef bint in_place = is_pointwise(&g)
+    cdef const float* source
     with nogil:
         fill_taps(&taps[0], K, &g, p)
         fill_positions(&positions[0], round_up(P, tile.rows), &g, p, g.N if batch else 1)
@@ -371,26 +398,34 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
             else:
                 pack_block(&weight[0, 0, 0, 0], scale, &packed[0], block, g.F, K, tile.filters)
         if batch:
-            for n in prange(g.N, schedule="static", num_threads=n_threads):
-                pad_channels(&x[n, 0, 0, 0], &padded[0, n * plane], &g, p, 0, g.C)
+            if not in_place:
+                for n in prange(g.N, schedule="static", num_threads=n_threads):
+                    pad_channels(&x[n, 0, 0, 0], &padded[0, n * plane], &g, p, 0, g.C)
+            source = &x[0, 0, 0, 0] if in_place else &padded[0, 0]
             for task in prange(tasks, schedule="dynamic", num_threads=n_threads):
-                forward_task(&padded[0, 0], &taps[0], &positions[0], P, &packed[0], bias, relu,
+                forward_task(source, &taps[0], &positions[0], P, &packed[0], bias, relu,
                              &out[0, 0, 0, 0], &sums[threadid(), 0], &g, tile, task)
         elif g.N >= SHARED_BATCH:
             for n in prange(g.N, schedule="dynamic", num_threads=n_threads):
                 t = threadid()
-                pad_channels(&x[n, 0, 0, 0], &padded[t, 0], &g, p, 0, g.C)
+                if in_place:
+                    source = &x[n, 0, 0, 0]
+                else:
+                    pad_channels(&x[n, 0, 0, 0], &padded[t, 0], &g, p, 0, g.C)
+                    source = &padded[t, 0]
                 for task in range(tasks):
-                    forward_task(&padded[t, 0], &taps[0], &positions[0], P, &packed[0], bias,
+                    forward_task(source, &taps[0], &positions[0], P, &packed[0], bias,
                                  relu, &out[n, 0, 0, 0], &sums[t, 0], &g, tile, task)
         else:
             for n in range(g.N):
-                for block in prange(channel_blocks, schedule="static", num_threads=n_threads):
-                    pad_channels(&x[n, 0, 0, 0], &padded[0, 0], &g, p,
-                                 block * g.C // channel_blocks,
-                                 (block + 1) * g.C // channel_blocks)
+                if not in_place:
+                    for block in prange(channel_blocks, schedule="static", num_threads=n_threads):
+                        pad_channels(&x[n, 0, 0, 0], &padded[0, 0], &g, p,
+                                     block * g.C // channel_blocks,
+                                     (block + 1) * g.C // channel_blocks)
+                source = &x[n, 0, 0, 0] if in_place else &padded[0, 0]
                 for task in prange(tasks, schedule="dynamic", num_threads=n_threads):
-                    forward_task(&padded[0, 0], &taps[0], &positions[0], P, &packed[0], bias,
+                    forward_task(source, &taps[0], &positions[0], P, &packed[0], bias,
                                  relu, &out[n, 0, 0, 0], &sums[threadid(), 0], &g, tile, task)
 
 
@@ -417,7 +452,8 @@ cdef direct_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_th
     packed = aligned_empty((round_up(g.F, tile.filters) * K,))
     taps = np.empty(K, dtype=np.int32)
     positions = np.empty(round_up(samples_per_row * L, tile.rows), dtype=np.int32)
-    padded = np.empty((rows, samples_per_row * g.C * p.HP * p.WP), dtype=np.float32)
+    padded = np.empty((rows, 1 if is_pointwise(&g) else samples_per_row * g.C * p.HP * p.WP),
+                      dtype=np.float32)
     sums = aligned_empty((n_threads, MAX_GROUP_ROWS * tile.filters))
     direct_forward_typed(x, scale_pointer, bias_pointer, out, weight, packed, taps, positions,
                          padded, sums, g, tile, layer, relu, n_threads)
@@ -541,7 +577,8 @@ cdef direct_weight_grad(grad_output, x, grad_weight, Geometry g, Py_ssize_t n_ch
     cdef Py_ssize_t rows = 1 if batch else n_threads
     cdef Py_ssize_t samples_per_row = g.N if batch else 1
     partials = aligned_empty((1 if batch else n_chunks, FR * KR))
-    padded = np.empty((rows, samples_per_row * g.C * p.HP * p.WP), dtype=np.float32)
+    padded = np.empty((rows, 1 if is_pointwise(&g) else samples_per_row * g.C * p.HP * p.WP),
+                      dtype=np.float32)
     transposed = aligned_empty((rows, FR * samples_per_row * L))
     direct_weight_grad_typed(grad_output, x, partials, grad_weight,
                              np.empty(KR, dtype=np.int32),

@@ -40,6 +40,9 @@ DIRECT_CASES = [
     (2, 16, 18, 16, 28, (3, 3), 1, 1, 1, 1, True),        # each sample's tiles shared out
     (3, 32, 9, 9, 32, (3, 3), 1, 1, 1, 1, True),          # wide tiles in every pass
     (5, 40, 15, 15, 64, (3, 3), 1, 1, 1, 1, False),       # narrow grad_input, 2 wide blocks
+    (4, 48, 10, 10, 16, (1, 1), 1, 0, 1, 1, True),        # narrowing 1x1, read in place
+    (5, 64, 12, 12, 32, (1, 1), 1, 0, 1, 1, False),       # the same, sample by sample
+    (2, 40, 13, 12, 32, (1, 1), 1, 0, 1, 1, True),        # the same, tiles shared out
 ]
 TOLERANCE = dict(rtol=2e-4, atol=2e-4)
 
@@ -61,6 +64,17 @@ def test_the_cases_cover_every_direct_pass():
     assert covered == {(name, width) for name in ("forward", "input_grad", "weight_grad")
                        for width in (16, 32)}
     assert not any(paths(DIRECT_CASES[0][:4] + (16, (1, 1)) + (1, 0, 1, 1, True)).values())
+
+
+@needs_direct
+def test_only_the_forward_of_a_narrowing_1x1_layer_runs_direct():
+    assert paths((4, 48, 10, 10, 16, (1, 1), 1, 0, 1, 1, True)) == {
+        "forward": 16, "input_grad": 0, "weight_grad": 0}
+    for widening_or_strided in [(4, 16, 10, 10, 48, (1, 1), 1, 0, 1, 1, True),
+                                (4, 256, 10, 10, 129, (1, 1), 1, 0, 1, 1, True),
+                                (4, 48, 10, 10, 16, (1, 1), 2, 0, 1, 1, True),
+                                (4, 48, 10, 10, 16, (1, 1), 1, 1, 1, 1, True)]:
+        assert not any(paths(widening_or_strided).values())
     assert not any(F.conv2d_paths((4, 16, 9, 9), (16, 16, 3, 3), padding=1,
                                   dtype=np.float64).values())
 
