@@ -469,15 +469,12 @@ cdef direct_input_grad(grad_output, weight, grad_input, Geometry g, int n_thread
 cdef void transpose_gradient(const float* dy, float* blocks, Py_ssize_t F, Py_ssize_t L,
                              Py_ssize_t P, Py_ssize_t first, Py_ssize_t width) noexcept nogil:
     """blocks[b, first + l, j] = dy[b * width + j, l] for one sample's dy (F, L), in blocks
-    of P positions; zero past F."""
-    cdef Py_ssize_t b, l, j, f
-    cdef float* row
+    of P positions; zero past F. The packing of the weights, with positions for taps
+    (cnncli_pack's transposes): value by value, this took 13% of LeNet conv2's grad_weight."""
+    cdef Py_ssize_t b
     for b in range(round_up(F, width) // width):
-        for l in range(L):
-            row = blocks + (b * P + first + l) * width
-            for j in range(width):
-                f = b * width + j
-                row[j] = dy[f * L + l] if f < F else 0
+        cnncli_pack(dy + b * width * L, NULL, blocks + (b * P + first) * width,
+                    min(width, F - b * width), L, width)
 
 
 cdef void weight_grad_tiles(const float* padded, const int* taps, const int* positions,
@@ -577,8 +574,7 @@ cdef direct_weight_grad(grad_output, x, grad_weight, Geometry g, Py_ssize_t n_ch
     cdef Py_ssize_t rows = 1 if batch else n_threads
     cdef Py_ssize_t samples_per_row = g.N if batch else 1
     partials = aligned_empty((1 if batch else n_chunks, FR * KR))
-    padded = np.empty((rows, 1 if is_pointwise(&g) else samples_per_row * g.C * p.HP * p.WP),
-                      dtype=np.float32)
+    padded = np.empty((rows, samples_per_row * g.C * p.HP * p.WP), dtype=np.float32)
     transposed = aligned_empty((rows, FR * samples_per_row * L))
     direct_weight_grad_typed(grad_output, x, partials, grad_weight,
                              np.empty(KR, dtype=np.int32),
