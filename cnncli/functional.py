@@ -28,7 +28,7 @@ from cnncli.geometry import (IntPair, conv2d_output_size, conv_geometry, conv_ou
 from cnncli.parallelism import get_num_threads, set_num_threads, single_threaded_blas, threads
 
 __all__ = [
-    "conv2d", "conv2d_backward", "conv2d_paths", "use_direct_convolution",
+    "conv2d", "conv2d_backward", "conv2d_paths", "use_direct_convolution", "use_winograd",
     "linear", "linear_backward",
     "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward",
@@ -47,10 +47,8 @@ def openmp_enabled() -> bool:
 
 
 def softmax(input: np.ndarray, dim: int = -1, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """``exp(x - max) / sum(exp(x - max))`` along ``dim``: finite for any finite input.
-
-    ``out`` (which may be ``input`` itself) receives the result in place.
-    """
+    """``exp(x - max) / sum(exp(x - max))`` along ``dim``: finite for any finite input;
+    ``out`` (which may be ``input`` itself) receives the result in place."""
     input = np.asarray(input)
     out = np.empty_like(input) if out is None else out
     np.subtract(input, input.max(axis=dim, keepdims=True), out=out)
@@ -60,8 +58,7 @@ def softmax(input: np.ndarray, dim: int = -1, out: Optional[np.ndarray] = None) 
 
 
 def sigmoid(input: np.ndarray) -> np.ndarray:
-    """``1 / (1 + exp(-x))``, exponentiating only non-positive numbers so nothing
-    overflows."""
+    """``1 / (1 + exp(-x))``, exponentiating only non-positive numbers: no overflow."""
     negative_part = np.exp(-np.abs(input))
     return np.where(input >= 0, 1 / (1 + negative_part), negative_part / (1 + negative_part))
 
@@ -93,14 +90,11 @@ def conv2d(x, weight, bias=None, stride: IntPair = 1, padding: Union[IntPair, st
     padding : int, (int, int), 'valid' or 'same'
         Zeros added on each side; 'same' keeps H and W (stride 1 only).
     groups : int
-        Split channels into groups convolved separately; ``groups == C`` is a
-        depthwise convolution.
+        Split channels into groups convolved separately (``groups == C``: depthwise).
     relu : bool
-        Return ``max(conv, 0)``, applied to each sample's output while it is in
-        cache (the same values as ``relu(conv2d(...))``).
+        Return ``max(conv, 0)`` (as ``relu(conv2d(...))``), applied in cache.
     scale : ndarray, shape (F,), optional
-        Multiply filter f's sums by ``scale[f]`` before the bias: a BatchNorm
-        folded in, with no pass of its own over the weights or the output.
+        Multiply filter f's sums by ``scale[f]`` before the bias (a folded BatchNorm).
 
     Returns
     -------
@@ -128,10 +122,16 @@ def use_direct_convolution(enabled: bool) -> bool:
     return _conv.use_direct_kernel(enabled)
 
 
+def use_winograd(enabled: bool) -> bool:
+    """Allow Winograd's F(2x2, 3x3) on the 3x3 layers it suits (default); returns the last."""
+    return _conv.use_winograd(enabled)
+
+
 def conv2d_paths(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
                  dtype=np.float32) -> dict:
     """For 'forward', 'input_grad', 'weight_grad' of this convolution on this CPU: the
-    filters of the direct kernel's tile that runs it (32 or 16), 0 for im2col + GEMM."""
+    filters of the direct kernel's tile that runs it (32 or 16), 0 for im2col + GEMM;
+    'winograd': those of them that run as Winograd's F(2x2, 3x3) on that kernel."""
     x, weight = np.empty(x_shape, dtype), np.empty(weight_shape, dtype)
     geometry = conv_geometry(x, weight, stride, padding, dilation, groups)
     return _conv.direct_paths(x.shape, weight.shape, geometry.output_size, geometry.stride,

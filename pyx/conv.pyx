@@ -275,6 +275,7 @@ cdef bint is_pointwise(const Geometry* g) noexcept:
 
 
 include "direct.pxi"
+include "winograd.pxi"
 
 
 cdef object column_scratch(const Geometry* g, bint pointwise, int n_threads, object dtype):
@@ -522,6 +523,9 @@ def conv2d_forward(x, weight, bias, out, tuple stride, tuple padding, tuple dila
         check_array("scale", scale, 1, dtype, False)
         check_shape("scale", scale, (g.F,))
     check_disjoint("out", out, "x", x)
+    if winograd_forward_applies(&g, dtype):
+        winograd_forward(x, weight, scale, bias, out, g, relu, n_threads)
+        return
     if direct_forward_applies(&g, dtype):
         direct_forward(x, weight, scale, bias, out, g, relu, n_threads)
         return
@@ -583,6 +587,9 @@ def conv2d_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias,
         weight_flat = grad_weight.reshape(-1)
         bias_flat = grad_bias
     # The direct kernel takes the parts it applies to; im2col + GEMM does the rest.
+    if grad_input is not None and winograd_input_grad_applies(&g, dtype):
+        winograd_input_grad(grad_output, weight, grad_input, g, n_threads)
+        grad_input = None
     if grad_input is not None and direct_input_grad_applies(&g, dtype):
         direct_input_grad(grad_output, weight, grad_input, g, n_threads)
         grad_input = None

@@ -69,7 +69,7 @@ def test_the_cases_cover_every_direct_pass():
 @needs_direct
 def test_only_the_forward_of_a_narrowing_1x1_layer_runs_direct():
     assert paths((4, 48, 10, 10, 16, (1, 1), 1, 0, 1, 1, True)) == {
-        "forward": 16, "input_grad": 0, "weight_grad": 0}
+        "forward": 16, "input_grad": 0, "weight_grad": 0, "winograd": ()}
     for widening_or_strided in [(4, 16, 10, 10, 48, (1, 1), 1, 0, 1, 1, True),
                                 (4, 256, 10, 10, 129, (1, 1), 1, 0, 1, 1, True),
                                 (4, 48, 10, 10, 16, (1, 1), 2, 0, 1, 1, True),

@@ -1,0 +1,196 @@
+/* The transforms of Winograd's F(2x2, 3x3) convolution (pyx/winograd.pxi).
+ *
+ * Design notes
+ * - F(2x2, 3x3) computes a 2x2 block of outputs ("a tile") of a 3x3 stride-1 layer from a
+ *   4x4 patch of input d and the 3x3 kernel g as Y = A^T [(G g G^T) . (B^T d B)] A: 16
+ *   products per tile and channel instead of 36. Over all channels the 16 elements of the
+ *   transformed input V = B^T d B and weights U = G g G^T meet in 16 independent sums
+ *   M[e] = sum_c U[e][c] V[e][c], each a product of (tiles x channels) by (channels x
+ *   filters): those run on the direct kernel's micro-kernel (microkernel.h). With
+ *       B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; .5 .5 .5; .5 -.5 .5;
+ *       0 0 1],  A^T = [1 1 1 0; 0 1 -1 -1]
+ *   it computes the cross-correlation y[i] = sum_k d[i + k] g[k], as the layers do. Element
+ *   e = 4k + l: k from the transform of the rows, l of the columns.
+ * - Layouts. V of a band of R tiles: V[e][c][r], so three neighbouring tiles are three
+ *   neighbouring broadcasts of the micro-kernel. U of a block of `width` filters:
+ *   U[e][c][j], the micro-kernel's packed weights. M: M[e][r][j], its sums.
+ * - The input transform takes eight tiles of a row at a time: their patches' columns
+ *   2t..2t+3 are the even and odd columns of two overlapping 16-float loads, separated by
+ *   shuffles.
+ * - Every value goes through a fixed sequence of additions and multiply-adds: a result
+ *   does not depend on which thread computed it.
+ */
+#ifndef CNNCLI_WINOGRAD_H
+#define CNNCLI_WINOGRAD_H
+
+#include <stddef.h>
+
+/* u[e][c][j] for the filters f = f0 + j (j < filters; 0 for filters <= j < width) and every
+ * channel c < C: G g G^T of the kernel g[kh][kw] = weight[f * sf + c * sc + kh * sh + kw * sw]
+ * (strides, so that grad_input's rotated, transposed kernel is read in place), times
+ * scale[j] unless scale is NULL. */
+static void cnncli_wino_weights(const float* weight, ptrdiff_t sf, ptrdiff_t sc, ptrdiff_t sh,
+                                ptrdiff_t sw, const float* scale, float* u, ptrdiff_t C,
+                                ptrdiff_t filters, ptrdiff_t width)
+{
+    ptrdiff_t c, j, q, k;
+    float g[3][3], h[4][3], e[4][4], factor;
+    for (c = 0; c < C; c++)
+        for (j = 0; j < width; j++) {
+            if (j >= filters) {
+                for (k = 0; k < 16; k++)
+                    u[(k * C + c) * width + j] = 0.0f;
+                continue;
+            }
+            for (k = 0; k < 3; k++)
+                for (q = 0; q < 3; q++)
+                    g[k][q] = weight[j * sf + c * sc + k * sh + q * sw];
+            for (q = 0; q < 3; q++) {                      /* h = G g */
+                h[0][q] = g[0][q];
+                h[1][q] = 0.5f * (g[0][q] + g[1][q] + g[2][q]);
+                h[2][q] = 0.5f * (g[0][q] - g[1][q] + g[2][q]);
+                h[3][q] = g[2][q];
+            }
+            for (k = 0; k < 4; k++) {                      /* e = h G^T */
+                e[k][0] = h[k][0];
+                e[k][1] = 0.5f * (h[k][0] + h[k][1] + h[k][2]);
+                e[k][2] = 0.5f * (h[k][0] - h[k][1] + h[k][2]);
+                e[k][3] = h[k][2];
+            }
+            factor = scale != NULL ? scale[j] : 1.0f;
+            for (k = 0; k < 16; k++)
+                u[(k * C + c) * width + j] = e[k / 4][k % 4] * factor;
+        }
+}
+
+/* The 16 values of V = B^T d B of one patch d (rows d0..d3, each 4 columns from its start),
+ * written to v[e * stride]. */
+static inline void cnncli_wino_patch(const float* d0, const float* d1, const float* d2,
+                                     const float* d3, float* v, ptrdiff_t stride)
+{
+    float t[4][4];
+    int q, k;
+    for (q = 0; q < 4; q++) {
+        t[0][q] = d0[q] - d2[q];
+        t[1][q] = d1[q] + d2[q];
+        t[2][q] = d2[q] - d1[q];
+        t[3][q] = d1[q] - d3[q];
+    }
+    for (k = 0; k < 4; k++) {
+        v[(4 * k + 0) * stride] = t[k][0] - t[k][2];
+        v[(4 * k + 1) * stride] = t[k][1] + t[k][2];
+        v[(4 * k + 2) * stride] = t[k][2] - t[k][1];
+        v[(4 * k + 3) * stride] = t[k][1] - t[k][3];
+    }
+}
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+/* Even and odd floats of p[0..15]: ev = p[0], p[2], ..., p[14]; od = p[1], ..., p[15]. */
+__attribute__((target("avx2")))
+static inline void cnncli_deinterleave(const float* p, __m256* ev, __m256* od)
+{
+    __m256 lo = _mm256_loadu_ps(p), hi = _mm256_loadu_ps(p + 8);
+    *ev = _mm256_castpd_ps(_mm256_permute4x64_pd(
+        _mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
+    *od = _mm256_castpd_ps(_mm256_permute4x64_pd(
+        _mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
+}
+
+/* V of a band of tile rows: v[(e * C + c) * R + (i * tiles_wide + t)] for the tile rows
+ * i < rows, the tiles t < tiles_wide of a row and the channels c < C, from the padded
+ * sample x (channel planes `plane` floats apart, rows `row` floats apart) whose tile row i
+ * starts at input row 2 * i (x points at the band's first). A row needs 2 * tiles_wide + 2
+ * readable columns. */
+__attribute__((target("avx2")))
+static void cnncli_wino_input(const float* x, ptrdiff_t plane, ptrdiff_t row, ptrdiff_t C,
+                              ptrdiff_t rows, ptrdiff_t tiles_wide, float* v, ptrdiff_t R)
+{
+    ptrdiff_t c, i, t, k, r;
+    for (c = 0; c < C; c++)
+        for (i = 0; i < rows; i++) {
+            const float* d = x + c * plane + 2 * i * row;
+            float* out = v + c * R + i * tiles_wide;
+            for (t = 0; t + 8 <= tiles_wide; t += 8) {
+                /* Columns 2t + q of the eight patches: q = 0, 1 from one load, 2, 3 from
+                 * the load two floats on; rows combined first (B^T d), then columns. */
+                __m256 col[4][4], tr[4][4];
+                for (r = 0; r < 4; r++) {
+                    cnncli_deinterleave(d + r * row + 2 * t, &col[r][0], &col[r][1]);
+                    cnncli_deinterleave(d + r * row + 2 * t + 2, &col[r][2], &col[r][3]);
+                }
+                for (k = 0; k < 4; k++) {
+                    tr[0][k] = _mm256_sub_ps(col[0][k], col[2][k]);
+                    tr[1][k] = _mm256_add_ps(col[1][k], col[2][k]);
+                    tr[2][k] = _mm256_sub_ps(col[2][k], col[1][k]);
+                    tr[3][k] = _mm256_sub_ps(col[1][k], col[3][k]);
+                }
+                for (k = 0; k < 4; k++) {
+                    _mm256_storeu_ps(out + (4 * k + 0) * C * R + t,
+                                     _mm256_sub_ps(tr[k][0], tr[k][2]));
+                    _mm256_storeu_ps(out + (4 * k + 1) * C * R + t,
+                                     _mm256_add_ps(tr[k][1], tr[k][2]));
+                    _mm256_storeu_ps(out + (4 * k + 2) * C * R + t,
+                                     _mm256_sub_ps(tr[k][2], tr[k][1]));
+                    _mm256_storeu_ps(out + (4 * k + 3) * C * R + t,
+                                     _mm256_sub_ps(tr[k][1], tr[k][3]));
+                }
+            }
+            for (; t < tiles_wide; t++)
+                cnncli_wino_patch(d + 2 * t, d + row + 2 * t, d + 2 * row + 2 * t,
+                                  d + 3 * row + 2 * t, out + t, C * R);
+        }
+}
+
+/* Y = A^T M A of each tile of a band, written position-major: y[p * width + j] for the
+ * output positions p = (2 * i + a) * out_wide + 2 * t + b of the band (i < rows, t <
+ * tiles_wide) that lie inside out_high x out_wide, from m[(e * R + i * tiles_wide + t) *
+ * width + j]; width a multiple of 8. */
+__attribute__((target("avx2")))
+static void cnncli_wino_output(const float* m, ptrdiff_t R, ptrdiff_t width, ptrdiff_t rows,
+                               ptrdiff_t tiles_wide, ptrdiff_t out_high, ptrdiff_t out_wide,
+                               float* y)
+{
+    ptrdiff_t i, t, j, e, a, b;
+    for (i = 0; i < rows; i++)
+        for (t = 0; t < tiles_wide; t++)
+            for (j = 0; j < width; j += 8) {
+                __m256 v[16], s[2][4], out[2][2];
+                for (e = 0; e < 16; e++)
+                    v[e] = _mm256_loadu_ps(m + (e * R + i * tiles_wide + t) * width + j);
+                for (b = 0; b < 4; b++) {              /* s = A^T M */
+                    s[0][b] = _mm256_add_ps(_mm256_add_ps(v[b], v[4 + b]), v[8 + b]);
+                    s[1][b] = _mm256_sub_ps(_mm256_sub_ps(v[4 + b], v[8 + b]), v[12 + b]);
+                }
+                for (a = 0; a < 2; a++) {              /* Y = s A */
+                    out[a][0] = _mm256_add_ps(_mm256_add_ps(s[a][0], s[a][1]), s[a][2]);
+                    out[a][1] = _mm256_sub_ps(_mm256_sub_ps(s[a][1], s[a][2]), s[a][3]);
+                }
+                for (a = 0; a < 2; a++)
+                    for (b = 0; b < 2; b++)
+                        if (2 * i + a < out_high && 2 * t + b < out_wide)
+                            _mm256_storeu_ps(
+                                y + ((2 * i + a) * out_wide + 2 * t + b) * width + j,
+                                out[a][b]);
+            }
+}
+
+#else
+
+static void cnncli_wino_input(const float* x, ptrdiff_t plane, ptrdiff_t row, ptrdiff_t C,
+                              ptrdiff_t rows, ptrdiff_t tiles_wide, float* v, ptrdiff_t R)
+{
+    (void)x; (void)plane; (void)row; (void)C; (void)rows; (void)tiles_wide; (void)v; (void)R;
+}
+
+static void cnncli_wino_output(const float* m, ptrdiff_t R, ptrdiff_t width, ptrdiff_t rows,
+                               ptrdiff_t tiles_wide, ptrdiff_t out_high, ptrdiff_t out_wide,
+                               float* y)
+{
+    (void)m; (void)R; (void)width; (void)rows; (void)tiles_wide; (void)out_high;
+    (void)out_wide; (void)y;
+}
+
+#endif
+#endif

@@ -1,0 +1,220 @@
+# Winograd F(2x2, 3x3) for 3x3 stride-1 float32 layers (textually included in conv.pyx,
+# after direct.pxi).
+#
+# Design notes
+# - What: each 2x2 block of outputs (a tile) from a 4x4 patch of input, through the
+#   transforms of winograd.h: 16 multiplications per tile and channel where the direct
+#   kernel does 36, so 2.25x fewer. The 16 sums over channels are products of (tiles x
+#   channels) by (channels x filters), run on the direct kernel's micro-kernel.
+# - Accuracy: the transforms only add, subtract and halve, so a result differs from the
+#   direct sum by float32 rounding of a few more terms: relative to the largest output,
+#   about 1e-6 on random data (see test_winograd.py).
+# - Order of work: a task is a band of tile rows of one sample, sized so that its
+#   transformed input V (16 values per tile and channel) stays in the L2 cache
+#   (WINOGRAD_BAND_BYTES); for each block of filters in turn, its 16 sums M over the band
+#   are computed, transformed back and stored. Channels are summed in chunks of tile.chunk,
+#   each through all of a band's tiles, so the chunk's weights stay in the L1 cache, as in
+#   forward_task.
+# - Parallel axis: samples (each thread pads its own, then takes its bands in order);
+#   below SHARED_BATCH samples, the bands of one sample. Each output is one in-order sum
+#   computed by one thread: bit-identical for any thread count.
+# - Allocation: packed weights, offsets and every thread's padded sample, V, M and
+#   position-major output are allocated with the GIL before the loops.
+
+cdef extern from "winograd.h" nogil:
+    void cnncli_wino_weights(const float* weight, Py_ssize_t sf, Py_ssize_t sc, Py_ssize_t sh,
+                             Py_ssize_t sw, const float* scale, float* u, Py_ssize_t C,
+                             Py_ssize_t filters, Py_ssize_t width)
+    void cnncli_wino_input(const float* x, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t C,
+                           Py_ssize_t rows, Py_ssize_t tiles_wide, float* v, Py_ssize_t R)
+    void cnncli_wino_output(const float* m, Py_ssize_t R, Py_ssize_t width, Py_ssize_t rows,
+                            Py_ssize_t tiles_wide, Py_ssize_t out_high, Py_ssize_t out_wide,
+                            float* y)
+
+# A band's transformed input is at most this large (unless one tile row is larger).
+cdef Py_ssize_t WINOGRAD_BAND_BYTES = 262144
+# Winograd takes a 3x3 stride-1 layer of at least WINOGRAD_MIN_CHANNELS channels and filters,
+# at most WINOGRAD_MAX_WEIGHTS of them multiplied, with at least WINOGRAD_MIN_POSITIONS
+# output positions in the batch (see winograd_forward_applies).
+cdef Py_ssize_t WINOGRAD_MIN_CHANNELS = 64
+cdef Py_ssize_t WINOGRAD_MAX_WEIGHTS = 65536
+cdef Py_ssize_t WINOGRAD_MIN_POSITIONS = 1536
+cdef bint winograd_enabled = True
+
+
+def use_winograd(bint enabled):
+    """Allow (True) or forbid (False) Winograd's path; returns whether it was allowed. For
+    tests and benchmarks that compare it with the direct kernel."""
+    global winograd_enabled
+    previous = winograd_enabled
+    winograd_enabled = enabled
+    return previous
+
+
+cdef struct Bands:
+    Py_ssize_t tiles_high, tiles_wide   # tiles of the output, 2x2 outputs each
+    Py_ssize_t rows                     # tile rows per band
+    Py_ssize_t count                    # bands per sample
+    Py_ssize_t R                        # tiles per band, rounded up to whole micro-tiles
+    Py_ssize_t HP, WP                   # the padded sample: every patch inside it
+
+
+cdef Bands bands_for(const Geometry* g, Tile tile):
+    cdef Bands b
+    b.tiles_high = (g.OH + 1) // 2
+    b.tiles_wide = (g.OW + 1) // 2
+    b.rows = max(1, min(b.tiles_high, WINOGRAD_BAND_BYTES // (64 * g.C * b.tiles_wide)))
+    b.count = (b.tiles_high + b.rows - 1) // b.rows
+    b.R = round_up(b.rows * b.tiles_wide, tile.rows)
+    b.HP = max(g.PH + g.H, 2 * b.tiles_high + 2)
+    b.WP = max(g.PW + g.W, 2 * b.tiles_wide + 2)
+    return b
+
+
+cdef bint winograd_forward_applies(const Geometry* g, object dtype):
+    """float32 on the direct kernel's CPUs, a 3x3 stride-1 undilated kernel, no groups, and
+    a layer where the transforms pay: interleaved against the direct kernel (time ratio),
+    64 to 256 channels and filters over 1024 output positions or more took 0.62-0.91x
+    (VGG's 64 channels at 32x32, batch 32: 0.63x; ResNet's 256 at 14x14, batch 32: 0.66x;
+    64 at 56x56, batch 1: 0.83x). Below WINOGRAD_MIN_CHANNELS, a sum over channels is too
+    short for the micro-kernel (32 channels at 28x28: 1.05x); beyond WINOGRAD_MAX_WEIGHTS
+    channels times filters the transformed weights (16 values per pair) no longer stay in
+    the L3 cache while the bands pass over them (512 to 512 at 7x7, batch 64: 1.87x); below
+    WINOGRAD_MIN_POSITIONS, transforming the weights is not paid back, and 7x7 outputs
+    waste a quarter of 4x4 tiles (about 1024 positions: 64 channels at 32x32, batch 1:
+    1.01x; 256 at 7x7, batch 21: 1.05x; 128 at 16x16, batch 4: 0.94x; 128 at 28x28,
+    batch 1: 1.10x; 256 at 7x7, batch 16: 1.66x; at 1568: 128 and 256 channels at 28x28,
+    batch 2: 0.89x and 0.82x)."""
+    return (winograd_enabled and direct_enabled and dtype == np.float32 and g.G == 1
+            and g.KH == 3 and g.KW == 3 and g.SH == 1 and g.SW == 1 and g.DH == 1
+            and g.DW == 1 and g.C >= WINOGRAD_MIN_CHANNELS and g.F >= WINOGRAD_MIN_CHANNELS
+            and g.C * g.F <= WINOGRAD_MAX_WEIGHTS
+            and g.N * g.OH * g.OW >= WINOGRAD_MIN_POSITIONS and fills_tiles(g.F))
+
+
+cdef void winograd_band(const float* padded, const Geometry* g, Bands b, Tile tile,
+                        Py_ssize_t band, const float* packed, const float* bias, bint relu,
+                        const int* tile_offsets, const int* channel_offsets, float* v,
+                        float* m, float* positions_out, float* y) noexcept nogil:
+    """Every filter of the outputs of one band of one sample (y: that sample's output)."""
+    cdef Py_ssize_t width = tile.filters, L = g.OH * g.OW
+    cdef Py_ssize_t first_row = band * b.rows
+    cdef Py_ssize_t rows = min(b.rows, b.tiles_high - first_row)
+    cdef Py_ssize_t tiles = rows * b.tiles_wide
+    cdef Py_ssize_t out_rows = min(2 * rows, g.OH - 2 * first_row)
+    cdef Py_ssize_t blocks = round_up(g.F, width) // width
+    cdef Py_ssize_t block, e, chunk, c0, count, i, r
+    cnncli_wino_input(padded + 2 * first_row * b.WP, b.HP * b.WP, b.WP, g.C, rows,
+                      b.tiles_wide, v, b.R)
+    for block in range(blocks):
+        for e in range(16):
+            for chunk in range((g.C + tile.chunk - 1) // tile.chunk):
+                c0 = chunk * tile.chunk
+                count = min(tile.chunk, g.C - c0)
+                for i in range((tiles + tile.rows - 1) // tile.rows):
+                    r = i * tile.rows
+                    cnncli_tile(tile.wide, v + e * g.C * b.R, tile_offsets + r,
+                                channel_offsets + c0, count,
+                                packed + ((block * 16 + e) * g.C + c0) * width,
+                                m + (e * b.R + r) * width, c0 > 0)
+        cnncli_wino_output(m, b.R, width, rows, b.tiles_wide, g.OH, g.OW, positions_out)
+        cnncli_store(positions_out, out_rows * g.OW, min(width, g.F - block * width), width,
+                     bias + block * width if bias != NULL else NULL, relu,
+                     y + block * width * L + 2 * first_row * g.OW, L)
+
+
+cdef void winograd_forward_typed(const float[:, :, :, ::1] x, const float* weight,
+                                 Py_ssize_t sf, Py_ssize_t sc, Py_ssize_t sh, Py_ssize_t sw,
+                                 const float* scale, const float* bias,
+                                 float[:, :, :, ::1] out, float[::1] packed,
+                                 int[::1] tile_offsets, int[::1] channel_offsets,
+                                 float[:, ::1] padded, float[:, ::1] v, float[:, ::1] m,
+                                 float[:, ::1] positions_out, Geometry g, Bands b, Tile tile,
+                                 bint relu, int n_threads) noexcept:
+    cdef Padding p
+    p.HP, p.WP, p.top, p.left = b.HP, b.WP, g.PH, g.PW
+    cdef Py_ssize_t width = tile.filters
+    cdef Py_ssize_t blocks = round_up(g.F, width) // width
+    cdef Py_ssize_t channel_blocks = min(g.C, SHARED_TASKS)
+    cdef Py_ssize_t n, t, band, block, r, c
+    with nogil:
+        for r in range(b.R):
+            tile_offsets[r] = <int>min(r, b.rows * b.tiles_wide - 1)
+        for c in range(g.C):
+            channel_offsets[c] = <int>(c * b.R)
+        for block in prange(blocks, schedule="static", num_threads=n_threads):
+            cnncli_wino_weights(weight + block * width * sf, sf, sc, sh, sw,
+                                scale + block * width if scale != NULL else NULL,
+                                &packed[block * 16 * g.C * width], g.C,
+                                min(width, g.F - block * width), width)
+        if g.N >= SHARED_BATCH:
+            for n in prange(g.N, schedule="dynamic", num_threads=n_threads):
+                t = threadid()
+                pad_channels(&x[n, 0, 0, 0], &padded[t, 0], &g, p, 0, g.C)
+                for band in range(b.count):
+                    winograd_band(&padded[t, 0], &g, b, tile, band, &packed[0], bias, relu,
+                                  &tile_offsets[0], &channel_offsets[0], &v[t, 0], &m[t, 0],
+                                  &positions_out[t, 0], &out[n, 0, 0, 0])
+        else:
+            for n in range(g.N):
+                for block in prange(channel_blocks, schedule="static", num_threads=n_threads):
+                    pad_channels(&x[n, 0, 0, 0], &padded[0, 0], &g, p,
+                                 block * g.C // channel_blocks,
+                                 (block + 1) * g.C // channel_blocks)
+                for band in prange(b.count, schedule="dynamic", num_threads=n_threads):
+                    t = threadid()
+                    winograd_band(&padded[0, 0], &g, b, tile, band, &packed[0], bias, relu,
+                                  &tile_offsets[0], &channel_offsets[0], &v[t, 0], &m[t, 0],
+                                  &positions_out[t, 0], &out[n, 0, 0, 0])
+
+
+cdef winograd_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_threads,
+                      const Geometry* layer=NULL):
+    """out = conv2d(x, weight) * scale + bias (then ReLU) by Winograd's F(2x2, 3x3), for a
+    layer that winograd_forward_applies to; scale and bias may be None. With `layer`, this
+    is grad_input of that stride-1 layer (g its transposed_geometry): its weight is read
+    rotated by 180 degrees with input and output channels swapped."""
+    cdef Tile tile = tile_for(g.F)
+    cdef Bands b = bands_for(&g, tile)
+    cdef const float[:, :, :, ::1] weight_view = weight
+    cdef const float* kernel = &weight_view[0, 0, 0, 0]
+    # Strides of filter, channel, kernel row and column: kernel[f, c, kh, kw] is layer
+    # weight[c, f, 2 - kh, 2 - kw] for grad_input.
+    cdef Py_ssize_t sf = g.C * 9, sc = 9, sh = 3, sw = 1
+    if layer != NULL:
+        kernel = kernel + 8
+        sf, sc, sh, sw = 9, layer.C * 9, -3, -1
+    cdef const float[::1] bias_view, scale_view
+    cdef const float* bias_pointer = NULL
+    cdef const float* scale_pointer = NULL
+    if bias is not None:
+        bias_view = bias
+        bias_pointer = &bias_view[0]
+    if scale is not None:
+        scale_view = scale
+        scale_pointer = &scale_view[0]
+    cdef Py_ssize_t rows = n_threads if g.N >= SHARED_BATCH else 1
+    packed = aligned_empty((round_up(g.F, tile.filters) * 16 * g.C,))
+    winograd_forward_typed(
+        x, kernel, sf, sc, sh, sw, scale_pointer, bias_pointer, out,
+        packed, np.empty(b.R, dtype=np.int32), np.empty(g.C, dtype=np.int32),
+        np.empty((rows, g.C * b.HP * b.WP), dtype=np.float32),
+        np.zeros((n_threads, 16 * g.C * b.R), dtype=np.float32),
+        aligned_empty((n_threads, 16 * b.R * tile.filters)),
+        aligned_empty((n_threads, 2 * b.rows * g.OW * tile.filters)),
+        g, b, tile, relu, n_threads)
+
+
+cdef bint winograd_input_grad_applies(const Geometry* g, object dtype):
+    """grad_input of a stride-1 3x3 layer as the forward of grad_output (transposed_geometry)
+    where Winograd applies to that forward, and the layer's padding is within the kernel's
+    reach (so the transposed padding is not negative)."""
+    if g.SH != 1 or g.SW != 1 or g.PH > 2 or g.PW > 2:
+        return False
+    cdef Geometry t = transposed_geometry(g)
+    return winograd_forward_applies(&t, dtype)
+
+
+cdef winograd_input_grad(grad_output, weight, grad_input, Geometry g, int n_threads):
+    winograd_forward(grad_output, weight, None, None, grad_input, transposed_geometry(&g),
+                     False, n_threads, &g)

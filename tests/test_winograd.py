@@ -1,0 +1,141 @@
+"""Winograd's F(2x2, 3x3) (forward and grad_input of 3x3 stride-1 float32 layers): against
+the NumPy oracle, against the direct kernel, by finite differences, and at 1, 2 and 3
+threads. Its accuracy is stated as the largest difference from the float64 result,
+relative to the largest output."""
+
+import numpy as np
+import pytest
+
+import reference
+from cnncli import functional as F
+from test_conv import conv_arguments, make_operands, reference_arguments
+
+# (N, C, H, W, filters, kernel, stride, padding, dilation, groups, bias): 64 channels and
+# filters or more, and at least 1536 output positions, so both passes take Winograd.
+WINOGRAD_CASES = [
+    (4, 64, 20, 20, 64, (3, 3), 1, 1, 1, 1, True),        # 'same', sample by sample
+    (1, 64, 40, 41, 64, (3, 3), 1, 1, 1, 1, True),        # one sample: bands shared out
+    (5, 64, 17, 19, 96, (3, 3), 1, "same", 1, 1, False),  # odd sizes: half-used tiles
+    (6, 72, 18, 18, 64, (3, 3), 1, 0, 1, 1, True),        # 'valid'
+    (4, 64, 20, 20, 80, (3, 3), 1, 2, 1, 1, True),        # padding 2: grad_input unpadded
+    (2, 96, 30, 30, 64, (3, 3), 1, (1, 0), 1, 1, True),   # padding differs by axis
+]
+
+
+def paths(case):
+    N, C, H, W, filters, kernel, *_ = case
+    return F.conv2d_paths((N, C, H, W), (filters, C) + kernel, **conv_arguments(case))
+
+
+WINOGRAD_CPU = any(paths(case)["winograd"] for case in WINOGRAD_CASES)
+needs_winograd = pytest.mark.skipif(not WINOGRAD_CPU, reason="this CPU has no AVX2: no "
+                                    "direct kernel, so no Winograd either")
+
+
+def relative_error(got, want):
+    return float(np.abs(got.astype(np.float64) - want).max() / np.abs(want).max())
+
+
+@needs_winograd
+def test_every_case_runs_both_passes_on_winograd():
+    for case in WINOGRAD_CASES:
+        assert paths(case)["winograd"] == ("forward", "input_grad")
+
+
+@needs_winograd
+def test_winograd_takes_only_the_layers_its_rule_names():
+    def winograd(x_shape, weight_shape, **arguments):
+        return F.conv2d_paths(x_shape, weight_shape, **arguments)["winograd"]
+
+    assert winograd((32, 64, 32, 32), (64, 64, 3, 3), padding=1) == ("forward", "input_grad")
+    assert not winograd((32, 32, 32, 32), (64, 32, 3, 3), padding=1)      # 32 channels
+    assert not winograd((32, 512, 7, 7), (512, 512, 3, 3), padding=1)     # 16x the weights
+    assert not winograd((1, 128, 28, 28), (128, 128, 3, 3), padding=1)    # 784 positions
+    assert not winograd((32, 64, 32, 32), (64, 64, 3, 3), stride=2, padding=1)
+    assert not winograd((32, 64, 32, 32), (64, 64, 3, 3), padding=2, dilation=2)
+    assert not winograd((32, 64, 32, 32), (64, 64, 5, 5), padding=2)
+    assert not winograd((32, 64, 32, 32), (64, 64, 3, 3), padding=1, dtype=np.float64)
+    assert not winograd((16, 64, 16, 16), (48, 64, 3, 3), padding=1)      # 48 filters
+    # Each pass counts its own output positions: grad_input's are the layer's input.
+    assert winograd((4, 64, 18, 18), (64, 64, 3, 3), padding=2) == ("forward",)
+    assert winograd((6, 64, 17, 17), (64, 64, 3, 3), padding=0) == ("input_grad",)
+
+
+@needs_winograd
+@pytest.mark.parametrize("case", WINOGRAD_CASES)
+def test_winograd_matches_reference_to_float32_rounding(case):
+    x, weight, bias = make_operands(case, np.float32)
+    out = F.conv2d(x, weight, bias, **conv_arguments(case))
+    want = reference.conv2d(x.astype(np.float64), weight.astype(np.float64),
+                            None if bias is None else bias.astype(np.float64),
+                            **reference_arguments(case))
+    assert relative_error(out, want) < 1e-5
+    grad_output = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
+    grad_input, _, _ = F.conv2d_backward(grad_output, x, weight, need_weight_grad=False,
+                                         **conv_arguments(case))
+    want_input, _, _ = reference.conv2d_backward(grad_output.astype(np.float64),
+                                                 x.astype(np.float64),
+                                                 weight.astype(np.float64),
+                                                 **reference_arguments(case))
+    assert relative_error(grad_input, want_input) < 1e-5
+
+
+@needs_winograd
+@pytest.mark.parametrize("case", WINOGRAD_CASES[:3])
+def test_winograd_agrees_with_the_direct_kernel_with_bias_relu_and_scale(case):
+    x, weight, bias = make_operands(case, np.float32)
+    rng = np.random.default_rng(4)
+    scale = rng.uniform(0.5, 2, weight.shape[0]).astype(np.float32)
+    grad_output = rng.standard_normal(F.conv2d(x, weight, **conv_arguments(case)).shape)
+    grad_output = grad_output.astype(np.float32)
+    results = {}
+    for winograd in (True, False):
+        previous = F.use_winograd(winograd)
+        try:
+            results[winograd] = [
+                F.conv2d(x, weight, bias, relu=True, scale=scale, **conv_arguments(case)),
+                F.conv2d_backward(grad_output, x, weight, need_weight_grad=False,
+                                  **conv_arguments(case))[0]]
+        finally:
+            F.use_winograd(previous)
+    for winograd, direct in zip(results[True], results[False]):
+        np.testing.assert_allclose(winograd, direct, rtol=1e-5,
+                                   atol=1e-5 * np.abs(direct).max())
+    assert (results[True][0] >= 0).all()
+
+
+@needs_winograd
+@pytest.mark.parametrize("case", WINOGRAD_CASES[:2])
+def test_winograd_input_gradient_matches_finite_differences(case):
+    """The loss sum(conv(x) * g) is linear in x, so a central difference with a step of 1
+    has no truncation error, only float32 rounding (the forward runs on Winograd too)."""
+    x, weight, _ = make_operands(case, np.float32)
+    rng = np.random.default_rng(3)
+    arguments = conv_arguments(case)
+    grad_output = rng.standard_normal(F.conv2d(x, weight, **arguments).shape)
+
+    def loss(x_):
+        return float(np.sum(F.conv2d(x_, weight, **arguments) * grad_output))
+
+    grad_input = F.conv2d_backward(grad_output.astype(np.float32), x, weight,
+                                   need_weight_grad=False, **arguments)[0]
+    for _ in range(3):
+        dx = rng.standard_normal(x.shape).astype(np.float32)
+        slope = (loss(x + dx) - loss(x - dx)) / 2
+        assert abs(slope - np.sum(grad_input * dx, dtype=np.float64)) < \
+            1e-4 * (np.sum(np.abs(grad_input * dx)) + 1)
+
+
+@needs_winograd
+@pytest.mark.parametrize("case", WINOGRAD_CASES)
+def test_winograd_results_do_not_depend_on_the_thread_count(case):
+    x, weight, bias = make_operands(case, np.float32)
+    outcomes = []
+    for n in (1, 2, 3):
+        with F.threads(n):
+            out = F.conv2d(x, weight, bias, relu=True, **conv_arguments(case))
+            outcomes.append([out, F.conv2d_backward(out, x, weight, need_weight_grad=False,
+                                                    **conv_arguments(case))[0]])
+    for parallel in outcomes[1:]:
+        for single, result in zip(outcomes[0], parallel):
+            np.testing.assert_array_equal(single, result)
