@@ -593,6 +593,10 @@ def conv2d_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias,
     if grad_input is not None and direct_input_grad_applies(&g, dtype):
         direct_input_grad(grad_output, weight, grad_input, g, n_threads)
         grad_input = None
+    if weight_flat is not None and winograd_weight_grad_applies(&g, dtype):
+        winograd_weight_grad(grad_output, x, weight_flat, g, max(n_chunks, 1), n_threads)
+        bias_gradient[float](grad_output, bias_flat, n_threads)
+        weight_flat = bias_flat = None
     if weight_flat is not None and direct_weight_grad_applies(&g, dtype):
         direct_weight_grad(grad_output, x, weight_flat, g, max(n_chunks, 1), n_threads)
         bias_gradient[float](grad_output, bias_flat, n_threads)

@@ -594,10 +594,12 @@ def direct_paths(tuple input_shape, tuple weight_shape, tuple output_size, tuple
     dtype = np.dtype(dtype)
     cdef bint winograd_forward = winograd_forward_applies(&g, dtype)
     cdef bint winograd_input = winograd_input_grad_applies(&g, dtype)
+    cdef bint winograd_weights = winograd_weight_grad_applies(&g, dtype)
     return {"forward": tile_for(g.F).filters
             if winograd_forward or direct_forward_applies(&g, dtype) else 0,
             "input_grad": tile_for(g.C).filters
             if winograd_input or direct_input_grad_applies(&g, dtype) else 0,
-            "weight_grad": tile_for(g.F).filters if direct_weight_grad_applies(&g, dtype)
-            else 0,
-            "winograd": ("forward",) * winograd_forward + ("input_grad",) * winograd_input}
+            "weight_grad": tile_for(g.F).filters
+            if winograd_weights or direct_weight_grad_applies(&g, dtype) else 0,
+            "winograd": ("forward",) * winograd_forward + ("input_grad",) * winograd_input
+            + ("weight_grad",) * winograd_weights}

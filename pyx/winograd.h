@@ -63,6 +63,24 @@ static void cnncli_wino_weights(const float* weight, ptrdiff_t sf, ptrdiff_t sc,
         }
 }
 
+/* grad[kh * 3 + kw] = (G^T du G)[kh][kw]: the weight gradient of one filter and channel
+ * from its 16 sums du[e] in the transformed space (the adjoint of cnncli_wino_weights). */
+static inline void cnncli_wino_weight_grad(const double du[16], float grad[9])
+{
+    double h[3][4];
+    int k, l;
+    for (l = 0; l < 4; l++) {                              /* h = G^T du */
+        h[0][l] = du[l] + 0.5 * (du[4 + l] + du[8 + l]);
+        h[1][l] = 0.5 * (du[4 + l] - du[8 + l]);
+        h[2][l] = 0.5 * (du[4 + l] + du[8 + l]) + du[12 + l];
+    }
+    for (k = 0; k < 3; k++) {                              /* grad = h G */
+        grad[k * 3 + 0] = (float)(h[k][0] + 0.5 * (h[k][1] + h[k][2]));
+        grad[k * 3 + 1] = (float)(0.5 * (h[k][1] - h[k][2]));
+        grad[k * 3 + 2] = (float)(0.5 * (h[k][1] + h[k][2]) + h[k][3]);
+    }
+}
+
 /* The 16 values of V = B^T d B of one patch d (rows d0..d3, each 4 columns from its start),
  * written to v[e * stride]. */
 static inline void cnncli_wino_patch(const float* d0, const float* d1, const float* d2,
@@ -176,7 +194,55 @@ static void cnncli_wino_output(const float* m, ptrdiff_t R, ptrdiff_t width, ptr
             }
 }
 
+/* dm[(e * R + i * tiles_wide + t) * width + j] = (A dY A^T)[e] of each tile's 2x2 block of
+ * output gradients dY, from y[p * width + j] (position-major, p = oh * out_wide + ow; zero
+ * outside out_high x out_wide): the adjoint of cnncli_wino_output, for the weight gradient.
+ * width a multiple of 8. */
+__attribute__((target("avx2")))
+static void cnncli_wino_gradient(const float* y, ptrdiff_t width, ptrdiff_t tiles_high,
+                                 ptrdiff_t tiles_wide, ptrdiff_t out_high, ptrdiff_t out_wide,
+                                 float* dm, ptrdiff_t R)
+{
+    ptrdiff_t i, t, j, a, b, k;
+    const __m256 zero = _mm256_setzero_ps();
+    for (i = 0; i < tiles_high; i++)
+        for (t = 0; t < tiles_wide; t++)
+            for (j = 0; j < width; j += 8) {
+                __m256 d[2][2], z[4][2];
+                float* out = dm + (i * tiles_wide + t) * width + j;
+                for (a = 0; a < 2; a++)
+                    for (b = 0; b < 2; b++)
+                        d[a][b] = 2 * i + a < out_high && 2 * t + b < out_wide
+                            ? _mm256_loadu_ps(y + ((2 * i + a) * out_wide + 2 * t + b) * width
+                                              + j)
+                            : zero;
+                for (b = 0; b < 2; b++) {              /* z = A dY */
+                    z[0][b] = d[0][b];
+                    z[1][b] = _mm256_add_ps(d[0][b], d[1][b]);
+                    z[2][b] = _mm256_sub_ps(d[0][b], d[1][b]);
+                    z[3][b] = _mm256_sub_ps(zero, d[1][b]);
+                }
+                for (k = 0; k < 4; k++) {              /* dm = z A^T */
+                    _mm256_storeu_ps(out + (4 * k + 0) * R * width, z[k][0]);
+                    _mm256_storeu_ps(out + (4 * k + 1) * R * width,
+                                     _mm256_add_ps(z[k][0], z[k][1]));
+                    _mm256_storeu_ps(out + (4 * k + 2) * R * width,
+                                     _mm256_sub_ps(z[k][0], z[k][1]));
+                    _mm256_storeu_ps(out + (4 * k + 3) * R * width,
+                                     _mm256_sub_ps(zero, z[k][1]));
+                }
+            }
+}
+
 #else
+
+static void cnncli_wino_gradient(const float* y, ptrdiff_t width, ptrdiff_t tiles_high,
+                                 ptrdiff_t tiles_wide, ptrdiff_t out_high, ptrdiff_t out_wide,
+                                 float* dm, ptrdiff_t R)
+{
+    (void)y; (void)width; (void)tiles_high; (void)tiles_wide; (void)out_high; (void)out_wide;
+    (void)dm; (void)R;
+}
 
 static void cnncli_wino_input(const float* x, ptrdiff_t plane, ptrdiff_t row, ptrdiff_t C,
                               ptrdiff_t rows, ptrdiff_t tiles_wide, float* v, ptrdiff_t R)

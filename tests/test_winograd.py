@@ -1,6 +1,6 @@
-"""Winograd's F(2x2, 3x3) (forward and grad_input of 3x3 stride-1 float32 layers): against
-the NumPy oracle, against the direct kernel, by finite differences, and at 1, 2 and 3
-threads. Its accuracy is stated as the largest difference from the float64 result,
+"""Winograd's F(2x2, 3x3) (forward, grad_input and grad_weight of 3x3 stride-1 float32
+layers): against the NumPy oracle, against the direct kernel, by finite differences, and at
+1, 2 and 3 threads. Its accuracy is stated as the largest difference from the float64 result,
 relative to the largest output."""
 
 import numpy as np
@@ -11,14 +11,16 @@ from cnncli import functional as F
 from test_conv import conv_arguments, make_operands, reference_arguments
 
 # (N, C, H, W, filters, kernel, stride, padding, dilation, groups, bias): 64 channels and
-# filters or more, and at least 1536 output positions, so both passes take Winograd.
+# filters or more, and at least 1536 output positions, so the forward and grad_input take
+# Winograd; grad_weight too where a sample has 196 tiles (the first three).
 WINOGRAD_CASES = [
-    (4, 64, 20, 20, 64, (3, 3), 1, 1, 1, 1, True),        # 'same', sample by sample
     (1, 64, 40, 41, 64, (3, 3), 1, 1, 1, 1, True),        # one sample: bands shared out
+    (3, 64, 29, 31, 64, (3, 3), 1, "same", 1, 1, True),   # odd sizes, 3 weight chunks
+    (2, 96, 30, 30, 64, (3, 3), 1, (1, 0), 1, 1, True),   # padding differs by axis
+    (4, 64, 20, 20, 64, (3, 3), 1, 1, 1, 1, True),        # 'same', sample by sample
     (5, 64, 17, 19, 96, (3, 3), 1, "same", 1, 1, False),  # odd sizes: half-used tiles
     (6, 72, 18, 18, 64, (3, 3), 1, 0, 1, 1, True),        # 'valid'
     (4, 64, 20, 20, 80, (3, 3), 1, 2, 1, 1, True),        # padding 2: grad_input unpadded
-    (2, 96, 30, 30, 64, (3, 3), 1, (1, 0), 1, 1, True),   # padding differs by axis
 ]
 
 
@@ -37,8 +39,10 @@ def relative_error(got, want):
 
 
 @needs_winograd
-def test_every_case_runs_both_passes_on_winograd():
-    for case in WINOGRAD_CASES:
+def test_every_case_runs_its_passes_on_winograd():
+    for case in WINOGRAD_CASES[:3]:
+        assert paths(case)["winograd"] == ("forward", "input_grad", "weight_grad")
+    for case in WINOGRAD_CASES[3:]:
         assert paths(case)["winograd"] == ("forward", "input_grad")
 
 
@@ -47,7 +51,11 @@ def test_winograd_takes_only_the_layers_its_rule_names():
     def winograd(x_shape, weight_shape, **arguments):
         return F.conv2d_paths(x_shape, weight_shape, **arguments)["winograd"]
 
-    assert winograd((32, 64, 32, 32), (64, 64, 3, 3), padding=1) == ("forward", "input_grad")
+    assert winograd((32, 64, 32, 32), (64, 64, 3, 3), padding=1) == ("forward", "input_grad",
+                                                                     "weight_grad")
+    # 49 tiles a sample: grad_weight stays on the direct kernel.
+    assert winograd((16, 128, 14, 14), (128, 128, 3, 3), padding=1) == ("forward",
+                                                                       "input_grad")
     assert not winograd((32, 32, 32, 32), (64, 32, 3, 3), padding=1)      # 32 channels
     assert not winograd((32, 512, 7, 7), (512, 512, 3, 3), padding=1)     # 16x the weights
     assert not winograd((1, 128, 28, 28), (128, 128, 3, 3), padding=1)    # 784 positions
@@ -71,13 +79,11 @@ def test_winograd_matches_reference_to_float32_rounding(case):
                             **reference_arguments(case))
     assert relative_error(out, want) < 1e-5
     grad_output = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
-    grad_input, _, _ = F.conv2d_backward(grad_output, x, weight, need_weight_grad=False,
-                                         **conv_arguments(case))
-    want_input, _, _ = reference.conv2d_backward(grad_output.astype(np.float64),
-                                                 x.astype(np.float64),
-                                                 weight.astype(np.float64),
-                                                 **reference_arguments(case))
-    assert relative_error(grad_input, want_input) < 1e-5
+    got = F.conv2d_backward(grad_output, x, weight, **conv_arguments(case))
+    want = reference.conv2d_backward(grad_output.astype(np.float64), x.astype(np.float64),
+                                     weight.astype(np.float64), **reference_arguments(case))
+    for got_gradient, want_gradient in zip(got, want):
+        assert relative_error(got_gradient, want_gradient) < 1e-5
 
 
 @needs_winograd
@@ -94,8 +100,7 @@ def test_winograd_agrees_with_the_direct_kernel_with_bias_relu_and_scale(case):
         try:
             results[winograd] = [
                 F.conv2d(x, weight, bias, relu=True, scale=scale, **conv_arguments(case)),
-                F.conv2d_backward(grad_output, x, weight, need_weight_grad=False,
-                                  **conv_arguments(case))[0]]
+                *F.conv2d_backward(grad_output, x, weight, **conv_arguments(case))]
         finally:
             F.use_winograd(previous)
     for winograd, direct in zip(results[True], results[False]):
@@ -106,24 +111,29 @@ def test_winograd_agrees_with_the_direct_kernel_with_bias_relu_and_scale(case):
 
 @needs_winograd
 @pytest.mark.parametrize("case", WINOGRAD_CASES[:2])
-def test_winograd_input_gradient_matches_finite_differences(case):
-    """The loss sum(conv(x) * g) is linear in x, so a central difference with a step of 1
-    has no truncation error, only float32 rounding (the forward runs on Winograd too)."""
+def test_winograd_gradients_match_finite_differences(case):
+    """The loss sum(conv(x, w) * g) is linear in x and in w, so a central difference with a
+    step of 1 has no truncation error, only float32 rounding (the forward runs on Winograd
+    too)."""
     x, weight, _ = make_operands(case, np.float32)
     rng = np.random.default_rng(3)
     arguments = conv_arguments(case)
     grad_output = rng.standard_normal(F.conv2d(x, weight, **arguments).shape)
 
-    def loss(x_):
-        return float(np.sum(F.conv2d(x_, weight, **arguments) * grad_output))
+    def loss(x_, weight_):
+        return float(np.sum(F.conv2d(x_, weight_, **arguments) * grad_output))
 
-    grad_input = F.conv2d_backward(grad_output.astype(np.float32), x, weight,
-                                   need_weight_grad=False, **arguments)[0]
+    grad_input, grad_weight, _ = F.conv2d_backward(grad_output.astype(np.float32), x, weight,
+                                                   **arguments)
     for _ in range(3):
         dx = rng.standard_normal(x.shape).astype(np.float32)
-        slope = (loss(x + dx) - loss(x - dx)) / 2
-        assert abs(slope - np.sum(grad_input * dx, dtype=np.float64)) < \
+        dw = rng.standard_normal(weight.shape).astype(np.float32)
+        slope_x = (loss(x + dx, weight) - loss(x - dx, weight)) / 2
+        slope_w = (loss(x, weight + dw) - loss(x, weight - dw)) / 2
+        assert abs(slope_x - np.sum(grad_input * dx, dtype=np.float64)) < \
             1e-4 * (np.sum(np.abs(grad_input * dx)) + 1)
+        assert abs(slope_w - np.sum(grad_weight * dw, dtype=np.float64)) < \
+            1e-4 * (np.sum(np.abs(grad_weight * dw)) + 1)
 
 
 @needs_winograd
@@ -134,8 +144,7 @@ def test_winograd_results_do_not_depend_on_the_thread_count(case):
     for n in (1, 2, 3):
         with F.threads(n):
             out = F.conv2d(x, weight, bias, relu=True, **conv_arguments(case))
-            outcomes.append([out, F.conv2d_backward(out, x, weight, need_weight_grad=False,
-                                                    **conv_arguments(case))[0]])
+            outcomes.append([out, *F.conv2d_backward(out, x, weight, **conv_arguments(case))])
     for parallel in outcomes[1:]:
         for single, result in zip(outcomes[0], parallel):
             np.testing.assert_array_equal(single, result)
