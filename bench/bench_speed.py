@@ -135,7 +135,7 @@ def cnncli_worker(workload, options):
             def both():
                 F.conv2d(x, w, b, S, P)
                 F.conv2d_backward(dy, x, w, S, P)
-            calls = max(1, int(2e8 // (N * Cout * y.shape[2] * y.shape[3] * Cin * K * K)))
+            calls = max(3, int(2e8 // (N * Cout * y.shape[2] * y.shape[3] * Cin * K * K)))
             figures[label] = {"fwd": median_call_ms(lambda: F.conv2d(x, w, b, S, P), calls),
                               "fwd+bwd": median_call_ms(both, calls)}
         return {"conv": figures}
@@ -224,7 +224,7 @@ def torch_worker(workload, options):
             def both():
                 functional.conv2d(xg, wg, bg, S, P).backward(dy)
                 xg.grad = wg.grad = bg.grad = None
-            calls = max(1, int(2e8 // (N * Cout * y.shape[2] * y.shape[3] * Cin * K * K)))
+            calls = max(3, int(2e8 // (N * Cout * y.shape[2] * y.shape[3] * Cin * K * K)))
             figures[label] = {"fwd": median_call_ms(forward, calls),
                               "fwd+bwd": median_call_ms(both, calls)}
         return {"conv": figures}

@@ -377,22 +377,37 @@ cdef void conv2d_backward_typed(const floating[:, :, :, ::1] grad_output,
         bias_gradient(grad_output, grad_bias, n_threads)
 
 
+cdef double filter_sum(const floating* dy, Py_ssize_t N, Py_ssize_t stride,
+                       Py_ssize_t L) noexcept nogil:
+    """The sum of dy[n * stride + position] over n < N and position < L, in double, in eight
+    interleaved partial sums added in a fixed order at the end: one running sum waits for
+    each addition to finish (LeNet conv2's bias gradient took 4% of its grad_weight)."""
+    cdef double partial[8]
+    cdef Py_ssize_t n, position, j
+    for j in range(8):
+        partial[j] = 0
+    for n in range(N):
+        for position in range(0, L - 7, 8):
+            for j in range(8):
+                partial[j] = partial[j] + dy[n * stride + position + j]
+        for position in range(L - L % 8, L):
+            partial[position % 8] = partial[position % 8] + dy[n * stride + position]
+    return (((partial[0] + partial[1]) + (partial[2] + partial[3]))
+            + ((partial[4] + partial[5]) + (partial[6] + partial[7])))
+
+
 cdef void bias_gradient(const floating[:, :, :, ::1] grad_output, floating[::1] grad_bias,
                         int n_threads) noexcept:
-    """grad_bias[f] = sum of grad_output[:, f], one filter per iteration, in double."""
+    """grad_bias[f] = sum of grad_output[:, f], one filter per iteration (filter_sum)."""
     cdef Py_ssize_t N = grad_output.shape[0], F = grad_output.shape[1]
     cdef Py_ssize_t L = grad_output.shape[2] * grad_output.shape[3]
-    cdef Py_ssize_t f, n, position
-    cdef const floating* dy
-    cdef double total
+    cdef Py_ssize_t f
+    if N == 0:
+        grad_bias[:] = 0
+        return
     with nogil:
         for f in prange(F, schedule='static', num_threads=n_threads):
-            total = 0
-            for n in range(N):
-                dy = &grad_output[n, f, 0, 0]
-                for position in range(L):
-                    total = total + dy[position]
-            grad_bias[f] = <floating>total
+            grad_bias[f] = <floating>filter_sum(&grad_output[0, f, 0, 0], N, F * L, L)
 
 
 cdef void conv2d_backward_grouped_typed(const floating[:, :, :, ::1] grad_output,
