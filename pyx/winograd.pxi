@@ -43,8 +43,9 @@ cdef Py_ssize_t WINOGRAD_BAND_BYTES = 262144
 cdef Py_ssize_t WINOGRAD_MIN_CHANNELS = 64
 cdef Py_ssize_t WINOGRAD_MAX_WEIGHTS = 65536
 cdef Py_ssize_t WINOGRAD_MIN_POSITIONS = 1536
-# grad_weight on Winograd needs this many tiles in each sample (winograd_weight_grad_applies).
-cdef Py_ssize_t WINOGRAD_MIN_SAMPLE_TILES = 196
+# grad_weight sums each product over the tiles of a group of samples, at least this many
+# tiles where the batch has them (winograd_weight_grad).
+cdef Py_ssize_t WINOGRAD_SUM_TILES = 196
 cdef bint winograd_enabled = True
 
 
@@ -227,41 +228,43 @@ cdef winograd_input_grad(grad_output, weight, grad_input, Geometry g, int n_thre
 
 
 cdef bint winograd_weight_grad_applies(const Geometry* g, object dtype):
-    """The forward's rule, and at least WINOGRAD_MIN_SAMPLE_TILES tiles a sample: each
-    sample's products sum over its own tiles, then add into the chunk's partial sums (16
-    per weight). Interleaved against the direct grad_weight (time ratio): 64 channels at
-    56x56 (784 tiles), batch 1: 0.82x, batch 8: 0.97x; 64 at 32x32, batch 32: 0.89x; 128
-    at 28x28 (196 tiles), batch 2: 0.65x, batch 16: 0.82x; but 128 at 14x14 (49 tiles),
-    batch 16: 1.75x, 256 at 14x14, batch 32: 1.77x, where the partial sums, read and
-    written once a sample, outweigh the products."""
-    return (winograd_forward_applies(g, dtype)
-            and ((g.OH + 1) // 2) * ((g.OW + 1) // 2) >= WINOGRAD_MIN_SAMPLE_TILES)
+    """The forward's rule, on outputs of at least 8x8. Interleaved against the direct
+    grad_weight (time ratio): 64 channels at 28x28, batch 16: 0.80x; at 32x32, batch 2:
+    0.76x, batch 32: 0.87x; 128 at 28x28, batch 4: 0.72x; at 14x14, batch 16: 0.74x,
+    batch 32: 0.86x; 256 at 14x14, batch 8: 0.80x, batch 32: 0.98x. At 7x7 the tiles'
+    unused quarter costs more than the multiplications saved: 256 channels, batch 64,
+    1.10x."""
+    return winograd_forward_applies(g, dtype) and g.OH >= 8 and g.OW >= 8
 
 
-cdef void winograd_weight_grad_sample(const float* padded, const float* dy, const Geometry* g,
-                                      Bands b, Tile tile, const int* channel_offsets,
-                                      const int* tile_list, float* v, float* dm,
-                                      float* positions_dy, float* partial,
-                                      bint accumulate) noexcept nogil:
-    """Adds one sample's sums du[e][c][f] = sum over its tiles of V[e][c][tile] *
-    (A dY A^T)[e][tile][f] to `partial` (or writes them: not accumulate), the whole sample
-    one band (b.count == 1), so each sum runs over all its tiles."""
+cdef void winograd_weight_grad_group(const float* x, const float* dy, Py_ssize_t samples,
+                                     const Geometry* g, Padding p, Bands b, Tile tile,
+                                     const int* channel_offsets, const int* tile_list,
+                                     float* padded, float* v, float* dm, float* positions_dy,
+                                     float* partial, bint accumulate) noexcept nogil:
+    """Adds the sums du[e][c][f] = sum over tiles of V[e][c][tile] * (A dY A^T)[e][tile][f]
+    of `samples` consecutive samples (x, dy: the first one's) to `partial` (or writes them:
+    not accumulate). Their tiles lie side by side in V and dm (b.R: room for a group's), so
+    each sum runs over all of them at once."""
     cdef Py_ssize_t width = tile.filters, L = g.OH * g.OW
     cdef Py_ssize_t blocks = round_up(g.F, width) // width
     cdef Py_ssize_t CR = round_up(g.C, tile.rows)
-    cdef Py_ssize_t tiles = b.tiles_high * b.tiles_wide
-    cdef Py_ssize_t block, e, i
-    cnncli_wino_input(padded, b.HP * b.WP, b.WP, g.C, b.tiles_high, b.tiles_wide, v, b.R)
-    for block in range(blocks):
-        cnncli_pack(dy + block * width * L, NULL, positions_dy,
-                    min(width, g.F - block * width), L, width)
-        cnncli_wino_gradient(positions_dy, width, b.tiles_high, b.tiles_wide, g.OH, g.OW,
-                             dm + block * 16 * b.R * width, b.R)
+    cdef Py_ssize_t T = b.tiles_high * b.tiles_wide
+    cdef Py_ssize_t block, e, i, n
+    for n in range(samples):
+        pad_channels(x + n * g.C * g.H * g.W, padded, g, p, 0, g.C)
+        cnncli_wino_input(padded, b.HP * b.WP, b.WP, g.C, b.tiles_high, b.tiles_wide,
+                          v + n * T, b.R)
+        for block in range(blocks):
+            cnncli_pack(dy + (n * g.F + block * width) * L, NULL, positions_dy,
+                        min(width, g.F - block * width), L, width)
+            cnncli_wino_gradient(positions_dy, width, b.tiles_high, b.tiles_wide, g.OH, g.OW,
+                                 dm + (block * 16 * b.R + n * T) * width, b.R)
     for block in range(blocks):
         for e in range(16):
             for i in range(CR // tile.rows):
                 cnncli_tile(tile.wide, v + e * g.C * b.R, channel_offsets + i * tile.rows,
-                            tile_list, tiles, dm + (block * 16 + e) * b.R * width,
+                            tile_list, samples * T, dm + (block * 16 + e) * b.R * width,
                             partial + ((block * 16 + e) * CR + i * tile.rows) * width,
                             accumulate)
 
@@ -288,11 +291,14 @@ cdef void winograd_weight_grad_typed(const float[:, :, :, ::1] grad_output,
                                      Bands b, Tile tile, Py_ssize_t n_chunks,
                                      int n_threads) noexcept:
     """One partial sum per fixed chunk of samples, added in chunk order (in double) and
-    transformed back (G^T du G) at the end: bit-identical for any thread count."""
+    transformed back (G^T du G) at the end; a chunk's samples go in groups whose tiles are
+    summed together (b.R). Both depend on the shape only: bit-identical for any thread
+    count."""
     cdef Padding p
     p.HP, p.WP, p.top, p.left = b.HP, b.WP, g.PH, g.PW
     cdef Py_ssize_t width = tile.filters
     cdef Py_ssize_t CR = round_up(g.C, tile.rows)
+    cdef Py_ssize_t group = b.R // (b.tiles_high * b.tiles_wide)
     cdef Py_ssize_t chunk, n, first, stop, t, i, c
     with nogil:
         for c in range(CR):
@@ -303,12 +309,13 @@ cdef void winograd_weight_grad_typed(const float[:, :, :, ::1] grad_output,
             t = threadid()
             first = chunk * g.N // n_chunks
             stop = (chunk + 1) * g.N // n_chunks
-            for n in range(first, stop):
-                pad_channels(&x[n, 0, 0, 0], &padded[t, 0], &g, p, 0, g.C)
-                winograd_weight_grad_sample(&padded[t, 0], &grad_output[n, 0, 0, 0], &g, b,
-                                            tile, &channel_offsets[0], &tile_list[0], &v[t, 0],
-                                            &dm[t, 0], &positions_dy[t, 0],
-                                            &partials[chunk, 0], n > first)
+            for i in range((stop - first + group - 1) // group):
+                n = first + i * group
+                winograd_weight_grad_group(&x[n, 0, 0, 0], &grad_output[n, 0, 0, 0],
+                                           min(group, stop - n), &g, p, b, tile,
+                                           &channel_offsets[0], &tile_list[0], &padded[t, 0],
+                                           &v[t, 0], &dm[t, 0], &positions_dy[t, 0],
+                                           &partials[chunk, 0], i > 0)
         for i in prange(g.F * g.C, schedule="static", num_threads=n_threads):
             weight_grad_pair(&partials[0, 0], partials.shape[1], n_chunks,
                              ((i // g.C // width * 16) * CR + i % g.C) * width + i // g.C % width,
@@ -318,11 +325,14 @@ cdef void winograd_weight_grad_typed(const float[:, :, :, ::1] grad_output,
 cdef winograd_weight_grad(grad_output, x, grad_weight, Geometry g, Py_ssize_t n_chunks,
                           int n_threads):
     """grad_weight (flat, F*C*9) of a layer winograd_weight_grad_applies to, summed over the
-    batch in n_chunks fixed chunks of samples."""
+    batch in fixed chunks of samples (at most n_chunks), each in groups of samples that
+    bring WINOGRAD_SUM_TILES tiles or more to a sum."""
     cdef Tile tile = tile_for(g.F)
     cdef Bands b = bands_for(&g, tile)
-    b.rows, b.count = b.tiles_high, 1
-    b.R = b.tiles_high * b.tiles_wide
+    cdef Py_ssize_t T = b.tiles_high * b.tiles_wide
+    cdef Py_ssize_t group = min(g.N, (WINOGRAD_SUM_TILES + T - 1) // T)
+    n_chunks = max(1, min(n_chunks, g.N // group))
+    b.rows, b.count, b.R = b.tiles_high, 1, group * T
     cdef Py_ssize_t FR = round_up(g.F, tile.filters)
     cdef Py_ssize_t rows = min(n_threads, n_chunks)
     winograd_weight_grad_typed(

@@ -11,8 +11,8 @@ from cnncli import functional as F
 from test_conv import conv_arguments, make_operands, reference_arguments
 
 # (N, C, H, W, filters, kernel, stride, padding, dilation, groups, bias): 64 channels and
-# filters or more, and at least 1536 output positions, so the forward and grad_input take
-# Winograd; grad_weight too where a sample has 196 tiles (the first three).
+# filters or more, and at least 1536 output positions, so every pass takes Winograd
+# (grad_weight sums the tiles of 1, 1, 1, 2, 3, 4, 2 and 13 samples at a time).
 WINOGRAD_CASES = [
     (1, 64, 40, 41, 64, (3, 3), 1, 1, 1, 1, True),        # one sample: bands shared out
     (3, 64, 29, 31, 64, (3, 3), 1, "same", 1, 1, True),   # odd sizes, 3 weight chunks
@@ -21,6 +21,7 @@ WINOGRAD_CASES = [
     (5, 64, 17, 19, 96, (3, 3), 1, "same", 1, 1, False),  # odd sizes: half-used tiles
     (6, 72, 18, 18, 64, (3, 3), 1, 0, 1, 1, True),        # 'valid'
     (4, 64, 20, 20, 80, (3, 3), 1, 2, 1, 1, True),        # padding 2: grad_input unpadded
+    (35, 64, 8, 8, 64, (3, 3), 1, 1, 1, 1, True),         # 13 samples a group, 2 chunks
 ]
 
 
@@ -39,11 +40,9 @@ def relative_error(got, want):
 
 
 @needs_winograd
-def test_every_case_runs_its_passes_on_winograd():
-    for case in WINOGRAD_CASES[:3]:
+def test_every_case_runs_every_pass_on_winograd():
+    for case in WINOGRAD_CASES:
         assert paths(case)["winograd"] == ("forward", "input_grad", "weight_grad")
-    for case in WINOGRAD_CASES[3:]:
-        assert paths(case)["winograd"] == ("forward", "input_grad")
 
 
 @needs_winograd
@@ -53,9 +52,9 @@ def test_winograd_takes_only_the_layers_its_rule_names():
 
     assert winograd((32, 64, 32, 32), (64, 64, 3, 3), padding=1) == ("forward", "input_grad",
                                                                      "weight_grad")
-    # 49 tiles a sample: grad_weight stays on the direct kernel.
-    assert winograd((16, 128, 14, 14), (128, 128, 3, 3), padding=1) == ("forward",
-                                                                       "input_grad")
+    # At 7x7, grad_weight stays on the direct kernel.
+    assert winograd((64, 256, 7, 7), (256, 256, 3, 3), padding=1) == ("forward",
+                                                                     "input_grad")
     assert not winograd((32, 32, 32, 32), (64, 32, 3, 3), padding=1)      # 32 channels
     assert not winograd((32, 512, 7, 7), (512, 512, 3, 3), padding=1)     # 16x the weights
     assert not winograd((1, 128, 28, 28), (128, 128, 3, 3), padding=1)    # 784 positions
@@ -65,7 +64,7 @@ def test_winograd_takes_only_the_layers_its_rule_names():
     assert not winograd((32, 64, 32, 32), (64, 64, 3, 3), padding=1, dtype=np.float64)
     assert not winograd((16, 64, 16, 16), (48, 64, 3, 3), padding=1)      # 48 filters
     # Each pass counts its own output positions: grad_input's are the layer's input.
-    assert winograd((4, 64, 18, 18), (64, 64, 3, 3), padding=2) == ("forward",)
+    assert winograd((4, 64, 18, 18), (64, 64, 3, 3), padding=2) == ("forward", "weight_grad")
     assert winograd((6, 64, 17, 17), (64, 64, 3, 3), padding=0) == ("input_grad",)
 
 
@@ -110,7 +109,7 @@ def test_winograd_agrees_with_the_direct_kernel_with_bias_relu_and_scale(case):
 
 
 @needs_winograd
-@pytest.mark.parametrize("case", WINOGRAD_CASES[:2])
+@pytest.mark.parametrize("case", WINOGRAD_CASES[:2] + WINOGRAD_CASES[-1:])
 def test_winograd_gradients_match_finite_differences(case):
     """The loss sum(conv(x, w) * g) is linear in x and in w, so a central difference with a
     step of 1 has no truncation error, only float32 rounding (the forward runs on Winograd
