@@ -4,10 +4,12 @@
 # - Layout: NCHW, C-contiguous; weights (F, C/groups, KH, KW). The output
 #   size is given by the caller's output buffer (OH, OW): the caller decides
 #   the bottom/right padding, the kernel only needs the top/left offsets.
-# - Two paths. float32 layers whose shape suits it run on the direct kernel
+# - Three paths. float32 layers whose shape suits it run on the direct kernel
 #   (direct.pxi, microkernel.h: no column matrix, a register-blocked inner product) where
-#   the CPU has AVX2; each of the three passes picks a path by a rule stated there. The
-#   rest, float64 (gradient checks) included, runs im2col + GEMM as below.
+#   the CPU has AVX2, and the 3x3 stride-1 layers of 64 channels or more among them as
+#   Winograd's F(2x2, 3x3) on the same micro-kernel (winograd.pxi, winograd.h: 2.25x
+#   fewer multiplications); each of the three passes picks a path by a rule stated
+#   there. The rest, float64 (gradient checks) included, runs im2col + GEMM as below.
 # - Decomposition: one sample at a time, im2col builds the (C*KH*KW, OH*OW)
 #   column matrix in per-thread scratch, then one GEMM per group through
 #   scipy's BLAS. A 1x1, stride-1, unpadded convolution skips im2col: the
