@@ -46,6 +46,7 @@ cdef Py_ssize_t WINOGRAD_MIN_POSITIONS = 1536
 # grad_weight sums each product over the tiles of a group of samples, at least this many
 # tiles where the batch has them (winograd_weight_grad).
 cdef Py_ssize_t WINOGRAD_SUM_TILES = 196
+cdef Py_ssize_t WINOGRAD_MAX_GROUP_BYTES = 4194304
 cdef bint winograd_enabled = True
 
 
@@ -228,13 +229,24 @@ cdef winograd_input_grad(grad_output, weight, grad_input, Geometry g, int n_thre
 
 
 cdef bint winograd_weight_grad_applies(const Geometry* g, object dtype):
-    """The forward's rule, on outputs of at least 8x8. Interleaved against the direct
+    """The forward's rule, on outputs of at least 8x8, with a group's transformed input
+    (16 values per tile and channel, held whole) within WINOGRAD_MAX_GROUP_BYTES: a 224x224
+    layer of 64 channels would hold 51 MB per thread (not measured: the direct kernel
+    keeps it). Interleaved against the direct
     grad_weight (time ratio): 64 channels at 28x28, batch 16: 0.80x; at 32x32, batch 2:
     0.76x, batch 32: 0.87x; 128 at 28x28, batch 4: 0.72x; at 14x14, batch 16: 0.74x,
     batch 32: 0.86x; 256 at 14x14, batch 8: 0.80x, batch 32: 0.98x. At 7x7 the tiles'
     unused quarter costs more than the multiplications saved: 256 channels, batch 64,
     1.10x."""
-    return winograd_forward_applies(g, dtype) and g.OH >= 8 and g.OW >= 8
+    return (winograd_forward_applies(g, dtype) and g.OH >= 8 and g.OW >= 8
+            and 64 * g.C * weight_grad_group(g) * ((g.OH + 1) // 2) * ((g.OW + 1) // 2)
+            <= WINOGRAD_MAX_GROUP_BYTES)
+
+
+cdef Py_ssize_t weight_grad_group(const Geometry* g) noexcept:
+    """Samples whose tiles one sum of grad_weight runs over: enough for WINOGRAD_SUM_TILES."""
+    cdef Py_ssize_t tiles = ((g.OH + 1) // 2) * ((g.OW + 1) // 2)
+    return max(1, min(g.N, (WINOGRAD_SUM_TILES + tiles - 1) // tiles))
 
 
 cdef void winograd_weight_grad_group(const float* x, const float* dy, Py_ssize_t samples,
@@ -330,7 +342,7 @@ cdef winograd_weight_grad(grad_output, x, grad_weight, Geometry g, Py_ssize_t n_
     cdef Tile tile = tile_for(g.F)
     cdef Bands b = bands_for(&g, tile)
     cdef Py_ssize_t T = b.tiles_high * b.tiles_wide
-    cdef Py_ssize_t group = min(g.N, (WINOGRAD_SUM_TILES + T - 1) // T)
+    cdef Py_ssize_t group = weight_grad_group(&g)
     n_chunks = max(1, min(n_chunks, g.N // group))
     b.rows, b.count, b.R = b.tiles_high, 1, group * T
     cdef Py_ssize_t FR = round_up(g.F, tile.filters)

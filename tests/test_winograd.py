@@ -52,6 +52,9 @@ def test_winograd_takes_only_the_layers_its_rule_names():
 
     assert winograd((32, 64, 32, 32), (64, 64, 3, 3), padding=1) == ("forward", "input_grad",
                                                                      "weight_grad")
+    # 64 channels at 224x224: a sample's transformed input would be 51 MB.
+    assert winograd((2, 64, 224, 224), (64, 64, 3, 3), padding=1) == ("forward",
+                                                                     "input_grad")
     # At 7x7, grad_weight stays on the direct kernel.
     assert winograd((64, 256, 7, 7), (256, 256, 3, 3), padding=1) == ("forward",
                                                                      "input_grad")
