@@ -8,16 +8,23 @@
 #   channels) by (channels x filters), run on the direct kernel's micro-kernel.
 # - Accuracy: the transforms only add, subtract and halve, so a result differs from the
 #   direct sum by float32 rounding of a few more terms: relative to the largest output,
-#   about 1e-6 on random data (see test_winograd.py).
+#   0.4-1.9e-6 on random data (see test_winograd.py). Non-finite inputs still give
+#   non-finite outputs, but an infinity may come out as NaN (inf - inf in a transform).
 # - Order of work: a task is a band of tile rows of one sample, sized so that its
 #   transformed input V (16 values per tile and channel) stays in the L2 cache
 #   (WINOGRAD_BAND_BYTES); for each block of filters in turn, its 16 sums M over the band
 #   are computed, transformed back and stored. Channels are summed in chunks of tile.chunk,
 #   each through all of a band's tiles, so the chunk's weights stay in the L1 cache, as in
 #   forward_task.
+# - grad_input is the forward of grad_output through the kernel rotated by 180 degrees,
+#   channels swapped (as direct_input_grad). grad_weight sums U's gradient
+#   du[e][c][f] = sum over tiles of V[e][c][tile] * (A dY A^T)[e][tile][f] over the tiles
+#   of a group of samples at once (WINOGRAD_SUM_TILES or more per sum), into one partial
+#   per fixed chunk of samples, then adds the chunks in order and transforms back,
+#   G^T du G.
 # - Parallel axis: samples (each thread pads its own, then takes its bands in order);
-#   below SHARED_BATCH samples, the bands of one sample. Each output is one in-order sum
-#   computed by one thread: bit-identical for any thread count.
+#   below SHARED_BATCH samples, the bands of one sample; grad_weight: its chunks. Each
+#   output is one in-order sum computed by one thread: bit-identical for any thread count.
 # - Allocation: packed weights, offsets and every thread's padded sample, V, M and
 #   position-major output are allocated with the GIL before the loops.
 
@@ -82,7 +89,7 @@ cdef Bands bands_for(const Geometry* g, Tile tile):
 cdef bint winograd_forward_applies(const Geometry* g, object dtype):
     """float32 on the direct kernel's CPUs, a 3x3 stride-1 undilated kernel, no groups, and
     a layer where the transforms pay: interleaved against the direct kernel (time ratio),
-    64 to 256 channels and filters over 1024 output positions or more took 0.62-0.91x
+    64 to 256 channels and filters over 1536 output positions or more took 0.62-0.91x
     (VGG's 64 channels at 32x32, batch 32: 0.63x; ResNet's 256 at 14x14, batch 32: 0.66x;
     64 at 56x56, batch 1: 0.83x). Below WINOGRAD_MIN_CHANNELS, a sum over channels is too
     short for the micro-kernel (32 channels at 28x28: 1.05x); beyond WINOGRAD_MAX_WEIGHTS
