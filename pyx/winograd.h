@@ -102,6 +102,58 @@ static inline void cnncli_wino_patch(const float* d0, const float* d1, const flo
     }
 }
 
+/* F(2x2, 5x5): the same for a 5x5 kernel from 6x6 patches, 36 products per tile and
+ * channel instead of 100, with the matrices of the points 0, 1, -1, 2, -2 and infinity
+ * (those of F(4x4, 3x3)): B^T below, G (6x5) rows (1/4, 0, 0, 0, 0), -(1, 1, 1, 1, 1)/6,
+ * -(1, -1, 1, -1, 1)/6, (1, 2, 4, 8, 16)/24, (1, -2, 4, -8, 16)/24, (0, 0, 0, 0, 1), and
+ * A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 1]. Element e = 6k + l. */
+static const float CNNCLI_BT6[6][6] = {{4, 0, -5, 0, 1, 0}, {0, -4, -4, 1, 1, 0},
+                                       {0, 4, -4, -1, 1, 0}, {0, -2, -1, 2, 1, 0},
+                                       {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+static const float CNNCLI_AT6[2][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 1}};
+static const double CNNCLI_G6[6][5] = {
+    {1.0 / 4, 0, 0, 0, 0},
+    {-1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6},
+    {-1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6},
+    {1.0 / 24, 1.0 / 12, 1.0 / 6, 1.0 / 3, 2.0 / 3},
+    {1.0 / 24, -1.0 / 12, 1.0 / 6, -1.0 / 3, 2.0 / 3},
+    {0, 0, 0, 0, 1}};
+
+/* cnncli_wino_weights for a 5x5 kernel: u[e][c][j] = (G g G^T)[e], 36 elements, computed
+ * in double. */
+static void cnncli_wino5_weights(const float* weight, ptrdiff_t sf, ptrdiff_t sc,
+                                 ptrdiff_t sh, ptrdiff_t sw, const float* scale, float* u,
+                                 ptrdiff_t C, ptrdiff_t filters, ptrdiff_t width)
+{
+    ptrdiff_t c, j, k, l, q;
+    double g[5][5], h[6][5], e;
+    for (c = 0; c < C; c++)
+        for (j = 0; j < width; j++) {
+            if (j >= filters) {
+                for (k = 0; k < 36; k++)
+                    u[(k * C + c) * width + j] = 0.0f;
+                continue;
+            }
+            for (k = 0; k < 5; k++)
+                for (q = 0; q < 5; q++)
+                    g[k][q] = weight[j * sf + c * sc + k * sh + q * sw];
+            for (k = 0; k < 6; k++)                        /* h = G g */
+                for (q = 0; q < 5; q++) {
+                    h[k][q] = 0;
+                    for (l = 0; l < 5; l++)
+                        h[k][q] += CNNCLI_G6[k][l] * g[l][q];
+                }
+            for (k = 0; k < 6; k++)                        /* (h G^T)[k][l] */
+                for (l = 0; l < 6; l++) {
+                    e = 0;
+                    for (q = 0; q < 5; q++)
+                        e += h[k][q] * CNNCLI_G6[l][q];
+                    u[((6 * k + l) * C + c) * width + j] =
+                        (float)e * (scale != NULL ? scale[j] : 1.0f);
+                }
+        }
+}
+
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
@@ -234,7 +286,91 @@ static void cnncli_wino_gradient(const float* y, ptrdiff_t width, ptrdiff_t tile
             }
 }
 
+/* V of a band for F(2x2, 5x5), from a padded sample stored channel-minor: x[(h * row + w)
+ * * CP + c] (CP = C rounded up to 8, row = the padded width; x points at the band's first
+ * input row), to v[(e * R + i * tiles_wide + t) * CP + c]. Eight channels at a time, so
+ * every tile is vectorised however narrow the image (LeNet's 14x14 outputs are 7 tiles
+ * wide: too few to take eight tiles of a row at a time). */
+__attribute__((target("avx2,fma")))
+static void cnncli_wino5_input_channels(const float* x, ptrdiff_t row, ptrdiff_t CP,
+                                        ptrdiff_t rows, ptrdiff_t tiles_wide, float* v,
+                                        ptrdiff_t R)
+{
+    ptrdiff_t i, t, c, k, l, q, r;
+    for (i = 0; i < rows; i++)
+        for (t = 0; t < tiles_wide; t++)
+            for (c = 0; c < CP; c += 8) {
+                const float* d = x + (2 * i * row + 2 * t) * CP + c;
+                float* out = v + (i * tiles_wide + t) * CP + c;
+                __m256 tr[6][6], sum;
+                for (k = 0; k < 6; k++)
+                    for (q = 0; q < 6; q++) {
+                        sum = _mm256_setzero_ps();
+                        for (r = 0; r < 6; r++)
+                            sum = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_BT6[k][r]),
+                                                  _mm256_loadu_ps(d + (r * row + q) * CP), sum);
+                        tr[k][q] = sum;
+                    }
+                for (k = 0; k < 6; k++)
+                    for (l = 0; l < 6; l++) {
+                        sum = _mm256_setzero_ps();
+                        for (q = 0; q < 6; q++)
+                            sum = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_BT6[l][q]), tr[k][q],
+                                                  sum);
+                        _mm256_storeu_ps(out + (6 * k + l) * R * CP, sum);
+                    }
+            }
+}
+
+/* cnncli_wino_output for F(2x2, 5x5): Y = A^T M A from 36 elements. */
+__attribute__((target("avx2,fma")))
+static void cnncli_wino5_output(const float* m, ptrdiff_t R, ptrdiff_t width, ptrdiff_t rows,
+                                ptrdiff_t tiles_wide, ptrdiff_t out_high, ptrdiff_t out_wide,
+                                float* y)
+{
+    ptrdiff_t i, t, j, e, a, b, k, l;
+    for (i = 0; i < rows; i++)
+        for (t = 0; t < tiles_wide; t++)
+            for (j = 0; j < width; j += 8) {
+                __m256 v[36], s[2][6], out;
+                for (e = 0; e < 36; e++)
+                    v[e] = _mm256_loadu_ps(m + (e * R + i * tiles_wide + t) * width + j);
+                for (a = 0; a < 2; a++)
+                    for (l = 0; l < 6; l++) {
+                        s[a][l] = _mm256_setzero_ps();
+                        for (k = 0; k < 6; k++)
+                            s[a][l] = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_AT6[a][k]),
+                                                      v[6 * k + l], s[a][l]);
+                    }
+                for (a = 0; a < 2; a++)
+                    for (b = 0; b < 2; b++) {
+                        if (2 * i + a >= out_high || 2 * t + b >= out_wide)
+                            continue;
+                        out = _mm256_setzero_ps();
+                        for (l = 0; l < 6; l++)
+                            out = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_AT6[b][l]), s[a][l], out);
+                        _mm256_storeu_ps(y + ((2 * i + a) * out_wide + 2 * t + b) * width + j,
+                                         out);
+                    }
+            }
+}
+
 #else
+
+static void cnncli_wino5_input_channels(const float* x, ptrdiff_t row, ptrdiff_t CP,
+                                        ptrdiff_t rows, ptrdiff_t tiles_wide, float* v,
+                                        ptrdiff_t R)
+{
+    (void)x; (void)row; (void)CP; (void)rows; (void)tiles_wide; (void)v; (void)R;
+}
+
+static void cnncli_wino5_output(const float* m, ptrdiff_t R, ptrdiff_t width, ptrdiff_t rows,
+                                ptrdiff_t tiles_wide, ptrdiff_t out_high, ptrdiff_t out_wide,
+                                float* y)
+{
+    (void)m; (void)R; (void)width; (void)rows; (void)tiles_wide; (void)out_high;
+    (void)out_wide; (void)y;
+}
 
 static void cnncli_wino_gradient(const float* y, ptrdiff_t width, ptrdiff_t tiles_high,
                                  ptrdiff_t tiles_wide, ptrdiff_t out_high, ptrdiff_t out_wide,

@@ -1,15 +1,22 @@
-# Winograd F(2x2, 3x3) for 3x3 stride-1 float32 layers (textually included in conv.pyx,
-# after direct.pxi).
+# Winograd F(2x2, 3x3) and F(2x2, 5x5) for 3x3 and 5x5 stride-1 float32 layers (textually
+# included in conv.pyx, after direct.pxi).
 #
 # Design notes
 # - What: each 2x2 block of outputs (a tile) from a 4x4 patch of input, through the
 #   transforms of winograd.h: 16 multiplications per tile and channel where the direct
 #   kernel does 36, so 2.25x fewer. The 16 sums over channels are products of (tiles x
-#   channels) by (channels x filters), run on the direct kernel's micro-kernel.
-# - Accuracy: the transforms only add, subtract and halve, so a result differs from the
-#   direct sum by float32 rounding of a few more terms: relative to the largest output,
-#   0.4-1.9e-6 on random data (see test_winograd.py). Non-finite inputs still give
-#   non-finite outputs, but an infinity may come out as NaN (inf - inf in a transform).
+#   channels) by (channels x filters), run on the direct kernel's micro-kernel. A 5x5
+#   kernel takes 6x6 patches: 36 multiplications where the direct kernel does 100 (2.78x
+#   fewer), forward and grad_input only.
+# - Accuracy: F(2x2, 3x3)'s transforms only add, subtract and halve, so a result differs
+#   from the direct sum by float32 rounding of a few more terms: relative to the largest
+#   output, 0.4-1.9e-6 on random data (see test_winograd.py); F(2x2, 5x5)'s coefficients
+#   reach 5 and 1/24: 3-5e-6. Non-finite inputs still give non-finite outputs, but an
+#   infinity may come out as NaN (inf - inf in a transform).
+# - Layout of V: [element][channel][tile] for 3x3 kernels, where the input transform takes
+#   eight tiles of a row at a time; [element][tile][channel] for 5x5 ones, from a padded
+#   sample stored channel-minor, eight channels at a time (LeNet's 14x14 outputs are only
+#   7 tiles wide: taken tile by tile, the transform cost more than the products saved).
 # - Order of work: a task is a band of tile rows of one sample, sized so that its
 #   transformed input V (16 values per tile and channel) stays in the L2 cache
 #   (WINOGRAD_BAND_BYTES); for each block of filters in turn, its 16 sums M over the band
@@ -41,6 +48,15 @@ cdef extern from "winograd.h" nogil:
     void cnncli_wino_output(const float* m, Py_ssize_t R, Py_ssize_t width, Py_ssize_t rows,
                             Py_ssize_t tiles_wide, Py_ssize_t out_high, Py_ssize_t out_wide,
                             float* y)
+    void cnncli_wino5_weights(const float* weight, Py_ssize_t sf, Py_ssize_t sc,
+                              Py_ssize_t sh, Py_ssize_t sw, const float* scale, float* u,
+                              Py_ssize_t C, Py_ssize_t filters, Py_ssize_t width)
+    void cnncli_wino5_input_channels(const float* x, Py_ssize_t row, Py_ssize_t CP,
+                                     Py_ssize_t rows, Py_ssize_t tiles_wide, float* v,
+                                     Py_ssize_t R)
+    void cnncli_wino5_output(const float* m, Py_ssize_t R, Py_ssize_t width, Py_ssize_t rows,
+                             Py_ssize_t tiles_wide, Py_ssize_t out_high, Py_ssize_t out_wide,
+                             float* y)
 
 # A band's transformed input is at most this large (unless one tile row is larger).
 cdef Py_ssize_t WINOGRAD_BAND_BYTES = 262144
@@ -48,6 +64,8 @@ cdef Py_ssize_t WINOGRAD_BAND_BYTES = 262144
 # at most WINOGRAD_MAX_WEIGHTS of them multiplied, with at least WINOGRAD_MIN_POSITIONS
 # output positions in the batch (see winograd_forward_applies).
 cdef Py_ssize_t WINOGRAD_MIN_CHANNELS = 64
+cdef Py_ssize_t WINOGRAD5_MIN_CHANNELS = 32
+cdef Py_ssize_t WINOGRAD5_MIN_POSITIONS = 3136
 cdef Py_ssize_t WINOGRAD_MAX_WEIGHTS = 65536
 cdef Py_ssize_t WINOGRAD_MIN_POSITIONS = 1536
 # grad_weight sums each product over the tiles of a group of samples, at least this many
@@ -67,22 +85,27 @@ def use_winograd(bint enabled):
 
 
 cdef struct Bands:
+    Py_ssize_t elements                 # 16 for a 3x3 kernel (4x4 patches), 36 for 5x5
     Py_ssize_t tiles_high, tiles_wide   # tiles of the output, 2x2 outputs each
     Py_ssize_t rows                     # tile rows per band
     Py_ssize_t count                    # bands per sample
     Py_ssize_t R                        # tiles per band, rounded up to whole micro-tiles
     Py_ssize_t HP, WP                   # the padded sample: every patch inside it
+    Py_ssize_t CP                       # channels of V: C (3x3), C rounded up to 8 (5x5)
 
 
 cdef Bands bands_for(const Geometry* g, Tile tile):
     cdef Bands b
+    b.elements = (g.KH + 1) * (g.KW + 1)
     b.tiles_high = (g.OH + 1) // 2
     b.tiles_wide = (g.OW + 1) // 2
-    b.rows = max(1, min(b.tiles_high, WINOGRAD_BAND_BYTES // (64 * g.C * b.tiles_wide)))
+    b.rows = max(1, min(b.tiles_high,
+                        WINOGRAD_BAND_BYTES // (4 * b.elements * g.C * b.tiles_wide)))
     b.count = (b.tiles_high + b.rows - 1) // b.rows
     b.R = round_up(b.rows * b.tiles_wide, tile.rows)
-    b.HP = max(g.PH + g.H, 2 * b.tiles_high + 2)
-    b.WP = max(g.PW + g.W, 2 * b.tiles_wide + 2)
+    b.HP = max(g.PH + g.H, 2 * b.tiles_high + g.KH - 1)
+    b.WP = max(g.PW + g.W, 2 * b.tiles_wide + g.KW - 1)
+    b.CP = g.C if g.KH == 3 else round_up(g.C, 8)
     return b
 
 
@@ -99,12 +122,39 @@ cdef bint winograd_forward_applies(const Geometry* g, object dtype):
     waste a quarter of 4x4 tiles (about 1024 positions: 64 channels at 32x32, batch 1:
     1.01x; 256 at 7x7, batch 21: 1.05x; 128 at 16x16, batch 4: 0.94x; 128 at 28x28,
     batch 1: 1.10x; 256 at 7x7, batch 16: 1.66x; at 1568: 128 and 256 channels at 28x28,
-    batch 2: 0.89x and 0.82x)."""
+    batch 2: 0.89x and 0.82x).
+
+    A 5x5 kernel (F(2x2, 5x5): 2.78x fewer multiplications) pays from 32 channels and
+    3136 positions: LeNet's second layer (32 to 64 channels at 14x14), batch 64: forward
+    0.69x, grad_input 0.78x; batch 16: 0.79x and 0.96x; batch 8 (1568 positions): 0.91x
+    and 1.14x; 64 to 128 channels at 28x28, batch 16: 0.59x and 0.62x; 32 channels at
+    28x28, batch 2: 1.00x and 1.15x."""
     return (winograd_enabled and direct_enabled and dtype == np.float32 and g.G == 1
-            and g.KH == 3 and g.KW == 3 and g.SH == 1 and g.SW == 1 and g.DH == 1
-            and g.DW == 1 and g.C >= WINOGRAD_MIN_CHANNELS and g.F >= WINOGRAD_MIN_CHANNELS
+            and g.KH == g.KW and (g.KH == 3 or g.KH == 5) and g.SH == 1 and g.SW == 1
+            and g.DH == 1 and g.DW == 1
+            and min(g.C, g.F) >= (WINOGRAD_MIN_CHANNELS if g.KH == 3 else WINOGRAD5_MIN_CHANNELS)
             and g.C * g.F <= WINOGRAD_MAX_WEIGHTS
-            and g.N * g.OH * g.OW >= WINOGRAD_MIN_POSITIONS and fills_tiles(g.F))
+            and g.N * g.OH * g.OW >= (WINOGRAD_MIN_POSITIONS if g.KH == 3
+                                      else WINOGRAD5_MIN_POSITIONS)
+            and fills_tiles(g.F))
+
+
+cdef void pad_for(const float* x, float* padded, const Geometry* g, Padding p, Bands b,
+                  Py_ssize_t c_first, Py_ssize_t c_stop) noexcept nogil:
+    """The padded sample of a 3x3 layer (pad_channels), or of a 5x5 one stored
+    channel-minor, padded[(h * WP + w) * CP + c], channels c_first to c_stop (those from C
+    to CP stay the zeros they were allocated as)."""
+    cdef Py_ssize_t c, h, w, ih, iw
+    if g.KH == 3:
+        pad_channels(x, padded, g, p, c_first, c_stop)
+        return
+    for h in range(b.HP):
+        ih = h - p.top
+        for w in range(b.WP):
+            iw = w - p.left
+            for c in range(c_first, c_stop):
+                padded[(h * b.WP + w) * b.CP + c] = (
+                    x[(c * g.H + ih) * g.W + iw] if 0 <= ih < g.H and 0 <= iw < g.W else 0)
 
 
 cdef void winograd_band(const float* padded, const Geometry* g, Bands b, Tile tile,
@@ -119,20 +169,27 @@ cdef void winograd_band(const float* padded, const Geometry* g, Bands b, Tile ti
     cdef Py_ssize_t out_rows = min(2 * rows, g.OH - 2 * first_row)
     cdef Py_ssize_t blocks = round_up(g.F, width) // width
     cdef Py_ssize_t block, e, chunk, c0, count, i, r
-    cnncli_wino_input(padded + 2 * first_row * b.WP, b.HP * b.WP, b.WP, g.C, rows,
-                      b.tiles_wide, v, b.R)
+    if g.KH == 3:
+        cnncli_wino_input(padded + 2 * first_row * b.WP, b.HP * b.WP, b.WP, g.C, rows,
+                          b.tiles_wide, v, b.R)
+    else:
+        cnncli_wino5_input_channels(padded + 2 * first_row * b.WP * b.CP, b.WP, b.CP, rows,
+                                    b.tiles_wide, v, b.R)
     for block in range(blocks):
-        for e in range(16):
+        for e in range(b.elements):
             for chunk in range((g.C + tile.chunk - 1) // tile.chunk):
                 c0 = chunk * tile.chunk
                 count = min(tile.chunk, g.C - c0)
                 for i in range((tiles + tile.rows - 1) // tile.rows):
                     r = i * tile.rows
-                    cnncli_tile(tile.wide, v + e * g.C * b.R, tile_offsets + r,
+                    cnncli_tile(tile.wide, v + e * b.CP * b.R, tile_offsets + r,
                                 channel_offsets + c0, count,
-                                packed + ((block * 16 + e) * g.C + c0) * width,
+                                packed + ((block * b.elements + e) * g.C + c0) * width,
                                 m + (e * b.R + r) * width, c0 > 0)
-        cnncli_wino_output(m, b.R, width, rows, b.tiles_wide, g.OH, g.OW, positions_out)
+        if g.KH == 3:
+            cnncli_wino_output(m, b.R, width, rows, b.tiles_wide, g.OH, g.OW, positions_out)
+        else:
+            cnncli_wino5_output(m, b.R, width, rows, b.tiles_wide, g.OH, g.OW, positions_out)
         cnncli_store(positions_out, out_rows * g.OW, min(width, g.F - block * width), width,
                      bias + block * width if bias != NULL else NULL, relu,
                      y + block * width * L + 2 * first_row * g.OW, L)
@@ -153,19 +210,26 @@ cdef void winograd_forward_typed(const float[:, :, :, ::1] x, const float* weigh
     cdef Py_ssize_t channel_blocks = min(g.C, SHARED_TASKS)
     cdef Py_ssize_t n, t, band, block, r, c
     with nogil:
+        # V is [e][channel][tile] for 3x3 kernels, [e][tile][channel] for 5x5.
         for r in range(b.R):
-            tile_offsets[r] = <int>min(r, b.rows * b.tiles_wide - 1)
+            tile_offsets[r] = <int>(min(r, b.rows * b.tiles_wide - 1) * (1 if g.KH == 3 else b.CP))
         for c in range(g.C):
-            channel_offsets[c] = <int>(c * b.R)
+            channel_offsets[c] = <int>(c * b.R if g.KH == 3 else c)
         for block in prange(blocks, schedule="static", num_threads=n_threads):
-            cnncli_wino_weights(weight + block * width * sf, sf, sc, sh, sw,
-                                scale + block * width if scale != NULL else NULL,
-                                &packed[block * 16 * g.C * width], g.C,
-                                min(width, g.F - block * width), width)
+            if g.KH == 3:
+                cnncli_wino_weights(weight + block * width * sf, sf, sc, sh, sw,
+                                    scale + block * width if scale != NULL else NULL,
+                                    &packed[block * 16 * g.C * width], g.C,
+                                    min(width, g.F - block * width), width)
+            else:
+                cnncli_wino5_weights(weight + block * width * sf, sf, sc, sh, sw,
+                                     scale + block * width if scale != NULL else NULL,
+                                     &packed[block * 36 * g.C * width], g.C,
+                                     min(width, g.F - block * width), width)
         if g.N >= SHARED_BATCH:
             for n in prange(g.N, schedule="dynamic", num_threads=n_threads):
                 t = threadid()
-                pad_channels(&x[n, 0, 0, 0], &padded[t, 0], &g, p, 0, g.C)
+                pad_for(&x[n, 0, 0, 0], &padded[t, 0], &g, p, b, 0, g.C)
                 for band in range(b.count):
                     winograd_band(&padded[t, 0], &g, b, tile, band, &packed[0], bias, relu,
                                   &tile_offsets[0], &channel_offsets[0], &v[t, 0], &m[t, 0],
@@ -173,9 +237,8 @@ cdef void winograd_forward_typed(const float[:, :, :, ::1] x, const float* weigh
         else:
             for n in range(g.N):
                 for block in prange(channel_blocks, schedule="static", num_threads=n_threads):
-                    pad_channels(&x[n, 0, 0, 0], &padded[0, 0], &g, p,
-                                 block * g.C // channel_blocks,
-                                 (block + 1) * g.C // channel_blocks)
+                    pad_for(&x[n, 0, 0, 0], &padded[0, 0], &g, p, b,
+                            block * g.C // channel_blocks, (block + 1) * g.C // channel_blocks)
                 for band in prange(b.count, schedule="dynamic", num_threads=n_threads):
                     t = threadid()
                     winograd_band(&padded[0, 0], &g, b, tile, band, &packed[0], bias, relu,
@@ -195,10 +258,11 @@ cdef winograd_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_
     cdef const float* kernel = &weight_view[0, 0, 0, 0]
     # Strides of filter, channel, kernel row and column: kernel[f, c, kh, kw] is layer
     # weight[c, f, 2 - kh, 2 - kw] for grad_input.
-    cdef Py_ssize_t sf = g.C * 9, sc = 9, sh = 3, sw = 1
+    cdef Py_ssize_t taps = g.KH * g.KW
+    cdef Py_ssize_t sf = g.C * taps, sc = taps, sh = g.KW, sw = 1
     if layer != NULL:
-        kernel = kernel + 8
-        sf, sc, sh, sw = 9, layer.C * 9, -3, -1
+        kernel = kernel + taps - 1
+        sf, sc, sh, sw = taps, layer.C * taps, -g.KW, -1
     cdef const float[::1] bias_view, scale_view
     cdef const float* bias_pointer = NULL
     cdef const float* scale_pointer = NULL
@@ -209,13 +273,13 @@ cdef winograd_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_
         scale_view = scale
         scale_pointer = &scale_view[0]
     cdef Py_ssize_t rows = n_threads if g.N >= SHARED_BATCH else 1
-    packed = aligned_empty((round_up(g.F, tile.filters) * 16 * g.C,))
+    packed = aligned_empty((round_up(g.F, tile.filters) * b.elements * g.C,))
     winograd_forward_typed(
         x, kernel, sf, sc, sh, sw, scale_pointer, bias_pointer, out,
         packed, np.empty(b.R, dtype=np.int32), np.empty(g.C, dtype=np.int32),
-        np.empty((rows, g.C * b.HP * b.WP), dtype=np.float32),
-        np.zeros((n_threads, 16 * g.C * b.R), dtype=np.float32),
-        aligned_empty((n_threads, 16 * b.R * tile.filters)),
+        np.zeros((rows, b.CP * b.HP * b.WP), dtype=np.float32),
+        np.zeros((n_threads, b.elements * b.CP * b.R), dtype=np.float32),
+        aligned_empty((n_threads, b.elements * b.R * tile.filters)),
         aligned_empty((n_threads, 2 * b.rows * g.OW * tile.filters)),
         g, b, tile, relu, n_threads)
 
@@ -224,7 +288,7 @@ cdef bint winograd_input_grad_applies(const Geometry* g, object dtype):
     """grad_input of a stride-1 3x3 layer as the forward of grad_output (transposed_geometry)
     where Winograd applies to that forward, and the layer's padding is within the kernel's
     reach (so the transposed padding is not negative)."""
-    if g.SH != 1 or g.SW != 1 or g.PH > 2 or g.PW > 2:
+    if g.SH != 1 or g.SW != 1 or g.PH > g.KH - 1 or g.PW > g.KW - 1:
         return False
     cdef Geometry t = transposed_geometry(g)
     return winograd_forward_applies(&t, dtype)
@@ -245,7 +309,7 @@ cdef bint winograd_weight_grad_applies(const Geometry* g, object dtype):
     batch 32: 0.86x; 256 at 14x14, batch 8: 0.80x, batch 32: 0.98x. At 7x7 the tiles'
     unused quarter costs more than the multiplications saved: 256 channels, batch 64,
     1.10x."""
-    return (winograd_forward_applies(g, dtype) and g.OH >= 8 and g.OW >= 8
+    return (winograd_forward_applies(g, dtype) and g.KH == 3 and g.OH >= 8 and g.OW >= 8
             and 64 * g.C * weight_grad_group(g) * ((g.OH + 1) // 2) * ((g.OW + 1) // 2)
             <= WINOGRAD_MAX_GROUP_BYTES)
 

@@ -1,7 +1,7 @@
 """Winograd's F(2x2, 3x3) (forward, grad_input and grad_weight of 3x3 stride-1 float32
-layers): against the NumPy oracle, against the direct kernel, by finite differences, and at
-1, 2 and 3 threads. Its accuracy is stated as the largest difference from the float64 result,
-relative to the largest output."""
+layers) and F(2x2, 5x5) (forward and grad_input of 5x5 ones): against the NumPy oracle,
+against the direct kernel, by finite differences, and at 1, 2 and 3 threads. Accuracy is
+held to the largest difference from the float64 result relative to the largest output."""
 
 import numpy as np
 import pytest
@@ -23,6 +23,14 @@ WINOGRAD_CASES = [
     (4, 64, 20, 20, 80, (3, 3), 1, 2, 1, 1, True),        # padding 2: grad_input unpadded
     (35, 64, 8, 8, 64, (3, 3), 1, 1, 1, 1, True),         # 13 samples a group, 2 chunks
 ]
+# 5x5 kernels, 32 channels and filters or more, 3136 output positions or more: the forward
+# and grad_input take F(2x2, 5x5).
+WINOGRAD5_CASES = [
+    (16, 32, 14, 14, 64, (5, 5), 1, 2, 1, 1, True),       # LeNet's second layer
+    (2, 40, 41, 39, 32, (5, 5), 1, "same", 1, 1, False),  # channels not a multiple of 8
+    (4, 32, 30, 31, 48, (5, 5), 1, (3, 1), 1, 1, True),   # odd sizes, uneven padding
+    (3, 32, 37, 37, 32, (5, 5), 1, 0, 1, 1, True),        # 'valid': grad_input padded 4
+]
 
 
 def paths(case):
@@ -43,6 +51,8 @@ def relative_error(got, want):
 def test_every_case_runs_every_pass_on_winograd():
     for case in WINOGRAD_CASES:
         assert paths(case)["winograd"] == ("forward", "input_grad", "weight_grad")
+    for case in WINOGRAD5_CASES:
+        assert paths(case)["winograd"] == ("forward", "input_grad")
 
 
 @needs_winograd
@@ -63,7 +73,9 @@ def test_winograd_takes_only_the_layers_its_rule_names():
     assert not winograd((1, 128, 28, 28), (128, 128, 3, 3), padding=1)    # 784 positions
     assert not winograd((32, 64, 32, 32), (64, 64, 3, 3), stride=2, padding=1)
     assert not winograd((32, 64, 32, 32), (64, 64, 3, 3), padding=2, dilation=2)
-    assert not winograd((32, 64, 32, 32), (64, 64, 5, 5), padding=2)
+    assert not winograd((32, 64, 32, 32), (64, 64, 7, 7), padding=3)
+    assert not winograd((8, 32, 14, 14), (64, 32, 5, 5), padding=2)       # 1568 positions
+    assert not winograd((64, 16, 14, 14), (64, 16, 5, 5), padding=2)      # 16 channels
     assert not winograd((32, 64, 32, 32), (64, 64, 3, 3), padding=1, dtype=np.float64)
     assert not winograd((16, 64, 16, 16), (48, 64, 3, 3), padding=1)      # 48 filters
     # Each pass counts its own output positions: grad_input's are the layer's input.
@@ -72,7 +84,7 @@ def test_winograd_takes_only_the_layers_its_rule_names():
 
 
 @needs_winograd
-@pytest.mark.parametrize("case", WINOGRAD_CASES)
+@pytest.mark.parametrize("case", WINOGRAD_CASES + WINOGRAD5_CASES)
 def test_winograd_matches_reference_to_float32_rounding(case):
     x, weight, bias = make_operands(case, np.float32)
     out = F.conv2d(x, weight, bias, **conv_arguments(case))
@@ -89,7 +101,7 @@ def test_winograd_matches_reference_to_float32_rounding(case):
 
 
 @needs_winograd
-@pytest.mark.parametrize("case", WINOGRAD_CASES[:3])
+@pytest.mark.parametrize("case", WINOGRAD_CASES[:3] + WINOGRAD5_CASES[:2])
 def test_winograd_agrees_with_the_direct_kernel_with_bias_relu_and_scale(case):
     x, weight, bias = make_operands(case, np.float32)
     rng = np.random.default_rng(4)
@@ -112,7 +124,7 @@ def test_winograd_agrees_with_the_direct_kernel_with_bias_relu_and_scale(case):
 
 
 @needs_winograd
-@pytest.mark.parametrize("case", WINOGRAD_CASES[:2] + WINOGRAD_CASES[-1:])
+@pytest.mark.parametrize("case", WINOGRAD_CASES[:2] + WINOGRAD_CASES[-1:] + WINOGRAD5_CASES[:2])
 def test_winograd_gradients_match_finite_differences(case):
     """The loss sum(conv(x, w) * g) is linear in x and in w, so a central difference with a
     step of 1 has no truncation error, only float32 rounding (the forward runs on Winograd
@@ -139,7 +151,7 @@ def test_winograd_gradients_match_finite_differences(case):
 
 
 @needs_winograd
-@pytest.mark.parametrize("case", WINOGRAD_CASES)
+@pytest.mark.parametrize("case", WINOGRAD_CASES + WINOGRAD5_CASES)
 def test_winograd_results_do_not_depend_on_the_thread_count(case):
     x, weight, bias = make_operands(case, np.float32)
     outcomes = []
