@@ -154,6 +154,27 @@ static void cnncli_wino5_weights(const float* weight, ptrdiff_t sf, ptrdiff_t sc
         }
 }
 
+/* The adjoint of cnncli_wino5_weights: grad[kh * 5 + kw] = (G^T du G)[kh][kw] from the 36
+ * sums du[e] of one filter and channel. */
+static inline void cnncli_wino5_weight_grad(const double du[36], float grad[25])
+{
+    double h[5][6], sum;
+    int k, l, q;
+    for (k = 0; k < 5; k++)                                /* h = G^T du */
+        for (l = 0; l < 6; l++) {
+            h[k][l] = 0;
+            for (q = 0; q < 6; q++)
+                h[k][l] += CNNCLI_G6[q][k] * du[6 * q + l];
+        }
+    for (k = 0; k < 5; k++)                                /* grad = h G */
+        for (l = 0; l < 5; l++) {
+            sum = 0;
+            for (q = 0; q < 6; q++)
+                sum += h[k][q] * CNNCLI_G6[q][l];
+            grad[k * 5 + l] = (float)sum;
+        }
+}
+
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
@@ -355,7 +376,50 @@ static void cnncli_wino5_output(const float* m, ptrdiff_t R, ptrdiff_t width, pt
             }
 }
 
+/* cnncli_wino_gradient for F(2x2, 5x5): dm[e] = (A dY A^T)[e], 36 elements, with A^T the
+ * 2x6 matrix above. */
+__attribute__((target("avx2,fma")))
+static void cnncli_wino5_gradient(const float* y, ptrdiff_t width, ptrdiff_t tiles_high,
+                                  ptrdiff_t tiles_wide, ptrdiff_t out_high, ptrdiff_t out_wide,
+                                  float* dm, ptrdiff_t R)
+{
+    ptrdiff_t i, t, j, a, b, k, l;
+    const __m256 zero = _mm256_setzero_ps();
+    for (i = 0; i < tiles_high; i++)
+        for (t = 0; t < tiles_wide; t++)
+            for (j = 0; j < width; j += 8) {
+                __m256 d[2][2], z[6][2], sum;
+                float* out = dm + (i * tiles_wide + t) * width + j;
+                for (a = 0; a < 2; a++)
+                    for (b = 0; b < 2; b++)
+                        d[a][b] = 2 * i + a < out_high && 2 * t + b < out_wide
+                            ? _mm256_loadu_ps(y + ((2 * i + a) * out_wide + 2 * t + b) * width
+                                              + j)
+                            : zero;
+                for (k = 0; k < 6; k++)                /* z = A dY */
+                    for (b = 0; b < 2; b++)
+                        z[k][b] = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_AT6[1][k]), d[1][b],
+                                                  _mm256_mul_ps(_mm256_set1_ps(CNNCLI_AT6[0][k]),
+                                                                d[0][b]));
+                for (k = 0; k < 6; k++)                /* dm = z A^T */
+                    for (l = 0; l < 6; l++) {
+                        sum = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_AT6[1][l]), z[k][1],
+                                              _mm256_mul_ps(_mm256_set1_ps(CNNCLI_AT6[0][l]),
+                                                            z[k][0]));
+                        _mm256_storeu_ps(out + (6 * k + l) * R * width, sum);
+                    }
+            }
+}
+
 #else
+
+static void cnncli_wino5_gradient(const float* y, ptrdiff_t width, ptrdiff_t tiles_high,
+                                  ptrdiff_t tiles_wide, ptrdiff_t out_high, ptrdiff_t out_wide,
+                                  float* dm, ptrdiff_t R)
+{
+    (void)y; (void)width; (void)tiles_high; (void)tiles_wide; (void)out_high; (void)out_wide;
+    (void)dm; (void)R;
+}
 
 static void cnncli_wino5_input_channels(const float* x, ptrdiff_t row, ptrdiff_t CP,
                                         ptrdiff_t rows, ptrdiff_t tiles_wide, float* v,

@@ -7,11 +7,12 @@
 #   kernel does 36, so 2.25x fewer. The 16 sums over channels are products of (tiles x
 #   channels) by (channels x filters), run on the direct kernel's micro-kernel. A 5x5
 #   kernel takes 6x6 patches: 36 multiplications where the direct kernel does 100 (2.78x
-#   fewer), forward and grad_input only.
+#   fewer).
 # - Accuracy: F(2x2, 3x3)'s transforms only add, subtract and halve, so a result differs
 #   from the direct sum by float32 rounding of a few more terms: relative to the largest
 #   output, 0.4-1.9e-6 on random data (see test_winograd.py); F(2x2, 5x5)'s coefficients
-#   reach 5 and 1/24: 3-5e-6. Non-finite inputs still give non-finite outputs, but an
+#   reach 5 and 1/24: 3-5e-6 for the forward and grad_input, 0.9-1.7e-5 for grad_weight
+#   (its sums run over every tile). Non-finite inputs still give non-finite outputs, but an
 #   infinity may come out as NaN (inf - inf in a transform).
 # - Layout of V: [element][channel][tile] for 3x3 kernels, where the input transform takes
 #   eight tiles of a row at a time; [element][tile][channel] for 5x5 ones, from a padded
@@ -54,6 +55,10 @@ cdef extern from "winograd.h" nogil:
     void cnncli_wino5_input_channels(const float* x, Py_ssize_t row, Py_ssize_t CP,
                                      Py_ssize_t rows, Py_ssize_t tiles_wide, float* v,
                                      Py_ssize_t R)
+    void cnncli_wino5_gradient(const float* y, Py_ssize_t width, Py_ssize_t tiles_high,
+                               Py_ssize_t tiles_wide, Py_ssize_t out_high, Py_ssize_t out_wide,
+                               float* dm, Py_ssize_t R)
+    void cnncli_wino5_weight_grad(const double* du, float* grad)
     void cnncli_wino5_output(const float* m, Py_ssize_t R, Py_ssize_t width, Py_ssize_t rows,
                              Py_ssize_t tiles_wide, Py_ssize_t out_high, Py_ssize_t out_wide,
                              float* y)
@@ -308,10 +313,11 @@ cdef bint winograd_weight_grad_applies(const Geometry* g, object dtype):
     0.76x, batch 32: 0.87x; 128 at 28x28, batch 4: 0.72x; at 14x14, batch 16: 0.74x,
     batch 32: 0.86x; 256 at 14x14, batch 8: 0.80x, batch 32: 0.98x. At 7x7 the tiles'
     unused quarter costs more than the multiplications saved: 256 channels, batch 64,
-    1.10x."""
-    return (winograd_forward_applies(g, dtype) and g.KH == 3 and g.OH >= 8 and g.OW >= 8
-            and 64 * g.C * weight_grad_group(g) * ((g.OH + 1) // 2) * ((g.OW + 1) // 2)
-            <= WINOGRAD_MAX_GROUP_BYTES)
+    1.10x. 5x5 kernels: LeNet's second layer, batch 64: 0.79x, batch 16: 0.70x; 32
+    channels at 28x28, batch 32: 0.89x; 64 to 128 at 28x28, batch 16: 0.75x."""
+    return (winograd_forward_applies(g, dtype) and g.OH >= 8 and g.OW >= 8
+            and 4 * (g.KH + 1) * (g.KW + 1) * g.C * weight_grad_group(g)
+            * ((g.OH + 1) // 2) * ((g.OW + 1) // 2) <= WINOGRAD_MAX_GROUP_BYTES)
 
 
 cdef Py_ssize_t weight_grad_group(const Geometry* g) noexcept:
@@ -329,41 +335,53 @@ cdef void winograd_weight_grad_group(const float* x, const float* dy, Py_ssize_t
     of `samples` consecutive samples (x, dy: the first one's) to `partial` (or writes them:
     not accumulate). Their tiles lie side by side in V and dm (b.R: room for a group's), so
     each sum runs over all of them at once."""
-    cdef Py_ssize_t width = tile.filters, L = g.OH * g.OW
+    cdef Py_ssize_t width = tile.filters, L = g.OH * g.OW, E = b.elements
     cdef Py_ssize_t blocks = round_up(g.F, width) // width
     cdef Py_ssize_t CR = round_up(g.C, tile.rows)
     cdef Py_ssize_t T = b.tiles_high * b.tiles_wide
     cdef Py_ssize_t block, e, i, n
     for n in range(samples):
-        pad_channels(x + n * g.C * g.H * g.W, padded, g, p, 0, g.C)
-        cnncli_wino_input(padded, b.HP * b.WP, b.WP, g.C, b.tiles_high, b.tiles_wide,
-                          v + n * T, b.R)
+        pad_for(x + n * g.C * g.H * g.W, padded, g, p, b, 0, g.C)
+        if g.KH == 3:
+            cnncli_wino_input(padded, b.HP * b.WP, b.WP, g.C, b.tiles_high, b.tiles_wide,
+                              v + n * T, b.R)
+        else:
+            cnncli_wino5_input_channels(padded, b.WP, b.CP, b.tiles_high, b.tiles_wide,
+                                        v + n * T * b.CP, b.R)
         for block in range(blocks):
             cnncli_pack(dy + (n * g.F + block * width) * L, NULL, positions_dy,
                         min(width, g.F - block * width), L, width)
-            cnncli_wino_gradient(positions_dy, width, b.tiles_high, b.tiles_wide, g.OH, g.OW,
-                                 dm + (block * 16 * b.R + n * T) * width, b.R)
+            if g.KH == 3:
+                cnncli_wino_gradient(positions_dy, width, b.tiles_high, b.tiles_wide, g.OH,
+                                     g.OW, dm + (block * E * b.R + n * T) * width, b.R)
+            else:
+                cnncli_wino5_gradient(positions_dy, width, b.tiles_high, b.tiles_wide, g.OH,
+                                      g.OW, dm + (block * E * b.R + n * T) * width, b.R)
     for block in range(blocks):
-        for e in range(16):
+        for e in range(E):
             for i in range(CR // tile.rows):
-                cnncli_tile(tile.wide, v + e * g.C * b.R, channel_offsets + i * tile.rows,
-                            tile_list, samples * T, dm + (block * 16 + e) * b.R * width,
-                            partial + ((block * 16 + e) * CR + i * tile.rows) * width,
+                cnncli_tile(tile.wide, v + e * b.CP * b.R, channel_offsets + i * tile.rows,
+                            tile_list, samples * T, dm + (block * E + e) * b.R * width,
+                            partial + ((block * E + e) * CR + i * tile.rows) * width,
                             accumulate)
 
 
 cdef void weight_grad_pair(const float* partials, Py_ssize_t stride, Py_ssize_t n_chunks,
-                           Py_ssize_t first, Py_ssize_t element_stride,
+                           Py_ssize_t first, Py_ssize_t element_stride, Py_ssize_t elements,
                            float* grad) noexcept nogil:
-    """The 3x3 gradient of one filter and channel: its 16 sums (element_stride apart from
-    `first`) added over the chunks' partials (stride apart) in order, then G^T du G."""
-    cdef double du[16]
+    """The 3x3 (16 elements) or 5x5 (36) gradient of one filter and channel: its sums
+    (element_stride apart from `first`) added over the chunks' partials (stride apart) in
+    order, then G^T du G."""
+    cdef double du[36]
     cdef Py_ssize_t e, k
-    for e in range(16):
+    for e in range(elements):
         du[e] = 0
         for k in range(n_chunks):
             du[e] = du[e] + partials[k * stride + first + e * element_stride]
-    cnncli_wino_weight_grad(du, grad)
+    if elements == 16:
+        cnncli_wino_weight_grad(du, grad)
+    else:
+        cnncli_wino5_weight_grad(du, grad)
 
 
 cdef void winograd_weight_grad_typed(const float[:, :, :, ::1] grad_output,
@@ -384,10 +402,11 @@ cdef void winograd_weight_grad_typed(const float[:, :, :, ::1] grad_output,
     cdef Py_ssize_t group = b.R // (b.tiles_high * b.tiles_wide)
     cdef Py_ssize_t chunk, n, first, stop, t, i, c
     with nogil:
+        # V is [e][channel][tile] for 3x3 kernels, [e][tile][channel] for 5x5.
         for c in range(CR):
-            channel_offsets[c] = <int>(min(c, g.C - 1) * b.R)
+            channel_offsets[c] = <int>(min(c, g.C - 1) * (b.R if g.KH == 3 else 1))
         for t in range(b.R):
-            tile_list[t] = <int>t
+            tile_list[t] = <int>(t * (1 if g.KH == 3 else b.CP))
         for chunk in prange(n_chunks, schedule="dynamic", num_threads=n_threads):
             t = threadid()
             first = chunk * g.N // n_chunks
@@ -401,8 +420,9 @@ cdef void winograd_weight_grad_typed(const float[:, :, :, ::1] grad_output,
                                            &partials[chunk, 0], i > 0)
         for i in prange(g.F * g.C, schedule="static", num_threads=n_threads):
             weight_grad_pair(&partials[0, 0], partials.shape[1], n_chunks,
-                             ((i // g.C // width * 16) * CR + i % g.C) * width + i // g.C % width,
-                             CR * width, &grad_weight[i * 9])
+                             ((i // g.C // width * b.elements) * CR + i % g.C) * width
+                             + i // g.C % width, CR * width, b.elements,
+                             &grad_weight[i * g.KH * g.KW])
 
 
 cdef winograd_weight_grad(grad_output, x, grad_weight, Geometry g, Py_ssize_t n_chunks,
@@ -419,8 +439,9 @@ cdef winograd_weight_grad(grad_output, x, grad_weight, Geometry g, Py_ssize_t n_
     cdef Py_ssize_t FR = round_up(g.F, tile.filters)
     cdef Py_ssize_t rows = min(n_threads, n_chunks)
     winograd_weight_grad_typed(
-        grad_output, x, aligned_empty((n_chunks, FR * 16 * round_up(g.C, tile.rows))),
+        grad_output, x, aligned_empty((n_chunks, FR * b.elements * round_up(g.C, tile.rows))),
         grad_weight, np.empty(round_up(g.C, tile.rows), dtype=np.int32),
-        np.empty(b.R, dtype=np.int32), np.empty((rows, g.C * b.HP * b.WP), dtype=np.float32),
-        aligned_empty((rows, 16 * g.C * b.R)), aligned_empty((rows, FR * 16 * b.R)),
+        np.empty(b.R, dtype=np.int32), np.zeros((rows, b.CP * b.HP * b.WP), dtype=np.float32),
+        aligned_empty((rows, b.elements * b.CP * b.R)),
+        aligned_empty((rows, FR * b.elements * b.R)),
         aligned_empty((rows, g.OH * g.OW * tile.filters)), g, b, tile, n_chunks, rows)

@@ -1,5 +1,5 @@
 """Winograd's F(2x2, 3x3) (forward, grad_input and grad_weight of 3x3 stride-1 float32
-layers) and F(2x2, 5x5) (forward and grad_input of 5x5 ones): against the NumPy oracle,
+layers) and F(2x2, 5x5) (the same for 5x5 ones): against the NumPy oracle,
 against the direct kernel, by finite differences, and at 1, 2 and 3 threads. Accuracy is
 held to the largest difference from the float64 result relative to the largest output."""
 
@@ -23,8 +23,8 @@ WINOGRAD_CASES = [
     (4, 64, 20, 20, 80, (3, 3), 1, 2, 1, 1, True),        # padding 2: grad_input unpadded
     (35, 64, 8, 8, 64, (3, 3), 1, 1, 1, 1, True),         # 13 samples a group, 2 chunks
 ]
-# 5x5 kernels, 32 channels and filters or more, 3136 output positions or more: the forward
-# and grad_input take F(2x2, 5x5).
+# 5x5 kernels, 32 channels and filters or more, 3136 output positions or more: every pass
+# takes F(2x2, 5x5).
 WINOGRAD5_CASES = [
     (16, 32, 14, 14, 64, (5, 5), 1, 2, 1, 1, True),       # LeNet's second layer
     (2, 40, 41, 39, 32, (5, 5), 1, "same", 1, 1, False),  # channels not a multiple of 8
@@ -47,12 +47,19 @@ def relative_error(got, want):
     return float(np.abs(got.astype(np.float64) - want).max() / np.abs(want).max())
 
 
+def accuracy(case):
+    """The bound held: F(2x2, 5x5)'s larger coefficients (up to 5 in the input transform)
+    cost about a decimal digit in its weight gradient, whose sums in the transformed space
+    run over every tile (measured 0.9-1.7e-5; its forward and grad_input 3-5e-6)."""
+    return 1e-5 if case[5] == (3, 3) else 5e-5
+
+
 @needs_winograd
 def test_every_case_runs_every_pass_on_winograd():
     for case in WINOGRAD_CASES:
         assert paths(case)["winograd"] == ("forward", "input_grad", "weight_grad")
     for case in WINOGRAD5_CASES:
-        assert paths(case)["winograd"] == ("forward", "input_grad")
+        assert paths(case)["winograd"] == ("forward", "input_grad", "weight_grad")
 
 
 @needs_winograd
@@ -91,13 +98,13 @@ def test_winograd_matches_reference_to_float32_rounding(case):
     want = reference.conv2d(x.astype(np.float64), weight.astype(np.float64),
                             None if bias is None else bias.astype(np.float64),
                             **reference_arguments(case))
-    assert relative_error(out, want) < 1e-5
+    assert relative_error(out, want) < accuracy(case)
     grad_output = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
     got = F.conv2d_backward(grad_output, x, weight, **conv_arguments(case))
     want = reference.conv2d_backward(grad_output.astype(np.float64), x.astype(np.float64),
                                      weight.astype(np.float64), **reference_arguments(case))
     for got_gradient, want_gradient in zip(got, want):
-        assert relative_error(got_gradient, want_gradient) < 1e-5
+        assert relative_error(got_gradient, want_gradient) < accuracy(case)
 
 
 @needs_winograd
@@ -118,8 +125,8 @@ def test_winograd_agrees_with_the_direct_kernel_with_bias_relu_and_scale(case):
         finally:
             F.use_winograd(previous)
     for winograd, direct in zip(results[True], results[False]):
-        np.testing.assert_allclose(winograd, direct, rtol=1e-5,
-                                   atol=1e-5 * np.abs(direct).max())
+        np.testing.assert_allclose(winograd, direct, rtol=accuracy(case),
+                                   atol=accuracy(case) * np.abs(direct).max())
     assert (results[True][0] >= 0).all()
 
 
@@ -167,9 +174,8 @@ def test_winograd_results_do_not_depend_on_the_thread_count(case):
 @pytest.mark.parametrize("kernel, channels, batch", [(3, 64, 8), (5, 32, 16)])
 def test_training_through_winograd_layers_ignores_the_thread_count(kernel, channels, batch):
     """Two epochs of a network whose middle layers take Winograd (3x3, 64 channels, batch 8
-    at 16x16: 2048 positions, every pass; 5x5, 32 channels, batch 16: 4096 positions, the
-    forward and grad_input), then inference of one sample: the same bits at 1, 2 and 3
-    threads."""
+    at 16x16: 2048 positions; 5x5, 32 channels, batch 16: 4096 positions; every pass),
+    then inference of one sample: the same bits at 1, 2 and 3 threads."""
     import cnncli
     from cnncli.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
     from cnncli.model import Sequential
@@ -191,7 +197,8 @@ def test_training_through_winograd_layers_ignores_the_thread_count(kernel, chann
             runs.append(model.weights + [model.forward(images[:1])])
     if WINOGRAD_CPU:
         assert F.conv2d_paths((batch, channels, 16, 16), (channels, channels, kernel, kernel),
-                              padding=padding)["winograd"][:2] == ("forward", "input_grad")
+                              padding=padding)["winograd"] == ("forward", "input_grad",
+                                                               "weight_grad")
     for other in runs[1:]:
         for single, parallel in zip(runs[0], other):
             np.testing.assert_array_equal(single, parallel)
