@@ -25,60 +25,83 @@
 
 #include <stddef.h>
 
+/* G of F(2x2, 3x3) (4x3) and of F(2x2, 5x5) (6x5, below), and the one for an r x r kernel. */
+static const double CNNCLI_G4[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5},
+                                       {0, 0, 1}};
+static const double CNNCLI_G6[6][5] = {
+    {1.0 / 4, 0, 0, 0, 0},
+    {-1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6},
+    {-1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6},
+    {1.0 / 24, 1.0 / 12, 1.0 / 6, 1.0 / 3, 2.0 / 3},
+    {1.0 / 24, -1.0 / 12, 1.0 / 6, -1.0 / 3, 2.0 / 3},
+    {0, 0, 0, 0, 1}};
+
+static const double* cnncli_wino_g(int r)
+{
+    return r == 3 ? &CNNCLI_G4[0][0] : &CNNCLI_G6[0][0];
+}
+
 /* u[e][c][j] for the filters f = f0 + j (j < filters; 0 for filters <= j < width) and every
- * channel c < C: G g G^T of the kernel g[kh][kw] = weight[f * sf + c * sc + kh * sh + kw * sw]
- * (strides, so that grad_input's rotated, transposed kernel is read in place), times
- * scale[j] unless scale is NULL. */
+ * channel c < C: G g G^T (e = (r + 1) k + l, computed in double) of the r x r kernel
+ * g[kh][kw] = weight[f * sf + c * sc + kh * sh + kw * sw] (strides, so that grad_input's
+ * rotated, transposed kernel is read in place), times scale[j] unless scale is NULL. */
 static void cnncli_wino_weights(const float* weight, ptrdiff_t sf, ptrdiff_t sc, ptrdiff_t sh,
                                 ptrdiff_t sw, const float* scale, float* u, ptrdiff_t C,
-                                ptrdiff_t filters, ptrdiff_t width)
+                                ptrdiff_t filters, ptrdiff_t width, int r)
 {
-    ptrdiff_t c, j, q, k;
-    float g[3][3], h[4][3], e[4][4], factor;
+    const double* G = cnncli_wino_g(r);
+    const int n = r + 1;
+    ptrdiff_t c, j, k, l, q;
+    double g[5][5], h[6][5], e;
     for (c = 0; c < C; c++)
         for (j = 0; j < width; j++) {
             if (j >= filters) {
-                for (k = 0; k < 16; k++)
+                for (k = 0; k < n * n; k++)
                     u[(k * C + c) * width + j] = 0.0f;
                 continue;
             }
-            for (k = 0; k < 3; k++)
-                for (q = 0; q < 3; q++)
+            for (k = 0; k < r; k++)
+                for (q = 0; q < r; q++)
                     g[k][q] = weight[j * sf + c * sc + k * sh + q * sw];
-            for (q = 0; q < 3; q++) {                      /* h = G g */
-                h[0][q] = g[0][q];
-                h[1][q] = 0.5f * (g[0][q] + g[1][q] + g[2][q]);
-                h[2][q] = 0.5f * (g[0][q] - g[1][q] + g[2][q]);
-                h[3][q] = g[2][q];
-            }
-            for (k = 0; k < 4; k++) {                      /* e = h G^T */
-                e[k][0] = h[k][0];
-                e[k][1] = 0.5f * (h[k][0] + h[k][1] + h[k][2]);
-                e[k][2] = 0.5f * (h[k][0] - h[k][1] + h[k][2]);
-                e[k][3] = h[k][2];
-            }
-            factor = scale != NULL ? scale[j] : 1.0f;
-            for (k = 0; k < 16; k++)
-                u[(k * C + c) * width + j] = e[k / 4][k % 4] * factor;
+            for (k = 0; k < n; k++)                        /* h = G g */
+                for (q = 0; q < r; q++) {
+                    h[k][q] = 0;
+                    for (l = 0; l < r; l++)
+                        h[k][q] += G[k * r + l] * g[l][q];
+                }
+            for (k = 0; k < n; k++)                        /* (h G^T)[k][l] */
+                for (l = 0; l < n; l++) {
+                    e = 0;
+                    for (q = 0; q < r; q++)
+                        e += h[k][q] * G[l * r + q];
+                    u[((n * k + l) * C + c) * width + j] =
+                        (float)e * (scale != NULL ? scale[j] : 1.0f);
+                }
         }
 }
 
-/* grad[kh * 3 + kw] = (G^T du G)[kh][kw]: the weight gradient of one filter and channel
- * from its 16 sums du[e] in the transformed space (the adjoint of cnncli_wino_weights). */
-static inline void cnncli_wino_weight_grad(const double du[16], float grad[9])
+/* grad[kh * r + kw] = (G^T du G)[kh][kw]: the weight gradient of one filter and channel of
+ * an r x r kernel from its (r + 1)^2 sums du[e] in the transformed space (the adjoint of
+ * cnncli_wino_weights). */
+static inline void cnncli_wino_weight_grad(const double* du, float* grad, int r)
 {
-    double h[3][4];
-    int k, l;
-    for (l = 0; l < 4; l++) {                              /* h = G^T du */
-        h[0][l] = du[l] + 0.5 * (du[4 + l] + du[8 + l]);
-        h[1][l] = 0.5 * (du[4 + l] - du[8 + l]);
-        h[2][l] = 0.5 * (du[4 + l] + du[8 + l]) + du[12 + l];
-    }
-    for (k = 0; k < 3; k++) {                              /* grad = h G */
-        grad[k * 3 + 0] = (float)(h[k][0] + 0.5 * (h[k][1] + h[k][2]));
-        grad[k * 3 + 1] = (float)(0.5 * (h[k][1] - h[k][2]));
-        grad[k * 3 + 2] = (float)(0.5 * (h[k][1] + h[k][2]) + h[k][3]);
-    }
+    const double* G = cnncli_wino_g(r);
+    const int n = r + 1;
+    double h[5][6], sum;
+    int k, l, q;
+    for (k = 0; k < r; k++)                                /* h = G^T du */
+        for (l = 0; l < n; l++) {
+            h[k][l] = 0;
+            for (q = 0; q < n; q++)
+                h[k][l] += G[q * r + k] * du[n * q + l];
+        }
+    for (k = 0; k < r; k++)                                /* grad = h G */
+        for (l = 0; l < r; l++) {
+            sum = 0;
+            for (q = 0; q < n; q++)
+                sum += h[k][q] * G[q * r + l];
+            grad[k * r + l] = (float)sum;
+        }
 }
 
 /* The 16 values of V = B^T d B of one patch d (rows d0..d3, each 4 columns from its start),
@@ -111,69 +134,6 @@ static const float CNNCLI_BT6[6][6] = {{4, 0, -5, 0, 1, 0}, {0, -4, -4, 1, 1, 0}
                                        {0, 4, -4, -1, 1, 0}, {0, -2, -1, 2, 1, 0},
                                        {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
 static const float CNNCLI_AT6[2][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 1}};
-static const double CNNCLI_G6[6][5] = {
-    {1.0 / 4, 0, 0, 0, 0},
-    {-1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6},
-    {-1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6},
-    {1.0 / 24, 1.0 / 12, 1.0 / 6, 1.0 / 3, 2.0 / 3},
-    {1.0 / 24, -1.0 / 12, 1.0 / 6, -1.0 / 3, 2.0 / 3},
-    {0, 0, 0, 0, 1}};
-
-/* cnncli_wino_weights for a 5x5 kernel: u[e][c][j] = (G g G^T)[e], 36 elements, computed
- * in double. */
-static void cnncli_wino5_weights(const float* weight, ptrdiff_t sf, ptrdiff_t sc,
-                                 ptrdiff_t sh, ptrdiff_t sw, const float* scale, float* u,
-                                 ptrdiff_t C, ptrdiff_t filters, ptrdiff_t width)
-{
-    ptrdiff_t c, j, k, l, q;
-    double g[5][5], h[6][5], e;
-    for (c = 0; c < C; c++)
-        for (j = 0; j < width; j++) {
-            if (j >= filters) {
-                for (k = 0; k < 36; k++)
-                    u[(k * C + c) * width + j] = 0.0f;
-                continue;
-            }
-            for (k = 0; k < 5; k++)
-                for (q = 0; q < 5; q++)
-                    g[k][q] = weight[j * sf + c * sc + k * sh + q * sw];
-            for (k = 0; k < 6; k++)                        /* h = G g */
-                for (q = 0; q < 5; q++) {
-                    h[k][q] = 0;
-                    for (l = 0; l < 5; l++)
-                        h[k][q] += CNNCLI_G6[k][l] * g[l][q];
-                }
-            for (k = 0; k < 6; k++)                        /* (h G^T)[k][l] */
-                for (l = 0; l < 6; l++) {
-                    e = 0;
-                    for (q = 0; q < 5; q++)
-                        e += h[k][q] * CNNCLI_G6[l][q];
-                    u[((6 * k + l) * C + c) * width + j] =
-                        (float)e * (scale != NULL ? scale[j] : 1.0f);
-                }
-        }
-}
-
-/* The adjoint of cnncli_wino5_weights: grad[kh * 5 + kw] = (G^T du G)[kh][kw] from the 36
- * sums du[e] of one filter and channel. */
-static inline void cnncli_wino5_weight_grad(const double du[36], float grad[25])
-{
-    double h[5][6], sum;
-    int k, l, q;
-    for (k = 0; k < 5; k++)                                /* h = G^T du */
-        for (l = 0; l < 6; l++) {
-            h[k][l] = 0;
-            for (q = 0; q < 6; q++)
-                h[k][l] += CNNCLI_G6[q][k] * du[6 * q + l];
-        }
-    for (k = 0; k < 5; k++)                                /* grad = h G */
-        for (l = 0; l < 5; l++) {
-            sum = 0;
-            for (q = 0; q < 6; q++)
-                sum += h[k][q] * CNNCLI_G6[q][l];
-            grad[k * 5 + l] = (float)sum;
-        }
-}
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>

@@ -39,26 +39,22 @@
 cdef extern from "winograd.h" nogil:
     void cnncli_wino_weights(const float* weight, Py_ssize_t sf, Py_ssize_t sc, Py_ssize_t sh,
                              Py_ssize_t sw, const float* scale, float* u, Py_ssize_t C,
-                             Py_ssize_t filters, Py_ssize_t width)
+                             Py_ssize_t filters, Py_ssize_t width, int r)
     void cnncli_wino_input(const float* x, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t C,
                            Py_ssize_t rows, Py_ssize_t tiles_wide, float* v, Py_ssize_t R)
     void cnncli_wino_gradient(const float* y, Py_ssize_t width, Py_ssize_t tiles_high,
                               Py_ssize_t tiles_wide, Py_ssize_t out_high, Py_ssize_t out_wide,
                               float* dm, Py_ssize_t R)
-    void cnncli_wino_weight_grad(const double* du, float* grad)
+    void cnncli_wino_weight_grad(const double* du, float* grad, int r)
     void cnncli_wino_output(const float* m, Py_ssize_t R, Py_ssize_t width, Py_ssize_t rows,
                             Py_ssize_t tiles_wide, Py_ssize_t out_high, Py_ssize_t out_wide,
                             float* y)
-    void cnncli_wino5_weights(const float* weight, Py_ssize_t sf, Py_ssize_t sc,
-                              Py_ssize_t sh, Py_ssize_t sw, const float* scale, float* u,
-                              Py_ssize_t C, Py_ssize_t filters, Py_ssize_t width)
     void cnncli_wino5_input_channels(const float* x, Py_ssize_t row, Py_ssize_t CP,
                                      Py_ssize_t rows, Py_ssize_t tiles_wide, float* v,
                                      Py_ssize_t R)
     void cnncli_wino5_gradient(const float* y, Py_ssize_t width, Py_ssize_t tiles_high,
                                Py_ssize_t tiles_wide, Py_ssize_t out_high, Py_ssize_t out_wide,
                                float* dm, Py_ssize_t R)
-    void cnncli_wino5_weight_grad(const double* du, float* grad)
     void cnncli_wino5_output(const float* m, Py_ssize_t R, Py_ssize_t width, Py_ssize_t rows,
                              Py_ssize_t tiles_wide, Py_ssize_t out_high, Py_ssize_t out_wide,
                              float* y)
@@ -221,16 +217,10 @@ cdef void winograd_forward_typed(const float[:, :, :, ::1] x, const float* weigh
         for c in range(g.C):
             channel_offsets[c] = <int>(c * b.R if g.KH == 3 else c)
         for block in prange(blocks, schedule="static", num_threads=n_threads):
-            if g.KH == 3:
-                cnncli_wino_weights(weight + block * width * sf, sf, sc, sh, sw,
-                                    scale + block * width if scale != NULL else NULL,
-                                    &packed[block * 16 * g.C * width], g.C,
-                                    min(width, g.F - block * width), width)
-            else:
-                cnncli_wino5_weights(weight + block * width * sf, sf, sc, sh, sw,
-                                     scale + block * width if scale != NULL else NULL,
-                                     &packed[block * 36 * g.C * width], g.C,
-                                     min(width, g.F - block * width), width)
+            cnncli_wino_weights(weight + block * width * sf, sf, sc, sh, sw,
+                                scale + block * width if scale != NULL else NULL,
+                                &packed[block * b.elements * g.C * width], g.C,
+                                min(width, g.F - block * width), width, <int>g.KH)
         if g.N >= SHARED_BATCH:
             for n in prange(g.N, schedule="dynamic", num_threads=n_threads):
                 t = threadid()
@@ -378,10 +368,7 @@ cdef void weight_grad_pair(const float* partials, Py_ssize_t stride, Py_ssize_t 
         du[e] = 0
         for k in range(n_chunks):
             du[e] = du[e] + partials[k * stride + first + e * element_stride]
-    if elements == 16:
-        cnncli_wino_weight_grad(du, grad)
-    else:
-        cnncli_wino5_weight_grad(du, grad)
+    cnncli_wino_weight_grad(du, grad, 3 if elements == 16 else 5)
 
 
 cdef void winograd_weight_grad_typed(const float[:, :, :, ::1] grad_output,

@@ -9,6 +9,7 @@ import pytest
 import reference
 from cnncli import functional as F
 from test_conv import conv_arguments, make_operands, reference_arguments
+from test_direct_conv import assert_gradients_match_finite_differences
 
 # (N, C, H, W, filters, kernel, stride, padding, dilation, groups, bias): 64 channels and
 # filters or more, and at least 1536 output positions, so every pass takes Winograd
@@ -133,28 +134,8 @@ def test_winograd_agrees_with_the_direct_kernel_with_bias_relu_and_scale(case):
 @needs_winograd
 @pytest.mark.parametrize("case", WINOGRAD_CASES[:2] + WINOGRAD_CASES[-1:] + WINOGRAD5_CASES[:2])
 def test_winograd_gradients_match_finite_differences(case):
-    """The loss sum(conv(x, w) * g) is linear in x and in w, so a central difference with a
-    step of 1 has no truncation error, only float32 rounding (the forward runs on Winograd
-    too)."""
-    x, weight, _ = make_operands(case, np.float32)
-    rng = np.random.default_rng(3)
-    arguments = conv_arguments(case)
-    grad_output = rng.standard_normal(F.conv2d(x, weight, **arguments).shape)
-
-    def loss(x_, weight_):
-        return float(np.sum(F.conv2d(x_, weight_, **arguments) * grad_output))
-
-    grad_input, grad_weight, _ = F.conv2d_backward(grad_output.astype(np.float32), x, weight,
-                                                   **arguments)
-    for _ in range(3):
-        dx = rng.standard_normal(x.shape).astype(np.float32)
-        dw = rng.standard_normal(weight.shape).astype(np.float32)
-        slope_x = (loss(x + dx, weight) - loss(x - dx, weight)) / 2
-        slope_w = (loss(x, weight + dw) - loss(x, weight - dw)) / 2
-        assert abs(slope_x - np.sum(grad_input * dx, dtype=np.float64)) < \
-            1e-4 * (np.sum(np.abs(grad_input * dx)) + 1)
-        assert abs(slope_w - np.sum(grad_weight * dw, dtype=np.float64)) < \
-            1e-4 * (np.sum(np.abs(grad_weight * dw)) + 1)
+    """As for the direct kernel; the forward runs on Winograd too."""
+    assert_gradients_match_finite_differences(case)
 
 
 @needs_winograd
