@@ -227,6 +227,21 @@ static void cnncli_wino_output(const float* m, ptrdiff_t R, ptrdiff_t width, ptr
             }
 }
 
+/* d[a][b] = the 8 filters from j of output (2i + a, 2t + b) of y (position-major, `width`
+ * filters a position), zero past the output's edge: one tile of the output gradient. */
+__attribute__((target("avx2")))
+static inline void cnncli_wino_output_tile(const float* y, ptrdiff_t i, ptrdiff_t t, ptrdiff_t j,
+                                           ptrdiff_t out_high, ptrdiff_t out_wide,
+                                           ptrdiff_t width, __m256 d[2][2])
+{
+    ptrdiff_t a, b;
+    for (a = 0; a < 2; a++)
+        for (b = 0; b < 2; b++)
+            d[a][b] = 2 * i + a < out_high && 2 * t + b < out_wide
+                ? _mm256_loadu_ps(y + ((2 * i + a) * out_wide + 2 * t + b) * width + j)
+                : _mm256_setzero_ps();
+}
+
 /* dm[(e * R + i * tiles_wide + t) * width + j] = (A dY A^T)[e] of each tile's 2x2 block of
  * output gradients dY, from y[p * width + j] (position-major, p = oh * out_wide + ow; zero
  * outside out_high x out_wide): the adjoint of cnncli_wino_output, for the weight gradient.
@@ -236,19 +251,14 @@ static void cnncli_wino_gradient(const float* y, ptrdiff_t width, ptrdiff_t tile
                                  ptrdiff_t tiles_wide, ptrdiff_t out_high, ptrdiff_t out_wide,
                                  float* dm, ptrdiff_t R)
 {
-    ptrdiff_t i, t, j, a, b, k;
+    ptrdiff_t i, t, j, b, k;
     const __m256 zero = _mm256_setzero_ps();
     for (i = 0; i < tiles_high; i++)
         for (t = 0; t < tiles_wide; t++)
             for (j = 0; j < width; j += 8) {
                 __m256 d[2][2], z[4][2];
                 float* out = dm + (i * tiles_wide + t) * width + j;
-                for (a = 0; a < 2; a++)
-                    for (b = 0; b < 2; b++)
-                        d[a][b] = 2 * i + a < out_high && 2 * t + b < out_wide
-                            ? _mm256_loadu_ps(y + ((2 * i + a) * out_wide + 2 * t + b) * width
-                                              + j)
-                            : zero;
+                cnncli_wino_output_tile(y, i, t, j, out_high, out_wide, width, d);
                 for (b = 0; b < 2; b++) {              /* z = A dY */
                     z[0][b] = d[0][b];
                     z[1][b] = _mm256_add_ps(d[0][b], d[1][b]);
@@ -343,19 +353,13 @@ static void cnncli_wino5_gradient(const float* y, ptrdiff_t width, ptrdiff_t til
                                   ptrdiff_t tiles_wide, ptrdiff_t out_high, ptrdiff_t out_wide,
                                   float* dm, ptrdiff_t R)
 {
-    ptrdiff_t i, t, j, a, b, k, l;
-    const __m256 zero = _mm256_setzero_ps();
+    ptrdiff_t i, t, j, b, k, l;
     for (i = 0; i < tiles_high; i++)
         for (t = 0; t < tiles_wide; t++)
             for (j = 0; j < width; j += 8) {
                 __m256 d[2][2], z[6][2], sum;
                 float* out = dm + (i * tiles_wide + t) * width + j;
-                for (a = 0; a < 2; a++)
-                    for (b = 0; b < 2; b++)
-                        d[a][b] = 2 * i + a < out_high && 2 * t + b < out_wide
-                            ? _mm256_loadu_ps(y + ((2 * i + a) * out_wide + 2 * t + b) * width
-                                              + j)
-                            : zero;
+                cnncli_wino_output_tile(y, i, t, j, out_high, out_wide, width, d);
                 for (k = 0; k < 6; k++)                /* z = A dY */
                     for (b = 0; b < 2; b++)
                         z[k][b] = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_AT6[1][k]), d[1][b],
