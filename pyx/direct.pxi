@@ -74,6 +74,7 @@ cdef struct Tile:
     Py_ssize_t rows         # output positions (forward) or taps (grad_weight) per tile
     Py_ssize_t filters      # filters per tile; 0: the layer keeps im2col + GEMM
     Py_ssize_t chunk        # steps of a tile's sum per call (see SUM_CHUNK_BYTES)
+    Py_ssize_t group        # most positions of a forward task (see MAX_GROUP_ROWS)
 
 # The direct path pays off once a tile's sum is long enough to hide loading and storing its
 # accumulators: the forward and grad_input sum over at least MIN_DIRECT_TAPS taps (LeNet's
@@ -88,6 +89,14 @@ cdef Py_ssize_t MIN_DIRECT_SUM = 64
 # of TASK_TAP_ROWS taps together (weight_grad_tiles), each such group one task when the
 # whole batch is listed.
 cdef Py_ssize_t MAX_GROUP_ROWS = 96
+# Sample by sample with at least SAMPLE_GROUP_MIN_POSITIONS positions, a group grows to
+# SAMPLE_GROUP_BYTES of sums (the whole sample where that fits): cnncli_store then writes
+# each filter's row of the output in one run, not in runs of 96 positions, one per group.
+# With two threads writing, 32 short runs at once cost the store more than the larger sums
+# cost the tiles: LeNet's first layer ran in 0.81x the time, AlexNet's 0.94x, ResNet's
+# strided 3x3 0.95x; layers of 196 positions (LeNet's second, ResNet's 1x1) gained nothing.
+cdef Py_ssize_t SAMPLE_GROUP_BYTES = 131072
+cdef Py_ssize_t SAMPLE_GROUP_MIN_POSITIONS = 2 * MAX_GROUP_ROWS
 cdef Py_ssize_t SUM_CHUNK_BYTES = 16384
 cdef Py_ssize_t TASK_TAP_ROWS = 96
 # Layers with fewer output positions per sample than these list the whole batch's: in the
@@ -140,6 +149,7 @@ cdef Tile tile_for(Py_ssize_t filters) noexcept nogil:
                     else NARROW_FILTERS if fills(filters, NARROW_FILTERS) else 0)
     tile.rows = cnncli_tile_rows(tile.wide)
     tile.chunk = SUM_CHUNK_BYTES // (4 * tile.filters) if tile.filters else 1
+    tile.group = MAX_GROUP_ROWS
     return tile
 
 
@@ -306,7 +316,7 @@ cdef Py_ssize_t position_groups(Py_ssize_t P, Tile tile, Py_ssize_t* group_tiles
     """How many groups of tiles P positions form, and (group_tiles) how many tiles each
     holds: the fewest groups of at most MAX_GROUP_ROWS positions, as even as can be."""
     cdef Py_ssize_t tiles = (P + tile.rows - 1) // tile.rows
-    cdef Py_ssize_t max_tiles = MAX_GROUP_ROWS // tile.rows
+    cdef Py_ssize_t max_tiles = tile.group // tile.rows
     cdef Py_ssize_t groups = (tiles + max_tiles - 1) // max_tiles
     group_tiles[0] = (tiles + groups - 1) // groups
     return (tiles + group_tiles[0] - 1) // group_tiles[0]
@@ -449,12 +459,15 @@ cdef direct_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_th
         scale_view = scale
         scale_pointer = &scale_view[0]
     cdef Tile tile = tile_for(g.F)
+    if not batch and g.N >= SHARED_BATCH and L >= SAMPLE_GROUP_MIN_POSITIONS:
+        tile.group = min(round_up(L, tile.rows),
+                         max(MAX_GROUP_ROWS, SAMPLE_GROUP_BYTES // (4 * tile.filters)))
     packed = aligned_empty((round_up(g.F, tile.filters) * K,))
     taps = np.empty(K, dtype=np.int32)
     positions = np.empty(round_up(samples_per_row * L, tile.rows), dtype=np.int32)
     padded = np.empty((rows, 1 if is_pointwise(&g) else samples_per_row * g.C * p.HP * p.WP),
                       dtype=np.float32)
-    sums = aligned_empty((n_threads, MAX_GROUP_ROWS * tile.filters))
+    sums = aligned_empty((n_threads, tile.group * tile.filters))
     direct_forward_typed(x, scale_pointer, bias_pointer, out, weight, packed, taps, positions,
                          padded, sums, g, tile, layer, relu, n_threads)
 

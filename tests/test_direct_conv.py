@@ -37,6 +37,7 @@ DIRECT_CASES = [
     (8, 16, 4, 4, 48, (3, 3), 1, 1, 1, 1, True),          # more filters than positions
     (5, 16, 17, 16, 20, (3, 3), 1, 1, 1, 1, True),        # sample by sample
     (19, 12, 16, 17, 16, (3, 3), 1, 1, 1, 1, False),      # more samples than weight chunks
+    (4, 16, 36, 33, 64, (3, 3), 1, 1, 1, 1, True),        # a sample's positions in 2 groups
     (2, 16, 18, 16, 28, (3, 3), 1, 1, 1, 1, True),        # each sample's tiles shared out
     (3, 32, 9, 9, 32, (3, 3), 1, 1, 1, 1, True),          # wide tiles in every pass
     (5, 40, 15, 15, 64, (3, 3), 1, 1, 1, 1, False),       # narrow grad_input, 2 wide blocks
