@@ -5,6 +5,7 @@ a kernel runs) and the layers (to size their outputs without any data). Every
 check raises ``ValueError`` naming the argument and echoing what it received.
 """
 
+from functools import lru_cache
 from typing import NamedTuple, Optional, Tuple, Union
 
 import numpy as np
@@ -110,21 +111,41 @@ def conv_padding(padding, kernel_size, stride, dilation):
     return (ph, ph, pw, pw)
 
 
+def is_plain(value):
+    """Whether an argument may key a cache of checked geometries: None, a str, an int or a
+    pair of ints whose type is exactly int. A bool or a NumPy integer equals an int and
+    hashes alike, yet must meet its own checks, so such arguments skip the cache."""
+    if value is None or type(value) in (int, str):
+        return True
+    return type(value) is tuple and len(value) == 2 and type(value[0]) is int \
+        and type(value[1]) is int
+
+
 def conv_geometry(x, weight, stride, padding, dilation, groups):
+    # The checks cost a few microseconds a call, which a batch-1 forward of a small
+    # network pays at every layer: a layer's arguments, checked once, are looked up after.
+    arguments = (tuple(x.shape[1:]), tuple(weight.shape), stride, padding, dilation, groups)
+    if all(map(is_plain, arguments[2:])):
+        return checked_conv_geometry(*arguments)
+    return conv_geometry_of(*arguments)
+
+
+def conv_geometry_of(input_shape, weight_shape, stride, padding, dilation, groups):
+    """The checked geometry of a convolution of an input of shape (C, H, W)."""
     stride = pair("stride", stride, 1)
     dilation = pair("dilation", dilation, 1)
     groups = positive_int("groups", groups, INT_MAX)
-    batch, channels, height, width = x.shape
-    filters, group_channels, kernel_h, kernel_w = weight.shape
+    channels, height, width = input_shape
+    filters, group_channels, kernel_h, kernel_w = weight_shape
     if channels % groups or filters % groups:
         raise ValueError(f"groups: must divide the input channels ({channels}) and the "
                          f"filters ({filters}), got {groups}")
     if group_channels * groups != channels:
         raise ValueError(f"weight: expected {channels // groups} input channels per group "
                          f"(x has {channels} channels, groups={groups}), got weight shape "
-                         f"{weight.shape}")
+                         f"{weight_shape}")
     if min(filters, kernel_h, kernel_w) < 1:
-        raise ValueError(f"weight: expected non-empty filters, got shape {weight.shape}")
+        raise ValueError(f"weight: expected non-empty filters, got shape {weight_shape}")
     top, bottom, left, right = conv_padding(padding, (kernel_h, kernel_w), stride, dilation)
     padded = (height + top + bottom, width + left + right)
     dilated = (dilation[0] * (kernel_h - 1) + 1, dilation[1] * (kernel_w - 1) + 1)
@@ -134,6 +155,10 @@ def conv_geometry(x, weight, stride, padding, dilation, groups):
     output_size = ((padded[0] - dilated[0]) // stride[0] + 1,
                    (padded[1] - dilated[1]) // stride[1] + 1)
     return ConvGeometry(stride, (top, left), dilation, groups, output_size)
+
+
+# Failed checks raise and so are never cached; the results are tuples, never changed.
+checked_conv_geometry = lru_cache(maxsize=1024)(conv_geometry_of)
 
 
 def unfold_geometry(kernel_size, dilation, padding, stride, image_size):
@@ -150,16 +175,27 @@ def unfold_geometry(kernel_size, dilation, padding, stride, image_size):
 
 
 def pool_geometry(x, kernel_size, stride, padding):
+    arguments = (x.shape[2], x.shape[3], kernel_size, stride, padding)
+    if all(map(is_plain, arguments[2:])):
+        return checked_pool_geometry(*arguments)
+    return pool_geometry_of(*arguments)
+
+
+def pool_geometry_of(height, width, kernel_size, stride, padding):
+    """The checked kernel size, stride, padding and output size of a pooling of
+    height x width planes."""
     kernel_size = pair("kernel_size", kernel_size, 1)
     stride = kernel_size if stride is None else pair("stride", stride, 1)
     padding = pair("padding", padding, 0)
     if padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
         raise ValueError(f"padding: must be at most half the kernel size {kernel_size}, "
                          f"got {padding}")
-    height, width = x.shape[2:]
     if kernel_size[0] > height + 2 * padding[0] or kernel_size[1] > width + 2 * padding[1]:
         raise ValueError(f"kernel_size: {kernel_size} is larger than the padded "
                          f"{height + 2 * padding[0]}x{width + 2 * padding[1]} input")
     output_size = (conv_output_size(height, kernel_size[0], stride[0], padding[0]),
                    conv_output_size(width, kernel_size[1], stride[1], padding[1]))
     return kernel_size, stride, padding, output_size
+
+
+checked_pool_geometry = lru_cache(maxsize=1024)(pool_geometry_of)

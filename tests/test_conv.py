@@ -256,3 +256,22 @@ def test_output_sizes_without_data_match_the_kernels():
     assert F.pool2d_output_size((1, 3, 11, 9), 3, 2, 1) == F.avg_pool2d(x, 3, 2, 1).shape[2:]
     with pytest.raises(ValueError, match="groups: must divide"):
         F.conv2d_output_size(x.shape, weight.shape, groups=2)
+
+
+def test_checked_geometry_is_reused_only_for_plain_ints():
+    """The checked geometry of a layer's arguments is cached; a bool or a NumPy integer,
+    equal to a cached int, still meets its own checks."""
+    x = np.ones((1, 2, 6, 6), np.float32)
+    weight = np.ones((3, 2, 3, 3), np.float32)
+    assert F.conv2d(x, weight, stride=(1, 1)).shape == (1, 3, 4, 4)
+    assert F.max_pool2d(x, (1, 1)).shape == (1, 2, 6, 6)
+    with pytest.raises(ValueError, match="stride: expected an int or a pair of ints"):
+        F.conv2d(x, weight, stride=(True, True))
+    with pytest.raises(ValueError, match="kernel_size: expected an int or a pair of ints"):
+        F.max_pool2d(x, (True, True))
+    assert F.conv2d(x, weight, stride=np.int64(2)).shape == (1, 3, 2, 2)
+    assert F.max_pool2d(x, [np.int64(2), 2]).shape == (1, 2, 3, 3)
+    # A bad call raises every time: failures are never cached.
+    for _ in range(2):
+        with pytest.raises(ValueError, match="larger than the padded"):
+            F.max_pool2d(x, 7)
