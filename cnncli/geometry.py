@@ -121,15 +121,32 @@ def is_plain(value):
         and type(value[1]) is int
 
 
+def cached_when_plain(shapes):
+    """Decorate a geometry check whose first ``shapes`` arguments are ints or tuples of
+    ints: calls whose other arguments are all plain are answered from a cache.
+
+    The checks cost a few microseconds a call, which a batch-1 forward of a small network
+    pays at every layer; a layer's arguments, checked once, are looked up after. Failed
+    checks raise and so are never cached; the results are tuples, never changed.
+    """
+    def decorate(check):
+        cached = lru_cache(maxsize=1024)(check)
+
+        def checked(*arguments):
+            if all(map(is_plain, arguments[shapes:])):
+                return cached(*arguments)
+            return check(*arguments)
+        checked.cache_info = cached.cache_info
+        return checked
+    return decorate
+
+
 def conv_geometry(x, weight, stride, padding, dilation, groups):
-    # The checks cost a few microseconds a call, which a batch-1 forward of a small
-    # network pays at every layer: a layer's arguments, checked once, are looked up after.
-    arguments = (tuple(x.shape[1:]), tuple(weight.shape), stride, padding, dilation, groups)
-    if all(map(is_plain, arguments[2:])):
-        return checked_conv_geometry(*arguments)
-    return conv_geometry_of(*arguments)
+    return conv_geometry_of(tuple(x.shape[1:]), tuple(weight.shape), stride, padding,
+                            dilation, groups)
 
 
+@cached_when_plain(shapes=2)
 def conv_geometry_of(input_shape, weight_shape, stride, padding, dilation, groups):
     """The checked geometry of a convolution of an input of shape (C, H, W)."""
     stride = pair("stride", stride, 1)
@@ -157,10 +174,6 @@ def conv_geometry_of(input_shape, weight_shape, stride, padding, dilation, group
     return ConvGeometry(stride, (top, left), dilation, groups, output_size)
 
 
-# Failed checks raise and so are never cached; the results are tuples, never changed.
-checked_conv_geometry = lru_cache(maxsize=1024)(conv_geometry_of)
-
-
 def unfold_geometry(kernel_size, dilation, padding, stride, image_size):
     kernel_size = pair("kernel_size", kernel_size, 1)
     dilation = pair("dilation", dilation, 1)
@@ -175,12 +188,10 @@ def unfold_geometry(kernel_size, dilation, padding, stride, image_size):
 
 
 def pool_geometry(x, kernel_size, stride, padding):
-    arguments = (x.shape[2], x.shape[3], kernel_size, stride, padding)
-    if all(map(is_plain, arguments[2:])):
-        return checked_pool_geometry(*arguments)
-    return pool_geometry_of(*arguments)
+    return pool_geometry_of(x.shape[2], x.shape[3], kernel_size, stride, padding)
 
 
+@cached_when_plain(shapes=2)
 def pool_geometry_of(height, width, kernel_size, stride, padding):
     """The checked kernel size, stride, padding and output size of a pooling of
     height x width planes."""
@@ -196,6 +207,3 @@ def pool_geometry_of(height, width, kernel_size, stride, padding):
     output_size = (conv_output_size(height, kernel_size[0], stride[0], padding[0]),
                    conv_output_size(width, kernel_size[1], stride[1], padding[1]))
     return kernel_size, stride, padding, output_size
-
-
-checked_pool_geometry = lru_cache(maxsize=1024)(pool_geometry_of)

@@ -3,6 +3,7 @@ import pytest
 
 import reference
 from cnncli import functional as F
+from cnncli.geometry import conv_geometry_of, pool_geometry_of
 from cnncli.gradcheck import check_gradient
 
 # (N, C, H, W, filters, kernel, stride, padding, dilation, groups, bias)
@@ -265,6 +266,13 @@ def test_checked_geometry_is_reused_only_for_plain_ints():
     weight = np.ones((3, 2, 3, 3), np.float32)
     assert F.conv2d(x, weight, stride=(1, 1)).shape == (1, 3, 4, 4)
     assert F.max_pool2d(x, (1, 1)).shape == (1, 2, 6, 6)
+    # The same arguments again are answered from the cache.
+    conv_hits = conv_geometry_of.cache_info().hits
+    pool_hits = pool_geometry_of.cache_info().hits
+    assert F.conv2d(x, weight, stride=(1, 1)).shape == (1, 3, 4, 4)
+    assert F.max_pool2d(x, (1, 1)).shape == (1, 2, 6, 6)
+    assert conv_geometry_of.cache_info().hits == conv_hits + 1
+    assert pool_geometry_of.cache_info().hits == pool_hits + 1
     with pytest.raises(ValueError, match="stride: expected an int or a pair of ints"):
         F.conv2d(x, weight, stride=(True, True))
     with pytest.raises(ValueError, match="kernel_size: expected an int or a pair of ints"):
