@@ -524,13 +524,15 @@ def models():
 
 def version_callback(value: bool):
     if value:
-        say(f"cnncli {__version__}")
+        from cnncli.functional import direct_kernel_variant, openmp_enabled
+        say(f"cnncli {__version__} (convolution kernel: {direct_kernel_variant()}, "
+            f"OpenMP: {'yes' if openmp_enabled() else 'no'})")
         raise typer.Exit()
 
 
 @app.callback()
 def main(version: Annotated[bool, typer.Option("--version", callback=version_callback,
-                                               is_eager=True, help="Show the version.")] = False):
+                                               is_eager=True, help="Show the version and the compiled kernels' variant.")] = False):
     """cnncli: convolutional neural networks on the CPU."""
 
 

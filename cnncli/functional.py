@@ -38,6 +38,7 @@ __all__ = [
     "sgd_update", "adam_update",
     "conv_output_size", "conv2d_output_size", "pool2d_output_size", "softmax", "sigmoid",
     "get_num_threads", "set_num_threads", "threads", "openmp_enabled",
+    "direct_kernel_variant",
 ]
 
 
@@ -115,6 +116,12 @@ def conv2d(x, weight, bias=None, stride: IntPair = 1, padding: Union[IntPair, st
         _conv.conv2d_forward(x, weight, bias, out, geometry.stride, geometry.padding,
                              geometry.dilation, geometry.groups, get_num_threads(), relu, scale)
     return out
+
+
+def direct_kernel_variant() -> str:
+    """Which variant of the direct convolution kernel runs on this CPU: 'avx512', 'avx2',
+    or 'none' (im2col + GEMM only); CNNCLI_DIRECT_ISA, read at import, can narrow it."""
+    return _conv.direct_kernel_variant()
 
 
 def use_direct_convolution(enabled: bool) -> bool:

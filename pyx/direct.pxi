@@ -35,14 +35,14 @@
 # - A narrowing 1x1 layer (narrowing_pointwise) takes the forward only, reading each sample
 #   in place: it is its own padded copy.
 # - Which path: see direct_forward_applies and friends; float64 (gradient checks), grouped
-#   convolutions, CPUs without AVX2 and (until the AVX-512 variant is measured) CPUs with
-#   AVX-512 keep im2col + GEMM.
+#   convolutions and CPUs without AVX2 keep im2col + GEMM.
 
 import os
 
 cdef extern from "microkernel.h" nogil:
     enum: CNNCLI_AUTO
     int cnncli_tile_filters(int wanted)
+    int cnncli_variant()
     int cnncli_tile_rows(int wide)
     void cnncli_tile(int wide, const float* a, const int* rows, const int* cols, Py_ssize_t T,
                      const float* b, float* c, int accumulate)
@@ -67,6 +67,12 @@ cdef Py_ssize_t pick_tile_filters():
 cdef Py_ssize_t WIDE_FILTERS = pick_tile_filters()
 cdef Py_ssize_t NARROW_FILTERS = WIDE_FILTERS // 2
 cdef bint direct_enabled = WIDE_FILTERS > 0
+
+
+def direct_kernel_variant():
+    """The direct kernel's variant on this CPU ('avx512', 'avx2' or 'none'), as
+    CNNCLI_DIRECT_ISA and the CPU chose it when the module was loaded."""
+    return {2: "avx512", 1: "avx2"}.get(cnncli_variant(), "none")
 
 
 cdef struct Tile:

@@ -128,11 +128,12 @@ CNNCLI_DEFINE_TILE(cnncli_tile_avx512, "avx512f", __m512, 16, _mm512_loadu_ps,
                    _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_setzero_ps)
 
 /* Which variant runs: 0 none (im2col + GEMM), 1 AVX2 + FMA, 2 AVX-512; set on first use.
- * CNNCLI_AUTO takes AVX2 on a CPU that has it but not AVX-512. An AVX-512 CPU keeps
- * im2col + GEMM: OpenBLAS's AVX-512 GEMM (145-164 GFLOP/s per core measured on the
- * convolution shapes) outruns an AVX2 kernel, and the AVX-512 variant below has not yet
- * been measured on such a CPU, so it runs only when asked for (2). Asking for a variant
- * the CPU lacks falls back to the next one down. */
+ * CNNCLI_AUTO takes the widest the CPU has. On an Intel Xeon of family 6, model 207 (AVX-512,
+ * 2 vCPUs, OpenBLAS choosing its own AVX-512 GEMM), against im2col + GEMM, the AVX-512
+ * variant took the convolution shapes' forward from 1.41x to 0.88x PyTorch's time
+ * (geometric mean) and forward+backward from 0.91x to 0.70x; the AVX2 variant on that CPU
+ * reached 1.19x and 0.87x (BENCHMARKS.md, seventh part). Asking for a variant the CPU
+ * lacks falls back to the next one down. */
 #define CNNCLI_AUTO (-1)
 static int cnncli_isa = -1;
 
@@ -143,7 +144,7 @@ static int cnncli_pick_isa(int wanted)
     avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     avx512 = avx2 && __builtin_cpu_supports("avx512f");
     if (wanted == CNNCLI_AUTO)
-        return avx2 && !avx512 ? 1 : 0;
+        return avx512 ? 2 : avx2 ? 1 : 0;
     if (wanted >= 2 && avx512)
         return 2;
     return wanted >= 1 && avx2 ? 1 : 0;
@@ -156,6 +157,12 @@ static int cnncli_tile_filters(int wanted)
     if (cnncli_isa < 0)
         cnncli_isa = cnncli_pick_isa(wanted);
     return cnncli_isa > 0 ? 32 : 0;
+}
+
+/* The variant chosen (0, 1 or 2 as above), after cnncli_tile_filters. */
+static int cnncli_variant(void)
+{
+    return cnncli_isa > 0 ? cnncli_isa : 0;
 }
 
 /* Rows of a tile of that shape. */
@@ -298,6 +305,7 @@ static void cnncli_store(const float* sums, ptrdiff_t rows, ptrdiff_t filters,
 
 #define CNNCLI_AUTO (-1)
 static int cnncli_tile_filters(int wanted) { (void)wanted; return 0; }
+static int cnncli_variant(void) { return 0; }
 
 static int cnncli_tile_rows(int wide) { (void)wide; return 6; }
 

@@ -167,6 +167,31 @@ def test_the_direct_kernel_can_be_turned_off_by_the_environment():
     result = subprocess.run([sys.executable, "-c", code], env=environment,
                             capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+    code = "from cnncli import functional as F; print(F.direct_kernel_variant())"
+    result = subprocess.run([sys.executable, "-c", code], env=environment,
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "none"
+
+
+# On an AVX-512 CPU the AVX2 variant still runs where CNNCLI_DIRECT_ISA asks for it.
+NARROWER_VARIANTS = ["avx2"] if F.direct_kernel_variant() == "avx512" else []
+
+
+@pytest.mark.parametrize("variant", NARROWER_VARIANTS)
+def test_a_narrower_variant_passes_the_kernel_tests_too(variant):
+    """The direct and Winograd tests, rerun in a process that asks for `variant`."""
+    environment = dict(os.environ, CNNCLI_DIRECT_ISA=variant)
+    code = "from cnncli import functional as F; print(F.direct_kernel_variant())"
+    chosen = subprocess.run([sys.executable, "-c", code], env=environment,
+                            capture_output=True, text=True, check=True)
+    assert chosen.stdout.strip() == variant
+    tests = os.path.dirname(os.path.abspath(__file__))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+         "-k", "not narrower_variant",
+         os.path.join(tests, "test_direct_conv.py"), os.path.join(tests, "test_winograd.py")],
+        env=environment, capture_output=True, text=True, cwd=os.path.dirname(tests))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
 
 
 def test_training_on_the_direct_kernel_ignores_the_thread_count():
