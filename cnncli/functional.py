@@ -71,9 +71,7 @@ def _conv_operands(x, weight):
     return x, weight
 
 
-# ---------------------------------------------------------------------------
-# Convolution
-# ---------------------------------------------------------------------------
+# --- Convolution ---
 
 
 def conv2d(x, weight, bias=None, stride: IntPair = 1, padding: Union[IntPair, str] = 0,
@@ -184,9 +182,7 @@ def conv2d_backward(grad_output, x, weight, stride: IntPair = 1,
     return grad_input, grad_weight, grad_bias
 
 
-# ---------------------------------------------------------------------------
-# Fully connected
-# ---------------------------------------------------------------------------
+# --- Fully connected ---
 
 
 def _linear_operands(x, weight):
@@ -308,9 +304,7 @@ def fold(cols, output_size: IntPair, kernel_size: IntPair, dilation: IntPair = 1
     return x
 
 
-# ---------------------------------------------------------------------------
-# Pooling
-# ---------------------------------------------------------------------------
+# --- Pooling ---
 
 
 def _pool_input(x):
@@ -443,9 +437,7 @@ def global_avg_pool2d_backward(grad_output, x) -> np.ndarray:
     return grad_input
 
 
-# ---------------------------------------------------------------------------
-# Element-wise and per-channel work between the convolutions
-# ---------------------------------------------------------------------------
+# --- Element-wise and per-channel work between the convolutions ---
 
 
 def _same_array(name, array, like):
