@@ -63,16 +63,21 @@ cdef extern from "winograd.h" nogil:
 cdef Py_ssize_t WINOGRAD_BAND_BYTES = 262144
 # Winograd takes a 3x3 stride-1 layer of at least WINOGRAD_MIN_CHANNELS channels and filters,
 # at most WINOGRAD_MAX_WEIGHTS of them multiplied, with at least WINOGRAD_MIN_POSITIONS
-# output positions in the batch (see winograd_forward_applies).
+# output positions in the batch (see winograd_forward_applies). The direct kernel's AVX-512
+# variant (16 lanes) does twice the multiply-adds per cycle of the AVX2 one while the
+# transforms gain less, so there Winograd needs larger layers (winograd_pays).
+cdef bint SIXTEEN_LANES = cnncli_variant() == 2
 cdef Py_ssize_t WINOGRAD_MIN_CHANNELS = 64
 cdef Py_ssize_t WINOGRAD5_MIN_CHANNELS = 32
 cdef Py_ssize_t WINOGRAD5_MIN_POSITIONS = 3136
-cdef Py_ssize_t WINOGRAD_MAX_WEIGHTS = 65536
-cdef Py_ssize_t WINOGRAD_MIN_POSITIONS = 1536
+cdef Py_ssize_t WINOGRAD_MAX_WEIGHTS = 16384 if SIXTEEN_LANES else 65536
+cdef Py_ssize_t WINOGRAD_MIN_POSITIONS = 3136 if SIXTEEN_LANES else 1536
 # grad_weight sums each product over the tiles of a group of samples, at least this many
 # tiles where the batch has them (winograd_weight_grad).
 cdef Py_ssize_t WINOGRAD_SUM_TILES = 196
 cdef Py_ssize_t WINOGRAD_MAX_GROUP_BYTES = 4194304
+# Tests set this to run Winograd wherever it can compute a pass, whatever winograd_pays says.
+cdef bint winograd_forced = False
 cdef bint winograd_enabled = True
 
 
@@ -82,6 +87,16 @@ def use_winograd(bint enabled):
     global winograd_enabled
     previous = winograd_enabled
     winograd_enabled = enabled
+    return previous
+
+
+def force_winograd(bint forced):
+    """Run Winograd on every pass it can compute (True), or where its rule says it pays
+    (False, the default); returns the previous setting. For tests: on AVX-512 the rule
+    keeps grad_weight and the 5x5 grad_input on the direct kernel."""
+    global winograd_forced
+    previous = winograd_forced
+    winograd_forced = forced
     return previous
 
 
@@ -110,10 +125,19 @@ cdef Bands bands_for(const Geometry* g, Tile tile):
     return b
 
 
-cdef bint winograd_forward_applies(const Geometry* g, object dtype):
-    """float32 on the direct kernel's CPUs, a 3x3 stride-1 undilated kernel, no groups, and
-    a layer where the transforms pay: interleaved against the direct kernel (time ratio),
-    64 to 256 channels and filters over 1536 output positions or more took 0.62-0.91x
+cdef bint winograd_computes(const Geometry* g, object dtype):
+    """What Winograd's code needs: float32 on the direct kernel's CPUs, a 3x3 or 5x5
+    stride-1 undilated kernel, no groups, channels and filters for its sums and tiles."""
+    return (winograd_enabled and direct_enabled and dtype == np.float32 and g.G == 1
+            and g.KH == g.KW and (g.KH == 3 or g.KH == 5) and g.SH == 1 and g.SW == 1
+            and g.DH == 1 and g.DW == 1
+            and min(g.C, g.F) >= (WINOGRAD_MIN_CHANNELS if g.KH == 3 else WINOGRAD5_MIN_CHANNELS)
+            and fills_tiles(g.F))
+
+
+cdef bint winograd_pays(const Geometry* g):
+    """Where a forward's transforms pay. On the AVX2 variant, interleaved against the direct
+    kernel (time ratio), 64 to 256 channels and filters over 1536 output positions or more took 0.62-0.91x
     (VGG's 64 channels at 32x32, batch 32: 0.63x; ResNet's 256 at 14x14, batch 32: 0.66x;
     64 at 56x56, batch 1: 0.83x). Below WINOGRAD_MIN_CHANNELS, a sum over channels is too
     short for the micro-kernel (32 channels at 28x28: 1.05x); beyond WINOGRAD_MAX_WEIGHTS
@@ -129,15 +153,24 @@ cdef bint winograd_forward_applies(const Geometry* g, object dtype):
     3136 positions: LeNet's second layer (32 to 64 channels at 14x14), batch 64: forward
     0.69x, grad_input 0.78x; batch 16: 0.79x and 0.96x; batch 8 (1568 positions): 0.91x
     and 1.14x; 64 to 128 channels at 28x28, batch 16: 0.59x and 0.62x; 32 channels at
-    28x28, batch 2: 1.00x and 1.15x."""
-    return (winograd_enabled and direct_enabled and dtype == np.float32 and g.G == 1
-            and g.KH == g.KW and (g.KH == 3 or g.KH == 5) and g.SH == 1 and g.SW == 1
-            and g.DH == 1 and g.DW == 1
-            and min(g.C, g.F) >= (WINOGRAD_MIN_CHANNELS if g.KH == 3 else WINOGRAD5_MIN_CHANNELS)
-            and g.C * g.F <= WINOGRAD_MAX_WEIGHTS
+    28x28, batch 2: 1.00x and 1.15x.
+
+    On the AVX-512 variant (an Intel Xeon, family 6 model 207, 2 threads, interleaved in
+    one process; forward, grad_input, grad_weight): 64 channels at 56x56, batch 16: 0.67x,
+    0.69x, 1.27x; 128 at 28x28, batch 16: 0.74x, 0.70x, 1.05x; 64 at 32x32, batch 32:
+    0.70x, 0.72x, 1.15x; 128 at 14x14, batch 16: 0.89x, 0.88x, 0.98x; but 256 at 14x14,
+    batch 16: 0.99x, 1.16x, 1.60x (hence at most 16384 channels times filters); 128 at
+    28x28, batch 2 (1568 positions): 1.18x, 1.10x, 1.03x; 64 at 56x56, batch 1 (3136):
+    0.99x, 0.94x (hence 3136 positions); LeNet's second layer, batch 64: 0.93x, 1.12x,
+    1.27x; batch 16: 0.94x, 1.19x, 1.02x. So there grad_weight and the 5x5 grad_input
+    stay on the direct kernel."""
+    return (g.C * g.F <= WINOGRAD_MAX_WEIGHTS
             and g.N * g.OH * g.OW >= (WINOGRAD_MIN_POSITIONS if g.KH == 3
-                                      else WINOGRAD5_MIN_POSITIONS)
-            and fills_tiles(g.F))
+                                      else WINOGRAD5_MIN_POSITIONS))
+
+
+cdef bint winograd_forward_applies(const Geometry* g, object dtype):
+    return winograd_computes(g, dtype) and (winograd_forced or winograd_pays(g))
 
 
 cdef void pad_for(const float* x, float* padded, const Geometry* g, Padding p, Bands b,
@@ -286,7 +319,8 @@ cdef bint winograd_input_grad_applies(const Geometry* g, object dtype):
     if g.SH != 1 or g.SW != 1 or g.PH > g.KH - 1 or g.PW > g.KW - 1:
         return False
     cdef Geometry t = transposed_geometry(g)
-    return winograd_forward_applies(&t, dtype)
+    return winograd_computes(&t, dtype) and (
+        winograd_forced or (winograd_pays(&t) and not (SIXTEEN_LANES and g.KH == 5)))
 
 
 cdef winograd_input_grad(grad_output, weight, grad_input, Geometry g, int n_threads):
@@ -295,7 +329,7 @@ cdef winograd_input_grad(grad_output, weight, grad_input, Geometry g, int n_thre
 
 
 cdef bint winograd_weight_grad_applies(const Geometry* g, object dtype):
-    """The forward's rule, on outputs of at least 8x8, with a group's transformed input
+    """The forward's rule (on the AVX2 variant only), on outputs of at least 8x8, with a group's transformed input
     (16 values per tile and channel, held whole) within WINOGRAD_MAX_GROUP_BYTES: a 224x224
     layer of 64 channels would hold 51 MB per thread (not measured: the direct kernel
     keeps it). Interleaved against the direct
@@ -305,7 +339,8 @@ cdef bint winograd_weight_grad_applies(const Geometry* g, object dtype):
     unused quarter costs more than the multiplications saved: 256 channels, batch 64,
     1.10x. 5x5 kernels: LeNet's second layer, batch 64: 0.79x, batch 16: 0.70x; 32
     channels at 28x28, batch 32: 0.89x; 64 to 128 at 28x28, batch 16: 0.75x."""
-    return (winograd_forward_applies(g, dtype) and g.OH >= 8 and g.OW >= 8
+    return (winograd_computes(g, dtype) and g.OH >= 8 and g.OW >= 8
+            and (winograd_forced or (winograd_pays(g) and not SIXTEEN_LANES))
             and 4 * (g.KH + 1) * (g.KW + 1) * g.C * weight_grad_group(g)
             * ((g.OH + 1) // 2) * ((g.OW + 1) // 2) <= WINOGRAD_MAX_GROUP_BYTES)
 

@@ -1,19 +1,25 @@
 """Winograd's F(2x2, 3x3) (forward, grad_input and grad_weight of 3x3 stride-1 float32
 layers) and F(2x2, 5x5) (the same for 5x5 ones): against the NumPy oracle,
 against the direct kernel, by finite differences, and at 1, 2 and 3 threads. Accuracy is
-held to the largest difference from the float64 result relative to the largest output."""
+held to the largest difference from the float64 result relative to the largest output.
+
+Which passes take Winograd depends on the direct kernel's variant (winograd_pays in
+pyx/winograd.pxi): on AVX-512 grad_weight never does. So the tests of its results run with
+Winograd forced onto every pass it can compute, and each variant's rule has its own test
+(the AVX2 one also runs on an AVX-512 CPU, through test_direct_conv.py's rerun)."""
 
 import numpy as np
 import pytest
 
 import reference
+from cnncli import _conv
 from cnncli import functional as F
 from test_conv import conv_arguments, make_operands, reference_arguments
 from test_direct_conv import assert_gradients_match_finite_differences
 
 # (N, C, H, W, filters, kernel, stride, padding, dilation, groups, bias): 64 channels and
-# filters or more, and at least 1536 output positions, so every pass takes Winograd
-# (grad_weight sums the tiles of 1, 1, 1, 2, 3, 4, 2 and 13 samples at a time).
+# filters or more, at least 1536 output positions (what the AVX2 rule asks for), every pass
+# on Winograd (grad_weight sums the tiles of 1, 1, 1, 2, 3, 4, 2 and 13 samples at a time).
 WINOGRAD_CASES = [
     (1, 64, 40, 41, 64, (3, 3), 1, 1, 1, 1, True),        # one sample: bands shared out
     (3, 64, 29, 31, 64, (3, 3), 1, "same", 1, 1, True),   # odd sizes, 3 weight chunks
@@ -25,7 +31,7 @@ WINOGRAD_CASES = [
     (35, 64, 8, 8, 64, (3, 3), 1, 1, 1, 1, True),         # 13 samples a group, 2 chunks
 ]
 # 5x5 kernels, 32 channels and filters or more, 3136 output positions or more: every pass
-# takes F(2x2, 5x5).
+# on F(2x2, 5x5).
 WINOGRAD5_CASES = [
     (16, 32, 14, 14, 64, (5, 5), 1, 2, 1, 1, True),       # LeNet's second layer
     (2, 40, 41, 39, 32, (5, 5), 1, "same", 1, 1, False),  # channels not a multiple of 8
@@ -39,9 +45,29 @@ def paths(case):
     return F.conv2d_paths((N, C, H, W), (filters, C) + kernel, **conv_arguments(case))
 
 
-WINOGRAD_CPU = any(paths(case)["winograd"] for case in WINOGRAD_CASES)
+def winograd_runs_here():
+    previous = _conv.force_winograd(True)
+    try:
+        return any(paths(case)["winograd"] for case in WINOGRAD_CASES)
+    finally:
+        _conv.force_winograd(previous)
+
+
+WINOGRAD_CPU = winograd_runs_here()
 needs_winograd = pytest.mark.skipif(not WINOGRAD_CPU, reason="this CPU has no AVX2: no "
                                     "direct kernel, so no Winograd either")
+
+
+@pytest.fixture(autouse=True)
+def forced_winograd():
+    previous = _conv.force_winograd(True)
+    yield
+    _conv.force_winograd(previous)
+
+
+@pytest.fixture
+def by_rule(forced_winograd):
+    _conv.force_winograd(False)
 
 
 def relative_error(got, want):
@@ -63,8 +89,8 @@ def test_every_case_runs_every_pass_on_winograd():
         assert paths(case)["winograd"] == ("forward", "input_grad", "weight_grad")
 
 
-@needs_winograd
-def test_winograd_takes_only_the_layers_its_rule_names():
+@pytest.mark.skipif(F.direct_kernel_variant() != "avx2", reason="the AVX2 variant's rule")
+def test_winograd_takes_only_the_layers_its_rule_names(by_rule):
     def winograd(x_shape, weight_shape, **arguments):
         return F.conv2d_paths(x_shape, weight_shape, **arguments)["winograd"]
 
@@ -89,6 +115,25 @@ def test_winograd_takes_only_the_layers_its_rule_names():
     # Each pass counts its own output positions: grad_input's are the layer's input.
     assert winograd((4, 64, 18, 18), (64, 64, 3, 3), padding=2) == ("forward", "weight_grad")
     assert winograd((6, 64, 17, 17), (64, 64, 3, 3), padding=0) == ("input_grad",)
+
+
+@pytest.mark.skipif(F.direct_kernel_variant() != "avx512", reason="the AVX-512 variant's rule")
+def test_winograd_takes_only_the_layers_its_rule_names_on_avx512(by_rule):
+    def winograd(x_shape, weight_shape, **arguments):
+        return F.conv2d_paths(x_shape, weight_shape, **arguments)["winograd"]
+
+    # grad_weight never; the 5x5 layers' forward only.
+    assert winograd((32, 64, 32, 32), (64, 64, 3, 3), padding=1) == ("forward", "input_grad")
+    assert winograd((16, 128, 28, 28), (128, 128, 3, 3), padding=1) == ("forward",
+                                                                       "input_grad")
+    assert winograd((64, 32, 14, 14), (64, 32, 5, 5), padding=2) == ("forward",)
+    assert not winograd((16, 256, 14, 14), (256, 256, 3, 3), padding=1)  # 4x the weights
+    assert not winograd((2, 128, 28, 28), (128, 128, 3, 3), padding=1)   # 1568 positions
+    assert winograd((1, 64, 56, 56), (64, 64, 3, 3), padding=1) == ("forward", "input_grad")
+    assert not winograd((32, 32, 32, 32), (64, 32, 3, 3), padding=1)      # 32 channels
+    assert not winograd((32, 64, 32, 32), (64, 64, 3, 3), stride=2, padding=1)
+    assert not winograd((8, 32, 14, 14), (64, 32, 5, 5), padding=2)       # 1568 positions
+    assert not winograd((32, 64, 32, 32), (64, 64, 3, 3), padding=1, dtype=np.float64)
 
 
 @needs_winograd
@@ -155,7 +200,7 @@ def test_winograd_results_do_not_depend_on_the_thread_count(case):
 @pytest.mark.parametrize("kernel, channels, batch", [(3, 64, 8), (5, 32, 16)])
 def test_training_through_winograd_layers_ignores_the_thread_count(kernel, channels, batch):
     """Two epochs of a network whose middle layers take Winograd (3x3, 64 channels, batch 8
-    at 16x16: 2048 positions; 5x5, 32 channels, batch 16: 4096 positions; every pass),
+    at 16x16; 5x5, 32 channels, batch 16; every pass, forced),
     then inference of one sample: the same bits at 1, 2 and 3 threads."""
     import cnncli
     from cnncli.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
