@@ -152,6 +152,45 @@ def test_max_pool2d_propagates_nan():
     assert out[0, 0, 1, 1] == 15
 
 
+def first_maximum_2x2(x):
+    """NumPy oracle of 2x2, stride-2 max pooling: the four cells in row-major order, the
+    first maximum winning and a NaN counting as the maximum (the first NaN)."""
+    N, C, H, W = x.shape
+    OH, OW = H // 2, W // 2
+    best = x[:, :, 0:2 * OH:2, 0:2 * OW:2].copy()
+    at = np.zeros(best.shape, np.int64)
+    for offset, (dh, dw) in ((1, (0, 1)), (W, (1, 0)), (W + 1, (1, 1))):
+        cell = x[:, :, dh:2 * OH:2, dw:2 * OW:2]
+        beats = (cell > best) | (np.isnan(cell) & ~np.isnan(best))
+        best = np.where(beats, cell, best)
+        at = np.where(beats, offset, at)
+    corners = (2 * np.arange(OH)[:, None] * W + 2 * np.arange(OW)[None, :])
+    return best, corners + at
+
+
+@pytest.mark.parametrize("width", [2, 3, 14, 15, 16, 17, 28, 33, 48])
+def test_max_pool2d_2x2_keeps_the_first_maximum_and_nan_at_every_width(width):
+    """The 2x2 stride-2 path (pool2x2.h: eight windows at a time, the rest masked) on rows
+    of 1 to 24 windows, values drawn from {0, 1, 2} so that most windows hold ties, and
+    NaNs, some windows holding two."""
+    rng = np.random.default_rng(width)
+    x = rng.integers(0, 3, (2, 3, 7, width)).astype(np.float32)
+    x[rng.random(x.shape) < 0.08] = np.nan
+    expected, expected_indices = first_maximum_2x2(x)
+    for threads in (1, 2, 3):
+        with F.threads(threads):
+            out, indices = F.max_pool2d(x, 2, return_indices=True)
+            np.testing.assert_array_equal(out, expected)
+            np.testing.assert_array_equal(indices, expected_indices)
+            np.testing.assert_array_equal(F.max_pool2d(x, 2), expected)
+    grad_output = rng.standard_normal(expected.shape).astype(np.float32)
+    grad = F.max_pool2d_backward(grad_output, x, 2, indices=indices)
+    want = np.zeros((2, 3, 7 * width), np.float32)
+    np.put_along_axis(want, expected_indices.reshape(2, 3, -1), grad_output.reshape(2, 3, -1),
+                      axis=2)
+    np.testing.assert_array_equal(grad, want.reshape(x.shape))
+
+
 def test_max_pool2d_padding_never_wins():
     x = -np.ones((1, 1, 3, 3), dtype=np.float32)
     out = F.max_pool2d(x, 3, 1, 1)
