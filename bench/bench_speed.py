@@ -238,10 +238,10 @@ def blas_kernels():
 
 
 def direct_kernel():
-    """Whether cnncli's direct convolution kernel runs on this CPU (LeNet conv2's shape)."""
+    """Which variant of cnncli's direct convolution kernel runs on this CPU, if any."""
     from cnncli import functional as F
-    paths = F.conv2d_paths((64, 32, 14, 14), (64, 32, 5, 5), padding=2)
-    return "direct kernel" if any(paths.values()) else "im2col + GEMM only"
+    variant = F.direct_kernel_variant()
+    return f"direct kernel ({variant})" if variant != "none" else "im2col + GEMM only"
 
 
 def worker(framework, workload, options):
