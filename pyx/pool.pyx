@@ -187,8 +187,12 @@ cdef void max_pool_plane(const floating* x, floating* out, int64_t* indices,
 
 
 cdef extern from "pool2x2.h" nogil:
+    int cnncli_pool_has_avx2()
     void cnncli_max2x2_row(const float* top, Py_ssize_t OW, Py_ssize_t W, int64_t row_start,
                            float* out, int64_t* indices)
+
+# Asked once here, with the GIL, rather than by the first threads of a pooling at once.
+cnncli_pool_has_avx2()
 
 
 cdef void max_pool_2x2_plane(const float* x, float* out, int64_t* indices,
