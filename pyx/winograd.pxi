@@ -30,6 +30,9 @@
 #   of a group of samples at once (WINOGRAD_SUM_TILES or more per sum), into one partial
 #   per fixed chunk of samples, then adds the chunks in order and transforms back,
 #   G^T du G.
+# - Which passes: winograd_pays states where the transforms pay, measured per variant of
+#   the direct kernel (on AVX-512 fewer layers, and never grad_weight); force_winograd
+#   lets the tests run every pass Winograd can compute.
 # - Parallel axis: samples (each thread pads its own, then takes its bands in order);
 #   below SHARED_BATCH samples, the bands of one sample; grad_weight: its chunks. Each
 #   output is one in-order sum computed by one thread: bit-identical for any thread count.
@@ -137,15 +140,15 @@ cdef bint winograd_computes(const Geometry* g, object dtype):
 
 cdef bint winograd_pays(const Geometry* g):
     """Where a forward's transforms pay. On the AVX2 variant, interleaved against the direct
-    kernel (time ratio), 64 to 256 channels and filters over 1536 output positions or more took 0.62-0.91x
-    (VGG's 64 channels at 32x32, batch 32: 0.63x; ResNet's 256 at 14x14, batch 32: 0.66x;
-    64 at 56x56, batch 1: 0.83x). Below WINOGRAD_MIN_CHANNELS, a sum over channels is too
-    short for the micro-kernel (32 channels at 28x28: 1.05x); beyond WINOGRAD_MAX_WEIGHTS
-    channels times filters the transformed weights (16 values per pair) no longer stay in
-    the L3 cache while the bands pass over them (512 to 512 at 7x7, batch 64: 1.87x); below
-    WINOGRAD_MIN_POSITIONS, transforming the weights is not paid back, and 7x7 outputs
-    waste a quarter of 4x4 tiles (about 1024 positions: 64 channels at 32x32, batch 1:
-    1.01x; 256 at 7x7, batch 21: 1.05x; 128 at 16x16, batch 4: 0.94x; 128 at 28x28,
+    kernel (time ratio), 64 to 256 channels and filters over 1536 output positions or more
+    took 0.62-0.91x (VGG's 64 channels at 32x32, batch 32: 0.63x; ResNet's 256 at 14x14,
+    batch 32: 0.66x; 64 at 56x56, batch 1: 0.83x). Below WINOGRAD_MIN_CHANNELS, a sum over
+    channels is too short for the micro-kernel (32 channels at 28x28: 1.05x); beyond
+    WINOGRAD_MAX_WEIGHTS channels times filters the transformed weights (16 values per pair)
+    no longer stay in the L3 cache while the bands pass over them (512 to 512 at 7x7, batch
+    64: 1.87x); below WINOGRAD_MIN_POSITIONS, transforming the weights is not paid back, and
+    7x7 outputs waste a quarter of 4x4 tiles (about 1024 positions: 64 channels at 32x32,
+    batch 1: 1.01x; 256 at 7x7, batch 21: 1.05x; 128 at 16x16, batch 4: 0.94x; 128 at 28x28,
     batch 1: 1.10x; 256 at 7x7, batch 16: 1.66x; at 1568: 128 and 256 channels at 28x28,
     batch 2: 0.89x and 0.82x).
 
@@ -329,16 +332,16 @@ cdef winograd_input_grad(grad_output, weight, grad_input, Geometry g, int n_thre
 
 
 cdef bint winograd_weight_grad_applies(const Geometry* g, object dtype):
-    """The forward's rule (on the AVX2 variant only), on outputs of at least 8x8, with a group's transformed input
-    (16 values per tile and channel, held whole) within WINOGRAD_MAX_GROUP_BYTES: a 224x224
-    layer of 64 channels would hold 51 MB per thread (not measured: the direct kernel
-    keeps it). Interleaved against the direct
-    grad_weight (time ratio): 64 channels at 28x28, batch 16: 0.80x; at 32x32, batch 2:
-    0.76x, batch 32: 0.87x; 128 at 28x28, batch 4: 0.72x; at 14x14, batch 16: 0.74x,
-    batch 32: 0.86x; 256 at 14x14, batch 8: 0.80x, batch 32: 0.98x. At 7x7 the tiles'
-    unused quarter costs more than the multiplications saved: 256 channels, batch 64,
-    1.10x. 5x5 kernels: LeNet's second layer, batch 64: 0.79x, batch 16: 0.70x; 32
-    channels at 28x28, batch 32: 0.89x; 64 to 128 at 28x28, batch 16: 0.75x."""
+    """The forward's rule (on the AVX2 variant only), on outputs of at least 8x8, with a
+    group's transformed input (16 values per tile and channel, held whole) within
+    WINOGRAD_MAX_GROUP_BYTES: a 224x224 layer of 64 channels would hold 51 MB per thread
+    (not measured: the direct kernel keeps it). Interleaved against the direct grad_weight
+    (time ratio): 64 channels at 28x28, batch 16: 0.80x; at 32x32, batch 2: 0.76x, batch 32:
+    0.87x; 128 at 28x28, batch 4: 0.72x; at 14x14, batch 16: 0.74x, batch 32: 0.86x; 256 at
+    14x14, batch 8: 0.80x, batch 32: 0.98x. At 7x7 the tiles' unused quarter costs more than
+    the multiplications saved: 256 channels, batch 64, 1.10x. 5x5 kernels: LeNet's second
+    layer, batch 64: 0.79x, batch 16: 0.70x; 32 channels at 28x28, batch 32: 0.89x; 64 to
+    128 at 28x28, batch 16: 0.75x."""
     return (winograd_computes(g, dtype) and g.OH >= 8 and g.OW >= 8
             and (winograd_forced or (winograd_pays(g) and not SIXTEEN_LANES))
             and 4 * (g.KH + 1) * (g.KW + 1) * g.C * weight_grad_group(g)
