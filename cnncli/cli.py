@@ -530,9 +530,12 @@ def version_callback(value: bool):
         raise typer.Exit()
 
 
+VERSION_HELP = "Show the version and which variant of the compiled kernels runs."
+
+
 @app.callback()
 def main(version: Annotated[bool, typer.Option("--version", callback=version_callback,
-                                               is_eager=True, help="Show the version and the compiled kernels' variant.")] = False):
+                                               is_eager=True, help=VERSION_HELP)] = False):
     """cnncli: convolutional neural networks on the CPU."""
 
 

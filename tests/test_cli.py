@@ -445,3 +445,11 @@ def test_eval_json_is_not_overwritten_without_force(trained, digits_npz, tmp_pat
     assert metrics_path.read_text() == "keep me"
     result = invoke("eval", trained, digits_npz, "--json", metrics_path, "--force")
     assert result.exit_code == 0 and json.loads(metrics_path.read_text())["samples"] == 397
+
+
+def test_version_names_the_kernels_variant():
+    from cnncli import functional as F
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert f"convolution kernel: {F.direct_kernel_variant()}" in result.output
+    assert ("OpenMP: yes" if F.openmp_enabled() else "OpenMP: no") in result.output
