@@ -223,27 +223,26 @@ cdef void max_pool_forward_typed(const floating[:, ::1] x, floating[:, ::1] out,
                                &indices[plane, 0] if keep_indices else NULL, &w)
 
 
-cdef void max_pool_backward_typed(const floating[:, ::1] grad_output,
-                                  const int64_t[:, ::1] indices,
-                                  floating[:, ::1] grad_input, Window w,
-                                  int n_threads) noexcept:
-    cdef Py_ssize_t plane, o
+cdef Py_ssize_t max_pool_backward_typed(const floating[:, ::1] grad_output,
+                                        const int64_t[:, ::1] indices,
+                                        floating[:, ::1] grad_input, Window w,
+                                        int n_threads) noexcept:
+    """Scatters grad_output to the indexed cells; returns how many indices lie outside their
+    plane (those are skipped). Checked here, in the pass that reads them anyway: a separate
+    pass over the indices took 1.5% of a LeNet training step."""
+    cdef Py_ssize_t plane, o, bad = 0
+    cdef Py_ssize_t size = w.H * w.W
+    cdef int64_t at
     cdef floating* dx
     with nogil:
         for plane in prange(w.planes, schedule='static', num_threads=n_threads):
             dx = &grad_input[plane, 0]
-            memset(dx, 0, w.H * w.W * sizeof(floating))
+            memset(dx, 0, size * sizeof(floating))
             for o in range(w.OH * w.OW):
-                dx[indices[plane, o]] += grad_output[plane, o]
-
-
-cdef Py_ssize_t count_bad_indices(const int64_t[:, ::1] indices, Py_ssize_t plane_size,
-                                  int n_threads) noexcept:
-    cdef Py_ssize_t plane, o, bad = 0
-    with nogil:
-        for plane in prange(indices.shape[0], schedule='static', num_threads=n_threads):
-            for o in range(indices.shape[1]):
-                if indices[plane, o] < 0 or indices[plane, o] >= plane_size:
+                at = indices[plane, o]
+                if 0 <= at < size:
+                    dx[at] += grad_output[plane, o]
+                else:
                     bad += 1
     return bad
 
@@ -433,7 +432,8 @@ def max_pool2d_forward(x, out, indices, tuple kernel_size, tuple stride, tuple p
 
 
 def max_pool2d_backward(grad_output, indices, grad_input, int n_threads):
-    """grad_input[n, c].flat[indices[n, c, o]] += grad_output[n, c, o] (zero elsewhere)."""
+    """grad_input[n, c].flat[indices[n, c, o]] += grad_output[n, c, o] (zero elsewhere). An
+    index outside its plane raises ValueError; grad_input then holds the other cells' sums."""
     dtype = working_dtype("grad_output", grad_output)
     check_array("grad_output", grad_output, 4, dtype, False)
     check_array("indices", indices, 4, np.int64, False)
@@ -450,15 +450,14 @@ def max_pool2d_backward(grad_output, indices, grad_input, int n_threads):
     w.planes, w.H, w.W = N * C, H, W
     w.OH, w.OW = grad_output.shape[2:]
     flat_indices = indices.reshape(w.planes, w.OH * w.OW)
-    bad = count_bad_indices(flat_indices, H * W, n_threads)
-    if bad:
-        raise ValueError(f"indices: {bad} entries lie outside the {H}x{W} input plane")
     upstream = grad_output.reshape(w.planes, w.OH * w.OW)
     downstream = grad_input.reshape(w.planes, H * W)
     if dtype == np.float32:
-        max_pool_backward_typed[float](upstream, flat_indices, downstream, w, n_threads)
+        bad = max_pool_backward_typed[float](upstream, flat_indices, downstream, w, n_threads)
     else:
-        max_pool_backward_typed[double](upstream, flat_indices, downstream, w, n_threads)
+        bad = max_pool_backward_typed[double](upstream, flat_indices, downstream, w, n_threads)
+    if bad:
+        raise ValueError(f"indices: {bad} entries lie outside the {H}x{W} input plane")
 
 
 def avg_pool2d_forward(x, out, tuple kernel_size, tuple stride, tuple padding,
