@@ -72,7 +72,8 @@ cdef bint direct_enabled = WIDE_FILTERS > 0
 def direct_kernel_variant():
     """The direct kernel's variant on this CPU ('avx512', 'avx2' or 'none'), as
     CNNCLI_DIRECT_ISA and the CPU chose it when the module was loaded."""
-    return {2: "avx512", 1: "avx2"}.get(cnncli_variant(), "none")
+    return next(name for name, number in ISA_CHOICES.items()
+                if number == cnncli_variant())
 
 
 cdef struct Tile:

@@ -15,8 +15,9 @@
 #   together, one window cell at a time across all of them ("sweeps"), in the
 #   same row-major cell order: each sweep is a unit-stride (or stride-2)
 #   loop over output columns that the compiler vectorises.
-# - Whole 2x2 windows at stride 2 (float32) take pool2x2.h instead: eight windows at a
-#   time with vector compares, where the sweeps' compares became mispredicted branches.
+# - Whole 2x2 windows at stride 2 (float32, AVX2 CPUs) take pool2x2.h instead: eight
+#   windows at a time with vector compares, where the sweeps' compares became mispredicted
+#   branches.
 # - Max pooling ties: the gradient goes to the first maximum in row-major
 #   window order; a NaN counts as the maximum (the first NaN wins), as in
 #   PyTorch. Indices are flat positions h*W + w inside the input plane (int64).
@@ -191,13 +192,13 @@ cdef extern from "pool2x2.h" nogil:
     void cnncli_max2x2_row(const float* top, Py_ssize_t OW, Py_ssize_t W, int64_t row_start,
                            float* out, int64_t* indices)
 
-# Asked once here, with the GIL, rather than by the first threads of a pooling at once.
-cnncli_pool_has_avx2()
+# Whether pool2x2.h can run: asked once, at import.
+cdef bint POOL_2X2_VECTORS = cnncli_pool_has_avx2()
 
 
 cdef void max_pool_2x2_plane(const float* x, float* out, int64_t* indices,
                              const Window* window) noexcept nogil:
-    """Whole 2x2 windows at stride 2, no padding (pool2x2.h), float32. LeNet's first
+    """Whole 2x2 windows at stride 2, no padding (pool2x2.h), float32, on AVX2. LeNet's first
     pooling at batch 64, one thread: 0.58 ms (0.73 keeping indices) against 3.8 ms (2.6)
     for max_pool_plane's sweeps; its second: 0.34 ms against 2.7."""
     cdef Py_ssize_t oh
@@ -211,8 +212,9 @@ cdef void max_pool_forward_typed(const floating[:, ::1] x, floating[:, ::1] out,
                                  int64_t[:, ::1] indices, Window w, int n_threads) noexcept:
     cdef Py_ssize_t plane
     cdef bint keep_indices = indices is not None
-    cdef bint whole_2x2 = (w.KH == 2 and w.KW == 2 and w.SH == 2 and w.SW == 2
-                           and w.PH == 0 and w.PW == 0 and 2 * w.OH <= w.H and 2 * w.OW <= w.W)
+    cdef bint whole_2x2 = (POOL_2X2_VECTORS and w.KH == 2 and w.KW == 2 and w.SH == 2
+                           and w.SW == 2 and w.PH == 0 and w.PW == 0
+                           and 2 * w.OH <= w.H and 2 * w.OW <= w.W)
     with nogil:
         for plane in prange(w.planes, schedule='static', num_threads=n_threads):
             if floating is float and whole_2x2:

@@ -10,7 +10,7 @@
  *   row-major order (top left, top right, bottom left, bottom right) with blends, so the
  *   first maximum wins and a NaN counts as the maximum (the first NaN), as in the general
  *   path. A row's last block (fewer than eight windows) is read and written through
- *   masks; CPUs without AVX2 take the same compares one window at a time.
+ *   masks. CPUs without AVX2 keep pool.pyx's general path (cnncli_pool_has_avx2).
  * - Indices (training) are the flat position h * W + w of each window's winner in the
  *   input plane, as the general path writes them.
  */
@@ -19,29 +19,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-
-/* value beats best: larger, or the first NaN (which then stays). */
-static inline int cnncli_beats(float value, float best)
-{
-    return (value > best) | ((value != value) & (best == best));
-}
-
-static void cnncli_max2x2_tail(const float* top, const float* bottom, ptrdiff_t first,
-                               ptrdiff_t count, ptrdiff_t W, int64_t row_start, float* out,
-                               int64_t* indices)
-{
-    ptrdiff_t ow;
-    for (ow = first; ow < count; ow++) {
-        float best = top[2 * ow];
-        ptrdiff_t at = 0;
-        if (cnncli_beats(top[2 * ow + 1], best)) { best = top[2 * ow + 1]; at = 1; }
-        if (cnncli_beats(bottom[2 * ow], best)) { best = bottom[2 * ow]; at = W; }
-        if (cnncli_beats(bottom[2 * ow + 1], best)) { best = bottom[2 * ow + 1]; at = W + 1; }
-        out[ow] = best;
-        if (indices != NULL)
-            indices[ow] = row_start + 2 * ow + at;
-    }
-}
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -80,14 +57,15 @@ static inline __m256i cnncli_first_lanes(ptrdiff_t count)
                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* Every window of the row, eight at a time; the last block (a row of LeNet's second
- * pooling has seven windows) through masked loads and stores, so no window is left to the
- * compares one at a time. */
+/* out[ow] (and indices[ow], unless NULL) for the OW windows whose top-left cells are
+ * top[2 * ow], eight at a time; row_start = the flat position of top[0] in its plane. The
+ * last block (a row of LeNet's second pooling has seven windows) goes through masked loads
+ * and stores. */
 __attribute__((target("avx2")))
-static ptrdiff_t cnncli_max2x2_avx2(const float* top, const float* bottom, ptrdiff_t OW,
-                                    ptrdiff_t W, int64_t row_start, float* out,
-                                    int64_t* indices)
+static void cnncli_max2x2_row(const float* top, ptrdiff_t OW, ptrdiff_t W, int64_t row_start,
+                              float* out, int64_t* indices)
 {
+    const float* bottom = top + W;
     const __m256i lanes = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
     const __m256i start = _mm256_set1_epi64x(row_start);
     ptrdiff_t ow;
@@ -119,38 +97,21 @@ static ptrdiff_t cnncli_max2x2_avx2(const float* top, const float* bottom, ptrdi
                                        _mm256_extracti128_si256(column, 1))));
         }
     }
-    return OW;
 }
 
-static int cnncli_pool_avx2 = -1;
-
+/* Asked once, when pool.pyx is imported. */
 static int cnncli_pool_has_avx2(void)
 {
-    if (cnncli_pool_avx2 < 0) {
-        __builtin_cpu_init();
-        cnncli_pool_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
-    }
-    return cnncli_pool_avx2;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") ? 1 : 0;
 }
 #else
 static int cnncli_pool_has_avx2(void) { return 0; }
-static ptrdiff_t cnncli_max2x2_avx2(const float* top, const float* bottom, ptrdiff_t OW,
-                                    ptrdiff_t W, int64_t row_start, float* out,
-                                    int64_t* indices)
-{
-    (void)top; (void)bottom; (void)OW; (void)W; (void)row_start; (void)out; (void)indices;
-    return 0;
-}
-#endif
-
-/* out[ow] (and indices[ow], unless NULL) for the OW windows whose top-left cells are
- * top[2 * ow]; bottom = top + W; row_start = the flat position of top[0] in its plane. */
 static void cnncli_max2x2_row(const float* top, ptrdiff_t OW, ptrdiff_t W, int64_t row_start,
                               float* out, int64_t* indices)
 {
-    ptrdiff_t done = cnncli_pool_has_avx2()
-        ? cnncli_max2x2_avx2(top, top + W, OW, W, row_start, out, indices) : 0;
-    cnncli_max2x2_tail(top, top + W, done, OW, W, row_start, out, indices);
+    (void)top; (void)OW; (void)W; (void)row_start; (void)out; (void)indices;
 }
+#endif
 
 #endif

@@ -167,10 +167,14 @@ def test_the_direct_kernel_can_be_turned_off_by_the_environment():
     result = subprocess.run([sys.executable, "-c", code], env=environment,
                             capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+    assert variant_chosen(environment) == "none"
+
+
+def variant_chosen(environment):
+    """The direct kernel's variant a fresh process picks under `environment`."""
     code = "from cnncli import functional as F; print(F.direct_kernel_variant())"
-    result = subprocess.run([sys.executable, "-c", code], env=environment,
-                            capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "none"
+    return subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True,
+                          text=True, check=True).stdout.strip()
 
 
 # On an AVX-512 CPU the AVX2 variant still runs where CNNCLI_DIRECT_ISA asks for it.
@@ -181,10 +185,7 @@ NARROWER_VARIANTS = ["avx2"] if F.direct_kernel_variant() == "avx512" else []
 def test_a_narrower_variant_passes_the_kernel_tests_too(variant):
     """The direct and Winograd tests, rerun in a process that asks for `variant`."""
     environment = dict(os.environ, CNNCLI_DIRECT_ISA=variant)
-    code = "from cnncli import functional as F; print(F.direct_kernel_variant())"
-    chosen = subprocess.run([sys.executable, "-c", code], env=environment,
-                            capture_output=True, text=True, check=True)
-    assert chosen.stdout.strip() == variant
+    assert variant_chosen(environment) == variant
     tests = os.path.dirname(os.path.abspath(__file__))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
