@@ -20,9 +20,10 @@
 # - Two ways to list positions. A layer of many output positions per sample works sample
 #   by sample (padded copy per thread). A layer of few (ResNet's later stages) lists the
 #   whole batch's positions back to back over one padded copy of the batch, so a chunk of
-#   weights serves up to MAX_GROUP_ROWS (96) positions across samples instead of a few.
-#   "Few" is below 128 for the forward and grad_input, below 256 for grad_weight (see
-#   whole_batch).
+#   weights serves every position of a task across samples instead of a few; there each
+#   task packs its chunks of weights itself, just before using them (forward_task_packing),
+#   rather than reading back a packed copy of them all. "Few" is below 128 for the
+#   forward and grad_input, below 256 for grad_weight (see whole_batch).
 # - Parallel axis. Forward: samples (each owns out[n]); with the whole batch listed, or
 #   below SHARED_BATCH samples, tasks of (filter block, group of position tiles), each
 #   owning its block of the output. grad_weight: the same fixed chunks of samples as the
@@ -48,6 +49,11 @@ cdef extern from "microkernel.h" nogil:
                      const float* b, float* c, int accumulate)
     void cnncli_pack(const float* weight, const float* scale, float* out, Py_ssize_t filters,
                      Py_ssize_t K, Py_ssize_t width)
+    void cnncli_pack_rotated(const float* weight, Py_ssize_t C, Py_ssize_t taps,
+                             Py_ssize_t c_first, Py_ssize_t count, float* out,
+                             Py_ssize_t k_first, Py_ssize_t k_stop, Py_ssize_t width)
+    void cnncli_pack_rows(const float* weight, Py_ssize_t stride, const float* scale,
+                          float* out, Py_ssize_t filters, Py_ssize_t K, Py_ssize_t width)
     void cnncli_store(const float* sums, Py_ssize_t rows, Py_ssize_t filters,
                       Py_ssize_t width, const float* bias, int relu, float* y,
                       Py_ssize_t row_stride)
@@ -114,6 +120,14 @@ cdef Py_ssize_t GATHER_TAPS = 256
 # their grad_weight in 1.1-1.2x.
 cdef Py_ssize_t FORWARD_WHOLE_BATCH = 128
 cdef Py_ssize_t WEIGHT_GRAD_WHOLE_BATCH = 256
+# A whole batch's forward packs its weights chunk by chunk inside each task (forward_task_
+# packing): a task is a filter block over a group of at most PACKING_GROUP_ROWS positions
+# (its sums: 128 KiB), split further only to give each thread TASKS_PER_THREAD tasks, and
+# not below PACKING_MIN_ROWS positions, where the repacking would cost more than the
+# weights' second read from L3.
+cdef Py_ssize_t PACKING_GROUP_ROWS = 1024
+cdef Py_ssize_t PACKING_MIN_ROWS = 192
+cdef Py_ssize_t TASKS_PER_THREAD = 4
 # Offsets are 32-bit: a padded sample (or batch, when listed whole) stays below 2**31 values.
 cdef Py_ssize_t MAX_PADDED = 2147483647
 # The widest narrowing 1x1 layer the forward takes (see narrowing_pointwise).
@@ -274,26 +288,24 @@ cdef void pack_block(const float* weight, const float* scale, float* packed, Py_
                 packed + block * K * width, min(width, F - block * width), K, width)
 
 
+cdef void pack_rotated_taps(const float* weight, float* out, Py_ssize_t block,
+                            const Geometry* g, Py_ssize_t width, Py_ssize_t k_first,
+                            Py_ssize_t k_stop) noexcept nogil:
+    """The packing of pack_block for the kernel of grad_input, taps k_first to k_stop of
+    the block into `out`: filter c (a channel of the layer) at tap (f, kh, kw) is
+    weight[f, c, KH-1-kh, KW-1-kw] of the layer's (F, C, KH, KW) weight, zero past C. The
+    rotated tap kh*KW + kw is taps-1 minus it, so each tap is one strided run over the
+    block's channels (cnncli_pack_rotated; indexed value by value, the copy took 3.7% of
+    a 256-channel 7x7 layer's forward and backward)."""
+    cnncli_pack_rotated(weight, g.C, g.KH * g.KW, block * width,
+                        min(width, g.C - block * width), out, k_first, k_stop, width)
+
+
 cdef void pack_rotated_block(const float* weight, float* packed, Py_ssize_t block,
                              const Geometry* g, Py_ssize_t width) noexcept nogil:
-    """The packing of pack_block for the kernel of grad_input: filter c (a channel of the
-    layer) at tap (f, kh, kw) is weight[f, c, KH-1-kh, KW-1-kw] of the layer's (F, C, KH, KW)
-    weight, zero past C. The rotated tap kh*KW + kw is taps-1 minus it, so each tap is one
-    strided run over the block's channels (indexed value by value, the copy took 3.7% of a
-    256-channel 7x7 layer's forward and backward)."""
-    cdef Py_ssize_t taps = g.KH * g.KW
-    cdef Py_ssize_t count = min(width, g.C - block * width)
-    cdef Py_ssize_t f, t, j
-    cdef const float* source
-    cdef float* out = packed + block * g.F * taps * width
-    for f in range(g.F):
-        for t in range(taps):
-            source = weight + (f * g.C + block * width) * taps + taps - 1 - t
-            for j in range(count):
-                out[j] = source[j * taps]
-            for j in range(count, width):
-                out[j] = 0
-            out += width
+    """All of a block's taps (pack_rotated_taps) into its place in `packed`."""
+    cdef Py_ssize_t K = g.F * g.KH * g.KW
+    pack_rotated_taps(weight, packed + block * K * width, block, g, width, 0, K)
 
 
 cdef object aligned_empty(tuple shape):
@@ -382,6 +394,63 @@ cdef void forward_task(const float* padded, const int* taps, const int* position
         p += run
 
 
+cdef Py_ssize_t packing_groups(Py_ssize_t P, Tile tile, Py_ssize_t blocks,
+                               int n_threads) noexcept nogil:
+    """How many groups of positions forward_task_packing splits P positions into: the
+    fewest of at most PACKING_GROUP_ROWS, more where the filter blocks alone would give a
+    thread fewer than TASKS_PER_THREAD tasks, none of them below PACKING_MIN_ROWS."""
+    cdef Py_ssize_t tiles = (P + tile.rows - 1) // tile.rows
+    cdef Py_ssize_t fewest = (P + PACKING_GROUP_ROWS - 1) // PACKING_GROUP_ROWS
+    cdef Py_ssize_t wanted = (TASKS_PER_THREAD * n_threads + blocks - 1) // blocks
+    return min(tiles, max(fewest, min(wanted, P // PACKING_MIN_ROWS)))
+
+
+cdef void forward_task_packing(const float* padded, const int* taps, const int* positions,
+                               Py_ssize_t P, Py_ssize_t groups, const float* weight,
+                               const float* scale, const Geometry* layer, float* chunk_weights,
+                               const float* bias, bint relu, float* y, float* sums,
+                               const Geometry* g, Tile tile, Py_ssize_t task) noexcept nogil:
+    """forward_task for a whole batch listed (P positions back to back): filter block
+    task // groups over group task % groups of the positions, the weights packed a chunk
+    of taps at a time into chunk_weights (tile.chunk taps by tile.filters) just before
+    the group's tiles use it. So the weights are read once per group, straight from the
+    layer's (F, K) array (or, with `layer`, rotated from that layer's, for grad_input),
+    with no packed copy of them all: ResNet-18's 512-channel layers at 4x4 hold 9.4 MB of
+    weights, which packing wrote out and every group of 96 positions read back again.
+    Same sums in the same order as forward_task."""
+    cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
+    cdef Py_ssize_t width = tile.filters
+    cdef Py_ssize_t block = task // groups
+    cdef Py_ssize_t group_tiles = ((P + tile.rows - 1) // tile.rows + groups - 1) // groups
+    cdef Py_ssize_t p_first = task % groups * group_tiles * tile.rows
+    cdef Py_ssize_t p_stop = min(P, p_first + group_tiles * tile.rows)
+    cdef Py_ssize_t filters = min(width, g.F - block * width)
+    cdef Py_ssize_t chunk, k0, count, i, p0, p, n, run
+    if p_first >= P:
+        return
+    for chunk in range((K + tile.chunk - 1) // tile.chunk):
+        k0 = chunk * tile.chunk
+        count = min(tile.chunk, K - k0)
+        if layer != NULL:
+            pack_rotated_taps(weight, chunk_weights, block, layer, width, k0, k0 + count)
+        else:
+            cnncli_pack_rows(weight + block * width * K + k0, K,
+                             scale + block * width if scale != NULL else NULL,
+                             chunk_weights, filters, count, width)
+        for i in range((p_stop - p_first + tile.rows - 1) // tile.rows):
+            p0 = p_first + i * tile.rows
+            cnncli_tile(tile.wide, padded, positions + p0, taps + k0, count, chunk_weights,
+                        sums + (p0 - p_first) * width, k0 > 0)
+    p = p_first
+    while p < p_stop:
+        n = p // L
+        run = min(p_stop, (n + 1) * L) - p
+        cnncli_store(sums + (p - p_first) * width, run, filters, width,
+                     bias + block * width if bias != NULL else NULL, relu,
+                     y + (n * g.F + block * width) * L + p - n * L, L)
+        p += run
+
+
 cdef bint whole_batch(const Geometry* g, Py_ssize_t below):
     """Whether a pass lists the positions of the whole batch back to back (a padded copy
     of every sample at once) rather than one sample's: for layers of fewer than `below`
@@ -395,9 +464,12 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
                                const float* bias, float[:, :, :, ::1] out,
                                const float[:, :, :, ::1] weight, float[::1] packed,
                                int[::1] taps, int[::1] positions, float[:, ::1] padded,
-                               float[:, ::1] sums, Geometry g, Tile tile,
-                               const Geometry* layer, bint relu, int n_threads) noexcept:
-    """With `layer` (grad_input), weight is that layer's and is packed rotated."""
+                               float[:, ::1] sums, float[:, ::1] chunk_weights, Geometry g,
+                               Tile tile, const Geometry* layer, bint relu,
+                               int n_threads) noexcept:
+    """With `layer` (grad_input), weight is that layer's and is packed rotated. A whole
+    batch listed packs its weights inside its tasks (forward_task_packing, into
+    chunk_weights), the other ways pack them all first (into packed)."""
     cdef Padding p = padding_for(&g)
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
     cdef Py_ssize_t plane = g.C * p.HP * p.WP
@@ -405,7 +477,9 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
     cdef bint batch = whole_batch(&g, FORWARD_WHOLE_BATCH)
     cdef Py_ssize_t P = g.N * L if batch else L
     cdef Py_ssize_t group_tiles
-    cdef Py_ssize_t tasks = blocks * position_groups(P, tile, &group_tiles)
+    cdef Py_ssize_t groups = (packing_groups(P, tile, blocks, n_threads) if batch
+                              else position_groups(P, tile, &group_tiles))
+    cdef Py_ssize_t tasks = blocks * groups
     cdef Py_ssize_t channel_blocks = min(g.C, SHARED_TASKS)
     cdef Py_ssize_t n, t, task, block
     # A 1x1 layer's sample is its own padded copy (padding_for gives HP = H, WP = W): the
@@ -415,19 +489,25 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
     with nogil:
         fill_taps(&taps[0], K, &g, p)
         fill_positions(&positions[0], round_up(P, tile.rows), &g, p, g.N if batch else 1)
-        for block in prange(blocks, schedule="static", num_threads=n_threads):
-            if layer != NULL:
-                pack_rotated_block(&weight[0, 0, 0, 0], &packed[0], block, layer, tile.filters)
-            else:
-                pack_block(&weight[0, 0, 0, 0], scale, &packed[0], block, g.F, K, tile.filters)
+        if not batch:
+            for block in prange(blocks, schedule="static", num_threads=n_threads):
+                if layer != NULL:
+                    pack_rotated_block(&weight[0, 0, 0, 0], &packed[0], block, layer,
+                                       tile.filters)
+                else:
+                    pack_block(&weight[0, 0, 0, 0], scale, &packed[0], block, g.F, K,
+                               tile.filters)
         if batch:
             if not in_place:
                 for n in prange(g.N, schedule="static", num_threads=n_threads):
                     pad_channels(&x[n, 0, 0, 0], &padded[0, n * plane], &g, p, 0, g.C)
             source = &x[0, 0, 0, 0] if in_place else &padded[0, 0]
             for task in prange(tasks, schedule="dynamic", num_threads=n_threads):
-                forward_task(source, &taps[0], &positions[0], P, &packed[0], bias, relu,
-                             &out[0, 0, 0, 0], &sums[threadid(), 0], &g, tile, task)
+                t = threadid()
+                forward_task_packing(source, &taps[0], &positions[0], P, groups,
+                                     &weight[0, 0, 0, 0], scale, layer, &chunk_weights[t, 0],
+                                     bias, relu, &out[0, 0, 0, 0], &sums[t, 0], &g, tile,
+                                     task)
         elif g.N >= SHARED_BATCH:
             for n in prange(g.N, schedule="dynamic", num_threads=n_threads):
                 t = threadid()
@@ -475,14 +555,24 @@ cdef direct_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_th
     if not batch and g.N >= SHARED_BATCH and L >= SAMPLE_GROUP_MIN_POSITIONS:
         tile.group = min(round_up(L, tile.rows),
                          max(MAX_GROUP_ROWS, SAMPLE_GROUP_BYTES // (4 * tile.filters)))
-    packed = aligned_empty((round_up(g.F, tile.filters) * K,))
+    cdef Py_ssize_t blocks = round_up(g.F, tile.filters) // tile.filters
+    cdef Py_ssize_t groups, group_rows
+    if batch:
+        groups = packing_groups(samples_per_row * L, tile, blocks, n_threads)
+        group_rows = round_up((samples_per_row * L + groups - 1) // groups, tile.rows)
+        packed = aligned_empty((1,))
+        chunk_weights = aligned_empty((n_threads, tile.chunk * tile.filters))
+    else:
+        group_rows = tile.group
+        packed = aligned_empty((blocks * tile.filters * K,))
+        chunk_weights = aligned_empty((1, 1))
     taps = np.empty(K, dtype=np.int32)
     positions = np.empty(round_up(samples_per_row * L, tile.rows), dtype=np.int32)
     padded = np.empty((rows, 1 if is_pointwise(&g) else samples_per_row * g.C * p.HP * p.WP),
                       dtype=np.float32)
-    sums = aligned_empty((n_threads, tile.group * tile.filters))
+    sums = aligned_empty((n_threads, group_rows * tile.filters))
     direct_forward_typed(x, scale_pointer, bias_pointer, out, weight, packed, taps, positions,
-                         padded, sums, g, tile, layer, relu, n_threads)
+                         padded, sums, chunk_weights, g, tile, layer, relu, n_threads)
 
 
 cdef direct_input_grad(grad_output, weight, grad_input, Geometry g, int n_threads):

@@ -206,17 +206,18 @@ static inline void cnncli_transpose8(__m256 v[8])
     }
 }
 
-/* out[k * width + j] = weight[j * K + k] (times scale[j] unless scale is NULL) for
- * j < filters, 0 for filters <= j < width: one block of the forward's packed weights,
- * weight and scale pointing at the block's first filter. Eight filters at a time, in
+/* out[k * width + j] = weight[j * stride + k] (times scale[j] unless scale is NULL) for
+ * k < K, j < filters, 0 for filters <= j < width: one block of the forward's packed
+ * weights (stride K), or a chunk of K of its taps (stride: the layer's taps), weight and
+ * scale pointing at the block's first filter. Eight filters at a time, in
  * chunks of PACK_TAPS taps, through 8x8 in-register transposes: eight rows read in step
  * stay in the L1 cache (rows K floats apart often share a handful of sets, and all 32 of
  * a block at once evicted each other: 0.38 ms for ResNet-18's 256-channel 3x3 layer),
  * and the chunk of output they fill (8 KiB) stays there until all four groups wrote it. */
 #define CNNCLI_PACK_TAPS 64
 __attribute__((target("avx2")))
-static void cnncli_pack_avx2(const float* weight, const float* scale, float* out,
-                             ptrdiff_t filters, ptrdiff_t K, ptrdiff_t width)
+static void cnncli_pack_avx2(const float* weight, ptrdiff_t stride, const float* scale,
+                             float* out, ptrdiff_t filters, ptrdiff_t K, ptrdiff_t width)
 {
     ptrdiff_t k0, k_stop, j0, k, j, r;
     for (k0 = 0; k0 < K; k0 += CNNCLI_PACK_TAPS) {
@@ -229,7 +230,7 @@ static void cnncli_pack_avx2(const float* weight, const float* scale, float* out
                 for (; k + 8 <= k_stop; k += 8) {
                     __m256 v[8];
                     for (r = 0; r < 8; r++)
-                        v[r] = _mm256_loadu_ps(weight + (j0 + r) * K + k);
+                        v[r] = _mm256_loadu_ps(weight + (j0 + r) * stride + k);
                     cnncli_transpose8(v);
                     for (r = 0; r < 8; r++)
                         _mm256_storeu_ps(out + (k + r) * width + j0,
@@ -239,16 +240,71 @@ static void cnncli_pack_avx2(const float* weight, const float* scale, float* out
             for (; k < k_stop; k++)
                 for (j = j0; j < j0 + 8; j++)
                     out[k * width + j] = j >= filters ? 0.0f
-                                         : scale != NULL ? weight[j * K + k] * scale[j]
-                                         : weight[j * K + k];
+                                         : scale != NULL ? weight[j * stride + k] * scale[j]
+                                         : weight[j * stride + k];
         }
     }
+}
+
+static void cnncli_pack_rows(const float* weight, ptrdiff_t stride, const float* scale,
+                             float* out, ptrdiff_t filters, ptrdiff_t K, ptrdiff_t width)
+{
+    cnncli_pack_avx2(weight, stride, scale, out, filters, K, width);
 }
 
 static void cnncli_pack(const float* weight, const float* scale, float* out,
                         ptrdiff_t filters, ptrdiff_t K, ptrdiff_t width)
 {
-    cnncli_pack_avx2(weight, scale, out, filters, K, width);
+    cnncli_pack_avx2(weight, K, scale, out, filters, K, width);
+}
+
+/* The rotated taps k_first to k_stop of grad_input's kernel for one block of `width` of
+ * the layer's channels (count of them real, the rest 0), out[(k - k_first) * width + j]
+ * = weight[f, c_first + j, taps - 1 - t] for k = f * taps + t, from the layer's
+ * (F, C, taps) weight. Each row of `out` is a strided run of the weight: AVX-512 gathers
+ * it sixteen channels at a time, other CPUs value by value. */
+__attribute__((target("avx512f")))
+static void cnncli_pack_rotated_avx512(const float* weight, ptrdiff_t C, ptrdiff_t taps,
+                                       ptrdiff_t c_first, ptrdiff_t count, float* out,
+                                       ptrdiff_t k_first, ptrdiff_t k_stop, ptrdiff_t width)
+{
+    const __m512i lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2,
+                                           1, 0);
+    const __m512i step = _mm512_mullo_epi32(lanes, _mm512_set1_epi32((int)taps));
+    ptrdiff_t k, f, j0;
+    for (k = k_first; k < k_stop; k++, out += width) {
+        const float* source;
+        f = k / taps;
+        source = weight + (f * C + c_first) * taps + taps - 1 - (k - f * taps);
+        for (j0 = 0; j0 < width; j0 += 16) {
+            ptrdiff_t left = count - j0;
+            __mmask16 real = left >= 16 ? (__mmask16)0xFFFF
+                             : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
+            _mm512_storeu_ps(out + j0, _mm512_mask_i32gather_ps(
+                _mm512_setzero_ps(), real, step, source + j0 * taps, 4));
+        }
+    }
+}
+
+static void cnncli_pack_rotated(const float* weight, ptrdiff_t C, ptrdiff_t taps,
+                                ptrdiff_t c_first, ptrdiff_t count, float* out,
+                                ptrdiff_t k_first, ptrdiff_t k_stop, ptrdiff_t width)
+{
+    ptrdiff_t k, f, j;
+    if (cnncli_isa == 2 && width % 16 == 0) {
+        cnncli_pack_rotated_avx512(weight, C, taps, c_first, count, out, k_first, k_stop,
+                                   width);
+        return;
+    }
+    for (k = k_first; k < k_stop; k++, out += width) {
+        const float* source;
+        f = k / taps;
+        source = weight + (f * C + c_first) * taps + taps - 1 - (k - f * taps);
+        for (j = 0; j < count; j++)
+            out[j] = source[j * taps];
+        for (; j < width; j++)
+            out[j] = 0.0f;
+    }
 }
 
 /* y[j * row_stride + r] = relu?(sums[r * width + j] + bias[j]) for r < rows, j < filters:
@@ -315,10 +371,24 @@ static void cnncli_tile(int wide, const float* a, const int* rows, const int* co
     (void)wide; (void)a; (void)rows; (void)cols; (void)T; (void)b; (void)c; (void)accumulate;
 }
 
+static void cnncli_pack_rows(const float* weight, ptrdiff_t stride, const float* scale,
+                             float* out, ptrdiff_t filters, ptrdiff_t K, ptrdiff_t width)
+{
+    (void)weight; (void)stride; (void)scale; (void)out; (void)filters; (void)K; (void)width;
+}
+
 static void cnncli_pack(const float* weight, const float* scale, float* out,
                         ptrdiff_t filters, ptrdiff_t K, ptrdiff_t width)
 {
     (void)weight; (void)scale; (void)out; (void)filters; (void)K; (void)width;
+}
+
+static void cnncli_pack_rotated(const float* weight, ptrdiff_t C, ptrdiff_t taps,
+                                ptrdiff_t c_first, ptrdiff_t count, float* out,
+                                ptrdiff_t k_first, ptrdiff_t k_stop, ptrdiff_t width)
+{
+    (void)weight; (void)C; (void)taps; (void)c_first; (void)count; (void)out; (void)k_first;
+    (void)k_stop; (void)width;
 }
 
 static void cnncli_store(const float* sums, ptrdiff_t rows, ptrdiff_t filters,
