@@ -5,7 +5,8 @@
 #   size is given by the caller's output buffer (OH, OW): the caller decides
 #   the bottom/right padding, the kernel only needs the top/left offsets.
 # - Three paths. float32 layers whose shape suits it run on the direct kernel
-#   (direct.pxi, microkernel.h: no column matrix, a register-blocked inner product) where
+#   (direct.pxi, phases.pxi for strided grad_input, microkernel.h: no column matrix, a
+#   register-blocked inner product) where
 #   the CPU has AVX2, and the 3x3 stride-1 layers of 64 channels or more among them as
 #   Winograd's F(2x2, 3x3) on the same micro-kernel (winograd.pxi, winograd.h: 2.25x
 #   fewer multiplications); each of the three passes picks a path by a rule stated
@@ -277,6 +278,7 @@ cdef bint is_pointwise(const Geometry* g) noexcept:
 
 
 include "direct.pxi"
+include "phases.pxi"
 include "winograd.pxi"
 
 
@@ -609,6 +611,9 @@ def conv2d_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias,
         grad_input = None
     if grad_input is not None and direct_input_grad_applies(&g, dtype):
         direct_input_grad(grad_output, weight, grad_input, g, n_threads)
+        grad_input = None
+    if grad_input is not None and strided_input_grad_applies(&g, dtype):
+        strided_input_grad(grad_output, weight, grad_input, g, n_threads)
         grad_input = None
     if weight_flat is not None and winograd_weight_grad_applies(&g, dtype):
         winograd_weight_grad(grad_output, x, weight_flat, g, max(n_chunks, 1), n_threads)

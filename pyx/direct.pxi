@@ -11,7 +11,8 @@
 #   K taps in registers; the weights are packed once per call as (filter block, K, tile
 #   filters), so each step reads one contiguous row of them. grad_input of a stride-1 layer
 #   is the forward of grad_output with the kernel rotated by 180 degrees and in/out
-#   channels swapped, padded by (K-1)*D - P. grad_weight swaps the roles: a tile is a few taps by a
+#   channels swapped, padded by (K-1)*D - P; of a strided layer, a sum of such forwards,
+#   one per phase of the stride (phases.pxi). grad_weight swaps the roles: a tile is a few taps by a
 #   block of filters, summed over the output positions against grad_output transposed
 #   to (filter block, L, tile filters).
 # - Why: im2col + GEMM writes the column matrix, then BLAS copies it again into its packed
@@ -50,8 +51,9 @@ cdef extern from "microkernel.h" nogil:
     void cnncli_pack(const float* weight, const float* scale, float* out, Py_ssize_t filters,
                      Py_ssize_t K, Py_ssize_t width)
     void cnncli_pack_rotated(const float* weight, Py_ssize_t C, Py_ssize_t taps,
-                             Py_ssize_t c_first, Py_ssize_t count, float* out,
-                             Py_ssize_t k_first, Py_ssize_t k_stop, Py_ssize_t width)
+                             Py_ssize_t sub_taps, const int* offsets, Py_ssize_t c_first,
+                             Py_ssize_t count, float* out, Py_ssize_t k_first,
+                             Py_ssize_t k_stop, Py_ssize_t width)
     void cnncli_pack_rows(const float* weight, Py_ssize_t stride, const float* scale,
                           float* out, Py_ssize_t filters, Py_ssize_t K, Py_ssize_t width)
     void cnncli_store(const float* sums, Py_ssize_t rows, Py_ssize_t filters,
@@ -288,24 +290,33 @@ cdef void pack_block(const float* weight, const float* scale, float* packed, Py_
                 packed + block * K * width, min(width, F - block * width), K, width)
 
 
+cdef struct Rotation:
+    # How grad_input's kernel is read from the layer's (F, C, KH, KW) weight: its filter c
+    # (a channel of the layer) at tap (f, t) is weight[f, c, offsets[t]], the last index
+    # counting the layer's KH * KW taps; t < sub_taps.
+    Py_ssize_t C, taps, sub_taps
+    const int* offsets
+
+
 cdef void pack_rotated_taps(const float* weight, float* out, Py_ssize_t block,
-                            const Geometry* g, Py_ssize_t width, Py_ssize_t k_first,
+                            const Rotation* rotation, Py_ssize_t width, Py_ssize_t k_first,
                             Py_ssize_t k_stop) noexcept nogil:
     """The packing of pack_block for the kernel of grad_input, taps k_first to k_stop of
-    the block into `out`: filter c (a channel of the layer) at tap (f, kh, kw) is
-    weight[f, c, KH-1-kh, KW-1-kw] of the layer's (F, C, KH, KW) weight, zero past C. The
-    rotated tap kh*KW + kw is taps-1 minus it, so each tap is one strided run over the
-    block's channels (cnncli_pack_rotated; indexed value by value, the copy took 3.7% of
-    a 256-channel 7x7 layer's forward and backward)."""
-    cnncli_pack_rotated(weight, g.C, g.KH * g.KW, block * width,
-                        min(width, g.C - block * width), out, k_first, k_stop, width)
+    the block into `out`, zero past the layer's C channels. For a stride-1 layer the
+    kernel is the layer's rotated by 180 degrees (offsets[t] = taps-1-t); for a strided
+    one, a phase's sub-kernel (phases.pxi). Each tap is one strided run over the block's
+    channels (cnncli_pack_rotated; indexed value by value, the copy took 3.7% of a
+    256-channel 7x7 layer's forward and backward)."""
+    cnncli_pack_rotated(weight, rotation.C, rotation.taps, rotation.sub_taps, rotation.offsets,
+                        block * width, min(width, rotation.C - block * width), out, k_first,
+                        k_stop, width)
 
 
 cdef void pack_rotated_block(const float* weight, float* packed, Py_ssize_t block,
-                             const Geometry* g, Py_ssize_t width) noexcept nogil:
-    """All of a block's taps (pack_rotated_taps) into its place in `packed`."""
-    cdef Py_ssize_t K = g.F * g.KH * g.KW
-    pack_rotated_taps(weight, packed + block * K * width, block, g, width, 0, K)
+                             const Rotation* rotation, Py_ssize_t width,
+                             Py_ssize_t K) noexcept nogil:
+    """All K taps of a block (pack_rotated_taps) into its place in `packed`."""
+    pack_rotated_taps(weight, packed + block * K * width, block, rotation, width, 0, K)
 
 
 cdef object aligned_empty(tuple shape):
@@ -407,14 +418,15 @@ cdef Py_ssize_t packing_groups(Py_ssize_t P, Tile tile, Py_ssize_t blocks,
 
 cdef void forward_task_packing(const float* padded, const int* taps, const int* positions,
                                Py_ssize_t P, Py_ssize_t groups, const float* weight,
-                               const float* scale, const Geometry* layer, float* chunk_weights,
+                               const float* scale, const Rotation* rotation,
+                               float* chunk_weights,
                                const float* bias, bint relu, float* y, float* sums,
                                const Geometry* g, Tile tile, Py_ssize_t task) noexcept nogil:
     """forward_task for a whole batch listed (P positions back to back): filter block
     task // groups over group task % groups of the positions, the weights packed a chunk
     of taps at a time into chunk_weights (tile.chunk taps by tile.filters) just before
     the group's tiles use it. So the weights are read once per group, straight from the
-    layer's (F, K) array (or, with `layer`, rotated from that layer's, for grad_input),
+    layer's (F, K) array (or, with `rotation`, from the layer's, for grad_input),
     with no packed copy of them all: ResNet-18's 512-channel layers at 4x4 hold 9.4 MB of
     weights, which packing wrote out and every group of 96 positions read back again.
     Same sums in the same order as forward_task."""
@@ -431,8 +443,8 @@ cdef void forward_task_packing(const float* padded, const int* taps, const int* 
     for chunk in range((K + tile.chunk - 1) // tile.chunk):
         k0 = chunk * tile.chunk
         count = min(tile.chunk, K - k0)
-        if layer != NULL:
-            pack_rotated_taps(weight, chunk_weights, block, layer, width, k0, k0 + count)
+        if rotation != NULL:
+            pack_rotated_taps(weight, chunk_weights, block, rotation, width, k0, k0 + count)
         else:
             cnncli_pack_rows(weight + block * width * K + k0, K,
                              scale + block * width if scale != NULL else NULL,
@@ -465,9 +477,9 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
                                const float[:, :, :, ::1] weight, float[::1] packed,
                                int[::1] taps, int[::1] positions, float[:, ::1] padded,
                                float[:, ::1] sums, float[:, ::1] chunk_weights, Geometry g,
-                               Tile tile, const Geometry* layer, bint relu,
+                               Tile tile, const Rotation* rotation, bint relu,
                                int n_threads) noexcept:
-    """With `layer` (grad_input), weight is that layer's and is packed rotated. A whole
+    """With `rotation` (grad_input), weight is the layer's, packed as it says. A whole
     batch listed packs its weights inside its tasks (forward_task_packing, into
     chunk_weights), the other ways pack them all first (into packed)."""
     cdef Padding p = padding_for(&g)
@@ -491,9 +503,9 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
         fill_positions(&positions[0], round_up(P, tile.rows), &g, p, g.N if batch else 1)
         if not batch:
             for block in prange(blocks, schedule="static", num_threads=n_threads):
-                if layer != NULL:
-                    pack_rotated_block(&weight[0, 0, 0, 0], &packed[0], block, layer,
-                                       tile.filters)
+                if rotation != NULL:
+                    pack_rotated_block(&weight[0, 0, 0, 0], &packed[0], block, rotation,
+                                       tile.filters, K)
                 else:
                     pack_block(&weight[0, 0, 0, 0], scale, &packed[0], block, g.F, K,
                                tile.filters)
@@ -505,7 +517,7 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
             for task in prange(tasks, schedule="dynamic", num_threads=n_threads):
                 t = threadid()
                 forward_task_packing(source, &taps[0], &positions[0], P, groups,
-                                     &weight[0, 0, 0, 0], scale, layer, &chunk_weights[t, 0],
+                                     &weight[0, 0, 0, 0], scale, rotation, &chunk_weights[t, 0],
                                      bias, relu, &out[0, 0, 0, 0], &sums[t, 0], &g, tile,
                                      task)
         elif g.N >= SHARED_BATCH:
@@ -533,10 +545,11 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
 
 
 cdef direct_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_threads,
-                    const Geometry* layer=NULL):
+                    const Rotation* rotation=NULL):
     """out = conv2d(x, weight) * scale + bias (then ReLU) by the direct kernel, float32,
-    groups 1; scale and bias may be None. With `layer`, this is grad_input of that layer
-    (g its transposed geometry): weight is the layer's, rotated while it is packed."""
+    groups 1; scale and bias may be None. With `rotation`, this is (a part of) grad_input
+    of a layer (g: grad_output in, grad_input out): weight is the layer's, read as
+    `rotation` says while it is packed."""
     cdef Padding p = padding_for(&g)
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
     cdef bint batch = whole_batch(&g, FORWARD_WHOLE_BATCH)
@@ -572,14 +585,17 @@ cdef direct_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_th
                       dtype=np.float32)
     sums = aligned_empty((n_threads, group_rows * tile.filters))
     direct_forward_typed(x, scale_pointer, bias_pointer, out, weight, packed, taps, positions,
-                         padded, sums, chunk_weights, g, tile, layer, relu, n_threads)
+                         padded, sums, chunk_weights, g, tile, rotation, relu, n_threads)
 
 
 cdef direct_input_grad(grad_output, weight, grad_input, Geometry g, int n_threads):
     """grad_input of a stride-1 layer: the forward of grad_output through the kernel rotated
     by 180 degrees, with input and output channels swapped."""
+    cdef Py_ssize_t taps = g.KH * g.KW
+    cdef int[::1] offsets = np.arange(taps - 1, -1, -1, dtype=np.int32)
+    cdef Rotation rotation = Rotation(g.C, taps, taps, &offsets[0])
     direct_forward(grad_output, weight, None, None, grad_input, transposed_geometry(&g), False,
-                   n_threads, &g)
+                   n_threads, &rotation)
 
 
 cdef void transpose_gradient(const float* dy, float* blocks, Py_ssize_t F, Py_ssize_t L,
@@ -721,7 +737,8 @@ def direct_paths(tuple input_shape, tuple weight_shape, tuple output_size, tuple
     return {"forward": tile_for(g.F).filters
             if winograd_forward or direct_forward_applies(&g, dtype) else 0,
             "input_grad": tile_for(g.C).filters
-            if winograd_input or direct_input_grad_applies(&g, dtype) else 0,
+            if winograd_input or direct_input_grad_applies(&g, dtype)
+            or strided_input_grad_applies(&g, dtype) else 0,
             "weight_grad": tile_for(g.F).filters
             if winograd_weights or direct_weight_grad_applies(&g, dtype) else 0,
             "winograd": ("forward",) * winograd_forward + ("input_grad",) * winograd_input

@@ -268,13 +268,15 @@ static void cnncli_pack(const float* weight, const float* scale, float* out,
     cnncli_pack_avx2(weight, K, scale, out, filters, K, width);
 }
 
-/* The rotated taps k_first to k_stop of grad_input's kernel for one block of `width` of
- * the layer's channels (count of them real, the rest 0), out[(k - k_first) * width + j]
- * = weight[f, c_first + j, taps - 1 - t] for k = f * taps + t, from the layer's
- * (F, C, taps) weight. Each row of `out` is a strided run of the weight: AVX-512 gathers
- * it sixteen channels at a time, other CPUs value by value. */
+/* Taps k_first to k_stop of grad_input's kernel for one block of `width` of the layer's
+ * channels (count of them real, the rest 0): out[(k - k_first) * width + j] =
+ * weight[(f * C + c_first + j) * taps + offsets[t]] for k = f * sub_taps + t, from the
+ * layer's (F, C, taps) weight (offsets: the rotation, or a phase's sub-kernel; see
+ * pyx/direct.pxi). Each row of `out` is a strided run of the weight: AVX-512 gathers it
+ * sixteen channels at a time, other CPUs value by value. */
 __attribute__((target("avx512f")))
 static void cnncli_pack_rotated_avx512(const float* weight, ptrdiff_t C, ptrdiff_t taps,
+                                       ptrdiff_t sub_taps, const int* offsets,
                                        ptrdiff_t c_first, ptrdiff_t count, float* out,
                                        ptrdiff_t k_first, ptrdiff_t k_stop, ptrdiff_t width)
 {
@@ -284,8 +286,8 @@ static void cnncli_pack_rotated_avx512(const float* weight, ptrdiff_t C, ptrdiff
     ptrdiff_t k, f, j0;
     for (k = k_first; k < k_stop; k++, out += width) {
         const float* source;
-        f = k / taps;
-        source = weight + (f * C + c_first) * taps + taps - 1 - (k - f * taps);
+        f = k / sub_taps;
+        source = weight + (f * C + c_first) * taps + offsets[k - f * sub_taps];
         for (j0 = 0; j0 < width; j0 += 16) {
             ptrdiff_t left = count - j0;
             __mmask16 real = left >= 16 ? (__mmask16)0xFFFF
@@ -297,23 +299,44 @@ static void cnncli_pack_rotated_avx512(const float* weight, ptrdiff_t C, ptrdiff
 }
 
 static void cnncli_pack_rotated(const float* weight, ptrdiff_t C, ptrdiff_t taps,
-                                ptrdiff_t c_first, ptrdiff_t count, float* out,
-                                ptrdiff_t k_first, ptrdiff_t k_stop, ptrdiff_t width)
+                                ptrdiff_t sub_taps, const int* offsets, ptrdiff_t c_first,
+                                ptrdiff_t count, float* out, ptrdiff_t k_first,
+                                ptrdiff_t k_stop, ptrdiff_t width)
 {
     ptrdiff_t k, f, j;
     if (cnncli_isa == 2 && width % 16 == 0) {
-        cnncli_pack_rotated_avx512(weight, C, taps, c_first, count, out, k_first, k_stop,
-                                   width);
+        cnncli_pack_rotated_avx512(weight, C, taps, sub_taps, offsets, c_first, count, out,
+                                   k_first, k_stop, width);
         return;
     }
     for (k = k_first; k < k_stop; k++, out += width) {
         const float* source;
-        f = k / taps;
-        source = weight + (f * C + c_first) * taps + taps - 1 - (k - f * taps);
+        f = k / sub_taps;
+        source = weight + (f * C + c_first) * taps + offsets[k - f * sub_taps];
         for (j = 0; j < count; j++)
             out[j] = source[j * taps];
         for (; j < width; j++)
             out[j] = 0.0f;
+    }
+}
+
+/* out[2r] = even[r], out[2r + 1] = odd[r] for r < pairs: a row of a stride-2 layer's
+ * grad_input from its two column phases (pyx/phases.pxi), eight pairs at a time; value
+ * by value, the strided writes took 12% of ResNet's 3x3 downsampling's grad_input. */
+__attribute__((target("avx2")))
+static void cnncli_interleave2(const float* even, const float* odd, float* out,
+                               ptrdiff_t pairs)
+{
+    ptrdiff_t r = 0;
+    for (; r + 8 <= pairs; r += 8) {
+        __m256 e = _mm256_loadu_ps(even + r), o = _mm256_loadu_ps(odd + r);
+        __m256 low = _mm256_unpacklo_ps(e, o), high = _mm256_unpackhi_ps(e, o);
+        _mm256_storeu_ps(out + 2 * r, _mm256_permute2f128_ps(low, high, 0x20));
+        _mm256_storeu_ps(out + 2 * r + 8, _mm256_permute2f128_ps(low, high, 0x31));
+    }
+    for (; r < pairs; r++) {
+        out[2 * r] = even[r];
+        out[2 * r + 1] = odd[r];
     }
 }
 
@@ -394,11 +417,18 @@ static void cnncli_pack(const float* weight, const float* scale, float* out,
 }
 
 static void cnncli_pack_rotated(const float* weight, ptrdiff_t C, ptrdiff_t taps,
-                                ptrdiff_t c_first, ptrdiff_t count, float* out,
-                                ptrdiff_t k_first, ptrdiff_t k_stop, ptrdiff_t width)
+                                ptrdiff_t sub_taps, const int* offsets, ptrdiff_t c_first,
+                                ptrdiff_t count, float* out, ptrdiff_t k_first,
+                                ptrdiff_t k_stop, ptrdiff_t width)
 {
-    (void)weight; (void)C; (void)taps; (void)c_first; (void)count; (void)out; (void)k_first;
+    (void)weight; (void)C; (void)taps; (void)sub_taps; (void)offsets; (void)c_first; (void)count; (void)out; (void)k_first;
     (void)k_stop; (void)width;
+}
+
+static void cnncli_interleave2(const float* even, const float* odd, float* out,
+                               ptrdiff_t pairs)
+{
+    (void)even; (void)odd; (void)out; (void)pairs;
 }
 
 static void cnncli_store(const float* sums, ptrdiff_t rows, ptrdiff_t filters,

@@ -44,6 +44,9 @@ DIRECT_CASES = [
     (4, 48, 10, 10, 16, (1, 1), 1, 0, 1, 1, True),        # narrowing 1x1, read in place
     (5, 64, 12, 12, 32, (1, 1), 1, 0, 1, 1, False),       # the same, sample by sample
     (2, 40, 13, 12, 32, (1, 1), 1, 0, 1, 1, True),        # the same, tiles shared out
+    (3, 16, 11, 13, 32, (3, 3), 2, 0, 1, 1, True),        # stride 2, unpadded, odd widths
+    (4, 32, 14, 14, 32, (3, 3), 2, 1, 1, 1, False),       # ResNet's downsampling, scaled
+    (4, 16, 26, 25, 16, (4, 4), 3, 1, 1, 1, True),        # stride 3: nine phases
 ]
 TOLERANCE = dict(rtol=2e-4, atol=2e-4)
 
@@ -65,6 +68,21 @@ def test_the_cases_cover_every_direct_pass():
     assert covered == {(name, width) for name in ("forward", "input_grad", "weight_grad")
                        for width in (16, 32)}
     assert not any(paths(DIRECT_CASES[0][:4] + (16, (1, 1)) + (1, 0, 1, 1, True)).values())
+
+
+@needs_direct
+def test_grad_input_of_a_strided_layer_runs_direct_where_every_phase_has_taps():
+    """Phase by phase (phases.pxi): a stride no larger than the kernel and a padding each
+    phase can start from; a strided 1x1 layer, a stride beyond the kernel, a padding wider
+    than the kernel's reach or a dilated kernel keep im2col + GEMM."""
+    def input_grad(kernel, stride, padding, dilation=1):
+        return F.conv2d_paths((4, 32, 14, 14), (32, 32) + kernel, stride=stride,
+                              padding=padding, dilation=dilation)["input_grad"]
+    assert input_grad((3, 3), 2, 1) == 32 and input_grad((4, 4), 3, 1) == 32
+    assert input_grad((1, 1), 2, 0) == 0
+    assert input_grad((3, 3), 4, 1) == 0
+    assert input_grad((3, 3), 2, 3) == 0
+    assert input_grad((3, 3), 2, 1, dilation=2) == 0
 
 
 @needs_direct
