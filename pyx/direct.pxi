@@ -34,8 +34,8 @@
 # - Allocation: direct_forward / direct_weight_grad allocate the packed weights, offset
 #   tables, padded buffers, tile sums and partials with the GIL before the loops (the
 #   offsets and the packing are then filled without it).
-# - A narrowing 1x1 layer (narrowing_pointwise) takes the forward only, reading each sample
-#   in place: it is its own padded copy.
+# - A narrowing 1x1 layer (narrowing_pointwise) takes the forward only. It and any other
+#   layer without padding read each sample in place: it is its own padded copy.
 # - Which path: see direct_forward_applies and friends; float64 (gradient checks), grouped
 #   convolutions and CPUs without AVX2 keep im2col + GEMM.
 
@@ -156,6 +156,14 @@ cdef Padding padding_for(const Geometry* g):
     p.HP = max(g.PH + g.H, (g.OH - 1) * g.SH + (g.KH - 1) * g.DH + 1)
     p.WP = max(g.PW + g.W, (g.OW - 1) * g.SW + (g.KW - 1) * g.DW + 1)
     return p
+
+
+cdef bint needs_no_padding(const Geometry* g) noexcept:
+    """Whether a sample is its own padded copy (no padding, and every window inside it:
+    padding_for gives HP = H, WP = W), so the tiles read it in place: a 1x1 layer, or an
+    unpadded one such as AlexNet's first (8 samples of 227x227x3: 4.9 MB not copied)."""
+    cdef Padding p = padding_for(g)
+    return g.PH == 0 and g.PW == 0 and p.HP == g.H and p.WP == g.W
 
 
 cdef bint fills(Py_ssize_t filters, Py_ssize_t width) noexcept nogil:
@@ -494,9 +502,7 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
     cdef Py_ssize_t tasks = blocks * groups
     cdef Py_ssize_t channel_blocks = min(g.C, SHARED_TASKS)
     cdef Py_ssize_t n, t, task, block
-    # A 1x1 layer's sample is its own padded copy (padding_for gives HP = H, WP = W): the
-    # tiles read it in place.
-    cdef bint in_place = is_pointwise(&g)
+    cdef bint in_place = needs_no_padding(&g)
     cdef const float* source
     with nogil:
         fill_taps(&taps[0], K, &g, p)
@@ -581,7 +587,7 @@ cdef direct_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_th
         chunk_weights = aligned_empty((1, 1))
     taps = np.empty(K, dtype=np.int32)
     positions = np.empty(round_up(samples_per_row * L, tile.rows), dtype=np.int32)
-    padded = np.empty((rows, 1 if is_pointwise(&g) else samples_per_row * g.C * p.HP * p.WP),
+    padded = np.empty((rows, 1 if needs_no_padding(&g) else samples_per_row * g.C * p.HP * p.WP),
                       dtype=np.float32)
     sums = aligned_empty((n_threads, group_rows * tile.filters))
     direct_forward_typed(x, scale_pointer, bias_pointer, out, weight, packed, taps, positions,
