@@ -95,7 +95,7 @@ cdef struct Tile:
 # accumulators: the forward and grad_input sum over at least MIN_DIRECT_TAPS taps (LeNet's
 # first layer, 25 taps: 0.80-0.89x im2col's time), grad_weight over positions and needs
 # MIN_DIRECT_SUM taps too (at 25, transposing the output gradient costs more than it
-# saves: 1.38x). A batch needs MIN_DIRECT_SUM positions to reuse the weights (direct_common).
+# saves: 1.38x), and a batch of MIN_DIRECT_SUM positions (direct_weight_grad_applies).
 cdef Py_ssize_t MIN_DIRECT_TAPS = 16
 cdef Py_ssize_t MIN_DIRECT_SUM = 64
 # A task of the forward is a group of tiles of at most MAX_GROUP_ROWS positions (the tiles
@@ -191,14 +191,16 @@ cdef bint fills_tiles(Py_ssize_t filters):
 
 
 cdef bint direct_allowed(const Geometry* g, object dtype):
-    """What every pass needs: float32, no groups, a sample that 32-bit offsets can address,
-    and (MIN_DIRECT_SUM) at least 64 output positions in the batch, so a group of tiles
-    reuses each chunk of packed weights. Below that (ResNet-18's last stage at batch 1,
-    7x7), OpenBLAS's one product reads the weights once and wins: 3.2 ms against 4.4 ms for
-    512 filters of 3x3x512."""
+    """What every pass needs: float32, no groups, a sample that 32-bit offsets can address.
+    However few the positions: the forward (and grad_input) of a layer of fewer than 64
+    at batch 1 (ResNet-18's last stage, 7x7) lost to OpenBLAS's one product, 4.4 ms
+    against 3.2 for 512 filters of 3x3x512, while it packed all its weights before use;
+    packing them inside its tasks (forward_task_packing), it reads them once, as OpenBLAS
+    does, and takes 0.76-0.82x GEMM's time there (16 positions: 0.81-0.83x; the AVX2
+    variant on the same CPU: medians 0.77-0.93x)."""
     cdef Padding p = padding_for(g)
     return (direct_enabled and dtype == np.float32 and g.G == 1
-            and g.C * p.HP * p.WP < MAX_PADDED and g.N * g.OH * g.OW >= MIN_DIRECT_SUM)
+            and g.C * p.HP * p.WP < MAX_PADDED)
 
 
 cdef bint direct_common(const Geometry* g, object dtype):
@@ -243,7 +245,7 @@ cdef bint direct_weight_grad_applies(const Geometry* g, object dtype):
     cdef Py_ssize_t positions = g.OH * g.OW * (g.N if whole_batch(g, WEIGHT_GRAD_WHOLE_BATCH)
                                                else 1)
     return (direct_common(g, dtype) and fills_tiles(g.F) and g.C * g.KH * g.KW >= MIN_DIRECT_SUM
-            and g.F <= positions)
+            and g.F <= positions and g.N * g.OH * g.OW >= MIN_DIRECT_SUM)
 
 
 cdef Geometry transposed_geometry(const Geometry* g):
