@@ -4,10 +4,12 @@ change of a few percent on a machine whose speed drifts.
     git worktree add /tmp/base HEAD~1 && (cd /tmp/base && python setup.py build_ext --inplace)
     python bench/bench_ab.py /tmp/base/cnncli/_conv.*.so                  # every layer
     python bench/bench_ab.py /tmp/base/cnncli/_conv.*.so --only "512@4,down" --calls 40
+    python bench/bench_ab.py /tmp/base/cnncli/_conv.*.so --resnet18 1  # whole inference
 
 The other build's `_conv` extension is loaded beside this checkout's; each pass (forward,
 grad_input, grad_weight with grad_bias) of each layer is called alternately through
-both, `--calls` times, OpenBLAS held to one thread as cnncli.functional holds it. Printed:
+both, `--calls` times (with `--resnet18 BATCH`, a ResNet-18 inference at 224x224
+instead, cnncli.functional switched between the two builds' kernels call by call), OpenBLAS held to one thread as cnncli.functional holds it. Printed:
 each build's best time, and the median over calls of this build's time divided by the
 other's in the same round (below 1.0: this build is faster), with "differs" where the
 two builds' results are not the same bits. Best-of and paired ratios, because on a
@@ -97,13 +99,43 @@ def compare(other, name, calls, rng):
     print(f"{name:13s} " + " | ".join(cells), flush=True)
 
 
+def compare_resnet18(other, batch, calls, rng):
+    import statistics
+    from cnncli import architectures, functional
+    model = architectures.resnet18((3, 224, 224), 1000)
+    x = rng.standard_normal((batch, 3, 224, 224), dtype=np.float32)
+    builds = {"other": other, "this": this_build}
+    times = {name: [] for name in builds}
+    outputs = {}
+    try:
+        for round_ in range(calls + 2):
+            for name, module in builds.items():
+                functional._conv = module
+                started = time.perf_counter()
+                outputs[name] = model.forward(x)
+                if round_ >= 2:
+                    times[name].append(time.perf_counter() - started)
+    finally:
+        functional._conv = this_build
+    ratios = sorted(a / b for a, b in zip(times["this"], times["other"]))
+    print(f"ResNet-18 inference, batch {batch}: other {statistics.median(times['other']) * 1e3:.2f}"
+          f" ms -> this {statistics.median(times['this']) * 1e3:.2f} ms (medians), "
+          f"{ratios[len(ratios) // 2]:.2f}x paired"
+          + ("" if np.array_equal(outputs["this"], outputs["other"]) else ", outputs differ"))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("other", help="the other build's _conv extension (.so)")
     parser.add_argument("--only", help="comma-separated layer names (default: all)")
     parser.add_argument("--calls", type=int, default=25)
+    parser.add_argument("--resnet18", type=int, metavar="BATCH",
+                        help="time a whole ResNet-18 inference at this batch instead")
     options = parser.parse_args()
     other = load_other(options.other)
+    if options.resnet18:
+        compare_resnet18(other, options.resnet18, options.calls, np.random.default_rng(0))
+        return
     names = options.only.split(",") if options.only else list(LAYERS)
     rng = np.random.default_rng(0)
     print(f"{get_num_threads()} threads; each pass: other build's best -> this build's best, "
