@@ -9,7 +9,8 @@ change of a few percent on a machine whose speed drifts.
 The other build's `_conv` extension is loaded beside this checkout's; each pass (forward,
 grad_input, grad_weight with grad_bias) of each layer is called alternately through
 both, `--calls` times (with `--resnet18 BATCH`, a ResNet-18 inference at 224x224
-instead, cnncli.functional switched between the two builds' kernels call by call), OpenBLAS held to one thread as cnncli.functional holds it. Printed:
+instead, cnncli.functional switched between the two builds' kernels call by call),
+OpenBLAS held to one thread as cnncli.functional holds it. Printed:
 each build's best time, and the median over calls of this build's time divided by the
 other's in the same round (below 1.0: this build is faster), with "differs" where the
 two builds' results are not the same bits. Best-of and paired ratios, because on a

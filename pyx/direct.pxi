@@ -126,8 +126,9 @@ cdef Py_ssize_t WEIGHT_GRAD_WHOLE_BATCH = 256
 # A whole batch's forward packs its weights chunk by chunk inside each task (forward_task_
 # packing): a task is a filter block over a group of at most PACKING_GROUP_ROWS positions
 # (its sums: 128 KiB), split further only to give each thread TASKS_PER_THREAD tasks, and
-# not below PACKING_MIN_ROWS positions, where the repacking would cost more than the
-# weights' second read from L3.
+# not below PACKING_MIN_ROWS positions, each group repacking the weights it uses. On
+# ResNet-18's 256- and 512-channel layers, groups of 200 or 400 positions and 8 tasks
+# per thread measured within 1-3% of these.
 cdef Py_ssize_t PACKING_GROUP_ROWS = 1024
 cdef Py_ssize_t PACKING_MIN_ROWS = 192
 cdef Py_ssize_t TASKS_PER_THREAD = 4

@@ -421,8 +421,8 @@ static void cnncli_pack_rotated(const float* weight, ptrdiff_t C, ptrdiff_t taps
                                 ptrdiff_t count, float* out, ptrdiff_t k_first,
                                 ptrdiff_t k_stop, ptrdiff_t width)
 {
-    (void)weight; (void)C; (void)taps; (void)sub_taps; (void)offsets; (void)c_first; (void)count; (void)out; (void)k_first;
-    (void)k_stop; (void)width;
+    (void)weight; (void)C; (void)taps; (void)sub_taps; (void)offsets; (void)c_first;
+    (void)count; (void)out; (void)k_first; (void)k_stop; (void)width;
 }
 
 static void cnncli_interleave2(const float* even, const float* odd, float* out,
