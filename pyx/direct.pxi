@@ -26,8 +26,8 @@
 #   task packs its chunks of weights itself, just before using them (forward_task_packing),
 #   rather than reading back a packed copy of them all. "Few" is below 128 for the
 #   forward and grad_input, below 256 for grad_weight (see whole_batch).
-# - Parallel axis. Forward: samples (each owns out[n]); with the whole batch listed, or
-#   below SHARED_BATCH samples, tasks of (filter block, group of position tiles), each
+# - Parallel axis. Forward: samples (each owns out[n]); with the whole batch listed
+#   (always below SHARED_BATCH samples), tasks of (filter block, group of positions), each
 #   owning its block of the output. grad_weight: the same fixed chunks of samples as the
 #   GEMM path, partial sums added in chunk order; with the whole batch listed, tasks of
 #   tap tiles, each owning its rows of the result, with no partial sums. Each output value
@@ -193,7 +193,9 @@ cdef bint fills_tiles(Py_ssize_t filters):
 
 
 cdef bint direct_allowed(const Geometry* g, object dtype):
-    """What every pass needs: float32, no groups, a sample that 32-bit offsets can address.
+    """What every pass needs: float32, no groups, a sample (a batch of fewer than
+    SHARED_BATCH, which the forward lists whole: forward_lists_batch) that 32-bit offsets
+    can address.
     However few the positions: the forward (and grad_input) of a layer of fewer than 64
     at batch 1 (ResNet-18's last stage, 7x7) lost to OpenBLAS's one product, 4.4 ms
     against 3.2 for 512 filters of 3x3x512, while it packed all its weights before use;
@@ -201,8 +203,9 @@ cdef bint direct_allowed(const Geometry* g, object dtype):
     does, and takes 0.76-0.82x GEMM's time there (16 positions: 0.81-0.83x; the AVX2
     variant on the same CPU: medians 0.77-0.93x)."""
     cdef Padding p = padding_for(g)
+    cdef Py_ssize_t listed = g.N if g.N < SHARED_BATCH else 1
     return (direct_enabled and dtype == np.float32 and g.G == 1
-            and g.C * p.HP * p.WP < MAX_PADDED)
+            and listed * g.C * p.HP * p.WP < MAX_PADDED)
 
 
 cdef bint direct_common(const Geometry* g, object dtype):
@@ -370,25 +373,42 @@ cdef Py_ssize_t position_groups(Py_ssize_t P, Tile tile, Py_ssize_t* group_tiles
     return (tiles + group_tiles[0] - 1) // group_tiles[0]
 
 
+cdef void store_group(const float* sums, Py_ssize_t p_first, Py_ssize_t p_stop,
+                      Py_ssize_t block, Py_ssize_t width, const float* bias, bint relu,
+                      float* y, const Geometry* g) noexcept nogil:
+    """A task's sums of positions p_first to p_stop (of those listed, samples back to
+    back) for filter block `block`, written out filter-major into y (samples, F, L): one
+    run of positions per sample the group touches."""
+    cdef Py_ssize_t L = g.OH * g.OW, p = p_first, n, run
+    cdef Py_ssize_t filters = min(width, g.F - block * width)
+    while p < p_stop:
+        n = p // L
+        run = min(p_stop, (n + 1) * L) - p
+        cnncli_store(sums + (p - p_first) * width, run, filters, width,
+                     bias + block * width if bias != NULL else NULL, relu,
+                     y + (n * g.F + block * width) * L + p - n * L, L)
+        p += run
+
+
 cdef void forward_task(const float* padded, const int* taps, const int* positions,
                        Py_ssize_t P, const float* packed, const float* bias, bint relu,
                        float* y, float* sums, const Geometry* g, Tile tile,
                        Py_ssize_t task) noexcept nogil:
-    """One task of the output y (samples, F, L) of the P positions listed (one sample's or,
-    back to back, a whole batch's): filter block task % blocks, times the positions of
-    group task // blocks (see position_groups).
+    """One task of one sample's output y (F, L) from its L positions (P): filter block
+    task % blocks, times the positions of group task // blocks (see position_groups); the
+    weights packed beforehand (packed).
 
     Consecutive tasks take the same positions with the next filter block, so a group's
     input stays in the L2 cache while every block of weights passes over it. Taking each
-    block over all positions instead re-read the whole padded batch once per block:
+    block over all positions instead re-read the whole padded input once per block:
     ResNet-18's 14x14 stages at batch 32 took 1.1-1.5x (stride 1) and 2.4-2.8x (stride 2)
-    as long.
+    as long (measured on the Zen 2 machine, when whole batches ran this way too).
 
     The taps are summed in chunks of tile.chunk, so the weights of a chunk stay in the L1
     cache while every tile of the group uses them; the group's sums wait in `sums`.
     Chunking does not change a result: each sum is the same sequence of fused
     multiply-adds, only stored and reloaded between chunks."""
-    cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
+    cdef Py_ssize_t K = g.C * g.KH * g.KW
     cdef Py_ssize_t group_tiles
     cdef Py_ssize_t groups = position_groups(P, tile, &group_tiles)
     cdef Py_ssize_t width = tile.filters
@@ -396,8 +416,7 @@ cdef void forward_task(const float* padded, const int* taps, const int* position
     cdef Py_ssize_t block = task % blocks
     cdef Py_ssize_t p_first = task // blocks * group_tiles * tile.rows
     cdef Py_ssize_t p_stop = min(P, p_first + group_tiles * tile.rows)
-    cdef Py_ssize_t filters = min(width, g.F - block * width)
-    cdef Py_ssize_t chunk, k0, count, i, p0, p, n, run
+    cdef Py_ssize_t chunk, k0, count, i, p0
     for chunk in range((K + tile.chunk - 1) // tile.chunk):
         k0 = chunk * tile.chunk
         count = min(tile.chunk, K - k0)
@@ -406,15 +425,7 @@ cdef void forward_task(const float* padded, const int* taps, const int* position
             cnncli_tile(tile.wide, padded, positions + p0, taps + k0, count,
                         packed + (block * K + k0) * width, sums + (p0 - p_first) * width,
                         k0 > 0)
-    # Written out filter-major, one run of positions per sample the group touches.
-    p = p_first
-    while p < p_stop:
-        n = p // L
-        run = min(p_stop, (n + 1) * L) - p
-        cnncli_store(sums + (p - p_first) * width, run, filters, width,
-                     bias + block * width if bias != NULL else NULL, relu,
-                     y + (n * g.F + block * width) * L + p - n * L, L)
-        p += run
+    store_group(sums, p_first, p_stop, block, width, bias, relu, y, g)
 
 
 cdef Py_ssize_t packing_groups(Py_ssize_t P, Tile tile, Py_ssize_t blocks,
@@ -442,14 +453,14 @@ cdef void forward_task_packing(const float* padded, const int* taps, const int* 
     with no packed copy of them all: ResNet-18's 512-channel layers at 4x4 hold 9.4 MB of
     weights, which packing wrote out and every group of 96 positions read back again.
     Same sums in the same order as forward_task."""
-    cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
+    cdef Py_ssize_t K = g.C * g.KH * g.KW
     cdef Py_ssize_t width = tile.filters
     cdef Py_ssize_t block = task // groups
     cdef Py_ssize_t group_tiles = ((P + tile.rows - 1) // tile.rows + groups - 1) // groups
     cdef Py_ssize_t p_first = task % groups * group_tiles * tile.rows
     cdef Py_ssize_t p_stop = min(P, p_first + group_tiles * tile.rows)
     cdef Py_ssize_t filters = min(width, g.F - block * width)
-    cdef Py_ssize_t chunk, k0, count, i, p0, p, n, run
+    cdef Py_ssize_t chunk, k0, count, i, p0
     if p_first >= P:
         return
     for chunk in range((K + tile.chunk - 1) // tile.chunk):
@@ -465,14 +476,7 @@ cdef void forward_task_packing(const float* padded, const int* taps, const int* 
             p0 = p_first + i * tile.rows
             cnncli_tile(tile.wide, padded, positions + p0, taps + k0, count, chunk_weights,
                         sums + (p0 - p_first) * width, k0 > 0)
-    p = p_first
-    while p < p_stop:
-        n = p // L
-        run = min(p_stop, (n + 1) * L) - p
-        cnncli_store(sums + (p - p_first) * width, run, filters, width,
-                     bias + block * width if bias != NULL else NULL, relu,
-                     y + (n * g.F + block * width) * L + p - n * L, L)
-        p += run
+    store_group(sums, p_first, p_stop, block, width, bias, relu, y, g)
 
 
 cdef bint whole_batch(const Geometry* g, Py_ssize_t below):
@@ -490,9 +494,7 @@ cdef bint forward_lists_batch(const Geometry* g):
     (whole_batch), and for batches of fewer than SHARED_BATCH samples, whose weights serve
     one pass over them: packing them all first, ResNet-18 at batch 1 spent 8.8% of its
     time in the packing."""
-    cdef Padding p = padding_for(g)
-    return whole_batch(g, FORWARD_WHOLE_BATCH) or (
-        g.N < SHARED_BATCH and g.N * g.C * p.HP * p.WP < MAX_PADDED)
+    return whole_batch(g, FORWARD_WHOLE_BATCH) or g.N < SHARED_BATCH
 
 
 cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
@@ -546,7 +548,7 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
                                      &weight[0, 0, 0, 0], scale, rotation, &chunk_weights[t, 0],
                                      bias, relu, &out[0, 0, 0, 0], &sums[t, 0], &g, tile,
                                      task)
-        elif g.N >= SHARED_BATCH:
+        else:
             for n in prange(g.N, schedule="dynamic", num_threads=n_threads):
                 t = threadid()
                 if in_place:
@@ -557,17 +559,6 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
                 for task in range(tasks):
                     forward_task(source, &taps[0], &positions[0], P, &packed[0], bias,
                                  relu, &out[n, 0, 0, 0], &sums[t, 0], &g, tile, task)
-        else:
-            for n in range(g.N):
-                if not in_place:
-                    for block in prange(channel_blocks, schedule="static", num_threads=n_threads):
-                        pad_channels(&x[n, 0, 0, 0], &padded[0, 0], &g, p,
-                                     block * g.C // channel_blocks,
-                                     (block + 1) * g.C // channel_blocks)
-                source = &x[n, 0, 0, 0] if in_place else &padded[0, 0]
-                for task in prange(tasks, schedule="dynamic", num_threads=n_threads):
-                    forward_task(source, &taps[0], &positions[0], P, &packed[0], bias,
-                                 relu, &out[n, 0, 0, 0], &sums[threadid(), 0], &g, tile, task)
 
 
 cdef direct_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_threads,
@@ -579,7 +570,7 @@ cdef direct_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_th
     cdef Padding p = padding_for(&g)
     cdef Py_ssize_t K = g.C * g.KH * g.KW, L = g.OH * g.OW
     cdef bint batch = forward_lists_batch(&g)
-    cdef Py_ssize_t rows = 1 if batch or g.N < SHARED_BATCH else n_threads
+    cdef Py_ssize_t rows = 1 if batch else n_threads
     cdef Py_ssize_t samples_per_row = g.N if batch else 1
     cdef const float[::1] bias_view, scale_view
     cdef const float* bias_pointer = NULL
@@ -591,7 +582,7 @@ cdef direct_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_th
         scale_view = scale
         scale_pointer = &scale_view[0]
     cdef Tile tile = tile_for(g.F)
-    if not batch and g.N >= SHARED_BATCH and L >= SAMPLE_GROUP_MIN_POSITIONS:
+    if not batch and L >= SAMPLE_GROUP_MIN_POSITIONS:
         tile.group = min(round_up(L, tile.rows),
                          max(MAX_GROUP_ROWS, SAMPLE_GROUP_BYTES // (4 * tile.filters)))
     cdef Py_ssize_t blocks = round_up(g.F, tile.filters) // tile.filters

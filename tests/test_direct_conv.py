@@ -86,6 +86,15 @@ def test_grad_input_of_a_strided_layer_runs_direct_where_every_phase_has_taps():
 
 
 @needs_direct
+def test_a_forward_of_few_positions_runs_direct_but_not_its_weight_gradient():
+    """The forward and grad_input take any number of positions (ResNet-18's last stage at
+    batch 1: 49); grad_weight needs MIN_DIRECT_SUM (64) positions in the batch."""
+    assert F.conv2d_paths((1, 64, 7, 7), (32, 64, 3, 3), padding=1) == {
+        "forward": 32, "input_grad": 32, "weight_grad": 0, "winograd": ()}
+    assert F.conv2d_paths((2, 64, 7, 7), (32, 64, 3, 3), padding=1)["weight_grad"] == 32
+
+
+@needs_direct
 def test_only_the_forward_of_a_narrowing_1x1_layer_runs_direct():
     assert paths((4, 48, 10, 10, 16, (1, 1), 1, 0, 1, 1, True)) == {
         "forward": 16, "input_grad": 0, "weight_grad": 0, "winograd": ()}
