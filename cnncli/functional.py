@@ -29,16 +29,12 @@ from cnncli.parallelism import get_num_threads, set_num_threads, single_threaded
 
 __all__ = [
     "conv2d", "conv2d_backward", "conv2d_paths", "use_direct_convolution", "use_winograd",
-    "linear", "linear_backward",
-    "max_pool2d", "max_pool2d_backward",
-    "avg_pool2d", "avg_pool2d_backward",
-    "global_avg_pool2d", "global_avg_pool2d_backward",
-    "unfold", "fold", "relu", "relu_backward",
+    "use_row_kernel", "linear", "linear_backward", "max_pool2d", "max_pool2d_backward",
+    "avg_pool2d", "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward",
+    "unfold", "fold", "relu", "relu_backward", "direct_kernel_variant",
     "batch_norm", "batch_norm_statistics", "batch_norm_backward", "channel_affine",
-    "sgd_update", "adam_update",
-    "conv_output_size", "conv2d_output_size", "pool2d_output_size", "softmax", "sigmoid",
-    "get_num_threads", "set_num_threads", "threads", "openmp_enabled",
-    "direct_kernel_variant",
+    "sgd_update", "adam_update", "conv_output_size", "conv2d_output_size", "pool2d_output_size",
+    "softmax", "sigmoid", "get_num_threads", "set_num_threads", "threads", "openmp_enabled",
 ]
 
 
@@ -132,11 +128,16 @@ def use_winograd(enabled: bool) -> bool:
     return _conv.use_winograd(enabled)
 
 
+def use_row_kernel(enabled: bool) -> bool:
+    """Allow the row kernel on the layers of few taps it suits (default); returns the last."""
+    return _conv.use_row_kernel(enabled)
+
+
 def conv2d_paths(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
                  dtype=np.float32) -> dict:
     """For 'forward', 'input_grad', 'weight_grad' of this convolution on this CPU: the
-    filters of the direct kernel's tile that runs it (32 or 16), 0 for im2col + GEMM;
-    'winograd': those of them that run as Winograd's F(2x2, 3x3) on that kernel."""
+    filters of the kernel's tile that runs it (direct: 32 or 16, row: 8 or 2), 0 for im2col
+    + GEMM; 'winograd' and 'rows': those passes Winograd's F(2x2, 3x3), the row kernel run."""
     x, weight = np.empty(x_shape, dtype), np.empty(weight_shape, dtype)
     geometry = conv_geometry(x, weight, stride, padding, dilation, groups)
     return _conv.direct_paths(x.shape, weight.shape, geometry.output_size, geometry.stride,

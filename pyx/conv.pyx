@@ -280,6 +280,7 @@ cdef bint is_pointwise(const Geometry* g) noexcept:
 include "direct.pxi"
 include "phases.pxi"
 include "winograd.pxi"
+include "rowconv.pxi"
 
 
 cdef object column_scratch(const Geometry* g, bint pointwise, int n_threads, object dtype):
@@ -544,6 +545,9 @@ def conv2d_forward(x, weight, bias, out, tuple stride, tuple padding, tuple dila
     check_disjoint("out", out, "x", x)
     if winograd_forward_applies(&g, dtype):
         winograd_forward(x, weight, scale, bias, out, g, relu, n_threads)
+        return
+    if row_forward_applies(&g, dtype):
+        row_forward(x, weight, scale, bias, out, g, relu, n_threads)
         return
     if direct_forward_applies(&g, dtype):
         direct_forward(x, weight, scale, bias, out, g, relu, n_threads)

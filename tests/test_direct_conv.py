@@ -90,14 +90,14 @@ def test_a_forward_of_few_positions_runs_direct_but_not_its_weight_gradient():
     """The forward and grad_input take any number of positions (ResNet-18's last stage at
     batch 1: 49); grad_weight needs MIN_DIRECT_SUM (64) positions in the batch."""
     assert F.conv2d_paths((1, 64, 7, 7), (32, 64, 3, 3), padding=1) == {
-        "forward": 32, "input_grad": 32, "weight_grad": 0, "winograd": ()}
+        "forward": 32, "input_grad": 32, "weight_grad": 0, "winograd": (), "rows": ()}
     assert F.conv2d_paths((2, 64, 7, 7), (32, 64, 3, 3), padding=1)["weight_grad"] == 32
 
 
 @needs_direct
 def test_only_the_forward_of_a_narrowing_1x1_layer_runs_direct():
     assert paths((4, 48, 10, 10, 16, (1, 1), 1, 0, 1, 1, True)) == {
-        "forward": 16, "input_grad": 0, "weight_grad": 0, "winograd": ()}
+        "forward": 16, "input_grad": 0, "weight_grad": 0, "winograd": (), "rows": ()}
     for widening_or_strided in [(4, 16, 10, 10, 48, (1, 1), 1, 0, 1, 1, True),
                                 (4, 256, 10, 10, 129, (1, 1), 1, 0, 1, 1, True),
                                 (4, 48, 10, 10, 16, (1, 1), 2, 0, 1, 1, True),
@@ -210,14 +210,15 @@ NARROWER_VARIANTS = ["avx2"] if F.direct_kernel_variant() == "avx512" else []
 
 @pytest.mark.parametrize("variant", NARROWER_VARIANTS)
 def test_a_narrower_variant_passes_the_kernel_tests_too(variant):
-    """The direct and Winograd tests, rerun in a process that asks for `variant`."""
+    """The direct, Winograd and row kernel tests, rerun in a process that asks for `variant`."""
     environment = dict(os.environ, CNNCLI_DIRECT_ISA=variant)
     assert variant_chosen(environment) == variant
     tests = os.path.dirname(os.path.abspath(__file__))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
          "-k", "not narrower_variant",
-         os.path.join(tests, "test_direct_conv.py"), os.path.join(tests, "test_winograd.py")],
+         os.path.join(tests, "test_direct_conv.py"), os.path.join(tests, "test_winograd.py"),
+         os.path.join(tests, "test_row_conv.py")],
         env=environment, capture_output=True, text=True, cwd=os.path.dirname(tests))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
 

@@ -1,0 +1,173 @@
+# The row kernel's forward: stride-1 layers of few taps (textually included in conv.pyx).
+#
+# Design notes
+# - For a layer whose sums are short (C * KH * KW taps up to ROW_MAX_TAPS: LeNet's first
+#   layer, one channel by 5x5), the direct kernel's tiles (filters in the lanes) spent
+#   more time transposing their sums into the output than computing them. rowkernel.h's
+#   tile puts consecutive positions of a padded row in the lanes instead and stores each
+#   filter's sums straight into its output rows; see its notes.
+# - A task is a band of output rows of one sample: its input rows (all channels, KH - 1
+#   more than the band) are copied zero-padded into the thread's buffer (at most
+#   ROW_BAND_BYTES, so they stay in the L1/L2 cache while every block of filters passes
+#   over them), then each block of filters sums the band's positions tile by tile, each
+#   tile adding the bias, applying ReLU and storing its rows' real columns.
+# - Parallel axis: the (sample, band) tasks; bands are cut finer where the samples alone
+#   give a thread fewer than TASKS_PER_THREAD tasks (batch 1). Each output value is one
+#   in-order sum computed by one thread: bit-identical for any thread count, and to the
+#   direct kernel's result (the same chain of multiply-adds).
+# - Allocation: weights packed as (filter block, K, tile filters), the tap table, band
+#   buffers, with the GIL before the loop.
+
+cdef extern from "rowkernel.h" nogil:
+    ctypedef struct cnncli_row_out:
+        float* y
+        Py_ssize_t plane, WP, OW, rows
+    int cnncli_row_filters()
+    int cnncli_row_positions()
+    void cnncli_row_tile(const float* x, const int* taps, Py_ssize_t T, const float* w,
+                         const float* bias, int relu, int filters, const cnncli_row_out* o,
+                         Py_ssize_t q0)
+
+
+# The row kernel takes the forward of stride-1 layers of MIN_DIRECT_TAPS to ROW_MAX_TAPS
+# taps (see row_forward_applies).
+cdef Py_ssize_t ROW_MAX_TAPS = 64
+# A band's padded input rows take at most this many bytes (or one output row's worth).
+cdef Py_ssize_t ROW_BAND_BYTES = 32768
+cdef bint row_kernel_enabled = True
+
+
+def use_row_kernel(bint enabled):
+    """Allow (True) or forbid (False) the row kernel; returns whether it was allowed. For
+    tests and benchmarks that compare it with the direct kernel on the same machine."""
+    global row_kernel_enabled
+    previous = row_kernel_enabled
+    row_kernel_enabled = enabled
+    return previous
+
+
+cdef bint row_forward_applies(const Geometry* g, object dtype):
+    """A stride-1 layer wider than 1x1 (those have narrowing_pointwise) of MIN_DIRECT_TAPS
+    to ROW_MAX_TAPS taps, on a CPU with a variant of
+    the kernel, whose output rows fill at least three quarters of the padded rows' lanes
+    (at most a quarter of the positions computed are dropped).
+    Measured against the direct kernel, interleaved in one process (AVX-512, 2 threads /
+    1 thread): LeNet's first layer at batch 64 1.00x / 0.87x, at batch 1 0.68x / 0.93x;
+    with 6 filters (which the direct kernel's 16-wide tiles waste) 0.45x / 0.47x; 3
+    channels of 3x3 at 32x32 to 64 filters 0.88-0.95x; 2 channels of 5x5 (50 taps)
+    1.00x; 3 channels of 5x5 (75) lose. Below 16 taps it raced im2col + GEMM: one
+    channel of 3x3, 1.13x / 0.93x, so those keep GEMM."""
+    cdef Padding p = padding_for(g)
+    return (row_kernel_enabled and cnncli_row_filters() > 0 and direct_allowed(g, dtype)
+            and g.SH == 1 and g.SW == 1 and g.KH * g.KW > 1
+            and MIN_DIRECT_TAPS <= g.C * g.KH * g.KW <= ROW_MAX_TAPS and 4 * g.OW >= 3 * p.WP)
+
+
+cdef struct RowBands:
+    Py_ssize_t rows          # output rows of a band (the last may have fewer)
+    Py_ssize_t count         # bands per sample
+    Py_ssize_t plane         # floats of one channel's padded rows in a band buffer
+
+
+cdef RowBands row_bands_for(const Geometry* g, Padding p, int n_threads):
+    cdef RowBands b
+    cdef Py_ssize_t reach = (g.KH - 1) * g.DH
+    cdef Py_ssize_t wanted = (TASKS_PER_THREAD * n_threads + g.N - 1) // g.N
+    b.rows = max(1, min(g.OH, ROW_BAND_BYTES // (4 * g.C * p.WP) - reach))
+    b.count = (g.OH + b.rows - 1) // b.rows
+    if b.count < wanted:
+        b.rows = (g.OH + min(wanted, g.OH) - 1) // min(wanted, g.OH)
+        b.count = (g.OH + b.rows - 1) // b.rows
+    b.plane = (b.rows + reach) * p.WP
+    return b
+
+
+cdef void pad_band(const float* x, float* band, const Geometry* g, Padding p, RowBands b,
+                   Py_ssize_t first_row, Py_ssize_t padded_rows) noexcept nogil:
+    """band[c, i] = row first_row + i of channel c's padded plane (pad_channels), for
+    i < padded_rows."""
+    cdef Py_ssize_t c, i, h
+    cdef float* row
+    cdef Py_ssize_t right = p.WP - p.left - g.W
+    for c in range(g.C):
+        for i in range(padded_rows):
+            row = band + c * b.plane + i * p.WP
+            h = first_row + i - p.top
+            if h < 0 or h >= g.H:
+                zero(row, p.WP)
+            else:
+                zero(row, p.left)
+                memcpy(row + p.left, x + (c * g.H + h) * g.W, g.W * sizeof(float))
+                zero(row + p.left + g.W, right)
+
+
+cdef void row_task(const float* x, const float* packed, const int* taps, const float* bias,
+                   bint relu, float* y, float* band, const Geometry* g, Padding p, RowBands b,
+                   Py_ssize_t task) noexcept nogil:
+    """Band task % b.count of sample task // b.count: its padded rows into `band`, then
+    every block of filters over its positions, each tile storing into y."""
+    cdef Py_ssize_t R = cnncli_row_filters(), tile = cnncli_row_positions()
+    cdef Py_ssize_t K = g.C * g.KH * g.KW
+    cdef Py_ssize_t n = task // b.count
+    cdef Py_ssize_t first = task % b.count * b.rows
+    cdef Py_ssize_t positions
+    cdef Py_ssize_t block, q
+    cdef cnncli_row_out o
+    o.plane, o.WP, o.OW = g.OH * g.OW, p.WP, g.OW
+    o.rows = min(b.rows, g.OH - first)
+    positions = (o.rows - 1) * p.WP + g.OW
+    pad_band(x + n * g.C * g.H * g.W, band, g, p, b, first, o.rows + (g.KH - 1) * g.DH)
+    for block in range((g.F + R - 1) // R):
+        o.y = y + (n * g.F + block * R) * o.plane + first * g.OW
+        for q in range((positions + tile - 1) // tile):
+            cnncli_row_tile(band, taps, K, packed + block * K * R,
+                            bias + block * R if bias != NULL else NULL, relu,
+                            min(R, g.F - block * R), &o, q * tile)
+
+
+cdef void row_forward_typed(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weight,
+                            const float* scale, const float* bias, float[:, :, :, ::1] out,
+                            float[::1] packed, int[::1] taps, float[:, ::1] bands,
+                            Geometry g, Padding p, RowBands b, bint relu,
+                            int n_threads) noexcept:
+    cdef Py_ssize_t R = cnncli_row_filters()
+    cdef Py_ssize_t K = g.C * g.KH * g.KW
+    cdef Py_ssize_t c, kh, kw, f, k, task
+    cdef const float* w = &weight[0, 0, 0, 0]
+    with nogil:
+        for c in range(g.C):
+            for kh in range(g.KH):
+                for kw in range(g.KW):
+                    taps[(c * g.KH + kh) * g.KW + kw] = <int>(c * b.plane + kh * g.DH * p.WP
+                                                              + kw * g.DW)
+        for f in range(round_up(g.F, R)):
+            for k in range(K):
+                packed[(f // R * K + k) * R + f % R] = (
+                    0 if f >= g.F else w[f * K + k] * scale[f] if scale != NULL
+                    else w[f * K + k])
+        for task in prange(g.N * b.count, schedule="dynamic", num_threads=n_threads):
+            row_task(&x[0, 0, 0, 0], &packed[0], &taps[0], bias, relu, &out[0, 0, 0, 0],
+                     &bands[threadid(), 0], &g, p, b, task)
+
+
+cdef row_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_threads):
+    """out = conv2d(x, weight) * scale + bias (then ReLU) by the row kernel; scale and bias
+    may be None."""
+    cdef Padding p = padding_for(&g)
+    cdef RowBands b = row_bands_for(&g, p, n_threads)
+    cdef Py_ssize_t R = cnncli_row_filters()
+    cdef const float[::1] bias_view, scale_view
+    cdef const float* bias_pointer = NULL
+    cdef const float* scale_pointer = NULL
+    if bias is not None:
+        bias_view = bias
+        bias_pointer = &bias_view[0]
+    if scale is not None:
+        scale_view = scale
+        scale_pointer = &scale_view[0]
+    packed = aligned_empty((round_up(g.F, R) * g.C * g.KH * g.KW,))
+    taps = np.empty(g.C * g.KH * g.KW, dtype=np.int32)
+    # The tiles of a band read up to a tile's positions past its last padded row: zeros.
+    bands = np.zeros((n_threads, g.C * b.plane + cnncli_row_positions()), dtype=np.float32)
+    row_forward_typed(x, weight, scale_pointer, bias_pointer, out, packed, taps, bands, g, p,
+                      b, relu, n_threads)

@@ -1,0 +1,109 @@
+"""The row kernel (rowconv.pxi, rowkernel.h): the forward of stride-1 layers of few taps,
+vectorised along the output's rows. Against the NumPy oracle, against the direct kernel
+(the same sums in the same order: the same bits), and at 1, 2 and 3 threads."""
+
+import numpy as np
+import pytest
+
+import reference
+from cnncli import functional as F
+from test_conv import conv_arguments, make_operands, reference_arguments
+
+# (N, C, H, W, filters, kernel, stride, padding, dilation, groups, bias): each between 16
+# and 64 taps, stride 1.
+ROW_CASES = [
+    (64, 1, 28, 28, 32, (5, 5), 1, 2, 1, 1, True),        # LeNet's first layer
+    (1, 1, 28, 28, 32, (5, 5), 1, 2, 1, 1, True),         # batch 1: a sample's rows in bands
+    (3, 1, 28, 28, 6, (5, 5), 1, 2, 1, 1, False),         # 6 filters: a part-filled tile
+    (2, 3, 17, 19, 13, (3, 3), 1, 1, 1, 1, True),         # 3 channels, odd widths
+    (2, 2, 8, 8, 9, (3, 3), 1, 1, 1, 1, True),            # 10-wide padded rows: a vector
+                                                          # spans two output rows
+    (2, 2, 9, 12, 16, (3, 5), 1, (1, 2), 1, 1, True),     # a 3x5 kernel
+    (2, 2, 13, 13, 8, (3, 3), 1, "same", 2, 1, True),     # dilated 'same'
+    (3, 1, 12, 11, 16, (4, 4), 1, "same", 1, 1, True),    # even kernel: asymmetric padding
+    (2, 2, 14, 17, 24, (5, 5), 1, 0, 1, 1, True),         # 'valid': no padding
+    (1, 2, 70, 300, 8, (5, 5), 1, 2, 1, 1, True),         # wide rows: bands of few rows
+]
+TOLERANCE = dict(rtol=2e-4, atol=2e-4)
+
+
+def paths(case):
+    N, C, H, W, filters, kernel, *_ = case
+    return F.conv2d_paths((N, C, H, W), (filters, C) + kernel, **conv_arguments(case))
+
+
+ROW_CPU = paths(ROW_CASES[0])["rows"] == ("forward",)
+needs_rows = pytest.mark.skipif(not ROW_CPU, reason="this CPU has no AVX2: no row kernel")
+
+
+@needs_rows
+@pytest.mark.parametrize("case", ROW_CASES)
+def test_the_cases_run_on_the_row_kernel(case):
+    assert paths(case)["rows"] == ("forward",)
+
+
+@needs_rows
+def test_the_row_kernel_takes_stride_1_layers_of_16_to_64_taps():
+    def rows(x_shape, weight_shape, **arguments):
+        return F.conv2d_paths(x_shape, weight_shape, **arguments)["rows"] == ("forward",)
+    assert rows((8, 1, 28, 28), (32, 1, 5, 5), padding=2)          # 25 taps
+    assert rows((8, 3, 32, 32), (64, 3, 3, 3), padding=1)          # 27
+    assert rows((8, 7, 16, 16), (32, 7, 3, 3), padding=1)          # 63
+    assert not rows((8, 8, 16, 16), (32, 8, 3, 3), padding=1)      # 72: the direct kernel
+    assert not rows((8, 1, 28, 28), (32, 1, 3, 3), padding=1)      # 9: im2col + GEMM
+    assert not rows((8, 1, 28, 28), (32, 1, 5, 5), stride=2, padding=2)
+    assert not rows((8, 48, 10, 10), (16, 48, 1, 1))               # 1x1: the direct kernel
+    # 3 real columns of 7 padded ones: over a quarter of the lanes would be dropped.
+    assert not rows((8, 2, 3, 3), (16, 2, 5, 5), padding=2)
+    assert not F.conv2d_paths((8, 1, 28, 28), (32, 1, 5, 5), padding=2,
+                              dtype=np.float64)["rows"]
+
+
+@pytest.mark.parametrize("case", ROW_CASES)
+def test_row_convolution_matches_reference(case):
+    x, weight, bias = make_operands(case, np.float32)
+    out = F.conv2d(x, weight, bias, **conv_arguments(case))
+    np.testing.assert_allclose(out, reference.conv2d(x, weight, bias,
+                                                     **reference_arguments(case)), **TOLERANCE)
+    np.testing.assert_array_equal(F.conv2d(x, weight, bias, relu=True, **conv_arguments(case)),
+                                  np.maximum(out, 0))
+
+
+@pytest.mark.parametrize("case", ROW_CASES)
+def test_a_folded_scale_multiplies_each_filter(case):
+    x, weight, bias = make_operands(case, np.float32)
+    scale = np.linspace(0.5, 2.0, weight.shape[0]).astype(np.float32)
+    out = F.conv2d(x, weight, bias, scale=scale, **conv_arguments(case))
+    scaled = weight * scale[:, None, None, None]
+    np.testing.assert_allclose(out, reference.conv2d(x, scaled, bias,
+                                                     **reference_arguments(case)), **TOLERANCE)
+
+
+@needs_rows
+@pytest.mark.parametrize("case", ROW_CASES)
+def test_the_row_kernel_gives_the_direct_kernels_bits(case):
+    """Both sum the taps in order with fused multiply-adds from zero, then add the bias.
+    Where the direct kernel does not take the layer (6 filters), im2col + GEMM does: close."""
+    x, weight, bias = make_operands(case, np.float32)
+    rows = F.conv2d(x, weight, bias, relu=True, **conv_arguments(case))
+    previous = F.use_row_kernel(False)
+    try:
+        direct = paths(case)["forward"]
+        other = F.conv2d(x, weight, bias, relu=True, **conv_arguments(case))
+    finally:
+        F.use_row_kernel(previous)
+    if direct:
+        np.testing.assert_array_equal(rows, other)
+    else:
+        np.testing.assert_allclose(rows, other, rtol=1e-5, atol=1e-5 * np.abs(other).max())
+
+
+@pytest.mark.parametrize("case", ROW_CASES)
+def test_row_results_do_not_depend_on_the_thread_count(case):
+    x, weight, bias = make_operands(case, np.float32)
+    outcomes = []
+    for n in (1, 2, 3):
+        with F.threads(n):
+            outcomes.append(F.conv2d(x, weight, bias, relu=True, **conv_arguments(case)))
+    for parallel in outcomes[1:]:
+        np.testing.assert_array_equal(outcomes[0], parallel)
