@@ -48,9 +48,9 @@ def use_row_kernel(bint enabled):
 
 cdef bint row_forward_applies(const Geometry* g, object dtype):
     """A stride-1 layer wider than 1x1 (those have narrowing_pointwise) of MIN_DIRECT_TAPS
-    to ROW_MAX_TAPS taps, on a CPU with a variant of
-    the kernel, whose output rows fill at least three quarters of the padded rows' lanes
-    (at most a quarter of the positions computed are dropped).
+    to ROW_MAX_TAPS taps, on an AVX-512 CPU (AVX2's tile lost: rowkernel.h), whose output
+    rows fill at least three quarters of the padded rows' lanes (at most a quarter of the
+    positions computed are dropped).
     Measured against the direct kernel, interleaved in one process (AVX-512, 2 threads /
     1 thread): LeNet's first layer at batch 64 1.00x / 0.87x, at batch 1 0.68x / 0.93x;
     with 6 filters (which the direct kernel's 16-wide tiles waste) 0.45x / 0.47x; 3

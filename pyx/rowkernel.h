@@ -20,8 +20,11 @@
  * - AVX-512: 8 filters by 3 vectors of 16 (24 accumulators; per tap 3 loads, most of
  *   them across two cache lines, and 8 broadcasts for 24 multiply-adds). Against 4 filters
  *   by 6 vectors (6 split loads a tap), one thread on LeNet's first layer: 0.87x the
- *   direct kernel's time instead of 1.12x. AVX2: 2 filters by 6 vectors of 8 (12
- *   accumulators, 15 of the 16 registers).
+ *   direct kernel's time instead of 1.12x.
+ * - AVX-512 only. An AVX2 tile of 2 filters by 6 vectors of 8 (12 accumulators, 15 of the
+ *   16 registers: 6 loads and 2 broadcasts for 12 multiply-adds) ran LeNet's first layer
+ *   in 1.80x the AVX2 direct kernel's time on the AVX-512 machine (batch 1: 1.18x; 6
+ *   filters: 0.97x), so AVX2 CPUs keep the direct kernel.
  * - Each tile stores straight into the output: the runs of its lanes that land in real
  *   columns (cnncli_find_runs, shared by its filters), whole vectors where they can,
  *   masked stores at a row's end.
@@ -35,7 +38,6 @@
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-#define CNNCLI_ROW_VECTORS 6   /* the most vectors of any variant's tile */
 #define ROW512_FILTERS 8
 #define ROW512_VECTORS 3
 
@@ -51,9 +53,9 @@ typedef struct {
  * padded row that fall in its first OW columns. Run i of vector j (runs[j] <= i <
  * runs[j + 1]) puts lanes first[i] to stop[i] - 1 at offset[i] + lane of a filter's
  * output rows. Shared by the tile's filters. */
-#define CNNCLI_MAX_RUNS 256
+#define CNNCLI_MAX_RUNS 128
 typedef struct {
-    int runs[CNNCLI_ROW_VECTORS + 1];
+    int runs[ROW512_VECTORS + 1];
     int first[CNNCLI_MAX_RUNS], stop[CNNCLI_MAX_RUNS];
     ptrdiff_t offset[CNNCLI_MAX_RUNS];
 } cnncli_row_runs;
@@ -84,16 +86,6 @@ static void cnncli_find_runs(const cnncli_row_out* o, ptrdiff_t q0, int lanes, i
         }
     }
     runs->runs[vectors] = count;
-}
-
-__attribute__((target("avx2")))
-static inline void cnncli_masked_store_avx2(float* base, int first, int stop, __m256 v)
-{
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    __m256i mask = _mm256_and_si256(
-        _mm256_cmpgt_epi32(lanes, _mm256_set1_epi32(first - 1)),
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(stop), lanes));
-    _mm256_maskstore_ps(base, mask, v);
 }
 
 __attribute__((target("avx512f")))
@@ -152,41 +144,36 @@ static void NAME(const float* x, const int* taps, ptrdiff_t T, const float* w,  
 
 #pragma GCC push_options
 #pragma GCC optimize("unroll-loops")
-CNNCLI_DEFINE_ROW_TILE(cnncli_row_tile_avx2, "avx2,fma", __m256, 8, 2, 6, _mm256_loadu_ps,
-                       _mm256_storeu_ps, cnncli_masked_store_avx2, _mm256_set1_ps,
-                       _mm256_fmadd_ps, _mm256_setzero_ps, _mm256_add_ps, _mm256_max_ps)
 CNNCLI_DEFINE_ROW_TILE(cnncli_row_tile_avx512, "avx512f", __m512, 16, ROW512_FILTERS,
                        ROW512_VECTORS, _mm512_loadu_ps,
                        _mm512_storeu_ps, cnncli_masked_store_avx512, _mm512_set1_ps,
                        _mm512_fmadd_ps, _mm512_setzero_ps, _mm512_add_ps, _mm512_max_ps)
 #pragma GCC pop_options
 
-/* Filters of a tile for the variant chosen (cnncli_variant, microkernel.h); 0: none. */
+/* Filters of a tile where the AVX-512 variant was chosen (cnncli_variant, microkernel.h);
+ * 0 (the direct kernel keeps these layers) elsewhere. */
 static int cnncli_row_filters(void)
 {
-    return cnncli_variant() == 2 ? ROW512_FILTERS : cnncli_variant() == 1 ? 2 : 0;
+    return cnncli_variant() == 2 ? ROW512_FILTERS : 0;
 }
 
 /* Positions of a tile. */
 static int cnncli_row_positions(void)
 {
-    return cnncli_variant() == 2 ? ROW512_VECTORS * 16 : 6 * 8;
+    return ROW512_VECTORS * 16;
 }
 
 static void cnncli_row_tile(const float* x, const int* taps, ptrdiff_t T, const float* w,
                             const float* bias, int relu, int filters,
                             const cnncli_row_out* o, ptrdiff_t q0)
 {
-    if (cnncli_variant() == 2)
-        cnncli_row_tile_avx512(x, taps, T, w, bias, relu, filters, o, q0);
-    else
-        cnncli_row_tile_avx2(x, taps, T, w, bias, relu, filters, o, q0);
+    cnncli_row_tile_avx512(x, taps, T, w, bias, relu, filters, o, q0);
 }
 
 #else
 
 static int cnncli_row_filters(void) { return 0; }
-static int cnncli_row_positions(void) { return 96; }
+static int cnncli_row_positions(void) { return 48; }
 
 typedef struct {
     float* y;

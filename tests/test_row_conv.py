@@ -2,6 +2,10 @@
 vectorised along the output's rows. Against the NumPy oracle, against the direct kernel
 (the same sums in the same order: the same bits), and at 1, 2 and 3 threads."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -33,7 +37,7 @@ def paths(case):
 
 
 ROW_CPU = paths(ROW_CASES[0])["rows"] == ("forward",)
-needs_rows = pytest.mark.skipif(not ROW_CPU, reason="this CPU has no AVX2: no row kernel")
+needs_rows = pytest.mark.skipif(not ROW_CPU, reason="the row kernel runs on AVX-512 only")
 
 
 @needs_rows
@@ -43,7 +47,7 @@ def test_the_cases_run_on_the_row_kernel(case):
 
 
 @needs_rows
-def test_the_row_kernel_takes_stride_1_layers_of_16_to_64_taps():
+def test_the_row_kernel_takes_stride_1_layers_of_16_to_64_taps_on_avx512_only():
     def rows(x_shape, weight_shape, **arguments):
         return F.conv2d_paths(x_shape, weight_shape, **arguments)["rows"] == ("forward",)
     assert rows((8, 1, 28, 28), (32, 1, 5, 5), padding=2)          # 25 taps
@@ -57,6 +61,12 @@ def test_the_row_kernel_takes_stride_1_layers_of_16_to_64_taps():
     assert not rows((8, 2, 3, 3), (16, 2, 5, 5), padding=2)
     assert not F.conv2d_paths((8, 1, 28, 28), (32, 1, 5, 5), padding=2,
                               dtype=np.float64)["rows"]
+    code = ("from cnncli import functional as F; "
+            "print(F.conv2d_paths((8, 1, 28, 28), (32, 1, 5, 5), padding=2)['rows'])")
+    environment = dict(os.environ, CNNCLI_DIRECT_ISA="avx2")
+    result = subprocess.run([sys.executable, "-c", code], env=environment,
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "()"
 
 
 @pytest.mark.parametrize("case", ROW_CASES)
