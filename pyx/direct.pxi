@@ -347,20 +347,24 @@ cdef object aligned_empty(tuple shape):
     return buffer[first:first + count].reshape(shape)
 
 
+cdef inline void pad_row(const float* source, float* row, const Geometry* g,
+                         Padding p) noexcept nogil:
+    """row (WP values) = the W values of source placed at `left`, zeros around them."""
+    zero(row, p.left)
+    memcpy(row + p.left, source, g.W * sizeof(float))
+    zero(row + p.left + g.W, p.WP - p.left - g.W)
+
+
 cdef void pad_channels(const float* x, float* padded, const Geometry* g, Padding p,
                        Py_ssize_t c_first, Py_ssize_t c_stop) noexcept nogil:
     """padded[c] = x[c] placed at (top, left) of an HP x WP plane of zeros."""
     cdef Py_ssize_t c, h
     cdef float* plane
-    cdef Py_ssize_t right = p.WP - p.left - g.W
     for c in range(c_first, c_stop):
         plane = padded + c * p.HP * p.WP
         zero(plane, p.top * p.WP)
         for h in range(g.H):
-            zero(plane + (p.top + h) * p.WP, p.left)
-            memcpy(plane + (p.top + h) * p.WP + p.left, x + (c * g.H + h) * g.W,
-                   g.W * sizeof(float))
-            zero(plane + (p.top + h) * p.WP + p.left + g.W, right)
+            pad_row(x + (c * g.H + h) * g.W, plane + (p.top + h) * p.WP, g, p)
         zero(plane + (p.top + g.H) * p.WP, (p.HP - p.top - g.H) * p.WP)
 
 
@@ -562,6 +566,15 @@ cdef void direct_forward_typed(const float[:, :, :, ::1] x, const float* scale,
                                  relu, &out[n, 0, 0, 0], &sums[t, 0], &g, tile, task)
 
 
+cdef const float* optional_data(array):
+    """The first value of a contiguous float32 array, or NULL for None (a bias or scale the
+    caller keeps alive while the pointer is used)."""
+    if array is None:
+        return NULL
+    cdef const float[::1] view = array
+    return &view[0]
+
+
 cdef direct_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_threads,
                     const Rotation* rotation=NULL):
     """out = conv2d(x, weight) * scale + bias (then ReLU) by the direct kernel, float32,
@@ -573,15 +586,8 @@ cdef direct_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_th
     cdef bint batch = forward_lists_batch(&g)
     cdef Py_ssize_t rows = 1 if batch else n_threads
     cdef Py_ssize_t samples_per_row = g.N if batch else 1
-    cdef const float[::1] bias_view, scale_view
-    cdef const float* bias_pointer = NULL
-    cdef const float* scale_pointer = NULL
-    if bias is not None:
-        bias_view = bias
-        bias_pointer = &bias_view[0]
-    if scale is not None:
-        scale_view = scale
-        scale_pointer = &scale_view[0]
+    cdef const float* bias_pointer = optional_data(bias)
+    cdef const float* scale_pointer = optional_data(scale)
     cdef Tile tile = tile_for(g.F)
     if not batch and L >= SAMPLE_GROUP_MIN_POSITIONS:
         tile.group = min(round_up(L, tile.rows),

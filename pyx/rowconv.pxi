@@ -88,7 +88,6 @@ cdef void pad_band(const float* x, float* band, const Geometry* g, Padding p, Ro
     i < padded_rows."""
     cdef Py_ssize_t c, i, h
     cdef float* row
-    cdef Py_ssize_t right = p.WP - p.left - g.W
     for c in range(g.C):
         for i in range(padded_rows):
             row = band + c * b.plane + i * p.WP
@@ -96,9 +95,7 @@ cdef void pad_band(const float* x, float* band, const Geometry* g, Padding p, Ro
             if h < 0 or h >= g.H:
                 zero(row, p.WP)
             else:
-                zero(row, p.left)
-                memcpy(row + p.left, x + (c * g.H + h) * g.W, g.W * sizeof(float))
-                zero(row + p.left + g.W, right)
+                pad_row(x + (c * g.H + h) * g.W, row, g, p)
 
 
 cdef void row_task(const float* x, const float* packed, const int* taps, const float* bias,
@@ -156,15 +153,8 @@ cdef row_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_threa
     cdef Padding p = padding_for(&g)
     cdef RowBands b = row_bands_for(&g, p, n_threads)
     cdef Py_ssize_t R = cnncli_row_filters()
-    cdef const float[::1] bias_view, scale_view
-    cdef const float* bias_pointer = NULL
-    cdef const float* scale_pointer = NULL
-    if bias is not None:
-        bias_view = bias
-        bias_pointer = &bias_view[0]
-    if scale is not None:
-        scale_view = scale
-        scale_pointer = &scale_view[0]
+    cdef const float* bias_pointer = optional_data(bias)
+    cdef const float* scale_pointer = optional_data(scale)
     packed = aligned_empty((round_up(g.F, R) * g.C * g.KH * g.KW,))
     taps = np.empty(g.C * g.KH * g.KW, dtype=np.int32)
     # The tiles of a band read up to a tile's positions past its last padded row: zeros.

@@ -35,12 +35,6 @@
 #include <stddef.h>
 #include "microkernel.h"
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-
-#define ROW512_FILTERS 8
-#define ROW512_VECTORS 3
-
 /* Where a band's sums go: padded position q = i * WP + j of the band is output row i
  * (of `rows`) and column j, real for j < OW. */
 typedef struct {
@@ -48,6 +42,12 @@ typedef struct {
     ptrdiff_t plane;        /* floats from one filter's output plane to the next's */
     ptrdiff_t WP, OW, rows;
 } cnncli_row_out;
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+#define ROW512_FILTERS 8
+#define ROW512_VECTORS 3
 
 /* The runs of lanes of each vector of a tile that land in the output: the lanes of each
  * padded row that fall in its first OW columns. Run i of vector j (runs[j] <= i <
@@ -174,11 +174,6 @@ static void cnncli_row_tile(const float* x, const int* taps, ptrdiff_t T, const 
 
 static int cnncli_row_filters(void) { return 0; }
 static int cnncli_row_positions(void) { return 48; }
-
-typedef struct {
-    float* y;
-    ptrdiff_t plane, WP, OW, rows;
-} cnncli_row_out;
 
 static void cnncli_row_tile(const float* x, const int* taps, ptrdiff_t T, const float* w,
                             const float* bias, int relu, int filters,

@@ -294,15 +294,8 @@ cdef winograd_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_
     if layer != NULL:
         kernel = kernel + taps - 1
         sf, sc, sh, sw = taps, layer.C * taps, -g.KW, -1
-    cdef const float[::1] bias_view, scale_view
-    cdef const float* bias_pointer = NULL
-    cdef const float* scale_pointer = NULL
-    if bias is not None:
-        bias_view = bias
-        bias_pointer = &bias_view[0]
-    if scale is not None:
-        scale_view = scale
-        scale_pointer = &scale_view[0]
+    cdef const float* bias_pointer = optional_data(bias)
+    cdef const float* scale_pointer = optional_data(scale)
     cdef Py_ssize_t rows = n_threads if g.N >= SHARED_BATCH else 1
     packed = aligned_empty((round_up(g.F, tile.filters) * b.elements * g.C,))
     winograd_forward_typed(

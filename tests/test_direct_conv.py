@@ -111,14 +111,21 @@ def gradients(case, x, weight, grad_output):
     return F.conv2d_backward(grad_output, x, weight, **conv_arguments(case))
 
 
-@pytest.mark.parametrize("case", DIRECT_CASES)
-def test_direct_convolution_matches_reference(case):
+def assert_forward_matches_reference(case):
+    """The float32 forward against the oracle, and with ReLU fused exactly its maximum
+    with 0; returns the operands and the output."""
     x, weight, bias = make_operands(case, np.float32)
     out = F.conv2d(x, weight, bias, **conv_arguments(case))
     np.testing.assert_allclose(out, reference.conv2d(x, weight, bias,
                                                      **reference_arguments(case)), **TOLERANCE)
     np.testing.assert_array_equal(F.conv2d(x, weight, bias, relu=True, **conv_arguments(case)),
                                   np.maximum(out, 0))
+    return x, weight, out
+
+
+@pytest.mark.parametrize("case", DIRECT_CASES)
+def test_direct_convolution_matches_reference(case):
+    x, weight, out = assert_forward_matches_reference(case)
     grad_output = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
     expected = reference.conv2d_backward(grad_output, x, weight, **reference_arguments(case))
     for got, want in zip(gradients(case, x, weight, grad_output), expected):

@@ -12,6 +12,7 @@ import pytest
 import reference
 from cnncli import functional as F
 from test_conv import conv_arguments, make_operands, reference_arguments
+from test_direct_conv import TOLERANCE, assert_forward_matches_reference
 
 # (N, C, H, W, filters, kernel, stride, padding, dilation, groups, bias): each between 16
 # and 64 taps, stride 1.
@@ -28,7 +29,6 @@ ROW_CASES = [
     (2, 2, 14, 17, 24, (5, 5), 1, 0, 1, 1, True),         # 'valid': no padding
     (1, 2, 70, 300, 8, (5, 5), 1, 2, 1, 1, True),         # wide rows: bands of few rows
 ]
-TOLERANCE = dict(rtol=2e-4, atol=2e-4)
 
 
 def paths(case):
@@ -71,12 +71,7 @@ def test_the_row_kernel_takes_stride_1_layers_of_16_to_64_taps_on_avx512_only():
 
 @pytest.mark.parametrize("case", ROW_CASES)
 def test_row_convolution_matches_reference(case):
-    x, weight, bias = make_operands(case, np.float32)
-    out = F.conv2d(x, weight, bias, **conv_arguments(case))
-    np.testing.assert_allclose(out, reference.conv2d(x, weight, bias,
-                                                     **reference_arguments(case)), **TOLERANCE)
-    np.testing.assert_array_equal(F.conv2d(x, weight, bias, relu=True, **conv_arguments(case)),
-                                  np.maximum(out, 0))
+    assert_forward_matches_reference(case)
 
 
 @pytest.mark.parametrize("case", ROW_CASES)
