@@ -129,7 +129,7 @@ cdef void row_forward_typed(const float[:, :, :, ::1] x, const float[:, :, :, ::
                             int n_threads) noexcept:
     cdef Py_ssize_t R = cnncli_row_filters()
     cdef Py_ssize_t K = g.C * g.KH * g.KW
-    cdef Py_ssize_t c, kh, kw, f, k, task
+    cdef Py_ssize_t c, kh, kw, block, task
     cdef const float* w = &weight[0, 0, 0, 0]
     with nogil:
         for c in range(g.C):
@@ -137,11 +137,8 @@ cdef void row_forward_typed(const float[:, :, :, ::1] x, const float[:, :, :, ::
                 for kw in range(g.KW):
                     taps[(c * g.KH + kh) * g.KW + kw] = <int>(c * b.plane + kh * g.DH * p.WP
                                                               + kw * g.DW)
-        for f in range(round_up(g.F, R)):
-            for k in range(K):
-                packed[(f // R * K + k) * R + f % R] = (
-                    0 if f >= g.F else w[f * K + k] * scale[f] if scale != NULL
-                    else w[f * K + k])
+        for block in range(round_up(g.F, R) // R):
+            pack_block(w, scale, &packed[0], block, g.F, K, R)
         for task in prange(g.N * b.count, schedule="dynamic", num_threads=n_threads):
             row_task(&x[0, 0, 0, 0], &packed[0], &taps[0], bias, relu, &out[0, 0, 0, 0],
                      &bands[threadid(), 0], &g, p, b, task)

@@ -46,7 +46,7 @@ typedef struct {
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-#define ROW512_FILTERS 8
+#define ROW512_FILTERS 8    /* a multiple of 8: cnncli_pack packs eight filters at a time */
 #define ROW512_VECTORS 3
 
 /* The runs of lanes of each vector of a tile that land in the output: the lanes of each
