@@ -180,18 +180,30 @@ cdef void pad_for(const float* x, float* padded, const Geometry* g, Padding p, B
                   Py_ssize_t c_first, Py_ssize_t c_stop) noexcept nogil:
     """The padded sample of a 3x3 layer (pad_channels), or of a 5x5 one stored
     channel-minor, padded[(h * WP + w) * CP + c], channels c_first to c_stop (those from C
-    to CP stay the zeros they were allocated as)."""
+    to CP stay the zeros they were allocated as). A row of the input is read in order and
+    written CP floats apart; its padding is zeroed apart, so the copy has no test per
+    value (with one, this copy took 1.9% of a LeNet training epoch)."""
     cdef Py_ssize_t c, h, w, ih, iw
+    cdef float* cell
+    cdef const float* source
     if g.KH == 3:
         pad_channels(x, padded, g, p, c_first, c_stop)
         return
     for h in range(b.HP):
         ih = h - p.top
         for w in range(b.WP):
-            iw = w - p.left
+            if 0 <= ih < g.H and p.left <= w < p.left + g.W:
+                continue
+            cell = padded + (h * b.WP + w) * b.CP
             for c in range(c_first, c_stop):
-                padded[(h * b.WP + w) * b.CP + c] = (
-                    x[(c * g.H + ih) * g.W + iw] if 0 <= ih < g.H and 0 <= iw < g.W else 0)
+                cell[c] = 0
+        if not 0 <= ih < g.H:
+            continue
+        for c in range(c_first, c_stop):
+            source = x + (c * g.H + ih) * g.W
+            cell = padded + (h * b.WP + p.left) * b.CP + c
+            for iw in range(g.W):
+                cell[iw * b.CP] = source[iw]
 
 
 cdef void winograd_band(const float* padded, const Geometry* g, Bands b, Tile tile,
