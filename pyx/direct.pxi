@@ -39,7 +39,7 @@
 #   layer without padding read each sample in place: it is its own padded copy.
 # - Which path: see direct_forward_applies and friends; float64 (gradient checks), grouped
 #   convolutions and CPUs without AVX2 keep im2col + GEMM. On AVX-512 the forward of
-#   stride-1 layers of 16 to 64 taps goes to the row kernel instead (rowconv.pxi).
+#   stride-1 layers of 9 to 128 taps goes to the row kernel instead (rowconv.pxi).
 
 import os
 

@@ -9,8 +9,10 @@
 # - A task is a band of output rows of one sample: its input rows (all channels, KH - 1
 #   more than the band) are copied zero-padded into the thread's buffer (at most
 #   ROW_BAND_BYTES, so they stay in the L1/L2 cache while every block of filters passes
-#   over them), then each block of filters sums the band's positions tile by tile, each
-#   tile adding the bias, applying ReLU and storing its rows' real columns.
+#   over them), then the band's positions are summed tile by tile, each tile position
+#   through every block of filters (cnncli_row_tiles: where its lanes land is worked out
+#   once for all the blocks), each tile adding the bias, applying ReLU and storing its
+#   rows' real columns.
 # - Parallel axis: the (sample, band) tasks; bands are cut finer where the samples alone
 #   give a thread fewer than TASKS_PER_THREAD tasks (batch 1). Each output value is one
 #   in-order sum computed by one thread: bit-identical for any thread count, and to the
@@ -24,14 +26,17 @@ cdef extern from "rowkernel.h" nogil:
         Py_ssize_t plane, WP, OW, rows
     int cnncli_row_filters()
     int cnncli_row_positions()
-    void cnncli_row_tile(const float* x, const int* taps, Py_ssize_t T, const float* w,
-                         const float* bias, int relu, int filters, const cnncli_row_out* o,
-                         Py_ssize_t q0)
+    void cnncli_row_tiles(const float* x, const int* taps, Py_ssize_t T, const float* packed,
+                          const float* bias, int relu, Py_ssize_t filters,
+                          const cnncli_row_out* o, Py_ssize_t q0)
 
 
-# The row kernel takes the forward of stride-1 layers of MIN_DIRECT_TAPS to ROW_MAX_TAPS
-# taps (see row_forward_applies).
-cdef Py_ssize_t ROW_MAX_TAPS = 64
+# The row kernel takes the forward of stride-1 layers of ROW_MIN_TAPS to ROW_MAX_TAPS
+# taps, those of fewer than MIN_DIRECT_TAPS over at least ROW_FEW_TAPS_POSITIONS output
+# positions in the batch (see row_forward_applies).
+cdef Py_ssize_t ROW_MIN_TAPS = 9
+cdef Py_ssize_t ROW_MAX_TAPS = 128
+cdef Py_ssize_t ROW_FEW_TAPS_POSITIONS = 4096
 # A band's padded input rows take at most this many bytes (or one output row's worth).
 cdef Py_ssize_t ROW_BAND_BYTES = 32768
 cdef bint row_kernel_enabled = True
@@ -47,20 +52,27 @@ def use_row_kernel(bint enabled):
 
 
 cdef bint row_forward_applies(const Geometry* g, object dtype):
-    """A stride-1 layer wider than 1x1 (those have narrowing_pointwise) of MIN_DIRECT_TAPS
-    to ROW_MAX_TAPS taps, on an AVX-512 CPU (AVX2's tile lost: rowkernel.h), whose output
+    """A stride-1 layer wider than 1x1 (those have narrowing_pointwise) of ROW_MIN_TAPS to
+    ROW_MAX_TAPS taps, on an AVX-512 CPU (AVX2's tile lost: rowkernel.h), whose output
     rows fill at least three quarters of the padded rows' lanes (at most a quarter of the
-    positions computed are dropped).
-    Measured against the direct kernel, interleaved in one process (AVX-512, 2 threads /
-    1 thread): LeNet's first layer at batch 64 1.00x / 0.87x, at batch 1 0.68x / 0.93x;
-    with 6 filters (which the direct kernel's 16-wide tiles waste) 0.45x / 0.47x; 3
-    channels of 3x3 at 32x32 to 64 filters 0.88-0.95x; 2 channels of 5x5 (50 taps)
-    1.00x; 3 channels of 5x5 (75) lose. Below 16 taps it raced im2col + GEMM: one
-    channel of 3x3, 1.13x / 0.93x, so those keep GEMM."""
+    positions computed are dropped), and below MIN_DIRECT_TAPS taps, with at least
+    ROW_FEW_TAPS_POSITIONS output positions in the batch.
+    Measured against the kernel that had the layer (bench/bench_rows.py, interleaved in
+    one process, AVX-512, 2 threads / 1 thread), with the tile's stores unrolled: LeNet's
+    first layer at batch 64 0.76x, at batch 1 0.73x; with 6 filters (which the direct
+    kernel's 16-wide tiles waste) 0.51x; 3 channels of 3x3 at 32x32 to 64 filters 0.86x;
+    2 channels of 5x5 (50 taps) 0.92x; 8 channels of 3x3 (72) 0.88x / 0.87x; 3 of 5x5
+    (75) 0.89x / 0.87x; 4 of 5x5 (100) 0.92x; beyond 128 taps no longer ahead: 16 of
+    3x3 (144) 1.01x, 3 of 7x7 (147) 0.96x / 0.96x. One channel of 3x3 (9 taps) against
+    im2col + GEMM: at 28x28, batch 64 0.69x / 0.99x, batch 8 (6272 positions) 0.90x,
+    batch 1 1.04x; 8x8 images, batch 128 (8192) 0.82x, batch 32 (2048) 1.16x / 0.95x:
+    hence ROW_FEW_TAPS_POSITIONS."""
     cdef Padding p = padding_for(g)
+    cdef Py_ssize_t taps = g.C * g.KH * g.KW
     return (row_kernel_enabled and cnncli_row_filters() > 0 and direct_allowed(g, dtype)
             and g.SH == 1 and g.SW == 1 and g.KH * g.KW > 1
-            and MIN_DIRECT_TAPS <= g.C * g.KH * g.KW <= ROW_MAX_TAPS and 4 * g.OW >= 3 * p.WP)
+            and ROW_MIN_TAPS <= taps <= ROW_MAX_TAPS and 4 * g.OW >= 3 * p.WP
+            and (taps >= MIN_DIRECT_TAPS or g.N * g.OH * g.OW >= ROW_FEW_TAPS_POSITIONS))
 
 
 cdef struct RowBands:
@@ -102,24 +114,21 @@ cdef void row_task(const float* x, const float* packed, const int* taps, const f
                    bint relu, float* y, float* band, const Geometry* g, Padding p, RowBands b,
                    Py_ssize_t task) noexcept nogil:
     """Band task % b.count of sample task // b.count: its padded rows into `band`, then
-    every block of filters over its positions, each tile storing into y."""
-    cdef Py_ssize_t R = cnncli_row_filters(), tile = cnncli_row_positions()
+    its positions tile by tile through every block of filters, each storing into y."""
+    cdef Py_ssize_t tile = cnncli_row_positions()
     cdef Py_ssize_t K = g.C * g.KH * g.KW
     cdef Py_ssize_t n = task // b.count
     cdef Py_ssize_t first = task % b.count * b.rows
     cdef Py_ssize_t positions
-    cdef Py_ssize_t block, q
+    cdef Py_ssize_t q
     cdef cnncli_row_out o
     o.plane, o.WP, o.OW = g.OH * g.OW, p.WP, g.OW
     o.rows = min(b.rows, g.OH - first)
     positions = (o.rows - 1) * p.WP + g.OW
     pad_band(x + n * g.C * g.H * g.W, band, g, p, b, first, o.rows + (g.KH - 1) * g.DH)
-    for block in range((g.F + R - 1) // R):
-        o.y = y + (n * g.F + block * R) * o.plane + first * g.OW
-        for q in range((positions + tile - 1) // tile):
-            cnncli_row_tile(band, taps, K, packed + block * K * R,
-                            bias + block * R if bias != NULL else NULL, relu,
-                            min(R, g.F - block * R), &o, q * tile)
+    o.y = y + n * g.F * o.plane + first * g.OW
+    for q in range((positions + tile - 1) // tile):
+        cnncli_row_tiles(band, taps, K, packed, bias, relu, g.F, &o, q * tile)
 
 
 cdef void row_forward_typed(const float[:, :, :, ::1] x, const float[:, :, :, ::1] weight,

@@ -63,8 +63,14 @@ needs_direct = pytest.mark.skipif(not DIRECT_CPU, reason="this CPU has no AVX2: 
 
 @needs_direct
 def test_the_cases_cover_every_direct_pass():
-    covered = {(name, width) for case in DIRECT_CASES for name, width in paths(case).items()
-               if width}
+    # The row kernel takes some of the cases' forwards on AVX-512 (test_row_conv.py covers
+    # it); without it the direct kernel would.
+    previous = F.use_row_kernel(False)
+    try:
+        covered = {(name, width) for case in DIRECT_CASES
+                   for name, width in paths(case).items() if width}
+    finally:
+        F.use_row_kernel(previous)
     assert covered == {(name, width) for name in ("forward", "input_grad", "weight_grad")
                        for width in (16, 32)}
     assert not any(paths(DIRECT_CASES[0][:4] + (16, (1, 1)) + (1, 0, 1, 1, True)).values())

@@ -14,8 +14,8 @@ from cnncli import functional as F
 from test_conv import conv_arguments, make_operands, reference_arguments
 from test_direct_conv import TOLERANCE, assert_forward_matches_reference
 
-# (N, C, H, W, filters, kernel, stride, padding, dilation, groups, bias): each between 16
-# and 64 taps, stride 1.
+# (N, C, H, W, filters, kernel, stride, padding, dilation, groups, bias): each between 9
+# and 128 taps, stride 1.
 ROW_CASES = [
     (64, 1, 28, 28, 32, (5, 5), 1, 2, 1, 1, True),        # LeNet's first layer
     (1, 1, 28, 28, 32, (5, 5), 1, 2, 1, 1, True),         # batch 1: a sample's rows in bands
@@ -28,6 +28,9 @@ ROW_CASES = [
     (3, 1, 12, 11, 16, (4, 4), 1, "same", 1, 1, True),    # even kernel: asymmetric padding
     (2, 2, 14, 17, 24, (5, 5), 1, 0, 1, 1, True),         # 'valid': no padding
     (1, 2, 70, 300, 8, (5, 5), 1, 2, 1, 1, True),         # wide rows: bands of few rows
+    (8, 1, 28, 28, 32, (3, 3), 1, 1, 1, 1, True),         # 9 taps over 6272 positions
+    (2, 3, 20, 20, 16, (5, 5), 1, 2, 1, 1, True),         # 75 taps
+    (2, 2, 24, 24, 24, (7, 7), 1, 3, 1, 1, False),        # 98 taps
 ]
 
 
@@ -47,14 +50,18 @@ def test_the_cases_run_on_the_row_kernel(case):
 
 
 @needs_rows
-def test_the_row_kernel_takes_stride_1_layers_of_16_to_64_taps_on_avx512_only():
+def test_the_row_kernel_takes_stride_1_layers_of_9_to_128_taps_on_avx512_only():
     def rows(x_shape, weight_shape, **arguments):
         return F.conv2d_paths(x_shape, weight_shape, **arguments)["rows"] == ("forward",)
     assert rows((8, 1, 28, 28), (32, 1, 5, 5), padding=2)          # 25 taps
     assert rows((8, 3, 32, 32), (64, 3, 3, 3), padding=1)          # 27
-    assert rows((8, 7, 16, 16), (32, 7, 3, 3), padding=1)          # 63
-    assert not rows((8, 8, 16, 16), (32, 8, 3, 3), padding=1)      # 72: the direct kernel
-    assert not rows((8, 1, 28, 28), (32, 1, 3, 3), padding=1)      # 9: im2col + GEMM
+    assert rows((8, 8, 16, 16), (32, 8, 3, 3), padding=1)          # 72
+    assert rows((8, 14, 16, 16), (32, 14, 3, 3), padding=1)        # 126
+    assert not rows((8, 15, 16, 16), (32, 15, 3, 3), padding=1)    # 135: the direct kernel
+    # Below 16 taps, over at least 4096 output positions (else im2col + GEMM).
+    assert rows((8, 1, 28, 28), (32, 1, 3, 3), padding=1)          # 9 taps, 6272 positions
+    assert not rows((2, 1, 28, 28), (32, 1, 3, 3), padding=1)      # 1568
+    assert not rows((64, 1, 28, 28), (32, 1, 2, 2))                # 4 taps
     assert not rows((8, 1, 28, 28), (32, 1, 5, 5), stride=2, padding=2)
     assert not rows((8, 48, 10, 10), (16, 48, 1, 1))               # 1x1: the direct kernel
     # 3 real columns of 7 padded ones: over a quarter of the lanes would be dropped.
