@@ -48,6 +48,7 @@ cdef extern from "microkernel.h" nogil:
     int cnncli_tile_filters(int wanted)
     int cnncli_variant()
     int cnncli_tile_rows(int wide)
+    int cnncli_widest_filters(Py_ssize_t filters)
     void cnncli_tile(int wide, const float* a, const int* rows, const int* cols, Py_ssize_t T,
                      const float* b, float* c, int accumulate)
     void cnncli_pack(const float* weight, const float* scale, float* out, Py_ssize_t filters,
@@ -87,7 +88,7 @@ def direct_kernel_variant():
 
 
 cdef struct Tile:
-    bint wide               # which shape of microkernel.h
+    int wide                # which shape of microkernel.h: 0 narrow, 1 wide, 64 widest
     Py_ssize_t rows         # output positions (forward) or taps (grad_weight) per tile
     Py_ssize_t filters      # filters per tile; 0: the layer keeps im2col + GEMM
     Py_ssize_t chunk        # steps of a tile's sum per call (see SUM_CHUNK_BYTES)
@@ -186,6 +187,25 @@ cdef Tile tile_for(Py_ssize_t filters) noexcept nogil:
     tile.rows = cnncli_tile_rows(tile.wide)
     tile.chunk = SUM_CHUNK_BYTES // (4 * tile.filters) if tile.filters else 1
     tile.group = MAX_GROUP_ROWS
+    return tile
+
+
+cdef Tile forward_tile_for(Py_ssize_t filters) noexcept nogil:
+    """The tile of a direct forward (and so of grad_input) over `filters` filters: on
+    AVX-512, 64 filters wide (6 positions by 4 vectors) where the filters are a multiple
+    of 64, else tile_for's. The wider tile loads less for each multiply-add, which is what
+    slows when another VM's thread shares the core (microkernel.h). Against the 32-wide
+    tile (bench_ab, 2 threads, ResNet-18's layers at 112x112, batch 16; forward,
+    grad_input): 64 to 128 channels at stride 2 0.93x, 0.94x; 128 to 256 at stride 2
+    0.78-0.81x, 0.97x; 256 at 7x7 0.89-0.92x, 0.90-0.93x; 512 at 4x4 0.93-0.96x,
+    0.87-0.91x; 64 to 128 at 56x56, stride 2: 0.93-1.03x, 0.90x."""
+    cdef Tile tile = tile_for(filters)
+    cdef int widest = cnncli_widest_filters(filters)
+    if widest:
+        tile.wide = widest
+        tile.filters = widest
+        tile.rows = cnncli_tile_rows(widest)
+        tile.chunk = SUM_CHUNK_BYTES // (4 * widest)
     return tile
 
 
@@ -588,7 +608,7 @@ cdef direct_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_th
     cdef Py_ssize_t samples_per_row = g.N if batch else 1
     cdef const float* bias_pointer = optional_data(bias)
     cdef const float* scale_pointer = optional_data(scale)
-    cdef Tile tile = tile_for(g.F)
+    cdef Tile tile = forward_tile_for(g.F)
     if not batch and L >= SAMPLE_GROUP_MIN_POSITIONS:
         tile.group = min(round_up(L, tile.rows),
                          max(MAX_GROUP_ROWS, SAMPLE_GROUP_BYTES // (4 * tile.filters)))
@@ -761,9 +781,10 @@ def direct_paths(tuple input_shape, tuple weight_shape, tuple output_size, tuple
     cdef bint winograd_weights = winograd_weight_grad_applies(&g, dtype)
     cdef bint rows = not winograd_forward and row_forward_applies(&g, dtype)
     return {"forward": cnncli_row_filters() if rows else tile_for(g.F).filters
-            if winograd_forward or direct_forward_applies(&g, dtype) else 0,
-            "input_grad": tile_for(g.C).filters
-            if winograd_input or direct_input_grad_applies(&g, dtype)
+            if winograd_forward else forward_tile_for(g.F).filters
+            if direct_forward_applies(&g, dtype) else 0,
+            "input_grad": tile_for(g.C).filters if winograd_input
+            else forward_tile_for(g.C).filters if direct_input_grad_applies(&g, dtype)
             or strided_input_grad_applies(&g, dtype) else 0,
             "weight_grad": tile_for(g.F).filters
             if winograd_weights or direct_weight_grad_applies(&g, dtype) else 0,

@@ -47,7 +47,11 @@ DIRECT_CASES = [
     (3, 16, 11, 13, 32, (3, 3), 2, 0, 1, 1, True),        # stride 2, unpadded, odd widths
     (4, 32, 14, 14, 32, (3, 3), 2, 1, 1, 1, False),       # ResNet's downsampling, scaled
     (4, 16, 26, 25, 16, (4, 4), 3, 1, 1, 1, True),        # stride 3: nine phases
+    (3, 64, 9, 9, 128, (3, 3), 1, 1, 1, 1, True),         # 64-wide tiles (AVX-512)
+    (2, 64, 11, 10, 64, (3, 3), 2, 1, 1, 1, False),       # the same, strided, by phases
 ]
+# Filters of the tile that only the AVX-512 variant has (forward and grad_input).
+WIDEST = 64 if F.direct_kernel_variant() == "avx512" else None
 TOLERANCE = dict(rtol=2e-4, atol=2e-4)
 
 
@@ -71,8 +75,11 @@ def test_the_cases_cover_every_direct_pass():
                    for name, width in paths(case).items() if width}
     finally:
         F.use_row_kernel(previous)
-    assert covered == {(name, width) for name in ("forward", "input_grad", "weight_grad")
-                       for width in (16, 32)}
+    expected = {(name, width) for name in ("forward", "input_grad", "weight_grad")
+                for width in (16, 32)}
+    if WIDEST:
+        expected |= {("forward", WIDEST), ("input_grad", WIDEST)}
+    assert covered == expected
     assert not any(paths(DIRECT_CASES[0][:4] + (16, (1, 1)) + (1, 0, 1, 1, True)).values())
 
 
@@ -96,7 +103,8 @@ def test_a_forward_of_few_positions_runs_direct_but_not_its_weight_gradient():
     """The forward and grad_input take any number of positions (ResNet-18's last stage at
     batch 1: 49); grad_weight needs MIN_DIRECT_SUM (64) positions in the batch."""
     assert F.conv2d_paths((1, 64, 7, 7), (32, 64, 3, 3), padding=1) == {
-        "forward": 32, "input_grad": 32, "weight_grad": 0, "winograd": (), "rows": ()}
+        "forward": 32, "input_grad": WIDEST or 32, "weight_grad": 0, "winograd": (),
+        "rows": ()}
     assert F.conv2d_paths((2, 64, 7, 7), (32, 64, 3, 3), padding=1)["weight_grad"] == 32
 
 
