@@ -7,14 +7,16 @@
  *   packed filter-minor; the weight gradient takes r = taps, t = output positions and
  *   b = the output gradient transposed. Either way `a` is an input sample copied once into
  *   a padded buffer, so no column matrix is built: each value is broadcast straight from it.
- * - Two tile shapes, chosen per layer by its filters (pyx/direct.pxi, tile_for):
+ * - Tile shapes chosen per layer by its filters (pyx/direct.pxi, tile_for):
  *   the wide tile, 32 filters, and the narrow one, 16 filters, where the wide one would
  *   idle over a quarter of its lanes (layers of 12 to 16 filters, or 40).
  *   AVX2's wide tile is 3 rows by 4 vectors: per step, three broadcasts and four vector
  *   loads feed twelve fused multiply-adds (7 loads for 12), as oneDNN's AVX2 kernels
  *   block; the narrow one, 6 rows by 2 vectors, needs 8 for 12. On LeNet's second layer,
  *   one core: 57-62 GFLOP/s for the narrow tile, 68-70 for the wide one (both loops
- *   unrolled 4 times). AVX-512's wide tile is 6 rows by 2 vectors of 16 lanes.
+ *   unrolled 4 times). AVX-512's wide tile is 6 rows by 2 vectors of 16 lanes; a third,
+ *   widest one (6 rows by 4 vectors, 64 filters) takes the forward and grad_input of
+ *   layers whose filters are a multiple of 64 (direct.pxi, forward_tile_for).
  *   Either way each accumulator lives in a register for the whole sum.
  * - Written in C because Cython has no vector types and cannot compile one function for
  *   several instruction sets. Each variant is compiled for its own target (AVX2+FMA,
