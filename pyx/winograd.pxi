@@ -48,7 +48,9 @@ cdef extern from "winograd.h" nogil:
     void cnncli_wino_gradient(const float* y, Py_ssize_t width, Py_ssize_t tiles_high,
                               Py_ssize_t tiles_wide, Py_ssize_t out_high, Py_ssize_t out_wide,
                               float* dm, Py_ssize_t R)
-    void cnncli_wino_weight_grad(const double* du, float* grad, int r)
+    enum: CNNCLI_WINO_LANES
+    void cnncli_wino_weight_grads(const double (*du)[CNNCLI_WINO_LANES], float* grad,
+                                  Py_ssize_t stride, int count, int r)
     void cnncli_wino_output(const float* m, Py_ssize_t R, Py_ssize_t width, Py_ssize_t rows,
                             Py_ssize_t tiles_wide, Py_ssize_t out_high, Py_ssize_t out_wide,
                             float* y)
@@ -399,19 +401,22 @@ cdef void winograd_weight_grad_group(const float* x, const float* dy, Py_ssize_t
                             accumulate)
 
 
-cdef void weight_grad_pair(const float* partials, Py_ssize_t stride, Py_ssize_t n_chunks,
-                           Py_ssize_t first, Py_ssize_t element_stride, Py_ssize_t elements,
-                           float* grad) noexcept nogil:
-    """The 3x3 (16 elements) or 5x5 (36) gradient of one filter and channel: its sums
-    (element_stride apart from `first`) added over the chunks' partials (stride apart) in
-    order, then G^T du G."""
-    cdef double du[36]
-    cdef Py_ssize_t e, k
+cdef void weight_grad_lanes(const float* partials, Py_ssize_t stride, Py_ssize_t n_chunks,
+                            Py_ssize_t first, Py_ssize_t element_stride, Py_ssize_t elements,
+                            int count, float* grad, Py_ssize_t grad_stride) noexcept nogil:
+    """The 3x3 (16 elements) or 5x5 (36) gradients of `count` consecutive filters (at most
+    CNNCLI_WINO_LANES, side by side in the partials) of one channel: each sum (element_stride
+    apart from `first`) added over the chunks' partials (stride apart) in order, then
+    G^T du G, filter j's written to grad + j * grad_stride."""
+    cdef double du[36][CNNCLI_WINO_LANES]
+    cdef Py_ssize_t e, k, j
     for e in range(elements):
-        du[e] = 0
+        for j in range(CNNCLI_WINO_LANES):
+            du[e][j] = 0
         for k in range(n_chunks):
-            du[e] = du[e] + partials[k * stride + first + e * element_stride]
-    cnncli_wino_weight_grad(du, grad, 3 if elements == 16 else 5)
+            for j in range(count):
+                du[e][j] = du[e][j] + partials[k * stride + first + e * element_stride + j]
+    cnncli_wino_weight_grads(du, grad, grad_stride, count, 3 if elements == 16 else 5)
 
 
 cdef void winograd_weight_grad_typed(const float[:, :, :, ::1] grad_output,
@@ -430,7 +435,8 @@ cdef void winograd_weight_grad_typed(const float[:, :, :, ::1] grad_output,
     cdef Py_ssize_t width = tile.filters
     cdef Py_ssize_t CR = round_up(g.C, tile.rows)
     cdef Py_ssize_t group = b.R // (b.tiles_high * b.tiles_wide)
-    cdef Py_ssize_t chunk, n, first, stop, t, i, c
+    cdef Py_ssize_t lane_groups = (g.F + CNNCLI_WINO_LANES - 1) // CNNCLI_WINO_LANES
+    cdef Py_ssize_t chunk, n, first, stop, t, i, c, f0
     with nogil:
         # V is [e][channel][tile] for 3x3 kernels, [e][tile][channel] for 5x5.
         for c in range(CR):
@@ -448,11 +454,16 @@ cdef void winograd_weight_grad_typed(const float[:, :, :, ::1] grad_output,
                                            &channel_offsets[0], &tile_list[0], &padded[t, 0],
                                            &v[t, 0], &dm[t, 0], &positions_dy[t, 0],
                                            &partials[chunk, 0], i > 0)
-        for i in prange(g.F * g.C, schedule="static", num_threads=n_threads):
-            weight_grad_pair(&partials[0, 0], partials.shape[1], n_chunks,
-                             ((i // g.C // width * b.elements) * CR + i % g.C) * width
-                             + i // g.C % width, CR * width, b.elements,
-                             &grad_weight[i * g.KH * g.KW])
+        # Filters f0 to f0 + CNNCLI_WINO_LANES - 1 of channel c at a time (a block of width
+        # filters holds whole groups of them).
+        for i in prange(lane_groups * g.C, schedule="static", num_threads=n_threads):
+            c = i % g.C
+            f0 = i // g.C * CNNCLI_WINO_LANES
+            weight_grad_lanes(&partials[0, 0], partials.shape[1], n_chunks,
+                              ((f0 // width * b.elements) * CR + c) * width + f0 % width,
+                              CR * width, b.elements,
+                              <int>min(CNNCLI_WINO_LANES, g.F - f0),
+                              &grad_weight[(f0 * g.C + c) * g.KH * g.KW], g.C * g.KH * g.KW)
 
 
 cdef winograd_weight_grad(grad_output, x, grad_weight, Geometry g, Py_ssize_t n_chunks,
