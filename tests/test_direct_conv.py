@@ -98,6 +98,28 @@ def test_grad_input_of_a_strided_layer_runs_direct_where_every_phase_has_taps():
     assert input_grad((3, 3), 2, 1, dilation=2) == 0
 
 
+@pytest.mark.skipif(not WIDEST, reason="the 64-filter tile is AVX-512's")
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_64_filter_tile_gives_the_32_filter_tiles_bits(stride):
+    """Each output of the 64-filter tile is the same chain of multiply-adds as in the
+    32-filter tile: a layer's forward equals its two 32-filter halves', and its grad_input
+    (64 input channels) equals that of its two 32-channel halves."""
+    case = (3, 64, 9, 9, 64, (3, 3), stride, 1, 1, 1, True)
+    x, weight, bias = make_operands(case, np.float32)
+    arguments = conv_arguments(case)
+    assert paths(case)["forward"] == WIDEST and paths(case)["input_grad"] == WIDEST
+    halves = [slice(0, 32), slice(32, 64)]
+    whole = F.conv2d(x, weight, bias, **arguments)
+    np.testing.assert_array_equal(whole, np.concatenate(
+        [F.conv2d(x, weight[half], bias[half], **arguments) for half in halves], axis=1))
+    grad_output = np.random.default_rng(1).standard_normal(whole.shape).astype(np.float32)
+    grad_input = F.conv2d_backward(grad_output, x, weight, **arguments,
+                                   need_weight_grad=False)[0]
+    for half in halves:
+        np.testing.assert_array_equal(grad_input[:, half], F.conv2d_backward(
+            grad_output, x[:, half], weight[:, half], **arguments, need_weight_grad=False)[0])
+
+
 @needs_direct
 def test_a_forward_of_few_positions_runs_direct_but_not_its_weight_gradient():
     """The forward and grad_input take any number of positions (ResNet-18's last stage at
@@ -212,17 +234,20 @@ def test_the_direct_kernel_can_be_turned_off_by_the_environment():
     code = ("from cnncli import functional as F; "
             "print(any(F.conv2d_paths((4, 16, 9, 9), (16, 16, 3, 3), padding=1).values()))")
     environment = dict(os.environ, CNNCLI_DIRECT_ISA="none")
-    result = subprocess.run([sys.executable, "-c", code], env=environment,
-                            capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"
+    assert printed_by(code, environment) == "False"
     assert variant_chosen(environment) == "none"
+
+
+def printed_by(code, environment):
+    """What a fresh Python process running `code` under `environment` prints."""
+    return subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True,
+                          text=True, check=True).stdout.strip()
 
 
 def variant_chosen(environment):
     """The direct kernel's variant a fresh process picks under `environment`."""
-    code = "from cnncli import functional as F; print(F.direct_kernel_variant())"
-    return subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True,
-                          text=True, check=True).stdout.strip()
+    return printed_by("from cnncli import functional as F; print(F.direct_kernel_variant())",
+                      environment)
 
 
 # On an AVX-512 CPU the AVX2 variant still runs where CNNCLI_DIRECT_ISA asks for it.

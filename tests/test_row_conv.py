@@ -3,8 +3,6 @@ vectorised along the output's rows. Against the NumPy oracle, against the direct
 (the same sums in the same order: the same bits), and at 1, 2 and 3 threads."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ import pytest
 import reference
 from cnncli import functional as F
 from test_conv import conv_arguments, make_operands, reference_arguments
-from test_direct_conv import TOLERANCE, assert_forward_matches_reference
+from test_direct_conv import TOLERANCE, assert_forward_matches_reference, printed_by
 
 # (N, C, H, W, filters, kernel, stride, padding, dilation, groups, bias): each between 9
 # and 128 taps, stride 1.
@@ -70,10 +68,7 @@ def test_the_row_kernel_takes_stride_1_layers_of_9_to_128_taps_on_avx512_only():
                               dtype=np.float64)["rows"]
     code = ("from cnncli import functional as F; "
             "print(F.conv2d_paths((8, 1, 28, 28), (32, 1, 5, 5), padding=2)['rows'])")
-    environment = dict(os.environ, CNNCLI_DIRECT_ISA="avx2")
-    result = subprocess.run([sys.executable, "-c", code], env=environment,
-                            capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "()"
+    assert printed_by(code, dict(os.environ, CNNCLI_DIRECT_ISA="avx2")) == "()"
 
 
 @pytest.mark.parametrize("case", ROW_CASES)
