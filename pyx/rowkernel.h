@@ -54,14 +54,13 @@ typedef struct {
 
 /* The runs of lanes of each vector of a tile that land in the output: the lanes of each
  * padded row that fall in its first OW columns. Run i of vector j (runs[j] <= i <
- * runs[j + 1]) puts lanes first[i] to stop[i] - 1 at offset[i] + lane of a filter's
- * output rows. Shared by the tile's filters. */
+ * runs[j + 1]) puts the lanes set in mask[i] at offset[i] + lane of a filter's output
+ * rows. Shared by the tile's filters. */
 #define CNNCLI_MAX_RUNS 128
 typedef struct {
     int runs[ROW512_VECTORS + 1];
-    int first[CNNCLI_MAX_RUNS], stop[CNNCLI_MAX_RUNS];
     ptrdiff_t offset[CNNCLI_MAX_RUNS];
-    __mmask16 mask[CNNCLI_MAX_RUNS];    /* lanes first[i] to stop[i] - 1 */
+    __mmask16 mask[CNNCLI_MAX_RUNS];
 } cnncli_row_runs;
 
 static void cnncli_find_runs(const cnncli_row_out* o, ptrdiff_t q0, int lanes, int vectors,
@@ -76,8 +75,7 @@ static void cnncli_find_runs(const cnncli_row_out* o, ptrdiff_t q0, int lanes, i
             if (stop > lanes)
                 stop = lanes;
             if (stop > lane && count < CNNCLI_MAX_RUNS) {
-                runs->first[count] = (int)lane;
-                runs->stop[count] = stop;
+                runs->mask[count] = (__mmask16)(((1u << stop) - 1) & ~((1u << lane) - 1));
                 runs->offset[count] = row * o->OW + col - lane;
                 count++;
             }
@@ -90,8 +88,6 @@ static void cnncli_find_runs(const cnncli_row_out* o, ptrdiff_t q0, int lanes, i
         }
     }
     runs->runs[vectors] = count;
-    for (j = 0; j < count; j++)
-        runs->mask[j] = (__mmask16)(((1u << runs->stop[j]) - 1) & ~((1u << runs->first[j]) - 1));
 }
 
 /* For filters r < `filters` (of FILTERS) and the tile's positions q0 + i, i <
