@@ -64,6 +64,9 @@ Classes = Annotated[Optional[str], typer.Option(help="Use only these classes of 
                                                      "comma-separated (e.g. 0,1,2,3,4).")]
 PerClass = Annotated[Optional[int], typer.Option(min=1, help="Train on at most this many "
                                                              "images of each class.")]
+Checkpoints = Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default: "
+                                                          "OUTPUT-checkpoints).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")]
 
 
 @app.command()
@@ -90,10 +93,7 @@ def train(
     size: Annotated[Optional[str], typer.Option(help="Resize images to HEIGHTxWIDTH.")] = None,
     channels: Annotated[Optional[int], typer.Option(help="1 (grayscale) or 3 (RGB); default: "
                                                          "the data's.")] = None,
-    checkpoints: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default: "
-                                                             "OUTPUT-checkpoints).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last "
-                                                          "checkpoint.")] = False,
+    checkpoints: Checkpoints = None, resume: Resume = False,
     classes: Classes = None, per_class: PerClass = None,
     seed: Seed = 0, threads: Threads = None, skip_bad: SkipBad = False, force: Force = False,
     quiet: Quiet = False, sync_batchnorm: SyncBatchNorm = False,
@@ -152,12 +152,12 @@ def finetune(
     val_split: Annotated[Optional[float], typer.Option(
         help="Fraction held out for validation. Default: 0.1, or none where that would be "
              "under 100 images.")] = None,
-    shift: Annotated[int, typer.Option(min=0)] = 0,
+    shift: Annotated[Optional[int], typer.Option(
+        min=0, help="Augmentation: random shifts of up to this many pixels. Default: a tenth "
+                    "of the image's side with fewer than 1000 training images (when layers "
+                    "above the backbone train), else 0.")] = None,
     flip: Annotated[bool, typer.Option("--flip")] = False,
-    checkpoints: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default: "
-                                                             "OUTPUT-checkpoints).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last "
-                                                          "checkpoint.")] = False,
+    checkpoints: Checkpoints = None, resume: Resume = False,
     classes: Classes = None, per_class: PerClass = None,
     seed: Seed = 0, threads: Threads = None, skip_bad: SkipBad = False, force: Force = False,
     quiet: Quiet = False, sync_batchnorm: SyncBatchNorm = False,

@@ -283,20 +283,25 @@ class Augmentation:
     def active(self):
         return self.shift > 0 or self.flip
 
-    def __call__(self, batch):
+    def __call__(self, batch, shard=None):
+        """``batch`` augmented. ``shard`` (first row, rows in all): the batch is those rows
+        of a larger one split over processes; the draws are made for all of it, as one
+        process would make them, and this batch's rows taken."""
         if not self.active:
             return batch
         count, _, height, width = batch.shape
+        first, total = shard if shard is not None else (0, count)
+        rows = slice(first, first + count)
         out = batch
         if self.shift:
             s = self.shift
             padded = np.pad(batch, ((0, 0), (0, 0), (s, s), (s, s)))
-            offsets = self.rng.integers(0, 2 * s + 1, size=(count, 2))
+            offsets = self.rng.integers(0, 2 * s + 1, size=(total, 2))[rows]
             out = np.empty_like(batch)
             for index, (top, left) in enumerate(offsets):
                 out[index] = padded[index, :, top:top + height, left:left + width]
         if self.flip:
-            flips = self.rng.random(count) < 0.5
+            flips = (self.rng.random(total) < 0.5)[rows]
             out = out.copy() if out is batch else out
             out[flips] = out[flips, :, :, ::-1]
         return out
@@ -307,15 +312,18 @@ def batch_transform(preprocessing, pixel_max=None, augmentation=None):
 
     Converts channels and size to the model's, rescales pixels whose white
     level (``pixel_max``) differs from the one the model was trained with,
-    applies the model's preprocessing, then ``augmentation`` if given.
+    applies the model's preprocessing, then ``augmentation`` if given. The
+    function takes ``shard`` as ``Augmentation`` does (its ``shards`` attribute
+    says so to ``fit``), so a batch split over processes is augmented as in one.
     """
     factor = 1.0 if pixel_max is None else 1.0 / (pixel_max * preprocessing.scale)
 
-    def transform(batch):
+    def transform(batch, shard=None):
         batch = adapt_images(batch, preprocessing.channels, preprocessing.size)
         if factor != 1.0:
             batch = np.asarray(batch, dtype=np.float32) * np.float32(factor)
         out = preprocessing(batch)
-        return augmentation(out) if augmentation is not None else out
+        return augmentation(out, shard) if augmentation is not None else out
 
+    transform.shards = True
     return transform

@@ -17,7 +17,7 @@ from cnncli.dataset import Dataset, Splits, class_name
 from cnncli.images import DataError, image_header, load_image
 from cnncli.limits import MAX_ARRAY_BYTES, cut
 
-__all__ = ["load_image_folder", "ImageFiles"]
+__all__ = ["load_image_folder", "ImageFiles", "decode_files"]
 
 
 class ImageFiles:
@@ -165,6 +165,16 @@ def _decode(samples, channels, size, where, skip_bad, skipped):
     return x, labels
 
 
+def decode_files(files, labels, where, skip_bad=False):
+    """(pixels, labels, skipped) of lazily read ``files`` decoded now, one image at a
+    time: images that fail to decode are left out (and named in ``skipped``) under
+    ``skip_bad``, else the first one is a DataError."""
+    skipped = []
+    x, labels = _decode(list(zip(files.paths, labels)), files.channels, files.size, where,
+                        skip_bad, skipped)
+    return x, labels, skipped
+
+
 def _drop_empty_classes(labels, classes, root, skipped):
     """Leave out the classes none of whose images could be read, renumbering the rest."""
     present = np.unique(labels)
@@ -211,7 +221,8 @@ def load_image_folder(root, channels=None, size=None, skip_bad=False, lazy=False
     must use the training classes. Headers are read first (sizes, colour),
     then each image is decoded and converted on its own, so memory holds
     the dataset at its final size and one decoded image at a time. With
-    ``lazy``, nothing is decoded here: ``x`` is ``ImageFiles``, read when indexed.
+    ``lazy``, nothing is decoded here: ``x`` is ``ImageFiles``, read when indexed (and
+    with ``channels`` and ``size`` given, no file is opened here).
     """
     root = os.fspath(root)
     layout = _folder_layout(root)
@@ -219,13 +230,18 @@ def load_image_folder(root, channels=None, size=None, skip_bad=False, lazy=False
     scanned = {}
     for part, folder in layout.items():
         samples, classes = _scan(folder, skip_bad, skipped)
+        if lazy and channels is not None and size is not None:
+            # Nothing to learn from the headers: each file is first opened when its
+            # rows are read (most never are, in a sample of a few images per class).
+            scanned[part] = (samples, [], True, classes)
+            continue
         # Without a size to resize to, every image must be readable before the
         # sizes are compared: a damaged file is named as such, not as a misfit.
         scanned[part] = (*_read_headers(samples, channels is None, size is None, skip_bad,
                                         skipped), classes)
-    all_shapes = [shape for _, shapes, _, _ in scanned.values() for shape in shapes]
-    if not all_shapes:
+    if not any(samples for samples, _, _, _ in scanned.values()):
         raise DataError(f"{root}: no readable images")
+    all_shapes = [shape for _, shapes, _, _ in scanned.values() for shape in shapes]
     if channels is None:
         channels = 1 if all(gray for _, _, gray, _ in scanned.values()) else 3
     size = _target_size(all_shapes, size, root)

@@ -248,6 +248,12 @@ def _train_epoch(model, x, y, order, batch_size, epoch, optimizer, loss, schedul
     return logs
 
 
+def _shards(transform, comm):
+    """Whether a batch split over ranks goes through ``transform`` with its place in the
+    whole batch (``data.batch_transform``'s functions take it)."""
+    return comm is not None and transform is not None and getattr(transform, "shards", False)
+
+
 def _step(model, x, y, indices, loss, transform, optimizer, comm, asked):
     """Forward and backward of one batch, leaving the gradients of its mean loss in the
     parameters; returns (mean loss, samples, correct or None, interrupt asked). With a
@@ -259,7 +265,10 @@ def _step(model, x, y, indices, loss, transform, optimizer, comm, asked):
     value, count, hits = 0.0, 0, 0
     if comm is None or len(local):
         inputs, targets = x[local], y[local]
-        if transform is not None:
+        if _shards(transform, comm):
+            # Random augmentation drawn for the whole batch, as one process draws it.
+            inputs = transform(inputs, shard=(comm.bounds(len(indices))[0], len(indices)))
+        elif transform is not None:
             inputs = transform(inputs)
         outputs = model.forward(inputs, training=True)
         value, grad = loss(outputs, targets)
@@ -270,6 +279,9 @@ def _step(model, x, y, indices, loss, transform, optimizer, comm, asked):
             grad = grad * grad.dtype.type(count / len(indices))
         if math.isfinite(value):
             model.backward(grad)
+    elif _shards(transform, comm):
+        # No rows here; the draws are still made, so that the next batches stay in step.
+        transform(x[local], shard=(comm.bounds(len(indices))[0], len(indices)))
     if comm is None:
         return value, count, hits, asked
     totals = comm.sum(np.array([value * count, count, hits or 0, hits is None, asked],

@@ -310,6 +310,21 @@ def test_augmentation_shifts_and_flips_reproducibly():
     assert data.Augmentation()(batch) is batch
 
 
+def test_a_batch_split_over_processes_is_augmented_as_in_one():
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=(count, 2, 5, 5)).astype(np.float32) for count in (7, 2)]
+    whole = data.Augmentation(shift=2, flip=True, seed=5)
+    expected = [whole(batch) for batch in batches]
+    # Three ranks, each with its own generator, take their rows of each batch; a rank
+    # with none (the second batch) still draws, so later batches stay in step.
+    ranks = [data.Augmentation(shift=2, flip=True, seed=5) for _ in range(3)]
+    for batch, wanted in zip(batches, expected):
+        bounds = [len(batch) * rank // 3 for rank in range(4)]
+        pieces = [augmentation(batch[first:stop], shard=(first, len(batch)))
+                  for augmentation, first, stop in zip(ranks, bounds, bounds[1:])]
+        np.testing.assert_array_equal(np.concatenate(pieces), wanted)
+
+
 def test_select_classes_relabels_in_the_order_given(tmp_path):
     dataset = load_dataset(image_folder(tmp_path / "set", ("ant", "bee", "cow"), 3)).train
     chosen = data.select_classes(dataset, ["cow", "ant"])
@@ -333,6 +348,29 @@ def test_sample_per_class_is_seeded_and_stays_lazy(tmp_path):
     np.testing.assert_array_equal(sample.x[:], again.x[:])
     assert not np.array_equal(sample.x[:], data.sample_per_class(dataset, 2, seed=2).x[:])
     assert len(data.sample_per_class(dataset, 50)) == len(dataset)
+
+
+def test_a_training_job_decodes_only_the_images_it_uses(monkeypatch):
+    from cnncli import imagefolder
+    from cnncli.jobs import common
+    opened, decoded = [], []
+    header, load = imagefolder.image_header, imagefolder.load_image
+    monkeypatch.setattr(imagefolder, "image_header",
+                        lambda path, *rest: opened.append(path) or header(path, *rest))
+    monkeypatch.setattr(imagefolder, "load_image",
+                        lambda path, *rest: decoded.append(path) or load(path, *rest))
+    # With the model's channels and size known, no header is read; the three images of
+    # each class are the only ones decoded, and the test part is left to eval.
+    splits = common.load_splits("optdigits", False, channels=1, size=(28, 28), per_class=3,
+                                seed=4, parts=common.TRAINING_PARTS)
+    assert splits.test is None and not opened and len(decoded) == 30
+    assert isinstance(splits.train.x, np.ndarray) and list(splits.train.class_counts()) == [3] * 10
+    # The same images as decoding everything and sampling after.
+    whole = common.load_splits("optdigits", False, channels=1, size=(28, 28))
+    assert len(decoded) == 30 + 1198 + 599
+    sample = data.sample_per_class(whole.train, 3, seed=4)
+    np.testing.assert_array_equal(splits.train.x, sample.x)
+    np.testing.assert_array_equal(splits.train.y, sample.y)
 
 
 def test_the_shipped_optdigits_images_load_by_name():

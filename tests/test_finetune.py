@@ -276,6 +276,29 @@ def test_automatic_epochs_and_validation_split(pretrained, tmp_path):
     assert len(large.history) == 1 + 4
 
 
+def test_few_labels_train_on_shifted_copies_by_default(pretrained, tmp_path):
+    few = jobs.finetune(pretrained, "digits", output=tmp_path / "f.cnn", classes="6,7,8,9",
+                        per_class=10, epochs=2)
+    state, _ = read_training_state(tmp_path / "f-checkpoints" / "last.cnn")
+    # 40 images of 8x8: shifts of up to a tenth of the side, at least a pixel; the frozen
+    # layers then run at every step instead of once.
+    assert state["settings"]["shift"] == 1 and not few.cached_features
+    unshifted = jobs.finetune(pretrained, "digits", output=tmp_path / "u.cnn",
+                              classes="6,7,8,9", per_class=10, epochs=2, shift=0)
+    assert unshifted.cached_features
+    assert few.history[0] == unshifted.history[0]          # the same probe
+    assert few.history[-1]["loss"] != unshifted.history[-1]["loss"]
+    # Enough images, only a head to fit, no epochs, or --head sgd: no shifts.
+    for options in ({"classes": None, "per_class": None},
+                    {"freeze": "dense_1"}, {"epochs": 0}, {"head": "sgd"}):
+        run = {"classes": "6,7,8,9", "per_class": 10, "epochs": 1, **options}
+        jobs.finetune(pretrained, "digits", output=tmp_path / "n.cnn", force=True, **run)
+        state, _ = read_training_state(tmp_path / "n-checkpoints" / "last.cnn")
+        assert state["settings"]["shift"] == 0, options
+    with pytest.raises(jobs.JobError, match="--shift: expected pixels >= 0, got -1"):
+        jobs.finetune(pretrained, "digits", output=tmp_path / "e.cnn", shift=-1)
+
+
 def test_a_pretrained_model_by_name_in_the_library():
     model = cnncli.load_model("lenet-mnist")
     assert model.classes == [str(digit) for digit in range(10)]

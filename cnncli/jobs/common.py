@@ -14,7 +14,7 @@ import numpy as np
 
 from cnncli import data as datasets, distributed
 from cnncli.data import DataError
-from cnncli.imagefolder import ImageFiles
+from cnncli.imagefolder import ImageFiles, decode_files
 from cnncli.files import OutputLocked, RunLock
 from cnncli.functional import threads
 from cnncli.layers import Dropout
@@ -147,28 +147,38 @@ def model_image_format(model):
     return {"channels": model.preprocessing.channels, "size": model.preprocessing.size}
 
 
+PARTS = ("train", "val", "test")
+# What training reads: the test part is left to `eval`.
+TRAINING_PARTS = ("train", "val")
+
+
 def load_splits(data_source, skip_bad, channels=None, size=None, reporter=None,
-                classes=None, per_class=None, seed=0, lazy=False, comm=None):
-    """The dataset's parts, restricted to ``classes`` and to ``per_class`` training images
-    of each class (chosen by ``seed``) when given; image folders read lazily with
-    ``lazy``. In a data-parallel run (``comm``), the ranks of each machine decode an
-    image folder together, once, into one memory map they all read."""
-    shared = comm is not None
+                classes=None, per_class=None, seed=0, lazy=False, comm=None, parts=PARTS):
+    """The dataset's ``parts`` (the others left out), restricted to ``classes`` and to
+    ``per_class`` training images of each class (chosen by ``seed``) when given. An image
+    folder's files are decoded once the images are chosen, so those left out are never
+    read, or only when indexed with ``lazy``. In a data-parallel run (``comm``), the ranks
+    of each machine decode an image folder together, once, into one memory map they all
+    read."""
     try:
         splits = datasets.load_dataset(data_source, channels=channels, size=size,
-                                       skip_bad=skip_bad, lazy=lazy or shared)
+                                       skip_bad=skip_bad, lazy=True)
+        for name in PARTS:
+            if name not in parts:
+                setattr(splits, name, None)
         if classes is not None:
-            for part in ("train", "val", "test"):
-                if getattr(splits, part) is not None:
-                    setattr(splits, part, datasets.select_classes(getattr(splits, part),
+            for name in parts:
+                if getattr(splits, name) is not None:
+                    setattr(splits, name, datasets.select_classes(getattr(splits, name),
                                                                   classes))
         if per_class is not None:
             splits.train = datasets.sample_per_class(splits.train, per_class, seed)
-        if shared and not lazy:
-            for name in ("train", "val", "test"):
+        if not lazy:
+            for name in parts:
                 part = getattr(splits, name)
                 if part is not None and isinstance(part.x, ImageFiles):
-                    setattr(splits, name, _decoded_together(part, comm, skip_bad))
+                    setattr(splits, name, _decoded(part, skip_bad) if comm is None else
+                            _decoded_together(part, comm, skip_bad))
     except DataError as error:
         raise JobError(str(error)) from None
     skipped = [item for part in (splits.train, splits.val, splits.test) if part is not None
@@ -178,6 +188,14 @@ def load_splits(data_source, skip_bad, channels=None, size=None, reporter=None,
         listed = "\n  ".join(skipped)
         reporter.message(f"skipped {len(skipped)} bad item(s):\n  {listed}")
     return splits
+
+
+def _decoded(dataset, skip_bad):
+    """A lazily read image part, decoded; files that cannot be decoded are left out under
+    ``skip_bad``."""
+    pixels, labels, bad = decode_files(dataset.x, dataset.y, dataset.source, skip_bad)
+    return datasets.Dataset(pixels, labels, dataset.classes, dataset.pixel_max,
+                            dataset.source, dataset.skipped + bad)
 
 
 def _decoded_together(dataset, comm, skip_bad):

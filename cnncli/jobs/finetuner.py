@@ -43,7 +43,7 @@ from cnncli.jobs.common import (JobError, OPTIMIZERS, Reporter, TrainResult, agr
                                 at_least_two_classes, check_run_outputs, class_list,
                                 data_parallel, is_writer, load_splits, locked, make_optimizer,
                                 model_image_format, on_threads, open_model, positive,
-                                run_checkpointed, train_val)
+                                run_checkpointed, TRAINING_PARTS, train_val)
 from cnncli.jobs.history import write_history
 
 HEADS = ("lbfgs", "sgd")
@@ -70,6 +70,12 @@ MAX_AUTO_EPOCHS = 100
 AUTO_VAL_SPLIT = 0.1
 MIN_AUTO_VALIDATION = 100
 
+# Scarce labels: a training part under this many images (too few for a validation part
+# at AUTO_VAL_SPLIT) trains, by default, on randomly shifted copies of its images, by up
+# to this fraction of the image's side (a tenth: the usual translation augmentation).
+SCARCE_IMAGES = round(MIN_AUTO_VALIDATION / AUTO_VAL_SPLIT)
+AUTO_SHIFT = 0.1
+
 # Layers that belong to a classifier block on top of a backbone.
 CLASSIFIER_LAYERS = (Dense, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dropout)
 
@@ -77,7 +83,7 @@ CLASSIFIER_LAYERS = (Dense, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dropout)
 @on_threads
 def finetune(pretrained, data, output="finetuned.cnn", epochs=None, batch_size=32, lr=1e-3,
              freeze=None, unfreeze_epochs=0, backbone_lr_factor=0.1, optimizer="adam",
-             head="lbfgs", seed=0, threads=None, val_split=None, shift=0, flip=False,
+             head="lbfgs", seed=0, threads=None, val_split=None, shift=None, flip=False,
              skip_bad=False, force=False, classes=None, per_class=None, checkpoints=None,
              resume=False, cache_features=True, sync_batchnorm=False, reporter=None):
     """Transfer learning: replace the head of ``pretrained`` for the classes of ``data``,
@@ -88,7 +94,9 @@ def finetune(pretrained, data, output="finetuned.cnn", epochs=None, batch_size=3
     top phase for ``AUTO_STEPS`` steps (at least one; with ``head="sgd"``, 5).
     ``val_split`` None: 0.1, or no validation part where it would hold fewer than
     ``MIN_AUTO_VALIDATION`` images (too few to choose an epoch by, and a tenth of scarce
-    labels). ``classes``, ``per_class``, ``checkpoints``, ``resume`` and
+    labels). ``shift`` None: with fewer than ``SCARCE_IMAGES`` training images and layers
+    above the backbone to train, random shifts of up to a tenth of the image's side
+    (``AUTO_SHIFT``), else none. ``classes``, ``per_class``, ``checkpoints``, ``resume`` and
     ``sync_batchnorm`` as in ``train``. Raises JobError for expected failures,
     TrainingDiverged when the loss is no longer finite, TrainingInterrupted on Ctrl-C.
     """
@@ -109,6 +117,9 @@ def finetune(pretrained, data, output="finetuned.cnn", epochs=None, batch_size=3
     for name, value in (("--lr", lr), ("--backbone-lr-factor", backbone_lr_factor)):
         if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
             raise JobError(f"{name}: expected a positive number, got {value!r}")
+    if shift is not None and (isinstance(shift, bool) or not isinstance(shift, int)
+                              or shift < 0):
+        raise JobError(f"--shift: expected pixels >= 0, got {shift!r}")
     if val_split is not None and not 0 <= val_split < 1:
         raise JobError(f"--val-split: expected a fraction in [0, 1), got {val_split!r}")
     classes = class_list(classes)
@@ -156,7 +167,7 @@ class _FineTuning:
         self.model = open_model(settings["pretrained"])
         splits = load_splits(settings["data"], skip_bad, reporter=reporter,
                              classes=settings["classes"], per_class=settings["per_class"],
-                             seed=settings["seed"], comm=comm,
+                             seed=settings["seed"], comm=comm, parts=TRAINING_PARTS,
                              **model_image_format(self.model))
         if settings["val_split"] is None:
             held = AUTO_VAL_SPLIT * len(splits.train)
@@ -172,6 +183,9 @@ class _FineTuning:
             settings["epochs"] = 5 if settings["head"] == "sgd" else \
                 min(MAX_AUTO_EPOCHS, math.ceil(AUTO_STEPS / batches))
         self._prepare_model()
+        self.cut = _lowest_trainable(self.model)
+        if settings["shift"] is None:
+            settings["shift"] = self._auto_shift()
         shift, flip = settings["shift"], settings["flip"]
         self.augmentation = datasets.Augmentation(shift=shift, flip=flip, seed=settings["seed"]) \
             if shift or flip else None
@@ -179,7 +193,6 @@ class _FineTuning:
         self.transform = datasets.batch_transform(self.model.preprocessing, pixel_max)
         self.train_transform = datasets.batch_transform(self.model.preprocessing, pixel_max,
                                                         self.augmentation)
-        self.cut = _lowest_trainable(self.model)
         # Features computed once must be what every epoch would compute: no augmentation,
         # and no Dropout that drops among the frozen layers.
         dropping = any(isinstance(layer, Dropout) and layer.rate > 0
@@ -217,6 +230,20 @@ class _FineTuning:
             raise JobError(f"--freeze: {error.args[0]}") from None
         self.reporter.message(f"{source}: head replaced by {len(train_part.classes)} classes; "
                               f"{model.count_parameters()[1]:,} parameters frozen")
+
+    def _auto_shift(self):
+        """The default shift: a tenth of the image's side for scarce labels, where the layers
+        above the backbone train (their features then change at every step, so the frozen
+        layers run at every step: cheap for few images and a LeNet, not worth it to train
+        a head alone above a large backbone, which the probe has already fitted)."""
+        count, side = len(self.train_part), min(self.model.input_shape[1:])
+        if count >= SCARCE_IMAGES or self.cut >= self.head_position or \
+                not self.settings["epochs"]:
+            return 0
+        shift = max(1, round(AUTO_SHIFT * side))
+        self.reporter.message(f"few labelled images ({count}): training on copies shifted by "
+                              f"up to {shift} pixels (--shift 0: none)")
+        return shift
 
     # -- the phases ------------------------------------------------------------------------
     def phases(self):

@@ -14,7 +14,7 @@ from cnncli.jobs.common import (JobError, OPTIMIZERS, Reporter, SCHEDULES, Train
                                 at_least_two_classes, check_run_outputs, class_list,
                                 data_parallel, is_writer, load_splits, locked, make_optimizer,
                                 make_schedule, on_threads, positive, run_checkpointed,
-                                train_val)
+                                TRAINING_PARTS, train_val)
 from cnncli.jobs.history import write_history
 from cnncli.jobs.checkpoints import Checkpointer, restore_training_state
 
@@ -72,7 +72,7 @@ def train(data, arch="lenet", output="model.cnn", epochs=10, batch_size=32, lr=1
     with locked(output, folder, comm=comm):
         agreed(comm, lambda: check_run_outputs(output, folder, resume, force))
         splits = load_splits(data, skip_bad, channels, size, reporter, classes, per_class,
-                             seed, comm=comm)
+                             seed, comm=comm, parts=TRAINING_PARTS)
         train_part, val_part = train_val(splits, val_split, seed)
         at_least_two_classes(train_part)
         return _train_run(settings, train_part, val_part, output, folder, resume, reporter,
