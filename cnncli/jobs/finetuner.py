@@ -10,6 +10,8 @@
    their activations and Dropout), the block starts from the probed head,
    and the rate warms up and decays along a cosine (one cycle); a block that
    is the head alone is already at its optimum, so the phase is skipped.
+   With scarce labels (under ``SCARCE_IMAGES``) it trains by default on
+   randomly shifted copies, the frozen layers then running at every step.
    ``head="sgd"`` is the epoch-by-epoch head training of earlier versions:
    everything but the head frozen, a random head, a constant rate.
 3. **all layers** (``unfreeze_epochs``): everything trains, the pretrained
