@@ -292,6 +292,22 @@ def test_bad_images_stop_or_are_skipped(trained, digit_images, tmp_path):
     assert all(f"broken{index}.png: " in result.stderr for index in range(30))
 
 
+def test_eval_decodes_only_the_part_it_evaluates(trained, digit_images, tmp_path):
+    import shutil
+    root = tmp_path / "parts"
+    for part in ("train", "test"):
+        for digit in range(3):
+            shutil.copytree(digit_images / f"digit{digit}", root / part / str(digit))
+    (root / "train" / "1" / "broken.png").write_bytes(b"not an image")
+    result = invoke("eval", trained, root)
+    assert result.exit_code == 0, result.output
+    assert "(test): 90 samples" in result.stdout and "broken" not in result.stderr
+    result = invoke("eval", trained, root, "--split", "train")
+    assert result.exit_code == 1 and "broken.png: " in result.stderr
+    result = invoke("eval", trained, root, "--split", "train", "--skip-bad")
+    assert result.exit_code == 0 and "skipped 1 bad item(s)" in result.stderr
+
+
 def test_summary_of_an_unknown_name_lists_what_it_could_be():
     result = invoke("summary", "foo")
     assert result.exit_code == 1

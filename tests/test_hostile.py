@@ -133,7 +133,7 @@ def test_postscript_through_every_command(command, work, model):
     root = hostile.image_folder(str(inputs / "set"))
     eps = hostile.eps_image(str(inputs / "set" / "b"), "evil.png")
     args = {"predict": ["predict", model, eps],
-            "eval": ["eval", model, root],
+            "eval": ["eval", model, root, "--split", "all"],   # eval decodes only its part
             "train": ["train", root, "-o", "m.cnn", "--epochs", 1],
             "finetune": ["finetune", model, root, "-o", "m.cnn", "--epochs", 1],
             "features": ["show", "features", model, eps, "-o", "maps"]}[command]
@@ -145,7 +145,7 @@ def test_postscript_is_skipped_with_skip_bad(work, model):
     inputs, folder = work
     root = hostile.image_folder(str(inputs / "set"))
     hostile.eps_image(str(inputs / "set" / "b"), "evil.png")
-    outcome = guarded(["eval", model, root, "--skip-bad"], folder)
+    outcome = guarded(["eval", model, root, "--skip-bad", "--split", "all"], folder)
     assert outcome.code == 0 and not outcome.spawned, outcome.stderr
     assert "skipped 1 bad item(s)" in outcome.stderr and "evil.png" in outcome.stderr
 

@@ -181,13 +181,32 @@ def load_splits(data_source, skip_bad, channels=None, size=None, reporter=None,
                             _decoded_together(part, comm, skip_bad))
     except DataError as error:
         raise JobError(str(error)) from None
-    skipped = [item for part in (splits.train, splits.val, splits.test) if part is not None
-               for item in part.skipped]
+    # The parts of a folder share what its scan left out: each item is named once.
+    _report_skipped(list(dict.fromkeys(item for part in (splits.train, splits.val, splits.test)
+                                       if part is not None for item in part.skipped)),
+                    reporter)
+    return splits
+
+
+def decoded_part(dataset, skip_bad, reporter=None):
+    """A part of ``load_splits(..., lazy=True)`` with its images decoded, for a job that
+    reads one part (``eval``): files that cannot be decoded are left out and named under
+    ``skip_bad``."""
+    if not isinstance(dataset.x, ImageFiles):
+        return dataset
+    try:
+        decoded = _decoded(dataset, skip_bad)
+    except DataError as error:
+        raise JobError(str(error)) from None
+    _report_skipped(decoded.skipped[len(dataset.skipped):], reporter)
+    return decoded
+
+
+def _report_skipped(skipped, reporter):
     if skipped and reporter is not None:
         # Every one is named: the user has to find and fix them.
         listed = "\n  ".join(skipped)
         reporter.message(f"skipped {len(skipped)} bad item(s):\n  {listed}")
-    return splits
 
 
 def _decoded(dataset, skip_bad):

@@ -9,8 +9,8 @@ import numpy as np
 from cnncli.files import atomic_write
 from cnncli.jobs.cluster import DatasetRecipe, connect, shard_results
 from cnncli.jobs.common import (JobError, Reporter, check_output, class_list, class_probabilities,
-                                finite_outputs, load_splits, model_image_format, on_threads,
-                                open_model, positive, resolve_model, train_val)
+                                decoded_part, finite_outputs, load_splits, model_image_format,
+                                on_threads, open_model, positive, resolve_model, train_val)
 
 
 class Evaluation:
@@ -125,8 +125,10 @@ def evaluate(model_path, data, split=None, top_k=5, batch_size=256, threads=None
 def evaluation_part(model, data, split, skip_bad, val_split, seed, classes, reporter=None,
                     lazy=False):
     """(dataset, split name) of the part of ``data`` that ``evaluate`` uses; the same on a
-    Dask worker that rebuilds it (``lazy``: image folders decoded as rows are read)."""
-    splits = load_splits(data, skip_bad, reporter=reporter, classes=classes, lazy=lazy,
+    Dask worker that rebuilds it (``lazy``: image folders decoded as rows are read). Of
+    an image folder only that part is decoded: a damaged training image does not stop
+    the evaluation of the test part."""
+    splits = load_splits(data, skip_bad, reporter=reporter, classes=classes, lazy=True,
                          **model_image_format(model))
     if split is None:
         split = "test" if splits.test is not None else "val"
@@ -139,6 +141,8 @@ def evaluation_part(model, data, split, skip_bad, val_split, seed, classes, repo
         dataset = splits.train if split == "all" else getattr(splits, split)
     if dataset is None:
         raise JobError(f"--split: {data} has no {split!r} part")
+    if not lazy:
+        dataset = decoded_part(dataset, skip_bad, reporter)
     if len(dataset) == 0:
         raise JobError(f"{dataset.source}: no samples to evaluate ({split} part)")
     return dataset, split
