@@ -373,6 +373,26 @@ def test_a_training_job_decodes_only_the_images_it_uses(monkeypatch):
     np.testing.assert_array_equal(splits.train.y, sample.y)
 
 
+def test_a_bad_file_seen_by_every_part_is_named_once(tmp_path):
+    from cnncli.jobs import Reporter, common
+
+    class Messages(Reporter):
+        def __init__(self):
+            self.lines = []
+
+        def message(self, text):
+            self.lines.append(text)
+
+    for part in ("train", "val"):
+        image_folder(tmp_path / "set" / part)
+    (tmp_path / "set" / "train" / "cat" / "broken.png").write_bytes(b"not an image")
+    reporter = Messages()
+    splits = common.load_splits(tmp_path / "set", True, reporter=reporter,
+                                parts=common.TRAINING_PARTS)
+    assert (len(splits.train), len(splits.val)) == (8, 8)
+    assert reporter.lines == [reporter.lines[0]] and "skipped 1 bad item(s)" in reporter.lines[0]
+
+
 def test_the_shipped_optdigits_images_load_by_name():
     assert "optdigits" in data.shipped_datasets()
     splits = load_dataset("optdigits")
