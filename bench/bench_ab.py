@@ -4,6 +4,7 @@ change of a few percent on a machine whose speed drifts.
     git worktree add /tmp/base HEAD~1 && (cd /tmp/base && python setup.py build_ext --inplace)
     python bench/bench_ab.py /tmp/base/cnncli/_conv.*.so                  # every layer
     python bench/bench_ab.py /tmp/base/cnncli/_conv.*.so --only "512@4,down" --calls 40
+    python bench/bench_ab.py /tmp/base/cnncli/_conv.*.so --only "AlexNet conv1" --passes fwd --calls 300
     python bench/bench_ab.py /tmp/base/cnncli/_conv.*.so --resnet18 1  # whole inference
 
 The other build's `_conv` extension is loaded beside this checkout's; each pass (forward,
@@ -72,7 +73,7 @@ def timed(function):
         return time.perf_counter() - started
 
 
-def compare(other, name, calls, rng):
+def compare(other, name, calls, rng, labels=("fwd", "dx", "dw")):
     N, C, H, F, K, S, P = LAYERS[name]
     x = rng.standard_normal((N, C, H, H), dtype=np.float32)
     weight = rng.standard_normal((F, C, K, K), dtype=np.float32) * 0.1
@@ -85,16 +86,21 @@ def compare(other, name, calls, rng):
     mine = passes(this_build, x, weight, bias, *buffers, geometry, threads)
     theirs = passes(other, x, weight, bias, *buffers, geometry, threads)
     cells = []
-    for label in ("fwd", "dx", "dw"):
+    for label in labels:
         (run_mine, result), (run_theirs, _) = mine[label], theirs[label]
         timed(run_theirs)
         expected = result.copy()
         timed(run_mine)
         same = np.array_equal(expected, result)
         times_mine, times_theirs = [], []
-        for _ in range(calls):
-            times_theirs.append(timed(run_theirs))
-            times_mine.append(timed(run_mine))
+        for call in range(calls):
+            # Each build goes first in every other pair, so neither gains from its place.
+            if call % 2:
+                times_mine.append(timed(run_mine))
+                times_theirs.append(timed(run_theirs))
+            else:
+                times_theirs.append(timed(run_theirs))
+                times_mine.append(timed(run_mine))
         ratios = sorted(a / b for a, b in zip(times_mine, times_theirs))
         cells.append(f"{label} {min(times_theirs) * 1e3:.2f} -> {min(times_mine) * 1e3:.2f} ms, "
                      f"{ratios[len(ratios) // 2]:.2f}x" + ("" if same else " differs"))
@@ -133,6 +139,8 @@ def main():
     parser.add_argument("--calls", type=int, default=25)
     parser.add_argument("--resnet18", type=int, metavar="BATCH",
                         help="time a whole ResNet-18 inference at this batch instead")
+    parser.add_argument("--passes", default="fwd,dx,dw",
+                        help="comma-separated passes to time (default: fwd,dx,dw)")
     options = parser.parse_args()
     other = load_other(options.other)
     if options.resnet18:
@@ -143,7 +151,7 @@ def main():
     print(f"{get_num_threads()} threads; each pass: other build's best -> this build's best, "
           f"median ratio this / other over {options.calls} paired calls")
     for name in names:
-        compare(other, name, options.calls, rng)
+        compare(other, name, options.calls, rng, options.passes.split(","))
 
 
 if __name__ == "__main__":
