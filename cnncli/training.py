@@ -248,12 +248,6 @@ def _train_epoch(model, x, y, order, batch_size, epoch, optimizer, loss, schedul
     return logs
 
 
-def _shards(transform, comm):
-    """Whether a batch split over ranks goes through ``transform`` with its place in the
-    whole batch (``data.batch_transform``'s functions take it)."""
-    return comm is not None and transform is not None and getattr(transform, "shards", False)
-
-
 def _step(model, x, y, indices, loss, transform, optimizer, comm, asked):
     """Forward and backward of one batch, leaving the gradients of its mean loss in the
     parameters; returns (mean loss, samples, correct or None, interrupt asked). With a
@@ -261,13 +255,17 @@ def _step(model, x, y, indices, loss, transform, optimizer, comm, asked):
     if comm is not None and isinstance(indices, slice):
         indices = np.arange(*indices.indices(len(x)))
     local = indices if comm is None else comm.shard(indices)
+    # A batch split over ranks goes through a transform that takes its place in the whole
+    # batch (data.batch_transform's): random augmentation is drawn for the whole batch, as
+    # one process draws it, even by a rank left no rows, so the next batches stay in step.
+    shard = (comm.bounds(len(indices))[0], len(indices)) if comm is not None and \
+        transform is not None and getattr(transform, "shards", False) else None
     optimizer.zero_grad()
     value, count, hits = 0.0, 0, 0
     if comm is None or len(local):
         inputs, targets = x[local], y[local]
-        if _shards(transform, comm):
-            # Random augmentation drawn for the whole batch, as one process draws it.
-            inputs = transform(inputs, shard=(comm.bounds(len(indices))[0], len(indices)))
+        if shard is not None:
+            inputs = transform(inputs, shard=shard)
         elif transform is not None:
             inputs = transform(inputs)
         outputs = model.forward(inputs, training=True)
@@ -279,9 +277,8 @@ def _step(model, x, y, indices, loss, transform, optimizer, comm, asked):
             grad = grad * grad.dtype.type(count / len(indices))
         if math.isfinite(value):
             model.backward(grad)
-    elif _shards(transform, comm):
-        # No rows here; the draws are still made, so that the next batches stay in step.
-        transform(x[local], shard=(comm.bounds(len(indices))[0], len(indices)))
+    elif shard is not None:
+        transform(x[local], shard=shard)
     if comm is None:
         return value, count, hits, asked
     totals = comm.sum(np.array([value * count, count, hits or 0, hits is None, asked],

@@ -52,6 +52,27 @@ def test_the_probe_solves_scikit_learns_logistic_regression_at_the_chosen_streng
     np.testing.assert_array_equal(logits(head, x).argmax(1), oracle.predict(standard))
 
 
+@pytest.mark.parametrize("C", [1e-3, 1.0, 100.0])
+def test_the_solver_reaches_scipys_optimum_over_the_strengths(C):
+    """The probe's own L-BFGS against SciPy's L-BFGS-B (the solver it replaced) at the
+    same tolerance: at its value or below, stopped by the gradient tolerance.
+    C = 100 on separable classes is the ill-conditioned end of the grid."""
+    from scipy.optimize import minimize
+    from cnncli.linear_probe import TOLERANCE, _lbfgs, _loss_and_gradient
+    x, y = blobs(400, 5, 30, seed=4, spread=1.5)
+    x = ((x - x.mean(0)) / x.std(0)).astype(np.float64)
+    targets = (y[:, None] == np.arange(5)).astype(np.float64)
+
+    def objective(parameters):
+        return _loss_and_gradient(parameters, x, targets, 1.0 / (C * len(x)))
+    start = np.zeros(5 * 31)
+    reference = minimize(objective, start, method="L-BFGS-B", jac=True,
+                         options={"maxiter": 500, "gtol": TOLERANCE, "ftol": 64 * 2.0 ** -52})
+    value, gradient = objective(_lbfgs(objective, start, TOLERANCE))
+    assert value <= reference.fun * (1 + 1e-6)
+    assert np.abs(gradient).max() <= TOLERANCE
+
+
 def test_the_folds_of_the_cross_validation_are_stratified_and_cover_every_sample():
     from cnncli.linear_probe import _folds
     labels = np.repeat([0, 1, 2], [30, 12, 7])

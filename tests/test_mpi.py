@@ -253,3 +253,19 @@ def test_the_ranks_of_a_machine_decode_an_image_folder_once_together(tmp_path):
     assert skipped.returncode == 0, skipped.stderr
     assert "skipped 1 bad item(s)" in skipped.stderr and "truncated.png" in skipped.stderr
     assert os.listdir(cache) == []
+
+
+def test_shifted_copies_on_ranks_left_without_rows_stay_in_step(tmp_path):
+    # 14 images at batch 4: each epoch's last batch has 2 rows, none for the first of 3
+    # ranks; its shifts must still be drawn, or its later batches are shifted unlike one
+    # process's.
+    options = ("train", "digits", "--classes", "0,1", "--per-class", 7, "--batch-size", 4,
+               "--shift", 1, "--epochs", 3, "--val-split", 0)
+    for ranks in (3, 1):
+        done = cli(ranks, *options, "-o", f"s{ranks}.cnn", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    a = load_model(tmp_path / "s3.cnn").state_dict()
+    b = load_model(tmp_path / "s1.cnn").state_dict()
+    for name in a:
+        assert np.linalg.norm(a[name] - b[name]) <= 1e-4 * np.linalg.norm(b[name]), name
+
