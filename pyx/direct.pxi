@@ -88,7 +88,7 @@ def direct_kernel_variant():
 
 
 cdef struct Tile:
-    int wide                # which shape of microkernel.h: 0 narrow, 1 wide, 64 widest
+    int wide                # which shape of microkernel.h: 0 narrow, 1 wide, 64 or 48 widest
     Py_ssize_t rows         # output positions (forward) or taps (grad_weight) per tile
     Py_ssize_t filters      # filters per tile; 0: the layer keeps im2col + GEMM
     Py_ssize_t chunk        # steps of a tile's sum per call (see SUM_CHUNK_BYTES)
@@ -193,12 +193,17 @@ cdef Tile tile_for(Py_ssize_t filters) noexcept nogil:
 cdef Tile forward_tile_for(Py_ssize_t filters) noexcept nogil:
     """The tile of a direct forward (and so of grad_input) over `filters` filters: on
     AVX-512, 64 filters wide (6 positions by 4 vectors) where the filters are a multiple
-    of 64, else tile_for's. The wider tile loads less for each multiply-add, which is what
-    slows when another VM's thread shares the core (microkernel.h). Against the 32-wide
-    tile (bench_ab, 2 threads, ResNet-18's layers at 112x112, batch 16; forward,
-    grad_input): 64 to 128 channels at stride 2 0.93x, 0.94x; 128 to 256 at stride 2
-    0.78-0.81x, 0.97x; 256 at 7x7 0.89-0.92x, 0.90-0.93x; 512 at 4x4 0.93-0.96x,
-    0.87-0.91x; 64 to 128 at 56x56, stride 2: 0.93-1.03x, 0.90x."""
+    of 64, else 48 wide (8 by 3) where they are a multiple of 48, else tile_for's. The
+    wider tiles load less for each multiply-add, which is what slows when another VM's
+    thread shares the core (microkernel.h). Against the 32-wide tile (bench_ab, 2
+    threads, ResNet-18's layers at 112x112, batch 16; forward, grad_input): 64 to 128
+    channels at stride 2 0.93x, 0.94x; 128 to 256 at stride 2 0.78-0.81x, 0.97x; 256 at
+    7x7 0.89-0.92x, 0.90-0.93x; 512 at 4x4 0.93-0.96x, 0.87-0.91x; 64 to 128 at 56x56,
+    stride 2: 0.93-1.03x, 0.90x. The 48-wide tile: AlexNet's first layer (96 filters)
+    0.92-0.98x (five runs of 300 paired calls, median 0.94x); 64 to 96 channels at
+    stride 2 0.94x; 32 to 96 at 16x16 0.94x; grad_input of 96 channels of 5x5 0.92x; 48
+    filters at 32x32, which the 32-wide tile covers with a quarter of its lanes idle,
+    0.70x."""
     cdef Tile tile = tile_for(filters)
     cdef int widest = cnncli_widest_filters(filters)
     if widest:

@@ -14,9 +14,10 @@
  *   loads feed twelve fused multiply-adds (7 loads for 12), as oneDNN's AVX2 kernels
  *   block; the narrow one, 6 rows by 2 vectors, needs 8 for 12. On LeNet's second layer,
  *   one core: 57-62 GFLOP/s for the narrow tile, 68-70 for the wide one (both loops
- *   unrolled 4 times). AVX-512's wide tile is 6 rows by 2 vectors of 16 lanes; a third,
- *   widest one (6 rows by 4 vectors, 64 filters) takes the forward and grad_input of
- *   layers whose filters are a multiple of 64 (direct.pxi, forward_tile_for).
+ *   unrolled 4 times). AVX-512's wide tile is 6 rows by 2 vectors of 16 lanes; the
+ *   widest ones, 6 rows by 4 vectors (64 filters) and 8 rows by 3 (48 filters), take the
+ *   forward and grad_input of layers whose filters are a multiple of 64, or else of 48
+ *   (direct.pxi, forward_tile_for).
  *   Either way each accumulator lives in a register for the whole sum.
  * - Written in C because Cython has no vector types and cannot compile one function for
  *   several instruction sets. Each variant is compiled for its own target (AVX2+FMA,
@@ -144,7 +145,9 @@ CNNCLI_DEFINE_TILE(cnncli_tile_avx512, "avx512f", __m512, 16, _mm512_loadu_ps,
  * 12). On a core whose load ports another VM's thread shares (the slow spells of
  * BENCHMARKS.md), on data in the L1 cache: 6 x 2 medians 104-105 GFLOP/s, 6 x 4
  * 123-124 (4 x 6, 96 filters: 121-123, but AlexNet's first layer took 1.05x the 6 x 2
- * tile's time); on a quiet core all at 150-166. */
+ * tile's time); on a quiet core all at 150-166. The 8 x 3 tile (12 loads for 24; 8 row
+ * pointers still fit the integer registers) runs AlexNet's 96 filters as two blocks of
+ * 48: 0.92-0.98x the 6 x 2 tile's time (bench/tile_shapes.c times the shapes alone). */
 #define CNNCLI_DEFINE_WIDE_TILE(NAME, ROWS, VECTORS)                                          \
 __attribute__((target("avx512f")))                                                         \
 static void NAME(const float* a, const int* rows, const int* cols, ptrdiff_t T,             \
@@ -187,6 +190,7 @@ static void NAME(const float* a, const int* rows, const int* cols, ptrdiff_t T, 
 }
 
 CNNCLI_DEFINE_WIDE_TILE(cnncli_tile_avx512_64, 6, 4)
+CNNCLI_DEFINE_WIDE_TILE(cnncli_tile_avx512_48, 8, 3)
 
 /* Which variant runs: 0 none (im2col + GEMM), 1 AVX2 + FMA, 2 AVX-512; set on first use.
  * CNNCLI_AUTO takes the widest the CPU has. On an Intel Xeon of family 6, model 207 (AVX-512,
@@ -226,16 +230,20 @@ static int cnncli_variant(void)
     return cnncli_isa > 0 ? cnncli_isa : 0;
 }
 
-/* Filters of the widest tile where it fills `filters` exactly: 64 (AVX-512), else 0. */
+/* Filters of the widest tile that `filters` fill exactly (AVX-512): 64 where they are a
+ * multiple of 64, 48 where a multiple of 48 (96: AlexNet's first layer), else 0. */
 static int cnncli_widest_filters(ptrdiff_t filters)
 {
-    return cnncli_isa == 2 && filters % 64 == 0 ? 64 : 0;
+    if (cnncli_isa != 2)
+        return 0;
+    return filters % 64 == 0 ? 64 : filters % 48 == 0 ? 48 : 0;
 }
 
-/* Rows of a tile of that shape: `wide` 0 the narrow tile, 1 the wide one, 64 the widest. */
+/* Rows of a tile of that shape: `wide` 0 the narrow tile, 1 the wide one, 64 or 48 the
+ * widest (6 rows by 4 vectors, 8 rows by 3). */
 static int cnncli_tile_rows(int wide)
 {
-    return wide == 1 && cnncli_isa == 1 ? 3 : 6;
+    return wide == 48 ? 8 : wide == 1 && cnncli_isa == 1 ? 3 : 6;
 }
 
 static void cnncli_tile(int wide, const float* a, const int* rows, const int* cols,
@@ -243,6 +251,8 @@ static void cnncli_tile(int wide, const float* a, const int* rows, const int* co
 {
     if (wide == 64)
         cnncli_tile_avx512_64(a, rows, cols, T, b, c, accumulate);
+    else if (wide == 48)
+        cnncli_tile_avx512_48(a, rows, cols, T, b, c, accumulate);
     else if (!wide)
         cnncli_tile_avx2(a, rows, cols, T, b, c, accumulate);
     else if (cnncli_isa == 2)

@@ -49,9 +49,11 @@ DIRECT_CASES = [
     (4, 16, 26, 25, 16, (4, 4), 3, 1, 1, 1, True),        # stride 3: nine phases
     (3, 64, 9, 9, 128, (3, 3), 1, 1, 1, 1, True),         # 64-wide tiles (AVX-512)
     (2, 64, 11, 10, 64, (3, 3), 2, 1, 1, 1, False),       # the same, strided, by phases
+    (3, 48, 9, 9, 96, (3, 3), 2, 1, 1, 1, True),          # 48-wide tiles (AVX-512)
 ]
-# Filters of the tile that only the AVX-512 variant has (forward and grad_input).
-WIDEST = 64 if F.direct_kernel_variant() == "avx512" else None
+# Filters of the tiles that only the AVX-512 variant has (forward and grad_input): 64 for
+# multiples of 64, 48 for other multiples of 48.
+WIDEST = (64, 48) if F.direct_kernel_variant() == "avx512" else ()
 TOLERANCE = dict(rtol=2e-4, atol=2e-4)
 
 
@@ -77,8 +79,7 @@ def test_the_cases_cover_every_direct_pass():
         F.use_row_kernel(previous)
     expected = {(name, width) for name in ("forward", "input_grad", "weight_grad")
                 for width in (16, 32)}
-    if WIDEST:
-        expected |= {("forward", WIDEST), ("input_grad", WIDEST)}
+    expected |= {(name, width) for name in ("forward", "input_grad") for width in WIDEST}
     assert covered == expected
     assert not any(paths(DIRECT_CASES[0][:4] + (16, (1, 1)) + (1, 0, 1, 1, True)).values())
 
@@ -98,26 +99,29 @@ def test_grad_input_of_a_strided_layer_runs_direct_where_every_phase_has_taps():
     assert input_grad((3, 3), 2, 1, dilation=2) == 0
 
 
-@pytest.mark.skipif(not WIDEST, reason="the 64-filter tile is AVX-512's")
+@pytest.mark.skipif(not WIDEST, reason="the 64- and 48-filter tiles are AVX-512's")
+@pytest.mark.parametrize("width", [64, 48])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_the_64_filter_tile_gives_the_32_filter_tiles_bits(stride):
-    """Each output of the 64-filter tile is the same chain of multiply-adds as in the
-    32-filter tile: a layer's forward equals its two 32-filter halves', and its grad_input
-    (64 input channels) equals that of its two 32-channel halves."""
-    case = (3, 64, 9, 9, 64, (3, 3), stride, 1, 1, 1, True)
+def test_the_widest_tiles_give_the_narrower_tiles_bits(width, stride):
+    """Each output of the 64- and 48-filter tiles is the same chain of multiply-adds as in
+    the 32- and 16-filter tiles: a layer's forward equals that of its filters taken 32 or
+    16 at a time, and its grad_input (as many input channels) equals that of its channels
+    taken so."""
+    case = (3, width, 9, 9, width, (3, 3), stride, 1, 1, 1, True)
     x, weight, bias = make_operands(case, np.float32)
     arguments = conv_arguments(case)
-    assert paths(case)["forward"] == WIDEST and paths(case)["input_grad"] == WIDEST
-    halves = [slice(0, 32), slice(32, 64)]
+    assert paths(case)["forward"] == width and paths(case)["input_grad"] == width
+    step = 32 if width == 64 else 16
+    parts = [slice(first, first + step) for first in range(0, width, step)]
     whole = F.conv2d(x, weight, bias, **arguments)
     np.testing.assert_array_equal(whole, np.concatenate(
-        [F.conv2d(x, weight[half], bias[half], **arguments) for half in halves], axis=1))
+        [F.conv2d(x, weight[part], bias[part], **arguments) for part in parts], axis=1))
     grad_output = np.random.default_rng(1).standard_normal(whole.shape).astype(np.float32)
     grad_input = F.conv2d_backward(grad_output, x, weight, **arguments,
                                    need_weight_grad=False)[0]
-    for half in halves:
-        np.testing.assert_array_equal(grad_input[:, half], F.conv2d_backward(
-            grad_output, x[:, half], weight[:, half], **arguments, need_weight_grad=False)[0])
+    for part in parts:
+        np.testing.assert_array_equal(grad_input[:, part], F.conv2d_backward(
+            grad_output, x[:, part], weight[:, part], **arguments, need_weight_grad=False)[0])
 
 
 @needs_direct
@@ -125,7 +129,7 @@ def test_a_forward_of_few_positions_runs_direct_but_not_its_weight_gradient():
     """The forward and grad_input take any number of positions (ResNet-18's last stage at
     batch 1: 49); grad_weight needs MIN_DIRECT_SUM (64) positions in the batch."""
     assert F.conv2d_paths((1, 64, 7, 7), (32, 64, 3, 3), padding=1) == {
-        "forward": 32, "input_grad": WIDEST or 32, "weight_grad": 0, "winograd": (),
+        "forward": 32, "input_grad": 64 if WIDEST else 32, "weight_grad": 0, "winograd": (),
         "rows": ()}
     assert F.conv2d_paths((2, 64, 7, 7), (32, 64, 3, 3), padding=1)["weight_grad"] == 32
 
