@@ -774,10 +774,11 @@ def direct_paths(tuple input_shape, tuple weight_shape, tuple output_size, tuple
                  tuple padding, tuple dilation, Py_ssize_t groups, dtype):
     """Which parts of a convolution of these shapes run on the direct kernel's micro-kernel:
     a dict of 'forward', 'input_grad', 'weight_grad' to the filters of the tile each pass
-    takes (32 or 16; for the row kernel's forward, its 8 or 2), 0 where it keeps im2col +
-    GEMM, 'winograd' to the tuple of those passes that run as Winograd's F(2x2, 3x3)
-    (winograd.pxi) rather than as direct sums, and 'rows' to ('forward',) where the row
-    kernel (rowconv.pxi) takes the forward (padding is the top/left pair the kernels take)."""
+    takes (16 or 32, on AVX-512 48 or 64; the row kernel's forward: its 8), 0 where it
+    keeps im2col + GEMM, 'winograd' to the tuple of those passes that run as Winograd's
+    F(2x2, 3x3) (winograd.pxi) rather than as direct sums, and 'rows' to ('forward',)
+    where the row kernel (rowconv.pxi) takes the forward (padding is the top/left pair the
+    kernels take)."""
     cdef Geometry g = make_geometry(input_shape, weight_shape[0], weight_shape[2:],
                                     output_size, stride, padding, dilation, groups)
     dtype = np.dtype(dtype)
@@ -785,11 +786,10 @@ def direct_paths(tuple input_shape, tuple weight_shape, tuple output_size, tuple
     cdef bint winograd_input = winograd_input_grad_applies(&g, dtype)
     cdef bint winograd_weights = winograd_weight_grad_applies(&g, dtype)
     cdef bint rows = not winograd_forward and row_forward_applies(&g, dtype)
-    return {"forward": cnncli_row_filters() if rows else tile_for(g.F).filters
-            if winograd_forward else forward_tile_for(g.F).filters
-            if direct_forward_applies(&g, dtype) else 0,
-            "input_grad": tile_for(g.C).filters if winograd_input
-            else forward_tile_for(g.C).filters if direct_input_grad_applies(&g, dtype)
+    return {"forward": cnncli_row_filters() if rows else forward_tile_for(g.F).filters
+            if winograd_forward or direct_forward_applies(&g, dtype) else 0,
+            "input_grad": forward_tile_for(g.C).filters if winograd_input
+            or direct_input_grad_applies(&g, dtype)
             or strided_input_grad_applies(&g, dtype) else 0,
             "weight_grad": tile_for(g.F).filters
             if winograd_weights or direct_weight_grad_applies(&g, dtype) else 0,

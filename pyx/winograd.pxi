@@ -5,9 +5,12 @@
 # - What: each 2x2 block of outputs (a tile) from a 4x4 patch of input, through the
 #   transforms of winograd.h: 16 multiplications per tile and channel where the direct
 #   kernel does 36, so 2.25x fewer. The 16 sums over channels are products of (tiles x
-#   channels) by (channels x filters), run on the direct kernel's micro-kernel. A 5x5
-#   kernel takes 6x6 patches: 36 multiplications where the direct kernel does 100 (2.78x
-#   fewer).
+#   channels) by (channels x filters), run on the direct kernel's micro-kernel with the
+#   tile its forward would take (forward_tile_for: on AVX-512 the 64-filter tile for a
+#   multiple of 64 filters; against the 32-filter tile, forward and grad_input of 64
+#   channels at 28x28 0.92-0.94x, 128 at 14x14 0.93-0.95x, VGG's 64 at 32x32 0.87-0.95x,
+#   LeNet's second layer's 5x5 forward 0.94-0.97x). A 5x5 kernel takes 6x6 patches: 36
+#   multiplications where the direct kernel does 100 (2.78x fewer).
 # - Accuracy: F(2x2, 3x3)'s transforms only add, subtract and halve, so a result differs
 #   from the direct sum by float32 rounding of a few more terms: relative to the largest
 #   output, 0.4-1.9e-6 on random data (see test_winograd.py); F(2x2, 5x5)'s coefficients
@@ -297,7 +300,7 @@ cdef winograd_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_
     layer that winograd_forward_applies to; scale and bias may be None. With `layer`, this
     is grad_input of that stride-1 layer (g its transposed_geometry): its weight is read
     rotated by 180 degrees with input and output channels swapped."""
-    cdef Tile tile = tile_for(g.F)
+    cdef Tile tile = forward_tile_for(g.F)
     cdef Bands b = bands_for(&g, tile)
     cdef const float[:, :, :, ::1] weight_view = weight
     cdef const float* kernel = &weight_view[0, 0, 0, 0]
