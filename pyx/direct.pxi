@@ -6,8 +6,9 @@
 #   address it: taps[k] = c*HP*WP + kh*DH*WP + kw*DW for k = (c, kh, kw), and
 #   positions[p] = oh*SH*WP + ow*SW for p = (oh, ow); value (k, p) of im2col's matrix is
 #   padded[taps[k] + positions[p]].
-# - Forward: a tile is a few output positions (3 or 6) by a block of filters (32, or 16
-#   where 32-wide tiles would idle over a quarter of their lanes: tile_for), summed over all
+# - Forward: a tile is a few output positions (3 to 8) by a block of filters (32, or 16
+#   where 32-wide tiles would idle over a quarter of their lanes: tile_for; on AVX-512 64
+#   or 48 where the filters are a multiple of them: forward_tile_for), summed over all
 #   K taps in registers; the weights are packed once per call as (filter block, K, tile
 #   filters), so each step reads one contiguous row of them. grad_input of a stride-1 layer
 #   is the forward of grad_output with the kernel rotated by 180 degrees and in/out
