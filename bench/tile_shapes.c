@@ -7,7 +7,8 @@
  * of 11x11, offsets into a 227-wide sample) and reports per shape the median, 10th
  * percentile and best GFLOP/s over the rounds, and the median over rounds of its speed
  * divided by the 6 x 2 tile's in the same round (above 1: faster). The shapes:
- * - "6x2 in use": cnncli_tile_avx512 (microkernel.h), a pointer per position.
+ * - "6x2 in use", "8x3 in use", "6x4 in use": cnncli_tile_avx512 and the 48- and
+ *   64-filter tiles (microkernel.h), a pointer per position.
  * - "RxV one base": R positions 4 floats apart (a run of an output row at stride 4) by V
  *   vectors of 16 filters; one pointer per tap addresses every broadcast.
  * - "Rx1 folded": R positions by one vector, each broadcast folded into its multiply-add
@@ -72,20 +73,35 @@ DEFINE_RUN(folded_28x1, 28, 1)
 
 typedef void (*shape_fn)(const float*, const int*, ptrdiff_t, const float*, float*);
 
+/* The tiles in use, their positions 4 floats apart as in the run shapes. */
+static const int positions[8] = {0, 4, 8, 12, 16, 20, 24, 28};
+
+static void in_use_48(const float* a, const int* cols, ptrdiff_t T, const float* b, float* c)
+{
+    cnncli_tile_avx512_48(a, positions, cols, T, b, c, 0);
+}
+
+static void in_use_64(const float* a, const int* cols, ptrdiff_t T, const float* b, float* c)
+{
+    cnncli_tile_avx512_64(a, positions, cols, T, b, c, 0);
+}
+
 int main(void)
 {
-    static const char* names[] = {"6x2 in use", "12x2 one base", "14x2 one base",
-                                  "8x3 one base", "6x4 one base", "7x4 one base",
-                                  "24x1 folded", "28x1 folded"};
-    static const shape_fn shapes[] = {NULL, run_12x2, run_14x2, run_8x3, run_6x4, run_7x4,
-                                      folded_24x1, folded_28x1};
-    static const int R[] = {6, 12, 14, 8, 6, 7, 24, 28}, V[] = {2, 2, 2, 3, 4, 4, 1, 1};
+    static const char* names[] = {"6x2 in use", "8x3 in use", "6x4 in use",
+                                  "12x2 one base", "14x2 one base", "8x3 one base",
+                                  "6x4 one base", "7x4 one base", "24x1 folded",
+                                  "28x1 folded"};
+    static const shape_fn shapes[] = {NULL, in_use_48, in_use_64, run_12x2, run_14x2,
+                                      run_8x3, run_6x4, run_7x4, folded_24x1, folded_28x1};
+    static const int R[] = {6, 8, 6, 12, 14, 8, 6, 7, 24, 28};
+    static const int V[] = {2, 3, 4, 2, 2, 3, 4, 4, 1, 1};
     enum { SHAPES = sizeof(R) / sizeof(R[0]), CALLS = 1200 };
     static double speed[SHAPES][ROUNDS], ratio[SHAPES][ROUNDS];
     float* a = aligned_alloc(64, sizeof(float) * 200000);
     float* b = aligned_alloc(64, sizeof(float) * TAPS * 64);
     float* c = aligned_alloc(64, sizeof(float) * 64 * 64);
-    int cols[TAPS], rows[6], i, k, s;
+    int cols[TAPS], i, k, s;
     double checksum = 0;
     for (i = 0; i < 200000; i++)
         a[i] = (i % 7) * 0.01f;
@@ -93,8 +109,6 @@ int main(void)
         b[i] = 0.001f * (i % 13);
     for (i = 0; i < TAPS; i++)
         cols[i] = i / 121 * 227 * 20 + i % 121 / 11 * 227 + i % 11;
-    for (i = 0; i < 6; i++)
-        rows[i] = 4 * i;
     cnncli_tile_filters(CNNCLI_AUTO);
     for (k = 0; k < ROUNDS; k++)
         for (s = 0; s < SHAPES; s++) {
@@ -102,7 +116,7 @@ int main(void)
             double started = now();
             for (i = 0; i < calls; i++) {
                 if (s == 0)
-                    cnncli_tile_avx512(a, rows, cols, TAPS, b, c + (i % 4) * 192, i & 1);
+                    cnncli_tile_avx512(a, positions, cols, TAPS, b, c + (i % 4) * 192, i & 1);
                 else
                     shapes[s](a, cols, TAPS, b, c);
             }
