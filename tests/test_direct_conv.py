@@ -19,8 +19,8 @@ from test_conv import conv_arguments, make_operands, reference_arguments
 # (N, C, H, W, filters, kernel, stride, padding, dilation, groups, bias), each with at
 # least 16 taps, so the direct kernel takes some of its passes. Below 128 output positions
 # per sample (256 for grad_weight) the passes list the whole batch's positions at once; the
-# last three cases have more, so they run sample by sample (four or more samples) or share
-# each sample's tiles out (fewer).
+# cases with more run sample by sample (four or more samples) or share each sample's tiles
+# out (fewer).
 DIRECT_CASES = [
     (4, 8, 10, 10, 16, (3, 3), 1, 1, 1, 1, True),         # 8 channels: grad_input on GEMM
     (2, 1, 9, 10, 16, (5, 5), 1, 2, 1, 1, True),          # one channel, 25 taps: forward only
