@@ -31,7 +31,7 @@ __all__ = [
     "conv2d", "conv2d_backward", "conv2d_paths", "use_direct_convolution", "use_winograd",
     "use_row_kernel", "linear", "linear_backward", "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward",
-    "unfold", "fold", "relu", "relu_backward", "direct_kernel_variant",
+    "unfold", "fold", "relu", "relu_backward", "direct_kernel_variant", "planes_kernel_variant",
     "batch_norm", "batch_norm_statistics", "batch_norm_backward", "channel_affine",
     "sgd_update", "adam_update", "conv_output_size", "conv2d_output_size", "pool2d_output_size",
     "softmax", "sigmoid", "get_num_threads", "set_num_threads", "threads", "openmp_enabled",
@@ -116,6 +116,13 @@ def direct_kernel_variant() -> str:
     """Which variant of the direct convolution kernel runs on this CPU: 'avx512', 'avx2',
     or 'none' (im2col + GEMM only); CNNCLI_DIRECT_ISA, read at import, can narrow it."""
     return _conv.direct_kernel_variant()
+
+
+def planes_kernel_variant() -> str:
+    """Which variant of batch normalisation's float32 loops runs on this CPU: 'avx512',
+    'avx2' or 'baseline'; CNNCLI_DIRECT_ISA, read at import, can narrow it ('none':
+    'baseline')."""
+    return _elementwise.planes_kernel_variant()
 
 
 def use_direct_convolution(enabled: bool) -> bool:

@@ -24,6 +24,31 @@ from libc.math cimport sqrt
 include "checks.pxi"
 include "relu.pxi"
 
+cdef extern from "planes.h" nogil:
+    void cnncli_plane_sum(const float* x, Py_ssize_t n, double* sums)
+    void cnncli_plane_squares(const float* x, Py_ssize_t n, float centre, double* sums)
+    void cnncli_gradient_sums(const float* dy, const float* x, Py_ssize_t n, float centre,
+                              float inverse_std, double* sums)
+    void cnncli_input_gradient(const float* dy, const float* x, float* dx, Py_ssize_t n,
+                               float scale, float mean_dy, float centre, float inverse_std,
+                               float mean_dy_xhat)
+    void cnncli_affine(const float* x, float a, float b, float* out, Py_ssize_t n)
+    int cnncli_planes_choose(int wanted)
+
+import os
+
+# CNNCLI_DIRECT_ISA (auto, none, avx2, avx512) also chooses the variant of planes.h's loops
+# (none: the baseline's); an unknown value is auto.
+PLANES_CHOICES = {"auto": -1, "none": 0, "avx2": 1, "avx512": 2}
+cdef int planes_variant = cnncli_planes_choose(
+    PLANES_CHOICES.get(os.environ.get("CNNCLI_DIRECT_ISA", "auto").lower(), -1))
+
+
+def planes_kernel_variant():
+    """The variant of batch normalisation's float32 loops on this CPU: 'avx512', 'avx2' or
+    'baseline', as CNNCLI_DIRECT_ISA and the CPU chose it when the module was loaded."""
+    return ("baseline", "avx2", "avx512")[planes_variant]
+
 cdef Py_ssize_t BLOCK = 16384
 cdef Py_ssize_t PARALLEL_MIN = 32768
 
@@ -51,8 +76,11 @@ cdef inline void relu_grad_block(const floating* dy, const floating* y, floating
 cdef inline void affine_block(const floating* x, floating a, floating b, floating* out,
                               Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
-    for i in range(n):
-        out[i] = x[i] * a + b
+    if floating is float:
+        cnncli_affine(x, a, b, out, n)
+    else:
+        for i in range(n):
+            out[i] = x[i] * a + b
 
 
 # ---------------------------------------------------------------------------
@@ -118,7 +146,8 @@ def relu_backward(grad_output, out, grad_input, int n_threads):
 # Sums over a plane keep LANES partial sums (value i goes to lane i % LANES) added up in
 # lane order at the end: independent additions the compiler can vectorise, where a single
 # running sum waits on each addition in turn (4x slower). The order is fixed by the
-# plane's size, so results do not depend on the thread count.
+# plane's size, so results do not depend on the thread count. float32 planes go to
+# planes.h, compiled for the CPU's vector units, whose lanes sum in float in short runs.
 DEF LANES = 8
 
 
@@ -126,16 +155,20 @@ cdef inline double plane_sum(const floating* x, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i, lane, whole = n - n % LANES
     cdef double partial[LANES]
     cdef double total = 0
-    for lane in range(LANES):
-        partial[lane] = 0
-    for i in range(0, whole, LANES):
+    if floating is float:
+        cnncli_plane_sum(x, n, &total)
+        return total
+    else:
         for lane in range(LANES):
-            partial[lane] += x[i + lane]
-    for lane in range(LANES):
-        total += partial[lane]
-    for i in range(whole, n):
-        total += x[i]
-    return total
+            partial[lane] = 0
+        for i in range(0, whole, LANES):
+            for lane in range(LANES):
+                partial[lane] += x[i + lane]
+        for lane in range(LANES):
+            total += partial[lane]
+        for i in range(whole, n):
+            total += x[i]
+        return total
 
 
 cdef inline double plane_squared_deviation(const floating* x, Py_ssize_t n,
@@ -143,18 +176,22 @@ cdef inline double plane_squared_deviation(const floating* x, Py_ssize_t n,
     cdef Py_ssize_t i, lane, whole = n - n % LANES
     cdef double partial[LANES]
     cdef double total = 0, deviation
-    for lane in range(LANES):
-        partial[lane] = 0
-    for i in range(0, whole, LANES):
+    if floating is float:
+        cnncli_plane_squares(x, n, <float>centre, &total)
+        return total
+    else:
         for lane in range(LANES):
-            deviation = x[i + lane] - centre
-            partial[lane] += deviation * deviation
-    for lane in range(LANES):
-        total += partial[lane]
-    for i in range(whole, n):
-        deviation = x[i] - centre
-        total += deviation * deviation
-    return total
+            partial[lane] = 0
+        for i in range(0, whole, LANES):
+            for lane in range(LANES):
+                deviation = x[i + lane] - centre
+                partial[lane] += deviation * deviation
+        for lane in range(LANES):
+            total += partial[lane]
+        for i in range(whole, n):
+            deviation = x[i] - centre
+            total += deviation * deviation
+        return total
 
 
 cdef inline void plane_gradient_sums(const floating* dy, const floating* x, Py_ssize_t n,
@@ -164,21 +201,28 @@ cdef inline void plane_gradient_sums(const floating* dy, const floating* x, Py_s
     cdef double plain[LANES]
     cdef double weighted[LANES]
     cdef double total = 0, weighted_total = 0
-    for lane in range(LANES):
-        plain[lane] = 0
-        weighted[lane] = 0
-    for i in range(0, whole, LANES):
+    cdef double sums[2]
+    if floating is float:
+        sums[0] = sums[1] = 0
+        cnncli_gradient_sums(dy, x, n, centre, inverse_std, sums)
+        sum_dy[0] += sums[0]
+        sum_dy_xhat[0] += sums[1]
+    else:
         for lane in range(LANES):
-            plain[lane] += dy[i + lane]
-            weighted[lane] += dy[i + lane] * ((x[i + lane] - centre) * inverse_std)
-    for lane in range(LANES):
-        total += plain[lane]
-        weighted_total += weighted[lane]
-    for i in range(whole, n):
-        total += dy[i]
-        weighted_total += dy[i] * ((x[i] - centre) * inverse_std)
-    sum_dy[0] += total
-    sum_dy_xhat[0] += weighted_total
+            plain[lane] = 0
+            weighted[lane] = 0
+        for i in range(0, whole, LANES):
+            for lane in range(LANES):
+                plain[lane] += dy[i + lane]
+                weighted[lane] += dy[i + lane] * ((x[i + lane] - centre) * inverse_std)
+        for lane in range(LANES):
+            total += plain[lane]
+            weighted_total += weighted[lane]
+        for i in range(whole, n):
+            total += dy[i]
+            weighted_total += dy[i] * ((x[i] - centre) * inverse_std)
+        sum_dy[0] += total
+        sum_dy_xhat[0] += weighted_total
 
 
 cdef inline void plane_input_gradient(const floating* dy, const floating* x, floating* dx,
@@ -186,8 +230,11 @@ cdef inline void plane_input_gradient(const floating* dy, const floating* x, flo
                                       floating centre, floating inverse_std,
                                       floating mean_dy_xhat) noexcept nogil:
     cdef Py_ssize_t i
-    for i in range(n):
-        dx[i] = scale * (dy[i] - mean_dy - (x[i] - centre) * inverse_std * mean_dy_xhat)
+    if floating is float:
+        cnncli_input_gradient(dy, x, dx, n, scale, mean_dy, centre, inverse_std, mean_dy_xhat)
+    else:
+        for i in range(n):
+            dx[i] = scale * (dy[i] - mean_dy - (x[i] - centre) * inverse_std * mean_dy_xhat)
 
 
 cdef void batch_statistics_typed(const floating[:, :, ::1] x, floating[::1] mean,

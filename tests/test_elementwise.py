@@ -1,7 +1,10 @@
 """The compiled element-wise and per-channel kernels (ReLU, batch normalisation, optimizer
 updates) against NumPy oracles, finite differences and every thread count."""
 
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -79,6 +82,56 @@ def test_batch_norm_backward_matches_numpy(batch_statistics):
         grad_output, x, mean, inverse_std, gamma)), batch_statistics)
     for mine, oracle in zip(got, expected):
         np.testing.assert_allclose(mine, oracle, rtol=2e-3, atol=2e-3)
+
+
+# Plane sizes on both sides of planes.h's groups of 16 lanes and runs of 256 values.
+PLANE_SIZES = [3, 16, 49, 256, 257, 300, 1147]
+
+
+def plane_errors():
+    """For float32 planes of each of PLANE_SIZES: the largest error of the batch statistics,
+    of the gradient's sums and of grad_input against float64, each relative to the scale of
+    what it sums (the largest value times the count)."""
+    errors = []
+    for size in PLANE_SIZES:
+        x = random((3, 4, 1, size)) * 3 + 5
+        grad_output = random(x.shape, seed=1)
+        gamma = random(4, seed=2)
+        exact_x, exact_dy = x.astype(np.float64), grad_output.astype(np.float64)
+        count = 3 * size
+        mean, var = F.batch_norm_statistics(x)
+        errors.append(np.abs(mean - exact_x.mean(axis=(0, 2, 3))).max() / 8)
+        errors.append(np.abs(var - exact_x.var(axis=(0, 2, 3))).max() / 9)
+        inverse_std = (1 / np.sqrt(var + 1e-5)).astype(np.float32)
+        got = F.batch_norm_backward(grad_output, x, mean, inverse_std, gamma)
+        expected = reference.batch_norm_backward(
+            exact_dy, exact_x, mean.astype(np.float64), inverse_std.astype(np.float64),
+            gamma.astype(np.float64), True)
+        for mine, oracle in zip(got, expected):
+            scale = np.abs(exact_dy).max() * (1 if mine.ndim == 4 else count) * 4
+            errors.append(np.abs(mine - oracle).max() / scale)
+    return errors
+
+
+def test_float32_plane_sums_stay_within_float_rounding():
+    assert max(plane_errors()) < 1e-6
+
+
+# The AVX-512 and AVX2 variants of planes.h's loops, where the CPU has them.
+PLANE_VARIANTS = {"avx512": ["none", "avx2"], "avx2": ["none"]}.get(
+    F.planes_kernel_variant(), [])
+
+
+@pytest.mark.parametrize("variant", PLANE_VARIANTS)
+def test_a_narrower_variant_of_the_plane_loops_stays_within_float_rounding(variant):
+    code = ("import test_elementwise as t; from cnncli import functional as F; "
+            "print(F.planes_kernel_variant(), max(t.plane_errors()))")
+    printed = subprocess.run(
+        [sys.executable, "-c", code], env=dict(os.environ, CNNCLI_DIRECT_ISA=variant),
+        cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True, text=True,
+        check=True).stdout.split()
+    assert printed[0] == {"none": "baseline"}.get(variant, variant)
+    assert float(printed[1]) < 1e-6
 
 
 @pytest.mark.parametrize("batch_statistics", [True, False])
