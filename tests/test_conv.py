@@ -35,6 +35,8 @@ HAND_PICKED = [
     (5, 4, 4, 4, 24, (3, 3), 1, 1, 1, 2, True),          # with groups
     (61, 2, 6, 6, 40, (3, 3), 1, 1, 1, 1, True),         # three groups of samples
     (3, 3, 9, 9, 30, (3, 3), 2, 0, 1, 1, False),         # strided
+    (3, 24, 3, 3, 128, (3, 3), 1, 1, 1, 1, True),        # grad_weight in column and filter blocks
+    (2, 48, 3, 3, 128, (3, 3), 1, 1, 1, 2, True),        # column blocks, with groups
 ]
 
 
