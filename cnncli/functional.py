@@ -516,14 +516,15 @@ def batch_norm_statistics(input, running_mean=None, running_var=None, momentum=0
     return mean, var
 
 
-def channel_affine(input, scale, shift, out=None) -> np.ndarray:
+def channel_affine(input, scale, shift, out=None, relu: bool = False) -> np.ndarray:
     """``input * scale[c] + shift[c]`` for each channel c of ``input`` (N, C, H, W), in one
-    pass; ``out`` may be ``input`` itself."""
+    pass, then ``max(0, .)`` if ``relu`` (the same values as ``relu`` after it); ``out``
+    may be ``input`` itself."""
     input, planes = _planes("input", input)
     out = _output(out, input)
     _elementwise.channel_affine(planes, _channels("scale", scale, input),
                                 _channels("shift", shift, input),
-                                out.reshape(planes.shape), get_num_threads())
+                                out.reshape(planes.shape), get_num_threads(), bool(relu))
     return out
 
 
@@ -550,15 +551,21 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None,
 
 
 def batch_norm_backward(grad_output, input, mean, inverse_std, weight,
-                        batch_statistics: bool = True, need_input_grad: bool = True):
+                        batch_statistics: bool = True, need_input_grad: bool = True,
+                        relu_output=None):
     """Gradients of ``(input - mean) * inverse_std * weight + bias`` per channel:
     ``(grad_input, grad_weight, grad_bias)``, grad_input None unless asked for.
 
     With ``batch_statistics``, mean and inverse_std are the batch's own, so they depend on
     every input and grad_input carries the two correction terms of batch normalisation.
+    With ``relu_output`` (the output of a ReLU applied to this normalisation's output,
+    ``channel_affine(..., relu=True)``), grad_output is that ReLU's output gradient: the
+    gradients are taken through both, the same values as ``relu_backward`` first.
     """
     input, planes = _planes("input", input)
     grad_output = _same_array("grad_output", grad_output, input)
+    if relu_output is not None:
+        relu_output = _same_array("relu_output", relu_output, input).reshape(planes.shape)
     grad_input = np.empty_like(input) if need_input_grad else None
     grad_weight = np.empty(input.shape[1], dtype=input.dtype)
     grad_bias = np.empty_like(grad_weight)
@@ -566,7 +573,7 @@ def batch_norm_backward(grad_output, input, mean, inverse_std, weight,
         grad_output.reshape(planes.shape), planes, _channels("mean", mean, input),
         _channels("inverse_std", inverse_std, input), _channels("weight", weight, input),
         None if grad_input is None else grad_input.reshape(planes.shape), grad_weight,
-        grad_bias, bool(batch_statistics), get_num_threads())
+        grad_bias, bool(batch_statistics), get_num_threads(), relu_output)
     return grad_input, grad_weight, grad_bias
 
 

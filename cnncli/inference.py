@@ -27,7 +27,12 @@ training mode, a ReLU and the max pooling after it again as pooling then
 ReLU: the pooled maximum is positive exactly when the window's first maximum
 is, so both the values and the gradients (the window's first maximum gets
 the output gradient where it is positive) are the same bits as unfused, and
-ReLU's forward and backward touch a quarter of the values.
+ReLU's forward and backward touch a quarter of the values. A BatchNorm2D and
+a ReLU after it (not fused with a pooling) run as one pass: the ReLU applied
+to each value as the normalisation writes it, and in the backward its mask
+applied as the normalisation's sums read the gradient (a ResNet block's
+first normalisation: a pass over the activations less each way, and no
+array for the ReLU's output). The same bits as the two layers apart.
 """
 
 from functools import partial
@@ -145,14 +150,28 @@ def _pooled_relu_pairs(layers):
             if type(layers[position]) is ReLU and type(layers[position + 1]) is MaxPool2D}
 
 
+def _normalised_relu_pairs(layers, pooled):
+    """Positions p where layers[p] is a BatchNorm2D and layers[p + 1] a ReLU (exact types)
+    that does not fuse with a max pooling (``pooled``)."""
+    return {position for position in range(len(layers) - 1)
+            if type(layers[position]) is BatchNorm2D and type(layers[position + 1]) is ReLU
+            and position + 1 not in pooled}
+
+
 def training_forward(layers, x):
     """Run ``layers`` in training mode, each keeping what its backward needs."""
     fused = _pooled_relu_pairs(layers)
+    normalised = _normalised_relu_pairs(layers, fused)
     position = 0
     while position < len(layers):
         if position in fused:
             relu, pool = layers[position], layers[position + 1]
             x = relu.forward_any_shape(pool.forward(x, training=True), training=True)
+            position += 2
+        elif position in normalised:
+            # One pass: the BatchNorm keeps the ReLU's output, its backward's mask.
+            layers[position + 1].clear_cache()
+            x = layers[position].forward_then_relu(x)
             position += 2
         else:
             x = layers[position].forward(x, training=True)
@@ -164,9 +183,15 @@ def training_backward(layers, grad, need_input_grad):
     """Back-propagate through ``layers`` after ``training_forward``; the lowest computes
     its input gradient only if ``need_input_grad``."""
     fused = _pooled_relu_pairs(layers)
+    normalised = _normalised_relu_pairs(layers, fused)
     position = len(layers) - 1
     while position >= 0:
-        if position - 1 in fused:
+        if position - 1 in normalised:
+            # The BatchNorm's backward takes the ReLU's output gradient.
+            position -= 1
+            grad = layers[position].backward(grad, need_input_grad=need_input_grad
+                                             or position > 0)
+        elif position - 1 in fused:
             # ReLU ran last, so its backward runs first; the pooling takes the pair's input.
             grad = layers[position - 1].backward(grad)
             position -= 1

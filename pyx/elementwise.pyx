@@ -33,6 +33,15 @@ cdef extern from "planes.h" nogil:
                                float scale, float mean_dy, float centre, float inverse_std,
                                float mean_dy_xhat)
     void cnncli_affine(const float* x, float a, float b, float* out, Py_ssize_t n)
+    void cnncli_affine_relu(const float* x, float a, float b, float* out, Py_ssize_t n)
+    void cnncli_masked_scale(const float* x, const float* mask, float a, float* out,
+                             Py_ssize_t n)
+    void cnncli_masked_gradient_sums(const float* dy, const float* x, const float* mask,
+                                     Py_ssize_t n, float centre, float inverse_std,
+                                     double* sums)
+    void cnncli_masked_input_gradient(const float* dy, const float* x, const float* mask,
+                                      float* dx, Py_ssize_t n, float scale, float mean_dy,
+                                      float centre, float inverse_std, float mean_dy_xhat)
     int cnncli_planes_choose(int wanted)
 
 import os
@@ -81,6 +90,33 @@ cdef inline void affine_block(const floating* x, floating a, floating b, floatin
     else:
         for i in range(n):
             out[i] = x[i] * a + b
+
+
+cdef inline void affine_relu_block(const floating* x, floating a, floating b, floating* out,
+                                   Py_ssize_t n) noexcept nogil:
+    """affine_block, then relu_block's ReLU on each value."""
+    cdef Py_ssize_t i
+    cdef floating value
+    if floating is float:
+        cnncli_affine_relu(x, a, b, out, n)
+    else:
+        for i in range(n):
+            value = x[i] * a + b
+            out[i] = 0 if value < 0 else value
+
+
+cdef inline void masked_scale_block(const floating* x, const floating* mask, floating a,
+                                    floating* out, Py_ssize_t n) noexcept nogil:
+    """out = x * a where mask > 0, else 0: relu_grad_block's mask, then affine_block."""
+    cdef Py_ssize_t i
+    cdef floating value, keep
+    if floating is float:
+        cnncli_masked_scale(x, mask, a, out, n)
+    else:
+        for i in range(n):
+            value = x[i]
+            keep = mask[i]
+            out[i] = (value if keep > 0 else 0) * a + 0
 
 
 # ---------------------------------------------------------------------------
@@ -194,17 +230,24 @@ cdef inline double plane_squared_deviation(const floating* x, Py_ssize_t n,
         return total
 
 
-cdef inline void plane_gradient_sums(const floating* dy, const floating* x, Py_ssize_t n,
-                                     floating centre, floating inverse_std, double* sum_dy,
+cdef inline void plane_gradient_sums(const floating* dy, const floating* x,
+                                     const floating* mask, Py_ssize_t n, floating centre,
+                                     floating inverse_std, double* sum_dy,
                                      double* sum_dy_xhat) noexcept nogil:
+    """Adds the plane's sums of dy and dy * xhat to sum_dy and sum_dy_xhat; with a mask (a
+    ReLU's output after this layer; NULL: none), dy counts only where mask > 0."""
     cdef Py_ssize_t i, lane, whole = n - n % LANES
     cdef double plain[LANES]
     cdef double weighted[LANES]
     cdef double total = 0, weighted_total = 0
     cdef double sums[2]
+    cdef floating gradient
     if floating is float:
         sums[0] = sums[1] = 0
-        cnncli_gradient_sums(dy, x, n, centre, inverse_std, sums)
+        if mask == NULL:
+            cnncli_gradient_sums(dy, x, n, centre, inverse_std, sums)
+        else:
+            cnncli_masked_gradient_sums(dy, x, mask, n, centre, inverse_std, sums)
         sum_dy[0] += sums[0]
         sum_dy_xhat[0] += sums[1]
     else:
@@ -213,28 +256,38 @@ cdef inline void plane_gradient_sums(const floating* dy, const floating* x, Py_s
             weighted[lane] = 0
         for i in range(0, whole, LANES):
             for lane in range(LANES):
-                plain[lane] += dy[i + lane]
-                weighted[lane] += dy[i + lane] * ((x[i + lane] - centre) * inverse_std)
+                gradient = dy[i + lane] if mask == NULL or mask[i + lane] > 0 else 0
+                plain[lane] += gradient
+                weighted[lane] += gradient * ((x[i + lane] - centre) * inverse_std)
         for lane in range(LANES):
             total += plain[lane]
             weighted_total += weighted[lane]
         for i in range(whole, n):
-            total += dy[i]
-            weighted_total += dy[i] * ((x[i] - centre) * inverse_std)
+            gradient = dy[i] if mask == NULL or mask[i] > 0 else 0
+            total += gradient
+            weighted_total += gradient * ((x[i] - centre) * inverse_std)
         sum_dy[0] += total
         sum_dy_xhat[0] += weighted_total
 
 
-cdef inline void plane_input_gradient(const floating* dy, const floating* x, floating* dx,
-                                      Py_ssize_t n, floating scale, floating mean_dy,
-                                      floating centre, floating inverse_std,
+cdef inline void plane_input_gradient(const floating* dy, const floating* x,
+                                      const floating* mask, floating* dx, Py_ssize_t n,
+                                      floating scale, floating mean_dy, floating centre,
+                                      floating inverse_std,
                                       floating mean_dy_xhat) noexcept nogil:
     cdef Py_ssize_t i
+    cdef floating gradient
     if floating is float:
-        cnncli_input_gradient(dy, x, dx, n, scale, mean_dy, centre, inverse_std, mean_dy_xhat)
+        if mask == NULL:
+            cnncli_input_gradient(dy, x, dx, n, scale, mean_dy, centre, inverse_std,
+                                  mean_dy_xhat)
+        else:
+            cnncli_masked_input_gradient(dy, x, mask, dx, n, scale, mean_dy, centre,
+                                         inverse_std, mean_dy_xhat)
     else:
         for i in range(n):
-            dx[i] = scale * (dy[i] - mean_dy - (x[i] - centre) * inverse_std * mean_dy_xhat)
+            gradient = dy[i] if mask == NULL or mask[i] > 0 else 0
+            dx[i] = scale * (gradient - mean_dy - (x[i] - centre) * inverse_std * mean_dy_xhat)
 
 
 cdef void batch_statistics_typed(const floating[:, :, ::1] x, floating[::1] mean,
@@ -256,7 +309,7 @@ cdef void batch_statistics_typed(const floating[:, :, ::1] x, floating[::1] mean
 
 
 cdef void channel_affine_typed(const floating[:, :, ::1] x, const floating[::1] scale,
-                               const floating[::1] shift, floating[:, :, ::1] out,
+                               const floating[::1] shift, floating[:, :, ::1] out, bint relu,
                                int n_threads) noexcept:
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2]
     cdef Py_ssize_t plane, n, c
@@ -265,21 +318,26 @@ cdef void channel_affine_typed(const floating[:, :, ::1] x, const floating[::1] 
                             num_threads=threads_for(N * C * P, n_threads)):
             n = plane // C
             c = plane % C
-            affine_block(&x[n, c, 0], scale[c], shift[c], &out[n, c, 0], P)
+            if relu:
+                affine_relu_block(&x[n, c, 0], scale[c], shift[c], &out[n, c, 0], P)
+            else:
+                affine_block(&x[n, c, 0], scale[c], shift[c], &out[n, c, 0], P)
 
 
 cdef void batchnorm_backward_typed(const floating[:, :, ::1] grad_output,
                                    const floating[:, :, ::1] x, const floating[::1] mean,
                                    const floating[::1] inverse_std, const floating[::1] gamma,
                                    floating[:, :, ::1] grad_input, floating[::1] grad_gamma,
-                                   floating[::1] grad_beta, bint batch_statistics,
-                                   int n_threads) noexcept:
+                                   floating[::1] grad_beta, const floating[:, :, ::1] mask,
+                                   bint batch_statistics, int n_threads) noexcept:
     cdef Py_ssize_t N = grad_output.shape[0], C = grad_output.shape[1]
     cdef Py_ssize_t P = grad_output.shape[2]
     cdef Py_ssize_t c, n
     cdef double sum_dy, sum_dy_xhat, count = N * P
     cdef floating scale, mean_dy, mean_dy_xhat, centre, inv
     cdef bint need_input = grad_input is not None
+    cdef bint masked = mask is not None
+    cdef const floating* plane_mask
     with nogil:
         for c in prange(C, schedule='static', num_threads=threads_for(N * C * P, n_threads)):
             centre = mean[c]
@@ -287,8 +345,9 @@ cdef void batchnorm_backward_typed(const floating[:, :, ::1] grad_output,
             sum_dy = 0
             sum_dy_xhat = 0
             for n in range(N):
-                plane_gradient_sums(&grad_output[n, c, 0], &x[n, c, 0], P, centre, inv,
-                                    &sum_dy, &sum_dy_xhat)
+                plane_mask = &mask[n, c, 0] if masked else NULL
+                plane_gradient_sums(&grad_output[n, c, 0], &x[n, c, 0], plane_mask, P, centre,
+                                    inv, &sum_dy, &sum_dy_xhat)
             grad_gamma[c] = <floating>sum_dy_xhat
             grad_beta[c] = <floating>sum_dy
             scale = gamma[c] * inv
@@ -298,12 +357,17 @@ cdef void batchnorm_backward_typed(const floating[:, :, ::1] grad_output,
                 mean_dy = <floating>(sum_dy / count)
                 mean_dy_xhat = <floating>(sum_dy_xhat / count)
                 for n in range(N):
-                    plane_input_gradient(&grad_output[n, c, 0], &x[n, c, 0],
+                    plane_mask = &mask[n, c, 0] if masked else NULL
+                    plane_input_gradient(&grad_output[n, c, 0], &x[n, c, 0], plane_mask,
                                          &grad_input[n, c, 0], P, scale, mean_dy, centre, inv,
                                          mean_dy_xhat)
             elif need_input:
                 for n in range(N):
-                    affine_block(&grad_output[n, c, 0], scale, 0, &grad_input[n, c, 0], P)
+                    if masked:
+                        masked_scale_block(&grad_output[n, c, 0], &mask[n, c, 0], scale,
+                                           &grad_input[n, c, 0], P)
+                    else:
+                        affine_block(&grad_output[n, c, 0], scale, 0, &grad_input[n, c, 0], P)
 
 
 cdef check_planes(str name, object array, object dtype, bint writable, tuple shape):
@@ -333,9 +397,9 @@ def batch_statistics(x, mean, var, int n_threads):
         batch_statistics_typed[double](x, mean, var, n_threads)
 
 
-def channel_affine(x, scale, shift, out, int n_threads):
-    """out[n, c, p] = x[n, c, p] * scale[c] + shift[c]; x and out are (N, C, H*W) and out
-    may be x itself."""
+def channel_affine(x, scale, shift, out, int n_threads, bint relu=False):
+    """out[n, c, p] = x[n, c, p] * scale[c] + shift[c], then ReLU'd if relu; x and out are
+    (N, C, H*W) and out may be x itself."""
     dtype = working_dtype("x", x)
     check_planes("x", x, dtype, False, None)
     check_planes("out", out, dtype, True, tuple(x.shape))
@@ -343,18 +407,20 @@ def channel_affine(x, scale, shift, out, int n_threads):
     check_channels("shift", shift, dtype, False, x.shape[1])
     check_at_least("n_threads", n_threads, 1)
     if dtype == np.float32:
-        channel_affine_typed[float](x, scale, shift, out, n_threads)
+        channel_affine_typed[float](x, scale, shift, out, relu, n_threads)
     else:
-        channel_affine_typed[double](x, scale, shift, out, n_threads)
+        channel_affine_typed[double](x, scale, shift, out, relu, n_threads)
 
 
 def batchnorm_backward(grad_output, x, mean, inverse_std, gamma, grad_input, grad_gamma,
-                       grad_beta, bint batch_statistics, int n_threads):
+                       grad_beta, bint batch_statistics, int n_threads, mask=None):
     """Gradients of out = gamma * (x - mean) * inverse_std + beta, per channel of (N, C, H*W).
 
     grad_gamma[c] = sum dy * xhat; grad_beta[c] = sum dy; grad_input (None to skip)
     = gamma * inverse_std * (dy - mean(dy) - xhat * mean(dy * xhat)) when mean and
-    inverse_std are the batch's own statistics, else gamma * inverse_std * dy.
+    inverse_std are the batch's own statistics, else gamma * inverse_std * dy. With a mask
+    (the output of a ReLU after this layer), dy is grad_output where mask > 0, else 0: the
+    gradient through the ReLU too.
     """
     dtype = working_dtype("x", x)
     check_planes("x", x, dtype, False, None)
@@ -370,14 +436,20 @@ def batchnorm_backward(grad_output, x, mean, inverse_std, gamma, grad_input, gra
         check_planes("grad_input", grad_input, dtype, True, shape)
         for name, array in (("grad_output", grad_output), ("x", x)):
             check_disjoint("grad_input", grad_input, name, array)
+    if mask is not None:
+        check_planes("mask", mask, dtype, False, shape)
+        if grad_input is not None:
+            check_disjoint("grad_input", grad_input, "mask", mask)
     check_at_least("values per channel", shape[0] * shape[2], 1)
     check_at_least("n_threads", n_threads, 1)
     if dtype == np.float32:
         batchnorm_backward_typed[float](grad_output, x, mean, inverse_std, gamma, grad_input,
-                                        grad_gamma, grad_beta, batch_statistics, n_threads)
+                                        grad_gamma, grad_beta, mask, batch_statistics,
+                                        n_threads)
     else:
         batchnorm_backward_typed[double](grad_output, x, mean, inverse_std, gamma, grad_input,
-                                         grad_gamma, grad_beta, batch_statistics, n_threads)
+                                         grad_gamma, grad_beta, mask, batch_statistics,
+                                         n_threads)
 
 
 # ---------------------------------------------------------------------------

@@ -31,16 +31,19 @@
  * vectorised across loop iterations instead, through shuffles and spills (3.2 ms for the
  * backward above). Loaded and stored through memcpy: the planes need not be aligned. */
 typedef float cnncli_lanes __attribute__((vector_size(4 * CNNCLI_PLANE_LANES)));
+typedef int cnncli_bits __attribute__((vector_size(4 * CNNCLI_PLANE_LANES)));
 
 #define CNNCLI_LOAD_LANES(v, x) __builtin_memcpy(&(v), (x), sizeof (v))
 
 /* Adds the sums over x[first:stop] (a whole number of lane groups) to the double lanes:
- * of x (kind 0), of (x - centre)^2 (kind 1), or of dy and dy * xhat (kind 2). */
-CNNCLI_INLINE void cnncli_block_sums(const float* x, const float* dy, ptrdiff_t first,
-                                     ptrdiff_t stop, float centre, float inverse_std,
-                                     int kind, double* plain, double* weighted)
+ * of x (kind 0), of (x - centre)^2 (kind 1), or of dy and dy * xhat (kind 2; kind 3: dy
+ * taken only where mask > 0, zero elsewhere, as a ReLU's backward passes it). */
+CNNCLI_INLINE void cnncli_block_sums(const float* x, const float* dy, const float* mask,
+                                     ptrdiff_t first, ptrdiff_t stop, float centre,
+                                     float inverse_std, int kind, double* plain,
+                                     double* weighted)
 {
-    cnncli_lanes p = {0}, q = {0}, value, deviation, gradient;
+    cnncli_lanes p = {0}, q = {0}, value, deviation, gradient, keep;
     float p_lanes[CNNCLI_PLANE_LANES], q_lanes[CNNCLI_PLANE_LANES];
     ptrdiff_t i, l;
     for (i = first; i < stop; i += CNNCLI_PLANE_LANES) {
@@ -52,6 +55,10 @@ CNNCLI_INLINE void cnncli_block_sums(const float* x, const float* dy, ptrdiff_t 
             p += deviation * deviation;
         } else {
             CNNCLI_LOAD_LANES(gradient, dy + i);
+            if (kind == 3) {
+                CNNCLI_LOAD_LANES(keep, mask + i);
+                gradient = (cnncli_lanes)((cnncli_bits)gradient & (keep > 0));
+            }
             p += gradient;
             q += gradient * ((value - centre) * inverse_std);
         }
@@ -65,16 +72,17 @@ CNNCLI_INLINE void cnncli_block_sums(const float* x, const float* dy, ptrdiff_t 
 }
 
 /* The plane's sums (see cnncli_block_sums' kinds) added to sums[0] (and sums[1]). */
-CNNCLI_INLINE void cnncli_plane_sums_body(const float* x, const float* dy, ptrdiff_t n,
-                                          float centre, float inverse_std, int kind,
-                                          double* sums)
+CNNCLI_INLINE void cnncli_plane_sums_body(const float* x, const float* dy, const float* mask,
+                                          ptrdiff_t n, float centre, float inverse_std,
+                                          int kind, double* sums)
 {
     double plain[CNNCLI_PLANE_LANES] = {0}, weighted[CNNCLI_PLANE_LANES] = {0};
     double total = 0, weighted_total = 0;
     ptrdiff_t whole = n - n % CNNCLI_PLANE_LANES, first, i, l;
     for (first = 0; first < whole; first += CNNCLI_PLANE_BLOCK) {
         ptrdiff_t stop = first + CNNCLI_PLANE_BLOCK < whole ? first + CNNCLI_PLANE_BLOCK : whole;
-        cnncli_block_sums(x, dy, first, stop, centre, inverse_std, kind, plain, weighted);
+        cnncli_block_sums(x, dy, mask, first, stop, centre, inverse_std, kind, plain,
+                          weighted);
     }
     for (l = 0; l < CNNCLI_PLANE_LANES; l++) {
         total += plain[l];
@@ -87,62 +95,97 @@ CNNCLI_INLINE void cnncli_plane_sums_body(const float* x, const float* dy, ptrdi
         } else if (kind == 1) {
             total += (value - centre) * (value - centre);
         } else {
-            total += dy[i];
-            weighted_total += dy[i] * ((x[i] - centre) * inverse_std);
+            float gradient = kind == 3 && !(mask[i] > 0) ? 0.0f : dy[i];
+            total += gradient;
+            weighted_total += gradient * ((x[i] - centre) * inverse_std);
         }
     }
     sums[0] += total;
-    if (kind == 2)
+    if (kind >= 2)
         sums[1] += weighted_total;
 }
 
-/* dx = scale * (dy - mean_dy - xhat * mean_dy_xhat), xhat = (x - centre) * inverse_std. */
-CNNCLI_INLINE void cnncli_input_gradient_body(const float* dy, const float* x, float* dx,
+/* dx = scale * (dy - mean_dy - xhat * mean_dy_xhat), xhat = (x - centre) * inverse_std;
+ * masked: dy taken only where mask > 0. */
+CNNCLI_INLINE void cnncli_input_gradient_body(const float* dy, const float* x,
+                                              const float* mask, int masked, float* dx,
                                               ptrdiff_t n, float scale, float mean_dy,
                                               float centre, float inverse_std,
                                               float mean_dy_xhat)
 {
     ptrdiff_t i;
-    for (i = 0; i < n; i++)
-        dx[i] = scale * (dy[i] - mean_dy - (x[i] - centre) * inverse_std * mean_dy_xhat);
+    for (i = 0; i < n; i++) {
+        float gradient = dy[i], keep = masked ? mask[i] : 1.0f;
+        gradient = keep > 0 ? gradient : 0.0f;
+        dx[i] = scale * (gradient - mean_dy - (x[i] - centre) * inverse_std * mean_dy_xhat);
+    }
 }
 
-/* out = x * a + b. */
-CNNCLI_INLINE void cnncli_affine_body(const float* x, float a, float b, float* out, ptrdiff_t n)
+/* out = x * a + b (masked: x taken only where mask > 0), then ReLU'd if relu (NaN kept,
+ * as relu.pxi's ReLU). */
+CNNCLI_INLINE void cnncli_affine_body(const float* x, const float* mask, int masked, float a,
+                                      float b, int relu, float* out, ptrdiff_t n)
 {
     ptrdiff_t i;
-    for (i = 0; i < n; i++)
-        out[i] = x[i] * a + b;
+    for (i = 0; i < n; i++) {
+        float value = x[i], keep = masked ? mask[i] : 1.0f;
+        value = (keep > 0 ? value : 0.0f) * a + b;
+        out[i] = relu && value < 0 ? 0.0f : value;
+    }
 }
 
 #define CNNCLI_DEFINE_PLANES(SUFFIX, ATTRIBUTE)                                            \
 ATTRIBUTE static void cnncli_plane_sum_##SUFFIX(const float* x, ptrdiff_t n, double* sums)  \
 {                                                                                          \
-    cnncli_plane_sums_body(x, NULL, n, 0, 0, 0, sums);                                     \
+    cnncli_plane_sums_body(x, NULL, NULL, n, 0, 0, 0, sums);                               \
 }                                                                                          \
 ATTRIBUTE static void cnncli_plane_squares_##SUFFIX(const float* x, ptrdiff_t n,           \
                                                     float centre, double* sums)           \
 {                                                                                          \
-    cnncli_plane_sums_body(x, NULL, n, centre, 0, 1, sums);                                \
+    cnncli_plane_sums_body(x, NULL, NULL, n, centre, 0, 1, sums);                          \
 }                                                                                          \
 ATTRIBUTE static void cnncli_gradient_sums_##SUFFIX(const float* dy, const float* x,       \
                                                     ptrdiff_t n, float centre,            \
                                                     float inverse_std, double* sums)      \
 {                                                                                          \
-    cnncli_plane_sums_body(x, dy, n, centre, inverse_std, 2, sums);                        \
+    cnncli_plane_sums_body(x, dy, NULL, n, centre, inverse_std, 2, sums);                  \
+}                                                                                          \
+ATTRIBUTE static void cnncli_masked_gradient_sums_##SUFFIX(const float* dy, const float* x, \
+                                                           const float* mask, ptrdiff_t n, \
+                                                           float centre, float inverse_std, \
+                                                           double* sums)                  \
+{                                                                                          \
+    cnncli_plane_sums_body(x, dy, mask, n, centre, inverse_std, 3, sums);                  \
 }                                                                                          \
 ATTRIBUTE static void cnncli_input_gradient_##SUFFIX(const float* dy, const float* x,      \
                                                      float* dx, ptrdiff_t n, float scale,  \
                                                      float mean_dy, float centre,         \
                                                      float inverse_std, float mean_dy_xhat) \
 {                                                                                          \
-    cnncli_input_gradient_body(dy, x, dx, n, scale, mean_dy, centre, inverse_std,          \
+    cnncli_input_gradient_body(dy, x, NULL, 0, dx, n, scale, mean_dy, centre, inverse_std,  \
+                               mean_dy_xhat);                                              \
+}                                                                                          \
+ATTRIBUTE static void cnncli_masked_input_gradient_##SUFFIX(                               \
+    const float* dy, const float* x, const float* mask, float* dx, ptrdiff_t n,            \
+    float scale, float mean_dy, float centre, float inverse_std, float mean_dy_xhat)        \
+{                                                                                          \
+    cnncli_input_gradient_body(dy, x, mask, 1, dx, n, scale, mean_dy, centre, inverse_std,  \
                                mean_dy_xhat);                                              \
 }                                                                                          \
 ATTRIBUTE static void cnncli_affine_##SUFFIX(const float* x, float a, float b, float* out,  \
                                              ptrdiff_t n)                                  \
 {                                                                                          \
-    cnncli_affine_body(x, a, b, out, n);                                                   \
+    cnncli_affine_body(x, NULL, 0, a, b, 0, out, n);                                       \
+}                                                                                          \
+ATTRIBUTE static void cnncli_affine_relu_##SUFFIX(const float* x, float a, float b,         \
+                                                  float* out, ptrdiff_t n)                \
+{                                                                                          \
+    cnncli_affine_body(x, NULL, 0, a, b, 1, out, n);                                       \
+}                                                                                          \
+ATTRIBUTE static void cnncli_masked_scale_##SUFFIX(const float* x, const float* mask,       \
+                                                   float a, float* out, ptrdiff_t n)      \
+{                                                                                          \
+    cnncli_affine_body(x, mask, 1, a, 0, 0, out, n);                                       \
 }
 
 CNNCLI_DEFINE_PLANES(baseline, )
@@ -198,6 +241,23 @@ static void cnncli_gradient_sums(const float* dy, const float* x, ptrdiff_t n, f
     CNNCLI_PLANES_PICK(cnncli_gradient_sums, (dy, x, n, centre, inverse_std, sums))
 }
 
+/* cnncli_gradient_sums of dy where mask > 0 (zero elsewhere). */
+static void cnncli_masked_gradient_sums(const float* dy, const float* x, const float* mask,
+                                        ptrdiff_t n, float centre, float inverse_std,
+                                        double* sums)
+{
+    CNNCLI_PLANES_PICK(cnncli_masked_gradient_sums, (dy, x, mask, n, centre, inverse_std, sums))
+}
+
+/* cnncli_input_gradient of dy where mask > 0 (zero elsewhere). */
+static void cnncli_masked_input_gradient(const float* dy, const float* x, const float* mask,
+                                         float* dx, ptrdiff_t n, float scale, float mean_dy,
+                                         float centre, float inverse_std, float mean_dy_xhat)
+{
+    CNNCLI_PLANES_PICK(cnncli_masked_input_gradient,
+                       (dy, x, mask, dx, n, scale, mean_dy, centre, inverse_std, mean_dy_xhat))
+}
+
 static void cnncli_input_gradient(const float* dy, const float* x, float* dx, ptrdiff_t n,
                                   float scale, float mean_dy, float centre, float inverse_std,
                                   float mean_dy_xhat)
@@ -209,6 +269,19 @@ static void cnncli_input_gradient(const float* dy, const float* x, float* dx, pt
 static void cnncli_affine(const float* x, float a, float b, float* out, ptrdiff_t n)
 {
     CNNCLI_PLANES_PICK(cnncli_affine, (x, a, b, out, n))
+}
+
+/* cnncli_affine then ReLU, in one pass. */
+static void cnncli_affine_relu(const float* x, float a, float b, float* out, ptrdiff_t n)
+{
+    CNNCLI_PLANES_PICK(cnncli_affine_relu, (x, a, b, out, n))
+}
+
+/* out = x * a where mask > 0, zero elsewhere. */
+static void cnncli_masked_scale(const float* x, const float* mask, float a, float* out,
+                                ptrdiff_t n)
+{
+    CNNCLI_PLANES_PICK(cnncli_masked_scale, (x, mask, a, out, n))
 }
 
 #endif

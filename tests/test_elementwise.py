@@ -153,6 +153,32 @@ def test_batch_norm_gradients_match_finite_differences(batch_statistics):
         check_gradient(forward, array, analytic, grad_output)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch_statistics", [True, False])
+def test_batch_norm_with_relu_in_its_passes_gives_the_bits_of_the_two_apart(dtype,
+                                                                          batch_statistics):
+    """channel_affine(relu=True) and batch_norm_backward(relu_output=...) against relu after
+    the affine map and relu_backward before the normalisation's backward: planes of every
+    size class of planes.h, a quarter of the values made exactly zero."""
+    for shape in [(3, 4, 1, 3), (3, 4, 7, 7), (2, 3, 31, 37)]:
+        x = random(shape, dtype)
+        mean, var = F.batch_norm_statistics(x)
+        inverse_std = (1 / np.sqrt(var + 1e-5)).astype(dtype)
+        gamma, beta = random(shape[1], dtype, 1), random(shape[1], dtype, 2)
+        scale = gamma * inverse_std
+        shift = beta - mean * scale
+        shift[0] = -x[:, 0].max() * scale[0]        # channel 0: some outputs exactly zero
+        out = F.channel_affine(x, scale, shift, relu=True)
+        np.testing.assert_array_equal(out, F.relu(F.channel_affine(x, scale, shift)))
+        grad_output = random(shape, dtype, 3)
+        fused = F.batch_norm_backward(grad_output, x, mean, inverse_std, gamma,
+                                      batch_statistics, relu_output=out)
+        apart = F.batch_norm_backward(F.relu_backward(grad_output, out), x, mean, inverse_std,
+                                      gamma, batch_statistics)
+        for one, other in zip(fused, apart):
+            np.testing.assert_array_equal(one, other)
+
+
 def test_batch_norm_backward_computes_only_what_is_asked():
     x = random((2, 3, 4, 4))
     grad_input, grad_gamma, grad_beta = F.batch_norm_backward(
@@ -202,6 +228,9 @@ def run_every_kernel():
     mean, var = F.batch_norm_statistics(x)
     out += [mean, var, F.channel_affine(x, mean, var)]
     out += list(F.batch_norm_backward(random(x.shape, seed=2), x, mean, var, mean))
+    out += [F.channel_affine(x, mean, var, relu=True)]
+    out += list(F.batch_norm_backward(random(x.shape, seed=2), x, mean, var, mean,
+                                      relu_output=out[-1]))
     value, m, v = random(50000), np.zeros(50000, np.float32), np.zeros(50000, np.float32)
     F.adam_update(value, random(50000, seed=3), m, v, 1, 1e-3)
     velocity = np.empty_like(value)
@@ -230,6 +259,10 @@ def test_results_do_not_depend_on_the_thread_count():
     (lambda: F.batch_norm_backward(np.zeros((1, 2, 2, 2)), np.zeros((1, 2, 2, 2)),
                                    np.zeros(2), np.zeros(2), np.zeros(2, np.float32)),
      "weight: expected dtype float64"),
+    (lambda: F.batch_norm_backward(np.zeros((1, 2, 2, 2)), np.zeros((1, 2, 2, 2)),
+                                   np.zeros(2), np.ones(2), np.ones(2),
+                                   relu_output=np.zeros((1, 2, 2, 3))),
+     "relu_output: expected shape"),
     (lambda: F.sgd_update(np.zeros(3)[::-1], np.zeros(3), None, 0.1), "value: expected a writable"),
     (lambda: F.sgd_update(np.zeros(3), np.zeros(4), None, 0.1), "grad: expected shape"),
     (lambda: F.adam_update(np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(2), 1, 0.1),

@@ -236,14 +236,49 @@ def test_training_with_relu_then_max_pooling_fused_gives_the_unfused_bits(pool):
         np.testing.assert_array_equal(fused, unfused)
 
 
+@pytest.mark.parametrize("dtype, frozen", [(np.float32, False), (np.float64, False),
+                                           (np.float32, True)])
+def test_training_with_batchnorm_then_relu_fused_gives_the_unfused_bits(dtype, frozen):
+    """BatchNorm and ReLU in one pass in training: the same outputs, gradients and trained
+    weights, bit for bit, as the two layers apart (a frozen BatchNorm on its running
+    statistics too), with many values at or below zero."""
+    runs = []
+    for relu in (ReLU(name="relu"), UnfusedReLU(name="relu")):
+        model = Sequential([Conv2D(4, 3, padding=1), BatchNorm2D(), relu, Conv2D(3, 3),
+                            Flatten(), Dense(3)], input_shape=(2, 7, 7), seed=0, dtype=dtype)
+        if frozen:
+            model[1].freeze()
+        x = np.random.default_rng(1).standard_normal((6, 2, 7, 7)).astype(dtype) - 0.5
+        output = model.forward(x, training=True, need_input_grad=True)
+        grad_input = model.backward(np.ones_like(output), need_input_grad=True)
+        model.fit(x, np.arange(6) % 3, epochs=3, batch_size=3)
+        runs.append([output, grad_input] + model.weights)
+    for fused, unfused in zip(*runs):
+        np.testing.assert_array_equal(fused, unfused)
+
+
+def test_batchnorm_then_relu_fused_matches_finite_differences():
+    model = Sequential([BatchNorm2D(), ReLU(), Flatten(), Dense(2)], input_shape=(3, 4, 4),
+                       seed=0, dtype=np.float64)
+    x = np.random.default_rng(2).standard_normal((4, 3, 4, 4))
+    grad_output = np.random.default_rng(3).standard_normal((4, 2))
+    model.forward(x, training=True, need_input_grad=True)
+    grad_input = model.backward(grad_output, need_input_grad=True)
+    check_gradient(lambda: model.forward(x, training=True), x, grad_input, grad_output)
+    check_gradient(lambda: model.forward(x, training=True), model[0].gamma.value,
+                   model[0].gamma.grad, grad_output)
+
+
 def test_inference_really_folds_batchnorm_into_the_convolution(monkeypatch):
     """In inference the BatchNorm and the ReLU after a convolution are not run: the
-    convolution runs once, scaled, with the ReLU inside; in training all three run."""
+    convolution runs once, scaled, with the ReLU inside; in training the convolution
+    runs, then the BatchNorm with the ReLU in its pass."""
     model = Sequential([Conv2D(4, 3, padding=1), BatchNorm2D(), ReLU(), Flatten(), Dense(3)],
                        input_shape=(2, 6, 6), seed=0)
     calls = []
     for cls, method in ((Conv2D, "forward"), (Conv2D, "forward_fused"),
-                        (BatchNorm2D, "forward"), (ReLU, "forward"), (ReLU, "function")):
+                        (BatchNorm2D, "forward"), (BatchNorm2D, "forward_then_relu"),
+                        (ReLU, "forward"), (ReLU, "function")):
         original = getattr(cls, method)
         monkeypatch.setattr(cls, method, lambda self, *args, _original=original,
                             _name=f"{cls.__name__}.{method}", **kwargs:
@@ -255,7 +290,7 @@ def test_inference_really_folds_batchnorm_into_the_convolution(monkeypatch):
     assert calls == ["Conv2D.forward_fused"]
     calls.clear()
     model.forward(x, training=True)
-    assert calls == ["Conv2D.forward", "BatchNorm2D.forward", "ReLU.forward", "ReLU.function"]
+    assert calls == ["Conv2D.forward", "BatchNorm2D.forward_then_relu"]
 
 
 def test_a_convolution_with_relu_inside_gives_relu_of_the_convolution():

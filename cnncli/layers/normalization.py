@@ -73,6 +73,16 @@ class BatchNorm2D(Layer):
         return scale, self.beta.value - self.running_mean * scale
 
     def forward(self, x, training=False):
+        return self._normalise(x, training, relu=False)
+
+    def forward_then_relu(self, x):
+        """A training ``forward`` followed by a ReLU, both in one pass over the output
+        (``inference.training_forward`` runs a BatchNorm2D and the ReLU after it so). The
+        next ``backward`` then takes that ReLU's output gradient and returns the input
+        gradient through both; the values are those of the two layers one after the other."""
+        return self._normalise(x, True, relu=True)
+
+    def _normalise(self, x, training, relu):
         x = self._check_input(x)
         use_batch = training and self.trainable
         if not training:
@@ -88,8 +98,10 @@ class BatchNorm2D(Layer):
             mean, var = self.running_mean, self.running_var
         inverse_std = 1 / np.sqrt(var + x.dtype.type(self.eps))
         scale = self.gamma.value * inverse_std
-        self._cache = (x, mean, inverse_std, use_batch)
-        return F.channel_affine(x, scale, self.beta.value - mean * scale)
+        out = F.channel_affine(x, scale, self.beta.value - mean * scale, relu=relu)
+        # A ReLU's output is its backward's mask.
+        self._cache = (x, mean, inverse_std, use_batch, out if relu else None)
+        return out
 
     def _statistics(self, x, count):
         """The batch's mean and biased variance per channel (the global batch's, when
@@ -112,11 +124,13 @@ class BatchNorm2D(Layer):
         return mean64.astype(x.dtype), var64.astype(x.dtype)
 
     def backward(self, grad_output, need_input_grad=True):
-        x, mean, inverse_std, use_batch = self._cached()
+        x, mean, inverse_std, use_batch, relu_output = self._cached()
         synchronized = use_batch and self.synchronized is not None
+        if synchronized and relu_output is not None:
+            grad_output, relu_output = F.relu_backward(grad_output, relu_output), None
         grad_input, grad_gamma, grad_beta = F.batch_norm_backward(
             grad_output, x, mean, inverse_std, self.gamma.value, batch_statistics=use_batch,
-            need_input_grad=need_input_grad and not synchronized)
+            need_input_grad=need_input_grad and not synchronized, relu_output=relu_output)
         if synchronized and need_input_grad:
             grad_input = self._synchronized_input_grad(grad_output, x, mean, inverse_std,
                                                        grad_gamma, grad_beta)
