@@ -17,7 +17,9 @@
 #   loop over output columns that the compiler vectorises.
 # - Whole 2x2 windows at stride 2 (float32, AVX2 CPUs) take pool2x2.h instead: eight
 #   windows at a time with vector compares, where the sweeps' compares became mispredicted
-#   branches.
+#   branches. So do the interior windows of any other max pooling at stride 2 (ResNet's
+#   3x3 with padding 1): each window's maximum stays in a register over its cells, where
+#   the sweeps stored and reloaded it per cell (cnncli_max_windows2).
 # - Max pooling ties: the gradient goes to the first maximum in row-major
 #   window order; a NaN counts as the maximum (the first NaN wins), as in
 #   PyTorch. Indices are flat positions h*W + w inside the input plane (int64).
@@ -141,6 +143,18 @@ cdef inline void max_sweep(const floating* row, Py_ssize_t stride, Py_ssize_t co
             best_at[o] = <int32_t>(offset + o * stride) if greater else best_at[o]
 
 
+cdef extern from "pool2x2.h" nogil:
+    int cnncli_pool_has_avx2()
+    void cnncli_max2x2_row(const float* top, Py_ssize_t OW, Py_ssize_t W, int64_t row_start,
+                           float* out, int64_t* indices)
+    void cnncli_max_windows2(const float* x, Py_ssize_t W, Py_ssize_t h0, Py_ssize_t h1,
+                             Py_ssize_t KW, Py_ssize_t column, Py_ssize_t count, float* best,
+                             int32_t* at)
+
+# Whether pool2x2.h can run: asked once, at import.
+cdef bint POOL_2X2_VECTORS = cnncli_pool_has_avx2()
+
+
 cdef void max_pool_plane(const floating* x, floating* out, int64_t* indices,
                          const Window* window) noexcept nogil:
     # Extents are copied to locals: the index stores could otherwise alias
@@ -165,6 +179,13 @@ cdef void max_pool_plane(const floating* x, floating* out, int64_t* indices,
                        best + ow, indices + oh * OW + ow if indices != NULL else NULL)
         for first in range(start, stop, SWEEP_BLOCK):
             count = min(SWEEP_BLOCK, stop - first)
+            if floating is float and SW == 2 and POOL_2X2_VECTORS:
+                cnncli_max_windows2(x, W, h0, h1, KW, first * SW - PW, count, best + first,
+                                    best_at)
+                if indices != NULL:
+                    for ow in range(count):
+                        indices[oh * OW + first + ow] = positions[ow]
+                continue
             # Seed each window with its first cell, then sweep the remaining
             # cells in the same row-major order as max_window.
             for ow in range(count):
@@ -187,13 +208,6 @@ cdef void max_pool_plane(const floating* x, floating* out, int64_t* indices,
                     indices[oh * OW + first + ow] = positions[ow]
 
 
-cdef extern from "pool2x2.h" nogil:
-    int cnncli_pool_has_avx2()
-    void cnncli_max2x2_row(const float* top, Py_ssize_t OW, Py_ssize_t W, int64_t row_start,
-                           float* out, int64_t* indices)
-
-# Whether pool2x2.h can run: asked once, at import.
-cdef bint POOL_2X2_VECTORS = cnncli_pool_has_avx2()
 
 
 cdef void max_pool_2x2_plane(const float* x, float* out, int64_t* indices,

@@ -191,6 +191,48 @@ def test_max_pool2d_2x2_keeps_the_first_maximum_and_nan_at_every_width(width):
     np.testing.assert_array_equal(grad, want.reshape(x.shape))
 
 
+def first_maximum(x, kernel, stride, padding):
+    """NumPy oracle of max pooling: each window's cells in row-major order (padding never
+    counted), the first maximum winning and a NaN counting as the maximum."""
+    N, C, H, W = x.shape
+    (KH, KW), (SH, SW), (PH, PW) = kernel, stride, padding
+    OH, OW = (H + 2 * PH - KH) // SH + 1, (W + 2 * PW - KW) // SW + 1
+    best = np.full((N, C, OH, OW), np.nan, np.float32)
+    at = np.full((N, C, OH, OW), -1, np.int64)
+    for oh in range(OH):
+        for ow in range(OW):
+            for h in range(oh * SH - PH, oh * SH - PH + KH):
+                for w in range(ow * SW - PW, ow * SW - PW + KW):
+                    if not (0 <= h < H and 0 <= w < W):
+                        continue
+                    cell, current = x[:, :, h, w], best[:, :, oh, ow]
+                    beats = (at[:, :, oh, ow] < 0) | (cell > current) | (
+                        np.isnan(cell) & ~np.isnan(current))
+                    best[:, :, oh, ow] = np.where(beats, cell, current)
+                    at[:, :, oh, ow] = np.where(beats, h * W + w, at[:, :, oh, ow])
+    return best, at
+
+
+@pytest.mark.parametrize("kernel, padding", [((3, 3), (1, 1)), ((3, 3), (0, 0)),
+                                             ((2, 3), (1, 1)), ((3, 2), (0, 1))])
+@pytest.mark.parametrize("width", [5, 15, 16, 17, 19, 33, 34, 35, 57])
+def test_max_pool2d_at_stride_2_keeps_the_first_maximum_and_nan_at_every_width(kernel,
+                                                                              padding, width):
+    """Stride-2 windows (pool2x2.h's interior windows, eight at a time, the last block
+    masked; the border windows on the general path) with ties and NaNs, against the
+    oracle; indices and gradients included, at 1 to 3 threads."""
+    rng = np.random.default_rng(width)
+    x = rng.integers(0, 3, (2, 3, 9, width)).astype(np.float32)
+    x[rng.random(x.shape) < 0.08] = np.nan
+    expected, expected_indices = first_maximum(x, kernel, (2, 2), padding)
+    for threads in (1, 2, 3):
+        with F.threads(threads):
+            out, indices = F.max_pool2d(x, kernel, 2, padding, return_indices=True)
+            np.testing.assert_array_equal(out, expected)
+            np.testing.assert_array_equal(indices, expected_indices)
+            np.testing.assert_array_equal(F.max_pool2d(x, kernel, 2, padding), expected)
+
+
 def test_max_pool2d_padding_never_wins():
     x = -np.ones((1, 1, 3, 3), dtype=np.float32)
     out = F.max_pool2d(x, 3, 1, 1)
