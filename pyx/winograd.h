@@ -150,27 +150,6 @@ static void cnncli_wino_weight_grads(const double du[][CNNCLI_WINO_LANES], float
         cnncli_wino_weight_grads_r(du, grad, stride, count, 5);
 }
 
-/* The 16 values of V = B^T d B of one patch d (rows d0..d3, each 4 columns from its start),
- * written to v[e * stride]. */
-static inline void cnncli_wino_patch(const float* d0, const float* d1, const float* d2,
-                                     const float* d3, float* v, ptrdiff_t stride)
-{
-    float t[4][4];
-    int q, k;
-    for (q = 0; q < 4; q++) {
-        t[0][q] = d0[q] - d2[q];
-        t[1][q] = d1[q] + d2[q];
-        t[2][q] = d2[q] - d1[q];
-        t[3][q] = d1[q] - d3[q];
-    }
-    for (k = 0; k < 4; k++) {
-        v[(4 * k + 0) * stride] = t[k][0] - t[k][2];
-        v[(4 * k + 1) * stride] = t[k][1] + t[k][2];
-        v[(4 * k + 2) * stride] = t[k][2] - t[k][1];
-        v[(4 * k + 3) * stride] = t[k][1] - t[k][3];
-    }
-}
-
 /* F(2x2, 5x5): the same for a 5x5 kernel from 6x6 patches, 36 products per tile and
  * channel instead of 100, with the matrices of the points 0, 1, -1, 2, -2 and infinity
  * (those of F(4x4, 3x3)): B^T below, G (6x5) rows (1/4, 0, 0, 0, 0), -(1, 1, 1, 1, 1)/6,
@@ -193,6 +172,52 @@ static inline void cnncli_deinterleave(const float* p, __m256* ev, __m256* od)
         _mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
     *od = _mm256_castpd_ps(_mm256_permute4x64_pd(
         _mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
+}
+
+/* cnncli_deinterleave of p[0..count-1] only (count < 16; the rest read as zeros). */
+__attribute__((target("avx2")))
+static inline void cnncli_deinterleave_first(const float* p, ptrdiff_t count, __m256* ev,
+                                             __m256* od)
+{
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256 lo = _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), lanes));
+    __m256 hi = _mm256_maskload_ps(p + 8, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count - 8),
+                                                             lanes));
+    *ev = _mm256_castpd_ps(_mm256_permute4x64_pd(
+        _mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
+    *od = _mm256_castpd_ps(_mm256_permute4x64_pd(
+        _mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
+}
+
+/* cnncli_wino_input's last block of a row, fewer than eight tiles (all of a 7-tile row):
+ * the columns it needs read and its `left` tiles written through masks (element e at
+ * out[e * stride]). Patch by patch, as scalars, these took 3% of a ResNet-18
+ * training step at 112x112. Kept apart from the whole blocks' loop, whose registers the
+ * masks would crowd (VGG's 16-tile rows ran 1.05x slower). */
+__attribute__((target("avx2"), noinline))
+static void cnncli_wino_input_last(const float* d, ptrdiff_t row, ptrdiff_t left, float* out,
+                                   ptrdiff_t stride)
+{
+    __m256 col[4][4], tr[4][4];
+    __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left),
+                                      _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    int r, k;
+    for (r = 0; r < 4; r++) {
+        cnncli_deinterleave_first(d + r * row, 2 * left + 2, &col[r][0], &col[r][1]);
+        cnncli_deinterleave_first(d + r * row + 2, 2 * left, &col[r][2], &col[r][3]);
+    }
+    for (k = 0; k < 4; k++) {
+        tr[0][k] = _mm256_sub_ps(col[0][k], col[2][k]);
+        tr[1][k] = _mm256_add_ps(col[1][k], col[2][k]);
+        tr[2][k] = _mm256_sub_ps(col[2][k], col[1][k]);
+        tr[3][k] = _mm256_sub_ps(col[1][k], col[3][k]);
+    }
+    for (k = 0; k < 4; k++) {
+        _mm256_maskstore_ps(out + (4 * k + 0) * stride, keep, _mm256_sub_ps(tr[k][0], tr[k][2]));
+        _mm256_maskstore_ps(out + (4 * k + 1) * stride, keep, _mm256_add_ps(tr[k][1], tr[k][2]));
+        _mm256_maskstore_ps(out + (4 * k + 2) * stride, keep, _mm256_sub_ps(tr[k][2], tr[k][1]));
+        _mm256_maskstore_ps(out + (4 * k + 3) * stride, keep, _mm256_sub_ps(tr[k][1], tr[k][3]));
+    }
 }
 
 /* V of a band of tile rows: v[(e * C + c) * R + (i * tiles_wide + t)] for the tile rows
@@ -234,9 +259,8 @@ static void cnncli_wino_input(const float* x, ptrdiff_t plane, ptrdiff_t row, pt
                                      _mm256_sub_ps(tr[k][1], tr[k][3]));
                 }
             }
-            for (; t < tiles_wide; t++)
-                cnncli_wino_patch(d + 2 * t, d + row + 2 * t, d + 2 * row + 2 * t,
-                                  d + 3 * row + 2 * t, out + t, C * R);
+            if (t < tiles_wide)
+                cnncli_wino_input_last(d + 2 * t, row, tiles_wide - t, out + t, C * R);
         }
 }
 
