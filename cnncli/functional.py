@@ -153,7 +153,8 @@ def conv2d_paths(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=
 
 def conv2d_backward(grad_output, x, weight, stride: IntPair = 1,
                     padding: Union[IntPair, str] = 0, dilation: IntPair = 1, groups: int = 1,
-                    need_input_grad: bool = True, need_weight_grad: bool = True):
+                    need_input_grad: bool = True, need_weight_grad: bool = True,
+                    need_bias_grad: bool = True):
     """Gradients of ``conv2d`` with respect to its input, weight and bias.
 
     Parameters
@@ -162,16 +163,16 @@ def conv2d_backward(grad_output, x, weight, stride: IntPair = 1,
         Gradient of the loss with respect to the output of ``conv2d``.
     x, weight, stride, padding, dilation, groups
         As given to ``conv2d``.
-    need_input_grad, need_weight_grad : bool
+    need_input_grad, need_weight_grad, need_bias_grad : bool
         What to compute; a frozen layer asks for no weight gradient, and the
-        bottom of a frozen stack for no input gradient either. Nothing that
-        was not asked for is computed.
+        bottom of a frozen stack for no input gradient either; a layer without
+        a bias for no bias gradient. Nothing that was not asked for is computed.
 
     Returns
     -------
     (grad_input, grad_weight, grad_bias)
         Shapes of x, weight and (F,); ``None`` for what was not asked for
-        (grad_bias follows need_weight_grad).
+        (grad_bias only with need_weight_grad).
     """
     x, weight = _conv_operands(x, weight)
     geometry = conv_geometry(x, weight, stride, padding, dilation, groups)
@@ -182,7 +183,8 @@ def conv2d_backward(grad_output, x, weight, stride: IntPair = 1,
         return None, None, None
     grad_input = np.empty_like(x) if need_input_grad else None
     grad_weight = np.empty_like(weight) if need_weight_grad else None
-    grad_bias = np.empty(weight.shape[0], dtype=x.dtype) if need_weight_grad else None
+    grad_bias = np.empty(weight.shape[0], dtype=x.dtype) \
+        if need_weight_grad and need_bias_grad else None
     with single_threaded_blas:
         _conv.conv2d_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias,
                               geometry.stride, geometry.padding, geometry.dilation,

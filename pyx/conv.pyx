@@ -384,7 +384,7 @@ cdef void conv2d_backward_typed(const floating[:, :, :, ::1] grad_output,
                 for chunk in range(n_chunks):
                     total = total + weight_partials[chunk, i]
                 grad_weight[i] = <floating>total
-    if need_weight:
+    if need_weight and grad_bias is not None:
         bias_gradient(grad_output, grad_bias, n_threads)
 
 
@@ -486,7 +486,7 @@ cdef void conv2d_backward_grouped_typed(const floating[:, :, :, ::1] grad_output
                     memset(&grad_input[first + s, 0, 0, 0], 0,
                            g.C * g.H * g.W * sizeof(floating))
                     col2im_sample(cols + s * L, &grad_input[first + s, 0, 0, 0], &g, True, ld)
-    if need_weight:
+    if need_weight and grad_bias is not None:
         bias_gradient(grad_output, grad_bias, n_threads)
 
 
@@ -592,8 +592,8 @@ def conv2d_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias,
                     int n_threads):
     """grad_input = conv2d adjoint of grad_output; grad_weight[f] = sum_n grad_output[n, f] (*) x_padded[n]; grad_bias[f] = sum grad_output[:, f].
 
-    grad_input, or grad_weight together with grad_bias, may be None: what is
-    not asked for is not computed.
+    grad_input, grad_weight or grad_bias may be None (grad_bias only with grad_weight):
+    what is not asked for is not computed.
     """
     dtype = working_dtype("x", x)
     check_array("grad_output", grad_output, 4, dtype, False)
@@ -609,20 +609,23 @@ def conv2d_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias,
         check_shape("grad_input", grad_input, x.shape)
         for name, array in (("grad_output", grad_output), ("x", x), ("weight", weight)):
             check_disjoint("grad_input", grad_input, name, array)
-    if (grad_weight is None) != (grad_bias is None):
-        raise ValueError("grad_weight and grad_bias: pass both or neither")
+    if grad_bias is not None and grad_weight is None:
+        raise ValueError("grad_bias: pass grad_weight with it")
     weight_flat = bias_flat = partials = None
     cdef Py_ssize_t n_chunks = min(g.N, MAX_WEIGHT_GRAD_CHUNKS)
     if grad_weight is not None:
         check_array("grad_weight", grad_weight, 4, dtype, True)
         check_shape("grad_weight", grad_weight, weight.shape)
-        check_array("grad_bias", grad_bias, 1, dtype, True)
-        check_shape("grad_bias", grad_bias, (g.F,))
+        if grad_bias is not None:
+            check_array("grad_bias", grad_bias, 1, dtype, True)
+            check_shape("grad_bias", grad_bias, (g.F,))
+            check_disjoint("grad_weight", grad_weight, "grad_bias", grad_bias)
         for name, array in (("grad_output", grad_output), ("x", x), ("weight", weight),
                             ("grad_input", grad_input)):
             if array is not None:
                 check_disjoint("grad_weight", grad_weight, name, array)
-                check_disjoint("grad_bias", grad_bias, name, array)
+                if grad_bias is not None:
+                    check_disjoint("grad_bias", grad_bias, name, array)
         weight_flat = grad_weight.reshape(-1)
         bias_flat = grad_bias
     # The direct kernel takes the parts it applies to; im2col + GEMM does the rest.
@@ -637,11 +640,13 @@ def conv2d_backward(grad_output, x, weight, grad_input, grad_weight, grad_bias,
         grad_input = None
     if weight_flat is not None and winograd_weight_grad_applies(&g, dtype):
         winograd_weight_grad(grad_output, x, weight_flat, g, max(n_chunks, 1), n_threads)
-        bias_gradient[float](grad_output, bias_flat, n_threads)
+        if bias_flat is not None:
+            bias_gradient[float](grad_output, bias_flat, n_threads)
         weight_flat = bias_flat = None
     if weight_flat is not None and direct_weight_grad_applies(&g, dtype):
         direct_weight_grad(grad_output, x, weight_flat, g, max(n_chunks, 1), n_threads)
-        bias_gradient[float](grad_output, bias_flat, n_threads)
+        if bias_flat is not None:
+            bias_gradient[float](grad_output, bias_flat, n_threads)
         weight_flat = bias_flat = None
     if grad_input is None and weight_flat is None:
         return

@@ -189,6 +189,28 @@ def test_conv2d_backward_computes_only_what_is_asked():
     np.testing.assert_array_equal(only_weight[2], full[2])
     assert F.conv2d_backward(grad_output, x, weight, padding=1, need_input_grad=False,
                              need_weight_grad=False) == (None, None, None)
+    no_bias = F.conv2d_backward(grad_output, x, weight, padding=1, need_bias_grad=False)
+    assert no_bias[2] is None
+    np.testing.assert_array_equal(no_bias[0], full[0])
+    np.testing.assert_array_equal(no_bias[1], full[1])
+
+
+@pytest.mark.parametrize("case", [(16, 64, 8, 64, 3, 1, 1), (16, 64, 8, 64, 3, 2, 1),
+                                  (16, 64, 4, 256, 3, 1, 1), (2, 3, 9, 5, 3, 1, 1)])
+def test_conv2d_backward_without_the_bias_gradient_leaves_the_others_alone(case):
+    """Every weight-gradient path (direct, Winograd where it applies, GEMM sample by sample
+    and side by side) without grad_bias: the same grad_weight and grad_input."""
+    N, C, H, filters, kernel, stride, padding = case
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, C, H, H)).astype(np.float32)
+    weight = rng.standard_normal((filters, C, kernel, kernel)).astype(np.float32)
+    out = F.conv2d(x, weight, None, stride, padding)
+    grad_output = rng.standard_normal(out.shape).astype(np.float32)
+    full = F.conv2d_backward(grad_output, x, weight, stride, padding)
+    no_bias = F.conv2d_backward(grad_output, x, weight, stride, padding, need_bias_grad=False)
+    assert no_bias[2] is None
+    np.testing.assert_array_equal(no_bias[0], full[0])
+    np.testing.assert_array_equal(no_bias[1], full[1])
 
 
 def test_conv2d_accepts_non_contiguous_and_read_only_inputs():

@@ -115,7 +115,8 @@ class Conv2D(Weighted):
         grad_output = self._activation_backward(grad_output)
         grad_input, grad_weight, grad_bias = F.conv2d_backward(
             grad_output, x, self.weight.value, **self._arguments(),
-            need_input_grad=need_input_grad, need_weight_grad=self._needs_parameter_grads())
+            need_input_grad=need_input_grad, need_weight_grad=self._needs_parameter_grads(),
+            need_bias_grad=self.bias is not None)
         self._store_grads(grad_weight, grad_bias)
         return grad_input
 
