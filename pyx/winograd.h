@@ -364,20 +364,32 @@ static void cnncli_wino5_input_channels(const float* x, ptrdiff_t row, ptrdiff_t
                 const float* d = x + (2 * i * row + 2 * t) * CP + c;
                 float* out = v + (i * tiles_wide + t) * CP + c;
                 __m256 tr[6][6], sum;
+                /* Unrolled, so the zeros of B^T (14 of its 36 entries) are known and
+                 * skipped: a third of the multiply-adds, which the compiler must keep
+                 * otherwise (0 * x is not 0 for every x). */
+#pragma GCC unroll 6
                 for (k = 0; k < 6; k++)
+#pragma GCC unroll 6
                     for (q = 0; q < 6; q++) {
                         sum = _mm256_setzero_ps();
+#pragma GCC unroll 6
                         for (r = 0; r < 6; r++)
-                            sum = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_BT6[k][r]),
-                                                  _mm256_loadu_ps(d + (r * row + q) * CP), sum);
+                            if (CNNCLI_BT6[k][r] != 0)
+                                sum = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_BT6[k][r]),
+                                                      _mm256_loadu_ps(d + (r * row + q) * CP),
+                                                      sum);
                         tr[k][q] = sum;
                     }
+#pragma GCC unroll 6
                 for (k = 0; k < 6; k++)
+#pragma GCC unroll 6
                     for (l = 0; l < 6; l++) {
                         sum = _mm256_setzero_ps();
+#pragma GCC unroll 6
                         for (q = 0; q < 6; q++)
-                            sum = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_BT6[l][q]), tr[k][q],
-                                                  sum);
+                            if (CNNCLI_BT6[l][q] != 0)
+                                sum = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_BT6[l][q]),
+                                                      tr[k][q], sum);
                         _mm256_storeu_ps(out + (6 * k + l) * R * CP, sum);
                     }
             }
@@ -396,20 +408,29 @@ static void cnncli_wino5_output(const float* m, ptrdiff_t R, ptrdiff_t width, pt
                 __m256 v[36], s[2][6], out;
                 for (e = 0; e < 36; e++)
                     v[e] = _mm256_loadu_ps(m + (e * R + i * tiles_wide + t) * width + j);
+#pragma GCC unroll 2
                 for (a = 0; a < 2; a++)
+#pragma GCC unroll 6
                     for (l = 0; l < 6; l++) {
                         s[a][l] = _mm256_setzero_ps();
+#pragma GCC unroll 6
                         for (k = 0; k < 6; k++)
-                            s[a][l] = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_AT6[a][k]),
-                                                      v[6 * k + l], s[a][l]);
+                            if (CNNCLI_AT6[a][k] != 0)
+                                s[a][l] = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_AT6[a][k]),
+                                                          v[6 * k + l], s[a][l]);
                     }
+#pragma GCC unroll 2
                 for (a = 0; a < 2; a++)
+#pragma GCC unroll 2
                     for (b = 0; b < 2; b++) {
                         if (2 * i + a >= out_high || 2 * t + b >= out_wide)
                             continue;
                         out = _mm256_setzero_ps();
+#pragma GCC unroll 6
                         for (l = 0; l < 6; l++)
-                            out = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_AT6[b][l]), s[a][l], out);
+                            if (CNNCLI_AT6[b][l] != 0)
+                                out = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_AT6[b][l]), s[a][l],
+                                                      out);
                         _mm256_storeu_ps(y + ((2 * i + a) * out_wide + 2 * t + b) * width + j,
                                          out);
                     }
