@@ -351,90 +351,125 @@ static void cnncli_wino_gradient(const float* y, ptrdiff_t width, ptrdiff_t tile
  * * CP + c] (CP = C rounded up to 8, row = the padded width; x points at the band's first
  * input row), to v[(e * R + i * tiles_wide + t) * CP + c]. Eight channels at a time, so
  * every tile is vectorised however narrow the image (LeNet's 14x14 outputs are 7 tiles
- * wide: too few to take eight tiles of a row at a time). */
-__attribute__((target("avx2,fma")))
+ * wide: too few to take eight tiles of a row at a time); sixteen on AVX-512 where CP is
+ * a multiple of 16. The loops are unrolled, so the zeros of B^T (14 of its 36 entries)
+ * are known and skipped: a third of the multiply-adds, which the compiler must keep
+ * otherwise (0 * x is not 0 for every x).
+ * And cnncli_wino_output for F(2x2, 5x5): Y = A^T M A from 36 elements, `LANES` filters
+ * at a time. Both give the same bits at either width: each lane is the same sequence. */
+#define CNNCLI_DEFINE_WINO5(SUFFIX, TARGET, VEC, LANES, LOADU, STOREU, SET1, FMADD, ZERO)    \
+__attribute__((target(TARGET)))                                                            \
+static void cnncli_wino5_input_channels_##SUFFIX(const float* x, ptrdiff_t row,            \
+                                                 ptrdiff_t CP, ptrdiff_t rows,             \
+                                                 ptrdiff_t tiles_wide, float* v,           \
+                                                 ptrdiff_t R)                              \
+{                                                                                          \
+    ptrdiff_t i, t, c, k, l, q, r;                                                         \
+    for (i = 0; i < rows; i++)                                                             \
+        for (t = 0; t < tiles_wide; t++)                                                   \
+            for (c = 0; c < CP; c += LANES) {                                              \
+                const float* d = x + (2 * i * row + 2 * t) * CP + c;                       \
+                float* out = v + (i * tiles_wide + t) * CP + c;                            \
+                VEC tr[6][6], sum;                                                         \
+                _Pragma("GCC unroll 6")                                                    \
+                for (k = 0; k < 6; k++)                                                    \
+                    _Pragma("GCC unroll 6")                                                \
+                    for (q = 0; q < 6; q++) {                                              \
+                        sum = ZERO();                                                      \
+                        _Pragma("GCC unroll 6")                                            \
+                        for (r = 0; r < 6; r++)                                            \
+                            if (CNNCLI_BT6[k][r] != 0)                                     \
+                                sum = FMADD(SET1(CNNCLI_BT6[k][r]),                        \
+                                            LOADU(d + (r * row + q) * CP), sum);           \
+                        tr[k][q] = sum;                                                    \
+                    }                                                                      \
+                _Pragma("GCC unroll 6")                                                    \
+                for (k = 0; k < 6; k++)                                                    \
+                    _Pragma("GCC unroll 6")                                                \
+                    for (l = 0; l < 6; l++) {                                              \
+                        sum = ZERO();                                                      \
+                        _Pragma("GCC unroll 6")                                            \
+                        for (q = 0; q < 6; q++)                                            \
+                            if (CNNCLI_BT6[l][q] != 0)                                     \
+                                sum = FMADD(SET1(CNNCLI_BT6[l][q]), tr[k][q], sum);        \
+                        STOREU(out + (6 * k + l) * R * CP, sum);                           \
+                    }                                                                      \
+            }                                                                              \
+}                                                                                          \
+__attribute__((target(TARGET)))                                                            \
+static void cnncli_wino5_output_##SUFFIX(const float* m, ptrdiff_t R, ptrdiff_t width,     \
+                                         ptrdiff_t rows, ptrdiff_t tiles_wide,             \
+                                         ptrdiff_t out_high, ptrdiff_t out_wide, float* y) \
+{                                                                                          \
+    ptrdiff_t i, t, j, e, a, b, k, l;                                                      \
+    for (i = 0; i < rows; i++)                                                             \
+        for (t = 0; t < tiles_wide; t++)                                                   \
+            for (j = 0; j < width; j += LANES) {                                           \
+                VEC v[36], s[2][6], out;                                                   \
+                for (e = 0; e < 36; e++)                                                   \
+                    v[e] = LOADU(m + (e * R + i * tiles_wide + t) * width + j);            \
+                _Pragma("GCC unroll 2")                                                    \
+                for (a = 0; a < 2; a++)                                                    \
+                    _Pragma("GCC unroll 6")                                                \
+                    for (l = 0; l < 6; l++) {                                              \
+                        s[a][l] = ZERO();                                                  \
+                        _Pragma("GCC unroll 6")                                            \
+                        for (k = 0; k < 6; k++)                                            \
+                            if (CNNCLI_AT6[a][k] != 0)                                     \
+                                s[a][l] = FMADD(SET1(CNNCLI_AT6[a][k]), v[6 * k + l],      \
+                                                s[a][l]);                                  \
+                    }                                                                      \
+                _Pragma("GCC unroll 2")                                                    \
+                for (a = 0; a < 2; a++)                                                    \
+                    _Pragma("GCC unroll 2")                                                \
+                    for (b = 0; b < 2; b++) {                                              \
+                        if (2 * i + a >= out_high || 2 * t + b >= out_wide)                \
+                            continue;                                                      \
+                        out = ZERO();                                                      \
+                        _Pragma("GCC unroll 6")                                            \
+                        for (l = 0; l < 6; l++)                                            \
+                            if (CNNCLI_AT6[b][l] != 0)                                     \
+                                out = FMADD(SET1(CNNCLI_AT6[b][l]), s[a][l], out);         \
+                        STOREU(y + ((2 * i + a) * out_wide + 2 * t + b) * width + j, out); \
+                    }                                                                      \
+            }                                                                              \
+}
+
+CNNCLI_DEFINE_WINO5(avx2, "avx2,fma", __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps,
+                    _mm256_set1_ps, _mm256_fmadd_ps, _mm256_setzero_ps)
+CNNCLI_DEFINE_WINO5(avx512, "avx512f", __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps,
+                    _mm512_set1_ps, _mm512_fmadd_ps, _mm512_setzero_ps)
+
+/* Whether the F(2x2, 5x5) transforms may take 16 lanes (the direct kernel's AVX-512
+ * variant runs), set once by winograd.pxi. Against 8 lanes (paired, 2 threads), LeNet's
+ * second layer's forward took 0.86x the time (its transforms were a third of it), 96
+ * channels of 5x5 at 27x27 0.94x. */
+static int cnncli_wino_sixteen_lanes = 0;
+
+static void cnncli_wino_use_sixteen_lanes(int sixteen)
+{
+    cnncli_wino_sixteen_lanes = sixteen;
+}
+
 static void cnncli_wino5_input_channels(const float* x, ptrdiff_t row, ptrdiff_t CP,
                                         ptrdiff_t rows, ptrdiff_t tiles_wide, float* v,
                                         ptrdiff_t R)
 {
-    ptrdiff_t i, t, c, k, l, q, r;
-    for (i = 0; i < rows; i++)
-        for (t = 0; t < tiles_wide; t++)
-            for (c = 0; c < CP; c += 8) {
-                const float* d = x + (2 * i * row + 2 * t) * CP + c;
-                float* out = v + (i * tiles_wide + t) * CP + c;
-                __m256 tr[6][6], sum;
-                /* Unrolled, so the zeros of B^T (14 of its 36 entries) are known and
-                 * skipped: a third of the multiply-adds, which the compiler must keep
-                 * otherwise (0 * x is not 0 for every x). */
-#pragma GCC unroll 6
-                for (k = 0; k < 6; k++)
-#pragma GCC unroll 6
-                    for (q = 0; q < 6; q++) {
-                        sum = _mm256_setzero_ps();
-#pragma GCC unroll 6
-                        for (r = 0; r < 6; r++)
-                            if (CNNCLI_BT6[k][r] != 0)
-                                sum = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_BT6[k][r]),
-                                                      _mm256_loadu_ps(d + (r * row + q) * CP),
-                                                      sum);
-                        tr[k][q] = sum;
-                    }
-#pragma GCC unroll 6
-                for (k = 0; k < 6; k++)
-#pragma GCC unroll 6
-                    for (l = 0; l < 6; l++) {
-                        sum = _mm256_setzero_ps();
-#pragma GCC unroll 6
-                        for (q = 0; q < 6; q++)
-                            if (CNNCLI_BT6[l][q] != 0)
-                                sum = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_BT6[l][q]),
-                                                      tr[k][q], sum);
-                        _mm256_storeu_ps(out + (6 * k + l) * R * CP, sum);
-                    }
-            }
+    if (cnncli_wino_sixteen_lanes && CP % 16 == 0)
+        cnncli_wino5_input_channels_avx512(x, row, CP, rows, tiles_wide, v, R);
+    else
+        cnncli_wino5_input_channels_avx2(x, row, CP, rows, tiles_wide, v, R);
 }
 
-/* cnncli_wino_output for F(2x2, 5x5): Y = A^T M A from 36 elements. */
-__attribute__((target("avx2,fma")))
+/* width: a multiple of 16 on AVX-512 (the tiles' widths), of 8 otherwise. */
 static void cnncli_wino5_output(const float* m, ptrdiff_t R, ptrdiff_t width, ptrdiff_t rows,
                                 ptrdiff_t tiles_wide, ptrdiff_t out_high, ptrdiff_t out_wide,
                                 float* y)
 {
-    ptrdiff_t i, t, j, e, a, b, k, l;
-    for (i = 0; i < rows; i++)
-        for (t = 0; t < tiles_wide; t++)
-            for (j = 0; j < width; j += 8) {
-                __m256 v[36], s[2][6], out;
-                for (e = 0; e < 36; e++)
-                    v[e] = _mm256_loadu_ps(m + (e * R + i * tiles_wide + t) * width + j);
-#pragma GCC unroll 2
-                for (a = 0; a < 2; a++)
-#pragma GCC unroll 6
-                    for (l = 0; l < 6; l++) {
-                        s[a][l] = _mm256_setzero_ps();
-#pragma GCC unroll 6
-                        for (k = 0; k < 6; k++)
-                            if (CNNCLI_AT6[a][k] != 0)
-                                s[a][l] = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_AT6[a][k]),
-                                                          v[6 * k + l], s[a][l]);
-                    }
-#pragma GCC unroll 2
-                for (a = 0; a < 2; a++)
-#pragma GCC unroll 2
-                    for (b = 0; b < 2; b++) {
-                        if (2 * i + a >= out_high || 2 * t + b >= out_wide)
-                            continue;
-                        out = _mm256_setzero_ps();
-#pragma GCC unroll 6
-                        for (l = 0; l < 6; l++)
-                            if (CNNCLI_AT6[b][l] != 0)
-                                out = _mm256_fmadd_ps(_mm256_set1_ps(CNNCLI_AT6[b][l]), s[a][l],
-                                                      out);
-                        _mm256_storeu_ps(y + ((2 * i + a) * out_wide + 2 * t + b) * width + j,
-                                         out);
-                    }
-            }
+    if (cnncli_wino_sixteen_lanes && width % 16 == 0)
+        cnncli_wino5_output_avx512(m, R, width, rows, tiles_wide, out_high, out_wide, y);
+    else
+        cnncli_wino5_output_avx2(m, R, width, rows, tiles_wide, out_high, out_wide, y);
 }
 
 /* cnncli_wino_gradient for F(2x2, 5x5): dm[e] = (A dY A^T)[e], 36 elements, with A^T the
@@ -467,6 +502,7 @@ static void cnncli_wino5_gradient(const float* y, ptrdiff_t width, ptrdiff_t til
 }
 
 #else
+static void cnncli_wino_use_sixteen_lanes(int sixteen) { (void)sixteen; }
 
 static void cnncli_wino5_gradient(const float* y, ptrdiff_t width, ptrdiff_t tiles_high,
                                   ptrdiff_t tiles_wide, ptrdiff_t out_high, ptrdiff_t out_wide,

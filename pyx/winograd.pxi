@@ -63,6 +63,7 @@ cdef extern from "winograd.h" nogil:
     void cnncli_wino5_gradient(const float* y, Py_ssize_t width, Py_ssize_t tiles_high,
                                Py_ssize_t tiles_wide, Py_ssize_t out_high, Py_ssize_t out_wide,
                                float* dm, Py_ssize_t R)
+    void cnncli_wino_use_sixteen_lanes(int sixteen)
     void cnncli_wino5_output(const float* m, Py_ssize_t R, Py_ssize_t width, Py_ssize_t rows,
                              Py_ssize_t tiles_wide, Py_ssize_t out_high, Py_ssize_t out_wide,
                              float* y)
@@ -75,6 +76,7 @@ cdef Py_ssize_t WINOGRAD_BAND_BYTES = 262144
 # variant (16 lanes) does twice the multiply-adds per cycle of the AVX2 one while the
 # transforms gain less, so there Winograd needs larger layers (winograd_pays).
 cdef bint SIXTEEN_LANES = cnncli_variant() == 2
+cnncli_wino_use_sixteen_lanes(SIXTEEN_LANES)
 cdef Py_ssize_t WINOGRAD_MIN_CHANNELS = 64
 cdef Py_ssize_t WINOGRAD5_MIN_CHANNELS = 32
 cdef Py_ssize_t WINOGRAD5_MIN_POSITIONS = 3136
