@@ -22,6 +22,7 @@ from typing import Optional, Union
 import numpy as np
 
 from cnncli import _conv, _elementwise, _linear, _parallel, _pool
+from cnncli.activation_math import sigmoid, softmax
 from cnncli.geometry import (IntPair, conv2d_output_size, conv_geometry, conv_output_size,
                              expect_shape, float_array, pair, pool2d_output_size, pool_geometry,
                              unfold_geometry)
@@ -41,23 +42,6 @@ __all__ = [
 def openmp_enabled() -> bool:
     """True when the compiled kernels were built with OpenMP."""
     return _parallel.openmp_enabled()
-
-
-def softmax(input: np.ndarray, dim: int = -1, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """``exp(x - max) / sum(exp(x - max))`` along ``dim``: finite for any finite input;
-    ``out`` (which may be ``input`` itself) receives the result in place."""
-    input = np.asarray(input)
-    out = np.empty_like(input) if out is None else out
-    np.subtract(input, input.max(axis=dim, keepdims=True), out=out)
-    np.exp(out, out=out)
-    out /= out.sum(axis=dim, keepdims=True)
-    return out
-
-
-def sigmoid(input: np.ndarray) -> np.ndarray:
-    """``1 / (1 + exp(-x))``, exponentiating only non-positive numbers: no overflow."""
-    negative_part = np.exp(-np.abs(input))
-    return np.where(input >= 0, 1 / (1 + negative_part), negative_part / (1 + negative_part))
 
 
 def _conv_operands(x, weight):
