@@ -11,8 +11,12 @@
 # - Parallel axis: flat arrays are cut into blocks of BLOCK values, one per
 #   iteration, each writing only its own block. BatchNorm runs one channel per
 #   iteration: its sums over (N, H, W) are taken by one thread in a fixed
-#   order (in double precision), so results are bit-identical for any number
-#   of threads.
+#   order (in double precision; float32 planes in float lanes of 16 values
+#   first, planes.h), so results are bit-identical for any number of threads.
+# - BatchNorm's float32 loops are C (planes.h), compiled for AVX-512, AVX2 and
+#   the baseline and picked at import. In training, a ReLU after a BatchNorm
+#   runs inside its passes: the affine map's output ReLU'd, and that output
+#   as the backward's mask (channel_affine's relu, batchnorm_backward's mask).
 # - Small arrays (under PARALLEL_MIN values) run on one thread: starting the
 #   others would cost more than the work.
 # - Allocation: every output comes from the caller; there is no scratch.

@@ -15,6 +15,11 @@
  *   order. The order depends on the plane's size only, so results do not change with the
  *   thread count; they may differ in the last bits between the variants (the AVX ones
  *   fuse multiply and add).
+ * - Masked variants take a ReLU's output after the normalisation: the gradient counts only
+ *   where it is positive, as relu_backward would have left it (the same values), so a
+ *   BatchNorm and its ReLU need no pass of the ReLU's own; and the affine map can apply
+ *   the ReLU as it writes (NaN kept, as relu.pxi's).
+ * - Non-x86 or other compilers: the baseline body alone (CNNCLI_PLANES_PICK).
  */
 #ifndef CNNCLI_PLANES_H
 #define CNNCLI_PLANES_H
@@ -24,8 +29,15 @@
 #define CNNCLI_PLANE_LANES 16
 #define CNNCLI_PLANE_BLOCK 256
 
+#if defined(__GNUC__) || defined(__clang__)
 #define CNNCLI_INLINE static inline __attribute__((always_inline))
+#define CNNCLI_VECTOR_TYPES 1
+#else
+#define CNNCLI_INLINE static inline
+#define CNNCLI_VECTOR_TYPES 0
+#endif
 
+#if CNNCLI_VECTOR_TYPES
 /* PLANE_LANES floats as one value of GCC's and clang's generic vectors: a zmm register
  * for AVX-512, two ymm for AVX2, four xmm otherwise. Plain C arrays of lanes were
  * vectorised across loop iterations instead, through shuffles and spills (3.2 ms for the
@@ -70,6 +82,34 @@ CNNCLI_INLINE void cnncli_block_sums(const float* x, const float* dy, const floa
         weighted[l] += q_lanes[l];
     }
 }
+#else
+/* Other compilers: the same sums in plain arrays of lanes (the same order per lane). */
+CNNCLI_INLINE void cnncli_block_sums(const float* x, const float* dy, const float* mask,
+                                     ptrdiff_t first, ptrdiff_t stop, float centre,
+                                     float inverse_std, int kind, double* plain,
+                                     double* weighted)
+{
+    float p[CNNCLI_PLANE_LANES] = {0}, q[CNNCLI_PLANE_LANES] = {0};
+    ptrdiff_t i, l;
+    for (i = first; i < stop; i += CNNCLI_PLANE_LANES)
+        for (l = 0; l < CNNCLI_PLANE_LANES; l++) {
+            float value = x[i + l], gradient;
+            if (kind == 0) {
+                p[l] += value;
+            } else if (kind == 1) {
+                p[l] += (value - centre) * (value - centre);
+            } else {
+                gradient = kind == 3 && !(mask[i + l] > 0) ? 0.0f : dy[i + l];
+                p[l] += gradient;
+                q[l] += gradient * ((value - centre) * inverse_std);
+            }
+        }
+    for (l = 0; l < CNNCLI_PLANE_LANES; l++) {
+        plain[l] += p[l];
+        weighted[l] += q[l];
+    }
+}
+#endif
 
 /* The plane's sums (see cnncli_block_sums' kinds) added to sums[0] (and sums[1]). */
 CNNCLI_INLINE void cnncli_plane_sums_body(const float* x, const float* dy, const float* mask,
