@@ -34,8 +34,8 @@
 #   per fixed chunk of samples, then adds the chunks in order and transforms back,
 #   G^T du G.
 # - Which passes: winograd_pays states where the transforms pay, measured per variant of
-#   the direct kernel (on AVX-512 fewer layers, and never grad_weight); force_winograd
-#   lets the tests run every pass Winograd can compute.
+#   the direct kernel (on AVX-512 fewer layers, and never a 3x3 layer's grad_weight);
+#   force_winograd lets the tests run every pass Winograd can compute.
 # - Parallel axis: samples (each thread pads its own, then takes its bands in order);
 #   below SHARED_BATCH samples, the bands of one sample; grad_weight: its chunks. Each
 #   output is one in-order sum computed by one thread: bit-identical for any thread count.
@@ -103,7 +103,7 @@ def use_winograd(bint enabled):
 def force_winograd(bint forced):
     """Run Winograd on every pass it can compute (True), or where its rule says it pays
     (False, the default); returns the previous setting. For tests: on AVX-512 the rule
-    keeps grad_weight and the 5x5 grad_input on the direct kernel."""
+    keeps a 3x3 layer's grad_weight on the direct kernel."""
     global winograd_forced
     previous = winograd_forced
     winograd_forced = forced
@@ -171,9 +171,13 @@ cdef bint winograd_pays(const Geometry* g):
     0.70x, 0.72x, 1.15x; 128 at 14x14, batch 16: 0.89x, 0.88x, 0.98x; but 256 at 14x14,
     batch 16: 0.99x, 1.16x, 1.60x (hence at most 16384 channels times filters); 128 at
     28x28, batch 2 (1568 positions): 1.18x, 1.10x, 1.03x; 64 at 56x56, batch 1 (3136):
-    0.99x, 0.94x (hence 3136 positions); LeNet's second layer, batch 64: 0.93x, 1.12x,
-    1.27x; batch 16: 0.94x, 1.19x, 1.02x. So there grad_weight and the 5x5 grad_input
-    stay on the direct kernel."""
+    0.99x, 0.94x (hence 3136 positions). So there a 3x3 layer's grad_weight stays on the
+    direct kernel. The 5x5 layers, since their transforms take 16 lanes and skip B^T's
+    zeros (forward, grad_input, grad_weight): LeNet's second layer, batch 64: 0.86x the
+    8-lane Winograd, 0.70x, 0.90x the direct kernel; batch 16: 0.90x, 0.91x; 32 channels at
+    28x28, batch 32: 0.76x, 0.97x; 96 at 27x27, batch 8: 0.68x, 0.91x; 64 to 128 at
+    28x28, batch 16: 0.75x, 0.90x (with 8 lanes the grad_input had taken 1.12x and the
+    grad_weight 1.27x at batch 64)."""
     return (g.C * g.F <= WINOGRAD_MAX_WEIGHTS
             and g.N * g.OH * g.OW >= (WINOGRAD_MIN_POSITIONS if g.KH == 3
                                       else WINOGRAD5_MIN_POSITIONS))
@@ -335,7 +339,7 @@ cdef bint winograd_input_grad_applies(const Geometry* g, object dtype):
         return False
     cdef Geometry t = transposed_geometry(g)
     return winograd_computes(&t, dtype) and (
-        winograd_forced or (winograd_pays(&t) and not (SIXTEEN_LANES and g.KH == 5)))
+        winograd_forced or winograd_pays(&t))
 
 
 cdef winograd_input_grad(grad_output, weight, grad_input, Geometry g, int n_threads):
@@ -355,7 +359,7 @@ cdef bint winograd_weight_grad_applies(const Geometry* g, object dtype):
     layer, batch 64: 0.79x, batch 16: 0.70x; 32 channels at 28x28, batch 32: 0.89x; 64 to
     128 at 28x28, batch 16: 0.75x."""
     return (winograd_computes(g, dtype) and g.OH >= 8 and g.OW >= 8
-            and (winograd_forced or (winograd_pays(g) and not SIXTEEN_LANES))
+            and (winograd_forced or (winograd_pays(g) and not (SIXTEEN_LANES and g.KH == 3)))
             and 4 * (g.KH + 1) * (g.KW + 1) * g.C * weight_grad_group(g)
             * ((g.OH + 1) // 2) * ((g.OW + 1) // 2) <= WINOGRAD_MAX_GROUP_BYTES)
 

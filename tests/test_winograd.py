@@ -122,11 +122,12 @@ def test_winograd_takes_only_the_layers_its_rule_names_on_avx512(by_rule):
     def winograd(x_shape, weight_shape, **arguments):
         return F.conv2d_paths(x_shape, weight_shape, **arguments)["winograd"]
 
-    # grad_weight never; the 5x5 layers' forward only.
+    # A 3x3 layer's grad_weight never; the 5x5 layers' every pass.
     assert winograd((32, 64, 32, 32), (64, 64, 3, 3), padding=1) == ("forward", "input_grad")
     assert winograd((16, 128, 28, 28), (128, 128, 3, 3), padding=1) == ("forward",
                                                                        "input_grad")
-    assert winograd((64, 32, 14, 14), (64, 32, 5, 5), padding=2) == ("forward",)
+    assert winograd((64, 32, 14, 14), (64, 32, 5, 5), padding=2) == ("forward", "input_grad",
+                                                                     "weight_grad")
     assert not winograd((16, 256, 14, 14), (256, 256, 3, 3), padding=1)  # 4x the weights
     assert not winograd((2, 128, 28, 28), (128, 128, 3, 3), padding=1)   # 1568 positions
     assert winograd((1, 64, 56, 56), (64, 64, 3, 3), padding=1) == ("forward", "input_grad")
