@@ -57,6 +57,7 @@ from libc.string cimport memcpy, memset
 include "checks.pxi"
 include "blas.pxi"
 include "relu.pxi"
+include "isa.pxi"
 
 # Batches of fewer samples than this run each sample on all threads (its product cut into
 # at most SHARED_TASKS blocks of at least MIN_FILTER_BLOCK filters by MIN_POSITION_BLOCK

@@ -42,10 +42,7 @@
 #   convolutions and CPUs without AVX2 keep im2col + GEMM. On AVX-512 the forward of
 #   stride-1 layers of 9 to 128 taps goes to the row kernel instead (rowconv.pxi).
 
-import os
-
 cdef extern from "microkernel.h" nogil:
-    enum: CNNCLI_AUTO
     int cnncli_tile_filters(int wanted)
     int cnncli_variant()
     int cnncli_tile_rows(int wide)
@@ -65,15 +62,10 @@ cdef extern from "microkernel.h" nogil:
                       Py_ssize_t row_stride)
 
 
-# CNNCLI_DIRECT_ISA: the variant of the direct kernel to run (see microkernel.h).
-ISA_CHOICES = {"auto": CNNCLI_AUTO, "none": 0, "avx2": 1, "avx512": 2}
-
-
 cdef Py_ssize_t pick_tile_filters():
     """Filters of the wide tile: 32, or 0 where the direct kernel does not run.
-    CNNCLI_DIRECT_ISA (auto, none, avx2, avx512) chooses; an unknown value is auto."""
-    wanted = ISA_CHOICES.get(os.environ.get("CNNCLI_DIRECT_ISA", "auto").lower(), CNNCLI_AUTO)
-    return cnncli_tile_filters(wanted)
+    CNNCLI_DIRECT_ISA (auto, none, avx2, avx512: isa.pxi) chooses the variant."""
+    return cnncli_tile_filters(wanted_isa())
 
 
 cdef Py_ssize_t WIDE_FILTERS = pick_tile_filters()

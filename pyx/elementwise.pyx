@@ -27,6 +27,7 @@ from libc.math cimport sqrt
 
 include "checks.pxi"
 include "relu.pxi"
+include "isa.pxi"
 
 cdef extern from "planes.h" nogil:
     void cnncli_plane_sum(const float* x, Py_ssize_t n, double* sums)
@@ -48,13 +49,8 @@ cdef extern from "planes.h" nogil:
                                       float centre, float inverse_std, float mean_dy_xhat)
     int cnncli_planes_choose(int wanted)
 
-import os
-
-# CNNCLI_DIRECT_ISA (auto, none, avx2, avx512) also chooses the variant of planes.h's loops
-# (none: the baseline's); an unknown value is auto.
-PLANES_CHOICES = {"auto": -1, "none": 0, "avx2": 1, "avx512": 2}
-cdef int planes_variant = cnncli_planes_choose(
-    PLANES_CHOICES.get(os.environ.get("CNNCLI_DIRECT_ISA", "auto").lower(), -1))
+# CNNCLI_DIRECT_ISA also chooses the variant of planes.h's loops (none: the baseline's).
+cdef int planes_variant = cnncli_planes_choose(wanted_isa())
 
 
 def planes_kernel_variant():

@@ -22,7 +22,7 @@
  * - Written in C because Cython has no vector types and cannot compile one function for
  *   several instruction sets. Each variant is compiled for its own target (AVX2+FMA,
  *   AVX-512) whatever flags the build used, and chosen at run time by what the CPU
- *   supports (see cnncli_pick_isa). Elsewhere cnncli_tile_filters() is 0 and the caller
+ *   supports (see isa.h's cnncli_pick_isa). Elsewhere cnncli_tile_filters() is 0 and the caller
  *   keeps im2col + GEMM.
  * - The sum over t runs in order with fused multiply-adds, so a result depends on the CPU
  *   variant only, never on the thread that computed it nor on the tile shape (each
@@ -35,6 +35,8 @@
 #define CNNCLI_MICROKERNEL_H
 
 #include <stddef.h>
+
+#include "isa.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -192,28 +194,13 @@ static void NAME(const float* a, const int* rows, const int* cols, ptrdiff_t T, 
 CNNCLI_DEFINE_WIDE_TILE(cnncli_tile_avx512_64, 6, 4)
 CNNCLI_DEFINE_WIDE_TILE(cnncli_tile_avx512_48, 8, 3)
 
-/* Which variant runs: 0 none (im2col + GEMM), 1 AVX2 + FMA, 2 AVX-512; set on first use.
- * CNNCLI_AUTO takes the widest the CPU has. On an Intel Xeon of family 6, model 207 (AVX-512,
- * 2 vCPUs, OpenBLAS choosing its own AVX-512 GEMM), against im2col + GEMM, the AVX-512
- * variant took the convolution shapes' forward from 1.41x to 0.88x PyTorch's time
- * (geometric mean) and forward+backward from 0.91x to 0.70x; the AVX2 variant on that CPU
- * reached 1.19x and 0.87x (BENCHMARKS.md, seventh part). Asking for a variant the CPU
- * lacks falls back to the next one down. */
-#define CNNCLI_AUTO (-1)
+/* Which variant runs: 0 none (im2col + GEMM), 1 AVX2 + FMA, 2 AVX-512 (isa.h); set on
+ * first use. On an Intel Xeon of family 6, model 207 (AVX-512, 2 vCPUs, OpenBLAS choosing
+ * its own AVX-512 GEMM), against im2col + GEMM, the AVX-512 variant took the convolution
+ * shapes' forward from 1.41x to 0.88x PyTorch's time (geometric mean) and
+ * forward+backward from 0.91x to 0.70x; the AVX2 variant on that CPU reached 1.19x and
+ * 0.87x (BENCHMARKS.md, seventh part). */
 static int cnncli_isa = -1;
-
-static int cnncli_pick_isa(int wanted)
-{
-    int avx2, avx512;
-    __builtin_cpu_init();
-    avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    avx512 = avx2 && __builtin_cpu_supports("avx512f");
-    if (wanted == CNNCLI_AUTO)
-        return avx512 ? 2 : avx2 ? 1 : 0;
-    if (wanted >= 2 && avx512)
-        return 2;
-    return wanted >= 1 && avx2 ? 1 : 0;
-}
 
 /* Filters of the wide tile: 32 (AVX2 or AVX-512), 0 when no variant runs. The narrow
  * tile has 16. */
@@ -461,7 +448,6 @@ static void cnncli_store(const float* sums, ptrdiff_t rows, ptrdiff_t filters,
 
 #else
 
-#define CNNCLI_AUTO (-1)
 static int cnncli_tile_filters(int wanted) { (void)wanted; return 0; }
 static int cnncli_variant(void) { return 0; }
 

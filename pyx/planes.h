@@ -8,7 +8,8 @@
  *   PyTorch's takes 1.3. Each function here is compiled three times, for AVX-512, AVX2
  *   with FMA and the baseline, from one body (an always-inline function the compiler
  *   vectorises for each target); elementwise.pyx chooses one when it is loaded, by the
- *   CPU and CNNCLI_DIRECT_ISA, as the direct kernel's (cnncli_planes_choose).
+ *   CPU and CNNCLI_DIRECT_ISA, through isa.h as the direct kernel does
+ *   (cnncli_planes_choose).
  * - Sums: PLANE_LANES float partial sums (value i goes to lane i % PLANE_LANES), each
  *   added into a double lane every PLANE_BLOCK values (16 values a lane); the values past
  *   the last whole group of lanes, and the lanes at the end, are added in double, in
@@ -25,6 +26,8 @@
 #define CNNCLI_PLANES_H
 
 #include <stddef.h>
+
+#include "isa.h"
 
 #define CNNCLI_PLANE_LANES 16
 #define CNNCLI_PLANE_BLOCK 256
@@ -230,35 +233,27 @@ ATTRIBUTE static void cnncli_masked_scale_##SUFFIX(const float* x, const float* 
 
 CNNCLI_DEFINE_PLANES(baseline, )
 
+/* The variant that runs (0 baseline, 1 AVX2 with FMA, 2 AVX-512: isa.h); -1 until chosen. */
+static int cnncli_planes_isa = -1;
+
+/* Chooses the variant (isa.h's `wanted`); returns the one chosen. */
+static int cnncli_planes_choose(int wanted)
+{
+    cnncli_planes_isa = cnncli_pick_isa(wanted);
+    return cnncli_planes_isa;
+}
+
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define CNNCLI_PLANES_DISPATCH 1
 CNNCLI_DEFINE_PLANES(avx2, __attribute__((target("avx2,fma"))))
 CNNCLI_DEFINE_PLANES(avx512, __attribute__((target("avx512f,avx2,fma"))))
 
-/* The variant that runs: 0 baseline, 1 AVX2 with FMA, 2 AVX-512; -1 until chosen. */
-static int cnncli_planes_isa = -1;
-
-/* Chooses the variant, as microkernel.h's cnncli_pick_isa: `wanted` -1 takes the widest
- * the CPU has, else the widest it has up to `wanted`. Returns the one chosen. */
-static int cnncli_planes_choose(int wanted)
-{
-    int avx2, avx512;
-    __builtin_cpu_init();
-    avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    avx512 = avx2 && __builtin_cpu_supports("avx512f");
-    if (wanted < 0)
-        wanted = 2;
-    cnncli_planes_isa = wanted >= 2 && avx512 ? 2 : wanted >= 1 && avx2 ? 1 : 0;
-    return cnncli_planes_isa;
-}
 #define CNNCLI_PLANES_PICK(NAME, ARGS)                                                     \
-    switch (cnncli_planes_isa >= 0 ? cnncli_planes_isa : cnncli_planes_choose(-1)) {                                                         \
+    switch (cnncli_planes_isa >= 0 ? cnncli_planes_isa : cnncli_planes_choose(CNNCLI_AUTO)) { \
     case 2: NAME##_avx512 ARGS; return;                                                    \
     case 1: NAME##_avx2 ARGS; return;                                                      \
     default: NAME##_baseline ARGS; return;                                                 \
     }
 #else
-static int cnncli_planes_choose(int wanted) { return 0; }
 #define CNNCLI_PLANES_PICK(NAME, ARGS) NAME##_baseline ARGS; return;
 #endif
 
