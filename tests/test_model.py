@@ -218,22 +218,31 @@ class UnfusedReLU(ReLU):
     """A subclass: fusions take exact types only, so this one runs on its own."""
 
 
+def assert_fused_relu_gives_the_unfused_bits(build, x, batch_size):
+    """The model `build(relu)` makes, with a ReLU that fuses with its neighbour and with one
+    that runs on its own: the same training output and input gradient, and the same
+    weights after 3 epochs of fit, bit for bit."""
+    runs = []
+    for relu in (ReLU(name="relu"), UnfusedReLU(name="relu")):
+        model = build(relu)
+        output = model.forward(x, training=True, need_input_grad=True)
+        grad_input = model.backward(np.ones_like(output), need_input_grad=True)
+        model.fit(x, np.arange(len(x)) % 3, epochs=3, batch_size=batch_size)
+        runs.append([output, grad_input] + model.weights)
+    for fused, unfused in zip(*runs):
+        np.testing.assert_array_equal(fused, unfused)
+
+
 @pytest.mark.parametrize("pool", [MaxPool2D(2), MaxPool2D(3, stride=2, padding=1)])
 def test_training_with_relu_then_max_pooling_fused_gives_the_unfused_bits(pool):
     """Pooling then ReLU in training: the same outputs, gradients and trained weights, bit
     for bit, as ReLU then pooling (overlapping windows and many non-positive ones included)."""
     import copy
-    runs = []
-    for relu in (ReLU(name="relu"), UnfusedReLU(name="relu")):
-        model = Sequential([Conv2D(4, 3, padding=1), relu, copy.deepcopy(pool), Flatten(),
-                            Dense(3)], input_shape=(2, 9, 9), seed=0)
-        x = np.random.default_rng(1).standard_normal((6, 2, 9, 9)).astype(np.float32) - 0.5
-        output = model.forward(x, training=True, need_input_grad=True)
-        grad_input = model.backward(np.ones_like(output), need_input_grad=True)
-        model.fit(x, np.arange(6) % 3, epochs=3, batch_size=2)
-        runs.append([output, grad_input] + model.weights)
-    for fused, unfused in zip(*runs):
-        np.testing.assert_array_equal(fused, unfused)
+    x = np.random.default_rng(1).standard_normal((6, 2, 9, 9)).astype(np.float32) - 0.5
+    assert_fused_relu_gives_the_unfused_bits(
+        lambda relu: Sequential([Conv2D(4, 3, padding=1), relu, copy.deepcopy(pool),
+                                 Flatten(), Dense(3)], input_shape=(2, 9, 9), seed=0),
+        x, batch_size=2)
 
 
 @pytest.mark.parametrize("dtype, frozen", [(np.float32, False), (np.float64, False),
@@ -242,19 +251,15 @@ def test_training_with_batchnorm_then_relu_fused_gives_the_unfused_bits(dtype, f
     """BatchNorm and ReLU in one pass in training: the same outputs, gradients and trained
     weights, bit for bit, as the two layers apart (a frozen BatchNorm on its running
     statistics too), with many values at or below zero."""
-    runs = []
-    for relu in (ReLU(name="relu"), UnfusedReLU(name="relu")):
+    def build(relu):
         model = Sequential([Conv2D(4, 3, padding=1), BatchNorm2D(), relu, Conv2D(3, 3),
                             Flatten(), Dense(3)], input_shape=(2, 7, 7), seed=0, dtype=dtype)
         if frozen:
             model[1].freeze()
-        x = np.random.default_rng(1).standard_normal((6, 2, 7, 7)).astype(dtype) - 0.5
-        output = model.forward(x, training=True, need_input_grad=True)
-        grad_input = model.backward(np.ones_like(output), need_input_grad=True)
-        model.fit(x, np.arange(6) % 3, epochs=3, batch_size=3)
-        runs.append([output, grad_input] + model.weights)
-    for fused, unfused in zip(*runs):
-        np.testing.assert_array_equal(fused, unfused)
+        return model
+
+    x = np.random.default_rng(1).standard_normal((6, 2, 7, 7)).astype(dtype) - 0.5
+    assert_fused_relu_gives_the_unfused_bits(build, x, batch_size=3)
 
 
 def test_batchnorm_then_relu_fused_matches_finite_differences():
