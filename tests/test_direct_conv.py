@@ -5,6 +5,7 @@ The kernel has no float64 variant, so its finite-difference check runs in float3
 convolution is linear in its input and in its weight, so a central difference with a step
 of 1 has no truncation error, only float32 rounding."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -134,17 +135,76 @@ def test_a_forward_of_few_positions_runs_direct_but_not_its_weight_gradient():
     assert F.conv2d_paths((2, 64, 7, 7), (32, 64, 3, 3), padding=1)["weight_grad"] == 32
 
 
+@contextlib.contextmanager
+def every_one_by_one(enabled):
+    """Every pass of every 1x1 layer on the direct kernel (AVX-512), or only those the rule
+    gives whatever the BLAS."""
+    previous = F.use_direct_one_by_one(enabled)
+    try:
+        yield
+    finally:
+        F.use_direct_one_by_one(previous)
+
+
 @needs_direct
-def test_only_the_forward_of_a_narrowing_1x1_layer_runs_direct():
-    assert paths((4, 48, 10, 10, 16, (1, 1), 1, 0, 1, 1, True)) == {
-        "forward": 16, "input_grad": 0, "weight_grad": 0, "winograd": (), "rows": ()}
-    for widening_or_strided in [(4, 16, 10, 10, 48, (1, 1), 1, 0, 1, 1, True),
-                                (4, 256, 10, 10, 129, (1, 1), 1, 0, 1, 1, True),
-                                (4, 48, 10, 10, 16, (1, 1), 2, 0, 1, 1, True),
-                                (4, 48, 10, 10, 16, (1, 1), 1, 1, 1, 1, True)]:
-        assert not any(paths(widening_or_strided).values())
+def test_which_passes_of_a_1x1_layer_run_direct_whatever_the_blas():
+    """The forward of a narrowing or strided 1x1 layer, and the grad_input of a widening
+    one (the forward of its narrowing transpose); the rest keeps im2col + GEMM."""
+    with every_one_by_one(False):
+        assert paths((4, 48, 10, 10, 16, (1, 1), 1, 0, 1, 1, True)) == {
+            "forward": 16, "input_grad": 0, "weight_grad": 0, "winograd": (), "rows": ()}
+        assert paths((4, 16, 10, 10, 48, (1, 1), 1, 0, 1, 1, True)) == {
+            "forward": 0, "input_grad": 16, "weight_grad": 0, "winograd": (), "rows": ()}
+        assert paths((4, 48, 10, 10, 32, (1, 1), 2, 0, 1, 1, True)) == {
+            "forward": 32, "input_grad": 0, "weight_grad": 0, "winograd": (), "rows": ()}
+        for kept in [(4, 256, 10, 10, 129, (1, 1), 1, 0, 1, 1, True),
+                     (4, 48, 10, 10, 16, (1, 1), 1, 1, 1, 1, True)]:
+            assert not any(paths(kept).values())
     assert not any(F.conv2d_paths((4, 16, 9, 9), (16, 16, 3, 3), padding=1,
                                   dtype=np.float64).values())
+
+
+# 1x1 layers that take every pass they can on the direct kernel where OpenBLAS runs
+# narrower kernels than AVX-512 (grad_input: stride 1, no padding).
+ONE_BY_ONE_CASES = [
+    (4, 64, 10, 10, 128, (1, 1), 1, 0, 1, 1, True),      # widening, whole batch listed
+    (3, 64, 17, 17, 64, (1, 1), 1, 0, 1, 1, False),      # as many channels, sample by sample
+    (4, 96, 14, 13, 64, (1, 1), 2, 0, 1, 1, True),       # strided: grad_input on GEMM
+    (2, 64, 9, 10, 96, (1, 1), 1, 1, 1, 1, True),        # padded: a copy of each sample
+    (2, 128, 12, 12, 48, (1, 1), 1, 0, 1, 1, True),      # narrowing, tiles shared out
+]
+AVX512 = F.direct_kernel_variant() == "avx512"
+needs_avx512 = pytest.mark.skipif(not AVX512, reason="every 1x1 pass runs direct on AVX-512 "
+                                  "only")
+
+
+@needs_avx512
+def test_every_pass_of_a_1x1_layer_can_run_direct():
+    with every_one_by_one(True):
+        for case in ONE_BY_ONE_CASES:
+            stride, padding = case[6], case[7]
+            assert paths(case)["forward"] and paths(case)["weight_grad"]
+            assert bool(paths(case)["input_grad"]) == (stride == 1 and padding == 0)
+
+
+@needs_avx512
+def test_every_1x1_pass_runs_direct_where_openblas_is_held_to_avx2_kernels():
+    code = ("from cnncli import functional as F; paths = F.conv2d_paths((4, 64, 10, 10), "
+            "(128, 64, 1, 1)); print(all(paths[name] for name in "
+            "('forward', 'input_grad', 'weight_grad')))")
+    held = dict(os.environ, OPENBLAS_CORETYPE="Haswell")
+    assert printed_by(code, held) == "True"
+    assert printed_by(code, dict(held, CNNCLI_DIRECT_ISA="avx2")) == "False"
+
+
+@needs_avx512
+@pytest.mark.parametrize("case", ONE_BY_ONE_CASES)
+def test_every_direct_1x1_pass_matches_reference_gradients_and_threads(case):
+    with every_one_by_one(True):
+        test_direct_convolution_matches_reference(case)
+        assert_gradients_match_finite_differences(case)
+        test_direct_results_do_not_depend_on_the_thread_count(case)
+        test_direct_convolution_agrees_with_im2col(case)
 
 
 def gradients(case, x, weight, grad_output):
