@@ -743,21 +743,26 @@ cdef void direct_weight_grad_typed(const float[:, :, :, ::1] grad_output,
     cdef Py_ssize_t tap_runs = (K + GATHER_TAPS - 1) // GATHER_TAPS
     cdef Py_ssize_t chunk, n, first, stop, t, task, block, first_tile, f, k
     cdef double total
+    cdef bint in_place = needs_no_padding(&g)
+    cdef const float* source
     with nogil:
         fill_taps(&taps[0], KR, &g, p)
         fill_positions(&positions[0], P, &g, p, g.N if batch else 1)
         if batch:
             n_chunks = 1
             for n in prange(g.N, schedule="static", num_threads=n_threads):
-                pad_channels(&x[n, 0, 0, 0], &padded[0, n * plane], &g, p, 0, g.C)
+                if not in_place:
+                    pad_channels(&x[n, 0, 0, 0], &padded[0, n * plane], &g, p, 0, g.C)
                 transpose_gradient(&grad_output[n, 0, 0, 0], &transposed[0, 0], g.F, L, P,
                                    n * L, width)
+            # The batch unpadded is its own padded copy (padded's layout is x's).
+            source = &x[0, 0, 0, 0] if in_place else &padded[0, 0]
             # A task is up to TASK_TAP_ROWS taps of one filter block: thousands of tasks
             # of one tile each would spend their time being handed out.
             for task in prange(blocks * task_groups, schedule="dynamic", num_threads=n_threads):
                 block = task // task_groups
                 first_tile = task % task_groups * task_tiles
-                weight_grad_tiles(&padded[0, 0], &taps[0], &positions[0], P, &transposed[0, 0],
+                weight_grad_tiles(source, &taps[0], &positions[0], P, &transposed[0, 0],
                                   &partials[0, 0], KR, tile, block, first_tile,
                                   min(tap_tiles, first_tile + task_tiles), False)
         else:
@@ -766,13 +771,17 @@ cdef void direct_weight_grad_typed(const float[:, :, :, ::1] grad_output,
                 first = chunk * g.N // n_chunks
                 stop = (chunk + 1) * g.N // n_chunks
                 for n in range(first, stop):
-                    pad_channels(&x[n, 0, 0, 0], &padded[t, 0], &g, p, 0, g.C)
+                    if in_place:
+                        source = &x[n, 0, 0, 0]
+                    else:
+                        pad_channels(&x[n, 0, 0, 0], &padded[t, 0], &g, p, 0, g.C)
+                        source = &padded[t, 0]
                     transpose_gradient(&grad_output[n, 0, 0, 0], &transposed[t, 0], g.F, L, L,
                                        0, width)
                     for task in range(blocks * task_groups):
                         block = task // task_groups
                         first_tile = task % task_groups * task_tiles
-                        weight_grad_tiles(&padded[t, 0], &taps[0], &positions[0], L,
+                        weight_grad_tiles(source, &taps[0], &positions[0], L,
                                           &transposed[t, 0], &partials[chunk, 0], KR, tile,
                                           block, first_tile,
                                           min(tap_tiles, first_tile + task_tiles), n > first)
@@ -813,7 +822,8 @@ cdef direct_weight_grad(grad_output, x, grad_weight, Geometry g, Py_ssize_t n_ch
     cdef Py_ssize_t rows = 1 if batch else n_threads
     cdef Py_ssize_t samples_per_row = g.N if batch else 1
     partials = aligned_empty((1 if batch else n_chunks, FR * KR))
-    padded = np.empty((rows, samples_per_row * g.C * p.HP * p.WP), dtype=np.float32)
+    padded = np.empty((rows, 1 if needs_no_padding(&g) else samples_per_row * g.C * p.HP * p.WP),
+                      dtype=np.float32)
     transposed = aligned_empty((rows, FR * samples_per_row * L))
     direct_weight_grad_typed(grad_output, x, partials, grad_weight,
                              np.empty(KR, dtype=np.int32),
