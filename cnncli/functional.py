@@ -30,7 +30,7 @@ from cnncli.parallelism import get_num_threads, set_num_threads, single_threaded
 
 __all__ = [
     "conv2d", "conv2d_backward", "conv2d_paths", "use_direct_convolution", "use_winograd",
-    "use_row_kernel", "use_direct_one_by_one", "linear", "linear_backward", "max_pool2d",
+    "use_row_kernel", "use_direct_over_blas", "linear", "linear_backward", "max_pool2d",
     "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward",
     "unfold", "fold", "relu", "relu_backward", "direct_kernel_variant", "planes_kernel_variant",
     "batch_norm", "batch_norm_statistics", "batch_norm_backward", "channel_affine",
@@ -114,7 +114,7 @@ def planes_kernel_variant() -> str:
 use_direct_convolution = _conv.use_direct_kernel  # False: im2col + GEMM only
 use_winograd = _conv.use_winograd  # Winograd's F(2x2, 3x3) on the 3x3 layers it suits
 use_row_kernel = _conv.use_row_kernel  # the row kernel on the layers of few taps it suits
-use_direct_one_by_one = _conv.use_direct_one_by_one  # every pass of every 1x1 layer direct
+use_direct_over_blas = _conv.use_direct_over_blas  # every 1x1 pass, every grad_weight
 
 
 def conv2d_paths(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,

@@ -37,7 +37,7 @@
 #   tables, padded buffers, tile sums and partials with the GIL before the loops (the
 #   offsets and the packing are then filled without it).
 # - 1x1 layers: which passes take the direct kernel depends on the BLAS beside it (see
-#   EVERY_ONE_BY_ONE). They and any other layer without padding read each sample in
+#   DIRECT_OUTRUNS_BLAS). They and any other layer without padding read each sample in
 #   place: it is its own padded copy.
 # - Which path: see direct_forward_applies and friends; float64 (gradient checks), grouped
 #   convolutions and CPUs without AVX2 keep im2col + GEMM. On AVX-512 the forward of
@@ -132,23 +132,27 @@ cdef Py_ssize_t TASKS_PER_THREAD = 4
 cdef Py_ssize_t MAX_PADDED = 2147483647
 # The widest narrowing 1x1 layer the forward takes (see narrowing_pointwise).
 cdef Py_ssize_t MAX_POINTWISE_FILTERS = 128
-# Which 1x1 layers take the direct kernel depends on the BLAS beside it: their im2col path
-# is one GEMM with nothing to copy, as fast as OpenBLAS's kernels. Everywhere: the forward
-# of a strided 1x1 layer (its GEMM reads a gathered copy) and of a narrowing one
-# (narrowing_pointwise), and so the grad_input of a widening one (its transpose narrows).
-# Every pass of every 1x1 layer (EVERY_ONE_BY_ONE) where the direct kernel is AVX-512 and
-# OpenBLAS runs narrower kernels (blas_kernels_narrower: OPENBLAS_CORETYPE holding it to
-# Haswell's, or a build without AVX-512 kernels for the CPU), as the 64-filter tile then
-# does twice the work per instruction. bench_ab, 2 threads, an AVX-512 AMD EPYC, time
-# against GEMM on OpenBLAS's Haswell / AVX-512 kernels (forward, grad_input, grad_weight):
-# 256 to 64 channels at 14x14, batch 32: 1.00/1.00x, 0.57/0.90x, 0.67/1.04x; 64 to 256:
-# 0.55/0.94x, 0.32/0.39x, 0.74/0.98x; 64 to 64 at 56x56: 0.71/0.97x, 0.74/0.91x,
-# 0.84/1.18x; 1024 to 256 at 14x14: 0.63/1.17x, 0.56/0.91x, 0.84/1.35x; 2048 to 512 at
-# 7x7: 0.56/0.89x, 0.81/1.20x, 0.99/1.01x; ResNet-18's stride-2 1x1 layers at 112x112,
-# batch 16 (forward, grad_weight): 0.47-0.49/0.66-0.71x, 0.74-1.00/0.95-1.07x; 64 to 128
-# at 56x56, stride 2, batch 32: 0.64/0.97x, 0.83/1.07x. The AVX2 variant against
-# Haswell's kernels: stride-2 forwards 0.80-0.91x, the transpose of a widening layer
-# 0.49x, a widening forward 1.02x, grad_weight 0.91-1.60x.
+# Two passes are GEMMs with little to copy, so OpenBLAS's kernels run them as fast as the
+# direct kernel's alike: every pass of a 1x1 layer, and grad_weight where the filters
+# outnumber the positions summed over (the batch side by side, one product: ResNet-18's
+# 512-filter layers). The direct kernel takes them too (DIRECT_OUTRUNS_BLAS) where its
+# tiles do twice the work of OpenBLAS's per cycle: AVX-512 at full rate
+# (cnncli_full_rate_512, isa.h) beside an OpenBLAS running narrower kernels
+# (blas_kernels_narrower: OPENBLAS_CORETYPE holding it to Haswell's, or a build without
+# AVX-512 kernels for the CPU). bench_ab, 2 threads, an AMD EPYC of family 26, time
+# against GEMM on OpenBLAS's Haswell / AVX-512 kernels (forward, grad_input,
+# grad_weight): 256 to 64 channels at 14x14, batch 32: 1.00/1.00x, 0.57/0.90x,
+# 0.67/1.04x; 64 to 256: 0.55/0.94x, 0.32/0.39x, 0.74/0.98x; 64 to 64 at 56x56:
+# 0.71/0.97x, 0.74/0.91x, 0.84/1.18x; 1024 to 256 at 14x14: 0.63/1.17x, 0.56/0.91x,
+# 0.84/1.35x; 2048 to 512 at 7x7: 0.56/0.89x, 0.81/1.20x, 0.99/1.01x; ResNet-18's
+# layers at 112x112, batch 16, grad_weight: 512 at 4x4 0.52/0.87x, 256 to 512 at stride
+# 2 0.54/0.86x. On the Intel AVX-512 VM of BENCHMARKS' twelfth and thirteenth parts
+# (OpenBLAS on Haswell's kernels) the 512-filter grad_weight took 1.20x GEMM's time.
+# Whatever the CPU and BLAS: the forward of a strided 1x1 layer (GEMM reads a gathered
+# copy of the input; Haswell / AVX-512 kernels: ResNet-18's at 112x112 0.47-0.49/
+# 0.66-0.71x, 64 to 128 at 56x56 0.64/0.97x; the AVX2 variant against Haswell's
+# 0.80-0.91x) and of a narrowing one (narrowing_pointwise), and so the grad_input of a
+# widening one, whose transpose narrows (the AVX2 variant: 64 to 256 0.49x).
 AVX512_BLAS_CORES = ("skylakex", "cooperlake", "sapphirerapids")
 
 
@@ -162,17 +166,23 @@ def blas_kernels_narrower():
                if library.user_api == "blas")
 
 
+def full_rate_512():
+    """Whether this CPU runs 512-bit multiply-adds at full rate (isa.h)."""
+    return bool(cnncli_full_rate_512())
+
+
 cdef bint AVX512_TILES = cnncli_variant() == ISA_CHOICES["avx512"]
-cdef bint EVERY_ONE_BY_ONE = AVX512_TILES and blas_kernels_narrower()
+cdef bint DIRECT_OUTRUNS_BLAS = (AVX512_TILES and cnncli_full_rate_512()
+                                 and blas_kernels_narrower())
 
 
-def use_direct_one_by_one(bint enabled):
-    """Let every pass of every 1x1 layer take the direct kernel (True; AVX-512 only) or
-    only those the rule above gives whatever the BLAS (False); returns the previous
-    setting. For tests and benchmarks."""
-    global EVERY_ONE_BY_ONE
-    previous = EVERY_ONE_BY_ONE
-    EVERY_ONE_BY_ONE = enabled and AVX512_TILES
+def use_direct_over_blas(bint enabled):
+    """Let the direct kernel take every 1x1 pass and every grad_weight it can (True;
+    AVX-512 only) or only what it takes whatever the CPU and BLAS (False); returns the
+    previous setting. For tests and benchmarks."""
+    global DIRECT_OUTRUNS_BLAS
+    previous = DIRECT_OUTRUNS_BLAS
+    DIRECT_OUTRUNS_BLAS = enabled and AVX512_TILES
     return previous
 
 
@@ -271,8 +281,8 @@ cdef bint direct_allowed(const Geometry* g, object dtype):
 
 
 cdef bint direct_common(const Geometry* g, object dtype):
-    """direct_allowed, and a kernel wider than 1x1, or any kernel where EVERY_ONE_BY_ONE."""
-    return direct_allowed(g, dtype) and (g.KH * g.KW > 1 or EVERY_ONE_BY_ONE)
+    """direct_allowed, and a kernel wider than 1x1, or any where DIRECT_OUTRUNS_BLAS."""
+    return direct_allowed(g, dtype) and (g.KH * g.KW > 1 or DIRECT_OUTRUNS_BLAS)
 
 
 cdef bint narrowing_pointwise(const Geometry* g) noexcept:
@@ -312,13 +322,14 @@ cdef bint direct_input_grad_applies(const Geometry* g, object dtype):
 
 cdef bint direct_weight_grad_applies(const Geometry* g, object dtype):
     """The sum over positions (a sample's or, for layers of few positions, the whole
-    batch's) is at least as long as the filters are many. Otherwise the im2col path's one
-    product over samples side by side wins: ResNet-18's last stage at 112x112, batch 16
-    (512 filters, 256 positions): 16 ms against 21."""
+    batch's) is at least as long as the filters are many, or DIRECT_OUTRUNS_BLAS.
+    Otherwise the im2col path's one product over samples side by side wins: ResNet-18's
+    last stage at 112x112, batch 16 (512 filters, 256 positions): 16 ms against 21."""
     cdef Py_ssize_t positions = g.OH * g.OW * (g.N if whole_batch(g, WEIGHT_GRAD_WHOLE_BATCH)
                                                else 1)
     return (direct_common(g, dtype) and fills_tiles(g.F) and g.C * g.KH * g.KW >= MIN_DIRECT_SUM
-            and g.F <= positions and g.N * g.OH * g.OW >= MIN_DIRECT_SUM)
+            and (g.F <= positions or DIRECT_OUTRUNS_BLAS)
+            and g.N * g.OH * g.OW >= MIN_DIRECT_SUM)
 
 
 cdef Geometry transposed_geometry(const Geometry* g):

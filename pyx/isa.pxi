@@ -5,6 +5,7 @@ import os
 
 cdef extern from "isa.h" nogil:
     enum: CNNCLI_AUTO
+    int cnncli_full_rate_512()
 
 # CNNCLI_DIRECT_ISA's values and the variants of isa.h they stand for; an unknown value
 # is auto.

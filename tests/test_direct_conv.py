@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import reference
+from cnncli import _conv
 from cnncli import functional as F
 from test_conv import conv_arguments, make_operands, reference_arguments
 
@@ -136,21 +137,21 @@ def test_a_forward_of_few_positions_runs_direct_but_not_its_weight_gradient():
 
 
 @contextlib.contextmanager
-def every_one_by_one(enabled):
-    """Every pass of every 1x1 layer on the direct kernel (AVX-512), or only those the rule
-    gives whatever the BLAS."""
-    previous = F.use_direct_one_by_one(enabled)
+def direct_over_blas(enabled):
+    """Every 1x1 pass and every grad_weight the direct kernel can take on it (AVX-512), or
+    only what it takes whatever the CPU and BLAS."""
+    previous = F.use_direct_over_blas(enabled)
     try:
         yield
     finally:
-        F.use_direct_one_by_one(previous)
+        F.use_direct_over_blas(previous)
 
 
 @needs_direct
 def test_which_passes_of_a_1x1_layer_run_direct_whatever_the_blas():
     """The forward of a narrowing or strided 1x1 layer, and the grad_input of a widening
     one (the forward of its narrowing transpose); the rest keeps im2col + GEMM."""
-    with every_one_by_one(False):
+    with direct_over_blas(False):
         assert paths((4, 48, 10, 10, 16, (1, 1), 1, 0, 1, 1, True)) == {
             "forward": 16, "input_grad": 0, "weight_grad": 0, "winograd": (), "rows": ()}
         assert paths((4, 16, 10, 10, 48, (1, 1), 1, 0, 1, 1, True)) == {
@@ -164,43 +165,52 @@ def test_which_passes_of_a_1x1_layer_run_direct_whatever_the_blas():
                                   dtype=np.float64).values())
 
 
-# 1x1 layers that take every pass they can on the direct kernel where OpenBLAS runs
-# narrower kernels than AVX-512 (grad_input: stride 1, no padding).
-ONE_BY_ONE_CASES = [
+# Layers whose every pass the direct kernel takes where it outruns the BLAS beside it
+# (grad_input: stride 1, no padding): 1x1 layers, and grad_weight with more filters than
+# positions summed over.
+OVER_BLAS_CASES = [
     (4, 64, 10, 10, 128, (1, 1), 1, 0, 1, 1, True),      # widening, whole batch listed
     (3, 64, 17, 17, 64, (1, 1), 1, 0, 1, 1, False),      # as many channels, sample by sample
     (4, 96, 14, 13, 64, (1, 1), 2, 0, 1, 1, True),       # strided: grad_input on GEMM
     (2, 64, 9, 10, 96, (1, 1), 1, 1, 1, 1, True),        # padded: a copy of each sample
     (2, 128, 12, 12, 48, (1, 1), 1, 0, 1, 1, True),      # narrowing, tiles shared out
+    (4, 64, 4, 4, 128, (3, 3), 1, 1, 1, 1, True),        # 128 filters, 64 positions
+    (4, 32, 7, 7, 96, (3, 3), 2, 1, 1, 1, False),        # 96 filters, 64 positions, strided
 ]
 AVX512 = F.direct_kernel_variant() == "avx512"
-needs_avx512 = pytest.mark.skipif(not AVX512, reason="every 1x1 pass runs direct on AVX-512 "
-                                  "only")
+needs_avx512 = pytest.mark.skipif(not AVX512, reason="the direct kernel takes these passes "
+                                  "over the BLAS's on AVX-512 only")
 
 
 @needs_avx512
-def test_every_pass_of_a_1x1_layer_can_run_direct():
-    with every_one_by_one(True):
-        for case in ONE_BY_ONE_CASES:
-            stride, padding = case[6], case[7]
+def test_the_direct_kernel_can_take_every_1x1_pass_and_every_weight_gradient():
+    for case in OVER_BLAS_CASES:
+        kernel, stride, padding = case[5:8]
+        with direct_over_blas(True):
             assert paths(case)["forward"] and paths(case)["weight_grad"]
-            assert bool(paths(case)["input_grad"]) == (stride == 1 and padding == 0)
+            assert bool(paths(case)["input_grad"]) == (kernel != (1, 1)
+                                                       or (stride == 1 and padding == 0))
+        with direct_over_blas(False):
+            assert not paths(case)["weight_grad"]
 
 
 @needs_avx512
-def test_every_1x1_pass_runs_direct_where_openblas_is_held_to_avx2_kernels():
+def test_the_direct_kernel_outruns_an_openblas_held_to_avx2_kernels_on_full_rate_avx512():
     code = ("from cnncli import functional as F; paths = F.conv2d_paths((4, 64, 10, 10), "
             "(128, 64, 1, 1)); print(all(paths[name] for name in "
             "('forward', 'input_grad', 'weight_grad')))")
     held = dict(os.environ, OPENBLAS_CORETYPE="Haswell")
-    assert printed_by(code, held) == "True"
+    assert printed_by(code, held) == str(_conv.full_rate_512())
     assert printed_by(code, dict(held, CNNCLI_DIRECT_ISA="avx2")) == "False"
+    if "OPENBLAS_CORETYPE" not in os.environ:
+        assert printed_by(code, dict(os.environ)) == str(
+            _conv.full_rate_512() and _conv.blas_kernels_narrower())
 
 
 @needs_avx512
-@pytest.mark.parametrize("case", ONE_BY_ONE_CASES)
-def test_every_direct_1x1_pass_matches_reference_gradients_and_threads(case):
-    with every_one_by_one(True):
+@pytest.mark.parametrize("case", OVER_BLAS_CASES)
+def test_direct_passes_over_the_blas_match_reference_gradients_and_threads(case):
+    with direct_over_blas(True):
         test_direct_convolution_matches_reference(case)
         assert_gradients_match_finite_differences(case)
         test_direct_results_do_not_depend_on_the_thread_count(case)
