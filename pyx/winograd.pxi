@@ -75,13 +75,17 @@ cdef Py_ssize_t WINOGRAD_BAND_BYTES = 262144
 # output positions in the batch (see winograd_forward_applies). The direct kernel's AVX-512
 # variant (16 lanes) does twice the multiply-adds per cycle of the AVX2 one while the
 # transforms gain less, so there Winograd needs larger layers (winograd_pays).
+# Where the CPU runs those 16 lanes at full rate (cnncli_full_rate_512: AMD's Zen 5), the
+# measurements came out the other way again, and Winograd takes more (winograd_pays).
 cdef bint SIXTEEN_LANES = cnncli_variant() == 2
+cdef bint FULL_RATE = SIXTEEN_LANES and cnncli_full_rate_512()
 cnncli_wino_use_sixteen_lanes(SIXTEEN_LANES)
 cdef Py_ssize_t WINOGRAD_MIN_CHANNELS = 64
 cdef Py_ssize_t WINOGRAD5_MIN_CHANNELS = 32
 cdef Py_ssize_t WINOGRAD5_MIN_POSITIONS = 3136
-cdef Py_ssize_t WINOGRAD_MAX_WEIGHTS = 16384 if SIXTEEN_LANES else 65536
-cdef Py_ssize_t WINOGRAD_MIN_POSITIONS = 3136 if SIXTEEN_LANES else 1536
+cdef Py_ssize_t WINOGRAD_MAX_WEIGHTS = 16384 if SIXTEEN_LANES and not FULL_RATE else 65536
+cdef Py_ssize_t WINOGRAD_MIN_POSITIONS = (784 if FULL_RATE else 3136 if SIXTEEN_LANES
+                                          else 1536)
 # grad_weight sums each product over the tiles of a group of samples, at least this many
 # tiles where the batch has them (winograd_weight_grad).
 cdef Py_ssize_t WINOGRAD_SUM_TILES = 196
@@ -177,7 +181,17 @@ cdef bint winograd_pays(const Geometry* g):
     8-lane Winograd, 0.70x, 0.90x the direct kernel; batch 16: 0.90x, 0.91x; 32 channels at
     28x28, batch 32: 0.76x, 0.97x; 96 at 27x27, batch 8: 0.68x, 0.91x; 64 to 128 at
     28x28, batch 16: 0.75x, 0.90x (with 8 lanes the grad_input had taken 1.12x and the
-    grad_weight 1.27x at batch 64)."""
+    grad_weight 1.27x at batch 64).
+
+    On AVX-512 at full rate (an AMD EPYC of family 26, 2 threads, the same layer with and
+    without Winograd call by call; forward, grad_input): 256 at 14x14, batch 16: 0.65x,
+    0.67x, batch 32: 0.70x, batch 4 (784 positions): 0.81x, 0.80x; 256 at 7x7, batch 16
+    (784): 0.89x, 0.84x; 128 at 14x14, batch 4: 0.75x, 0.72x; 128 at 28x28, batch 1:
+    0.79x, 0.67x; 64 at 28x28, batch 1: 0.96x, 0.90x; but 256 at 7x7, batch 8 (392
+    positions): 1.05x, 0.98x, and 256 at 14x14, batch 1: 1.37x (hence 784 positions);
+    512 at 7x7, batch 16: 1.55x, 1.07x, and 512 to 256 at 7x7, batch 8: 1.37x (hence at
+    most 65536 channels times filters). There a 3x3 layer's grad_weight takes Winograd
+    too (winograd_weight_grad_applies)."""
     return (g.C * g.F <= WINOGRAD_MAX_WEIGHTS
             and g.N * g.OH * g.OW >= (WINOGRAD_MIN_POSITIONS if g.KH == 3
                                       else WINOGRAD5_MIN_POSITIONS))
@@ -357,9 +371,17 @@ cdef bint winograd_weight_grad_applies(const Geometry* g, object dtype):
     14x14, batch 8: 0.80x, batch 32: 0.98x. At 7x7 the tiles' unused quarter costs more than
     the multiplications saved: 256 channels, batch 64, 1.10x. 5x5 kernels: LeNet's second
     layer, batch 64: 0.79x, batch 16: 0.70x; 32 channels at 28x28, batch 32: 0.89x; 64 to
-    128 at 28x28, batch 16: 0.75x."""
+    128 at 28x28, batch 16: 0.75x.
+    On AVX-512 a 3x3 layer's grad_weight stays direct (winograd_pays), except at full rate
+    (FULL_RATE) where the batch holds two groups or more (a single group's sum is one
+    thread's task): 64 channels at 28x28, batch 16: 0.68x; 128 at 14x14, batch 16: 0.76x;
+    128 at 28x28, batch 16: 0.86x, batch 2: 0.64x; 256 at 14x14, batch 16: 0.87x; 64 at
+    56x56, batch 16: 1.00x; 64 at 32x32, batch 32: 1.03x; one group: 128 at 14x14, batch
+    4: 1.39x; 256 at 14x14, batch 4: 1.52x."""
     return (winograd_computes(g, dtype) and g.OH >= 8 and g.OW >= 8
-            and (winograd_forced or (winograd_pays(g) and not (SIXTEEN_LANES and g.KH == 3)))
+            and (winograd_forced or (winograd_pays(g) and (
+                not (SIXTEEN_LANES and g.KH == 3)
+                or (FULL_RATE and g.N >= 2 * weight_grad_group(g)))))
             and 4 * (g.KH + 1) * (g.KW + 1) * g.C * weight_grad_group(g)
             * ((g.OH + 1) // 2) * ((g.OW + 1) // 2) <= WINOGRAD_MAX_GROUP_BYTES)
 

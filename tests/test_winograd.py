@@ -117,7 +117,11 @@ def test_winograd_takes_only_the_layers_its_rule_names(by_rule):
     assert winograd((6, 64, 17, 17), (64, 64, 3, 3), padding=0) == ("input_grad",)
 
 
-@pytest.mark.skipif(F.direct_kernel_variant() != "avx512", reason="the AVX-512 variant's rule")
+AVX512 = F.direct_kernel_variant() == "avx512"
+
+
+@pytest.mark.skipif(not AVX512 or _conv.full_rate_512(),
+                    reason="the AVX-512 variant's rule, where 512-bit work runs at half rate")
 def test_winograd_takes_only_the_layers_its_rule_names_on_avx512(by_rule):
     def winograd(x_shape, weight_shape, **arguments):
         return F.conv2d_paths(x_shape, weight_shape, **arguments)["winograd"]
@@ -135,6 +139,29 @@ def test_winograd_takes_only_the_layers_its_rule_names_on_avx512(by_rule):
     assert not winograd((32, 64, 32, 32), (64, 64, 3, 3), stride=2, padding=1)
     assert not winograd((8, 32, 14, 14), (64, 32, 5, 5), padding=2)       # 1568 positions
     assert not winograd((32, 64, 32, 32), (64, 64, 3, 3), padding=1, dtype=np.float64)
+
+
+@pytest.mark.skipif(not AVX512 or not _conv.full_rate_512(),
+                    reason="the AVX-512 variant's rule where 512-bit work runs at full rate")
+def test_winograd_takes_only_the_layers_its_rule_names_on_full_rate_avx512(by_rule):
+    def winograd(x_shape, weight_shape, **arguments):
+        return F.conv2d_paths(x_shape, weight_shape, **arguments)["winograd"]
+
+    every_pass = ("forward", "input_grad", "weight_grad")
+    assert winograd((16, 64, 28, 28), (64, 64, 3, 3), padding=1) == every_pass
+    assert winograd((16, 256, 14, 14), (256, 256, 3, 3), padding=1) == every_pass
+    assert winograd((2, 128, 28, 28), (128, 128, 3, 3), padding=1) == every_pass
+    # One group of samples for grad_weight's sum: its one task would run on one thread.
+    assert winograd((4, 128, 14, 14), (128, 128, 3, 3), padding=1) == ("forward",
+                                                                       "input_grad")
+    # Outputs below 8x8 keep grad_weight on the direct kernel.
+    assert winograd((16, 256, 7, 7), (256, 256, 3, 3), padding=1) == ("forward",
+                                                                     "input_grad")
+    assert not winograd((8, 256, 7, 7), (256, 256, 3, 3), padding=1)     # 392 positions
+    assert not winograd((16, 512, 7, 7), (512, 512, 3, 3), padding=1)    # 4x the weights
+    assert not winograd((32, 32, 32, 32), (64, 32, 3, 3), padding=1)      # 32 channels
+    assert winograd((64, 32, 14, 14), (64, 32, 5, 5), padding=2) == every_pass
+    assert not winograd((8, 32, 14, 14), (64, 32, 5, 5), padding=2)       # 1568 positions
 
 
 @needs_winograd
