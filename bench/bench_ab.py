@@ -33,6 +33,7 @@ from cnncli.parallelism import get_num_threads, single_threaded_blas
 LAYERS = {
     "LeNet conv1": (64, 1, 28, 32, 5, 1, 2),
     "LeNet conv2": (64, 32, 14, 64, 5, 1, 2),
+    "LeNet conv2 b1": (1, 32, 14, 64, 5, 1, 2),
     "VGG 32x32": (32, 64, 32, 64, 3, 1, 1),
     "AlexNet conv1": (8, 3, 227, 96, 11, 4, 0),
     "down": (16, 64, 56, 128, 3, 2, 1),
