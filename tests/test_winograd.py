@@ -89,11 +89,13 @@ def test_every_case_runs_every_pass_on_winograd():
         assert paths(case)["winograd"] == ("forward", "input_grad", "weight_grad")
 
 
+def winograd(x_shape, weight_shape, **arguments):
+    """The passes of this layer that its rule gives Winograd."""
+    return F.conv2d_paths(x_shape, weight_shape, **arguments)["winograd"]
+
+
 @pytest.mark.skipif(F.direct_kernel_variant() != "avx2", reason="the AVX2 variant's rule")
 def test_winograd_takes_only_the_layers_its_rule_names(by_rule):
-    def winograd(x_shape, weight_shape, **arguments):
-        return F.conv2d_paths(x_shape, weight_shape, **arguments)["winograd"]
-
     assert winograd((32, 64, 32, 32), (64, 64, 3, 3), padding=1) == ("forward", "input_grad",
                                                                      "weight_grad")
     # 64 channels at 224x224: a sample's transformed input would be 51 MB.
@@ -123,9 +125,6 @@ AVX512 = F.direct_kernel_variant() == "avx512"
 @pytest.mark.skipif(not AVX512 or _conv.full_rate_512(),
                     reason="the AVX-512 variant's rule, where 512-bit work runs at half rate")
 def test_winograd_takes_only_the_layers_its_rule_names_on_avx512(by_rule):
-    def winograd(x_shape, weight_shape, **arguments):
-        return F.conv2d_paths(x_shape, weight_shape, **arguments)["winograd"]
-
     # A 3x3 layer's grad_weight never; the 5x5 layers' every pass.
     assert winograd((32, 64, 32, 32), (64, 64, 3, 3), padding=1) == ("forward", "input_grad")
     assert winograd((16, 128, 28, 28), (128, 128, 3, 3), padding=1) == ("forward",
@@ -144,9 +143,6 @@ def test_winograd_takes_only_the_layers_its_rule_names_on_avx512(by_rule):
 @pytest.mark.skipif(not AVX512 or not _conv.full_rate_512(),
                     reason="the AVX-512 variant's rule where 512-bit work runs at full rate")
 def test_winograd_takes_only_the_layers_its_rule_names_on_full_rate_avx512(by_rule):
-    def winograd(x_shape, weight_shape, **arguments):
-        return F.conv2d_paths(x_shape, weight_shape, **arguments)["winograd"]
-
     every_pass = ("forward", "input_grad", "weight_grad")
     assert winograd((16, 64, 28, 28), (64, 64, 3, 3), padding=1) == every_pass
     assert winograd((16, 256, 14, 14), (256, 256, 3, 3), padding=1) == every_pass
