@@ -164,12 +164,17 @@ AVX512_BLAS_CORES = ("skylakex", "cooperlake", "sapphirerapids")
 
 def blas_kernels_narrower():
     """Whether an OpenBLAS this process has loaded runs kernels narrower than AVX-512 (its
-    core name, as threadpoolctl reads it, is not one of AVX512_BLAS_CORES)."""
-    from threadpoolctl import ThreadpoolController
-    return any(library.internal_api == "openblas" and library.architecture
-               and library.architecture.lower() not in AVX512_BLAS_CORES
-               for library in ThreadpoolController().lib_controllers
-               if library.user_api == "blas")
+    core name, as threadpoolctl reads it, is not one of AVX512_BLAS_CORES). False where
+    the libraries cannot be inspected: the rule then keeps the BLAS's passes."""
+    try:
+        from threadpoolctl import ThreadpoolController
+        libraries = ThreadpoolController().lib_controllers
+    except Exception:
+        return False
+    return any(library.internal_api == "openblas"
+               and str(getattr(library, "architecture", "") or "").lower()
+               not in ("",) + AVX512_BLAS_CORES
+               for library in libraries if library.user_api == "blas")
 
 
 def full_rate_512():
