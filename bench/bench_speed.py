@@ -47,6 +47,13 @@ WORKLOADS = ["lenet_epoch", "lenet_infer64", "lenet_infer1", "resnet18_infer32",
 BATCH = 64
 
 
+def conv_calls(multiply_adds):
+    """Calls of a convolution per timed block: at least 10, and 2e9 multiply-adds. At 2e8
+    (3 to 5 calls of the first layers, 7-12 ms a block) one slow spell of the shared
+    machine moved a round's ratio by a third."""
+    return max(10, int(2e9 // multiply_adds))
+
+
 def median_call_ms(function, calls, blocks=5, warmup=3):
     """Median over ``blocks`` blocks of the mean time of ``calls`` back-to-back calls, in ms."""
     for _ in range(warmup):
@@ -135,7 +142,7 @@ def cnncli_worker(workload, options):
             def both():
                 F.conv2d(x, w, b, S, P)
                 F.conv2d_backward(dy, x, w, S, P)
-            calls = max(3, int(2e8 // (N * Cout * y.shape[2] * y.shape[3] * Cin * K * K)))
+            calls = conv_calls(N * Cout * y.shape[2] * y.shape[3] * Cin * K * K)
             figures[label] = {"fwd": median_call_ms(lambda: F.conv2d(x, w, b, S, P), calls),
                               "fwd+bwd": median_call_ms(both, calls)}
         return {"conv": figures}
@@ -224,7 +231,7 @@ def torch_worker(workload, options):
             def both():
                 functional.conv2d(xg, wg, bg, S, P).backward(dy)
                 xg.grad = wg.grad = bg.grad = None
-            calls = max(3, int(2e8 // (N * Cout * y.shape[2] * y.shape[3] * Cin * K * K)))
+            calls = conv_calls(N * Cout * y.shape[2] * y.shape[3] * Cin * K * K)
             figures[label] = {"fwd": median_call_ms(forward, calls),
                               "fwd+bwd": median_call_ms(both, calls)}
         return {"conv": figures}
