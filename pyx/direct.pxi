@@ -138,10 +138,11 @@ cdef Py_ssize_t TASKS_PER_THREAD = 4
 cdef Py_ssize_t MAX_PADDED = 2147483647
 # The widest narrowing 1x1 layer the forward takes (see narrowing_pointwise).
 cdef Py_ssize_t MAX_POINTWISE_FILTERS = 128
-# Two passes are GEMMs with little to copy, so OpenBLAS's kernels run them as fast as the
-# direct kernel's alike: every pass of a 1x1 layer, and grad_weight where the filters
-# outnumber the positions summed over (the batch side by side, one product: ResNet-18's
-# 512-filter layers). The direct kernel takes them too (DIRECT_OUTRUNS_BLAS) where its
+# Some passes are one GEMM with little to copy, which OpenBLAS runs as fast as the direct
+# kernel where both use vectors of one width: every pass of a 1x1 layer, and grad_weight
+# where the filters outnumber the positions summed over (the batch side by side, one
+# product: ResNet-18's 512-filter layers). The direct kernel takes them too
+# (DIRECT_OUTRUNS_BLAS) where its
 # tiles do twice the work of OpenBLAS's per cycle: AVX-512 at full rate
 # (cnncli_full_rate_512, isa.h) beside an OpenBLAS running narrower kernels
 # (blas_kernels_narrower: OPENBLAS_CORETYPE holding it to Haswell's, or a build without
