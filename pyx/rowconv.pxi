@@ -40,6 +40,25 @@ cdef Py_ssize_t ROW_FEW_TAPS_POSITIONS = 4096
 # A band's padded input rows take at most this many bytes (or one output row's worth).
 cdef Py_ssize_t ROW_BAND_BYTES = 32768
 cdef bint row_kernel_enabled = True
+# Where 512-bit work runs at full rate (isa.h), the direct kernel ran these layers faster
+# from ROW_DIRECT_FROM_BATCH samples on (same layer, the row kernel off and on call by
+# call, 2 threads, an AMD EPYC of family 26): LeNet's first layer at batch 64 0.89x and
+# 0.92x, batch 16 0.99x, batch 4 1.08x, batch 2 1.32x; 3 channels of 3x3 at 224x224,
+# batch 8 0.94x, batch 1 1.10x; at 32x32, batch 32, 0.98x. (On the Intel VM the row kernel
+# led at every batch: 0.76x at batch 64.) The two give the same bits.
+cdef bint ROW_SMALL_BATCHES = cnncli_full_rate_512()
+cdef Py_ssize_t ROW_DIRECT_FROM_BATCH = 8
+# Tests set this to run the row kernel on every layer it computes, whatever the batch.
+cdef bint row_forced = False
+
+
+def force_row_kernel(bint forced):
+    """Run the row kernel on every layer it computes, whatever the batch (True), or where
+    its rule says (False, the default); returns the previous setting. For tests."""
+    global row_forced
+    previous = row_forced
+    row_forced = forced
+    return previous
 
 
 def use_row_kernel(bint enabled):
@@ -53,9 +72,10 @@ def use_row_kernel(bint enabled):
 
 cdef bint row_forward_applies(const Geometry* g, object dtype):
     """A stride-1 layer wider than 1x1 (those have narrowing_pointwise) of ROW_MIN_TAPS to
-    ROW_MAX_TAPS taps, on an AVX-512 CPU (AVX2's tile lost: rowkernel.h), whose output
-    rows fill at least three quarters of the padded rows' lanes (at most a quarter of the
-    positions computed are dropped), and below MIN_DIRECT_TAPS taps, with at least
+    ROW_MAX_TAPS taps, on an AVX-512 CPU (AVX2's tile lost: rowkernel.h; at full rate,
+    batches below ROW_DIRECT_FROM_BATCH or layers the direct kernel does not take), whose
+    output rows fill at least three quarters of the padded rows' lanes (at most a quarter
+    of the positions computed are dropped), and below MIN_DIRECT_TAPS taps, with at least
     ROW_FEW_TAPS_POSITIONS output positions in the batch.
     Measured against the kernel that had the layer (bench/bench_rows.py, interleaved in
     one process, AVX-512, 2 threads / 1 thread), with the tile's stores unrolled: LeNet's
@@ -72,7 +92,9 @@ cdef bint row_forward_applies(const Geometry* g, object dtype):
     return (row_kernel_enabled and cnncli_row_filters() > 0 and direct_allowed(g, dtype)
             and g.SH == 1 and g.SW == 1 and g.KH * g.KW > 1
             and ROW_MIN_TAPS <= taps <= ROW_MAX_TAPS and 4 * g.OW >= 3 * p.WP
-            and (taps >= MIN_DIRECT_TAPS or g.N * g.OH * g.OW >= ROW_FEW_TAPS_POSITIONS))
+            and (taps >= MIN_DIRECT_TAPS or g.N * g.OH * g.OW >= ROW_FEW_TAPS_POSITIONS)
+            and (row_forced or not (ROW_SMALL_BATCHES and g.N >= ROW_DIRECT_FROM_BATCH
+                                    and direct_forward_applies(g, dtype))))
 
 
 cdef struct RowBands:

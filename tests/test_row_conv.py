@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import reference
+from cnncli import _conv
 from cnncli import functional as F
 from test_conv import conv_arguments, make_operands, reference_arguments
 from test_direct_conv import TOLERANCE, assert_forward_matches_reference, printed_by
@@ -37,8 +38,27 @@ def paths(case):
     return F.conv2d_paths((N, C, H, W), (filters, C) + kernel, **conv_arguments(case))
 
 
-ROW_CPU = paths(ROW_CASES[0])["rows"] == ("forward",)
+ROW_CPU = paths(ROW_CASES[1])["rows"] == ("forward",)
 needs_rows = pytest.mark.skipif(not ROW_CPU, reason="the row kernel runs on AVX-512 only")
+FULL_RATE = _conv.full_rate_512()
+
+
+@pytest.fixture(autouse=True)
+def row_kernel_whatever_the_batch():
+    """The cases run on the row kernel at any batch (where 512-bit work runs at full rate,
+    the rule gives batches of 8 or more to the direct kernel); the rule tests lift this."""
+    previous = _conv.force_row_kernel(True)
+    yield
+    _conv.force_row_kernel(previous)
+
+
+def rows(x_shape, weight_shape, **arguments):
+    """Whether the rule gives this layer's forward to the row kernel."""
+    previous = _conv.force_row_kernel(False)
+    try:
+        return F.conv2d_paths(x_shape, weight_shape, **arguments)["rows"] == ("forward",)
+    finally:
+        _conv.force_row_kernel(previous)
 
 
 @needs_rows
@@ -49,13 +69,11 @@ def test_the_cases_run_on_the_row_kernel(case):
 
 @needs_rows
 def test_the_row_kernel_takes_stride_1_layers_of_9_to_128_taps_on_avx512_only():
-    def rows(x_shape, weight_shape, **arguments):
-        return F.conv2d_paths(x_shape, weight_shape, **arguments)["rows"] == ("forward",)
-    assert rows((8, 1, 28, 28), (32, 1, 5, 5), padding=2)          # 25 taps
-    assert rows((8, 3, 32, 32), (64, 3, 3, 3), padding=1)          # 27
-    assert rows((8, 8, 16, 16), (32, 8, 3, 3), padding=1)          # 72
-    assert rows((8, 14, 16, 16), (32, 14, 3, 3), padding=1)        # 126
-    assert not rows((8, 15, 16, 16), (32, 15, 3, 3), padding=1)    # 135: the direct kernel
+    assert rows((4, 1, 28, 28), (32, 1, 5, 5), padding=2)          # 25 taps
+    assert rows((4, 3, 32, 32), (64, 3, 3, 3), padding=1)          # 27
+    assert rows((4, 8, 16, 16), (32, 8, 3, 3), padding=1)          # 72
+    assert rows((4, 14, 16, 16), (32, 14, 3, 3), padding=1)        # 126
+    assert not rows((4, 15, 16, 16), (32, 15, 3, 3), padding=1)    # 135: the direct kernel
     # Below 16 taps, over at least 4096 output positions (else im2col + GEMM).
     assert rows((8, 1, 28, 28), (32, 1, 3, 3), padding=1)          # 9 taps, 6272 positions
     assert not rows((2, 1, 28, 28), (32, 1, 3, 3), padding=1)      # 1568
@@ -67,8 +85,19 @@ def test_the_row_kernel_takes_stride_1_layers_of_9_to_128_taps_on_avx512_only():
     assert not F.conv2d_paths((8, 1, 28, 28), (32, 1, 5, 5), padding=2,
                               dtype=np.float64)["rows"]
     code = ("from cnncli import functional as F; "
-            "print(F.conv2d_paths((8, 1, 28, 28), (32, 1, 5, 5), padding=2)['rows'])")
+            "print(F.conv2d_paths((4, 1, 28, 28), (32, 1, 5, 5), padding=2)['rows'])")
     assert printed_by(code, dict(os.environ, CNNCLI_DIRECT_ISA="avx2")) == "()"
+
+
+@needs_rows
+def test_at_full_rate_the_direct_kernel_takes_batches_of_8_or_more():
+    """Where it can: below 16 taps (or with filters its tiles would waste) the row kernel
+    keeps them. Elsewhere the row kernel takes every batch."""
+    assert rows((8, 1, 28, 28), (32, 1, 5, 5), padding=2) == (not FULL_RATE)
+    assert rows((64, 1, 28, 28), (32, 1, 5, 5), padding=2) == (not FULL_RATE)
+    assert rows((7, 1, 28, 28), (32, 1, 5, 5), padding=2)
+    assert rows((8, 1, 28, 28), (32, 1, 3, 3), padding=1)          # 9 taps
+    assert rows((8, 1, 28, 28), (6, 1, 5, 5), padding=2)           # 6 filters
 
 
 @pytest.mark.parametrize("case", ROW_CASES)
