@@ -563,6 +563,9 @@ def conv2d_forward(x, weight, bias, out, tuple stride, tuple padding, tuple dila
     if winograd_forward_applies(&g, dtype):
         winograd_forward(x, weight, scale, bias, out, g, relu, n_threads)
         return
+    if winograd_fold_applies(&g, dtype):
+        winograd_fold_forward(x, weight, scale, bias, out, g, relu, n_threads)
+        return
     if row_forward_applies(&g, dtype):
         row_forward(x, weight, scale, bias, out, g, relu, n_threads)
         return

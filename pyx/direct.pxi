@@ -868,7 +868,8 @@ def direct_paths(tuple input_shape, tuple weight_shape, tuple output_size, tuple
     cdef Geometry g = make_geometry(input_shape, weight_shape[0], weight_shape[2:],
                                     output_size, stride, padding, dilation, groups)
     dtype = np.dtype(dtype)
-    cdef bint winograd_forward = winograd_forward_applies(&g, dtype)
+    cdef bint winograd_forward = (winograd_forward_applies(&g, dtype)
+                                  or winograd_fold_applies(&g, dtype))
     cdef bint winograd_input = winograd_input_grad_applies(&g, dtype)
     cdef bint winograd_weights = winograd_weight_grad_applies(&g, dtype)
     cdef bint rows = not winograd_forward and row_forward_applies(&g, dtype)

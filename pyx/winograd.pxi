@@ -33,6 +33,12 @@
 #   of a group of samples at once (WINOGRAD_SUM_TILES or more per sum), into one partial
 #   per fixed chunk of samples, then adds the chunks in order and transforms back,
 #   G^T du G.
+# - A strided layer whose kernel spans three strides (AlexNet's first layer: 11x11 at stride
+#   4) is a stride-1 3x3 layer over its input folded into S*S times the channels: channel
+#   (c, i, j) of the fold, position (h, w) is the input's (c, S*h + i, S*w + j), and the
+#   kernel, zero-padded to 3S x 3S, is cut the same way (fold_channels, folded_weight).
+#   Its forward then runs as F(2x2, 3x3) (winograd_fold_applies), the fold written
+#   straight into each band's padded sample.
 # - Which passes: winograd_pays states where the transforms pay, measured per variant of
 #   the direct kernel (on AVX-512 fewer layers, and never a 3x3 layer's grad_weight);
 #   force_winograd lets the tests run every pass Winograd can compute.
@@ -201,8 +207,110 @@ cdef bint winograd_forward_applies(const Geometry* g, object dtype):
     return winograd_computes(g, dtype) and (winograd_forced or winograd_pays(g))
 
 
+# A folded layer (see the design notes) needs at least this many channels once folded, and
+# WINOGRAD_FOLD_MIN_POSITIONS output positions a sample (winograd_fold_pays).
+cdef Py_ssize_t WINOGRAD_FOLD_MIN_CHANNELS = 48
+cdef Py_ssize_t WINOGRAD_FOLD_MIN_POSITIONS = 3025
+
+
+cdef Geometry folded_geometry(const Geometry* g):
+    """The stride-1 3x3 layer a strided layer folds into: S*S channels a channel, its input
+    the OH + 2 by OW + 2 positions the fold reads, no padding (it is in the fold)."""
+    cdef Geometry t = g[0]
+    t.C = g.C * g.SH * g.SW
+    t.H, t.W = g.OH + 2, g.OW + 2
+    t.KH = t.KW = 3
+    t.SH = t.SW = 1
+    t.PH = t.PW = 0
+    return t
+
+
+cdef bint winograd_fold_computes(const Geometry* g, object dtype):
+    """A strided float32 layer whose kernel spans three strides each way, undilated, no
+    groups, its filters filling the tiles."""
+    return (winograd_enabled and direct_enabled and dtype == np.float32 and g.G == 1
+            and g.SH == g.SW and g.SH >= 2 and g.DH == 1 and g.DW == 1
+            and (g.KH + g.SH - 1) // g.SH == 3 and (g.KW + g.SW - 1) // g.SW == 3
+            and fills_tiles(g.F))
+
+
+cdef bint winograd_fold_pays(const Geometry* g):
+    """Where a strided layer's forward gains by its fold. F(2x2, 3x3) on the fold does
+    4 * S * S multiplications per output and channel where the direct kernel does KH * KW:
+    for AlexNet's first layer (11x11, stride 4) 64 of 121. Measured on an AMD EPYC of
+    family 26, 2 threads, each layer by its fold against the direct kernel call by call
+    (N, C, H, filters, kernel, stride): AlexNet's first layer (8, 3, 227, 96, 11, 4) 0.70-0.81x
+    (the AVX2 variant 0.72-0.74x), at batch 32 0.76-0.85x, batch 4 0.90-0.95x, but batch 3
+    0.81-1.08x and batch 1 1.14x (below SHARED_BATCH a sample's bands are shared out);
+    (16, 3, 227, 64, 11, 4) 0.85x; 12 channels of 6x6 at stride 2, (8, 12, 112, 64) 0.60-0.71x;
+    but 55x55 outputs of 9x9 kernels at stride 4 (64 of 81) 1.18-1.24x, 16 channels of 5x5
+    at stride 2 (16 of 25) 0.92-1.00x, and 30x30 outputs (8, 4, 128, 96, 11, 4) 1.06-1.18x,
+    with 64 filters 0.97-0.99x, with 48 1.38-1.43x. So the fold takes layers where it saves
+    at least 40% of the multiplications, with at least WINOGRAD_FOLD_MIN_CHANNELS channels
+    once folded, WINOGRAD_MIN_CHANNELS filters, SHARED_BATCH samples and
+    WINOGRAD_FOLD_MIN_POSITIONS output positions a sample, where the folded layer meets
+    winograd_pays."""
+    if 10 * 4 * g.SH * g.SW > 6 * g.KH * g.KW:
+        return False
+    cdef Geometry t = folded_geometry(g)
+    return (t.C >= WINOGRAD_FOLD_MIN_CHANNELS and g.F >= WINOGRAD_MIN_CHANNELS
+            and g.N >= SHARED_BATCH and g.OH * g.OW >= WINOGRAD_FOLD_MIN_POSITIONS
+            and winograd_pays(&t))
+
+
+cdef bint winograd_fold_applies(const Geometry* g, object dtype):
+    return winograd_fold_computes(g, dtype) and (winograd_forced or winograd_fold_pays(g))
+
+
+cdef folded_weight(weight, const Geometry* g):
+    """The kernel of folded_geometry(g): weight zero-padded to 3S x 3S, then
+    folded[f, (c, i, j), a, b] = weight[f, c, S*a + i, S*b + j]. (In NumPy, padding and
+    transposing a copy took 52 us for AlexNet's first layer, 2% of its forward at batch 8.)"""
+    cdef const float[:, :, :, ::1] source = weight
+    folded = np.empty((g.F, g.C * g.SH * g.SW, 3, 3), dtype=np.float32)
+    cdef float[:, :, :, ::1] target = folded
+    cdef Py_ssize_t s = g.SH, f, c, i, j, a, b
+    with nogil:
+        for f in range(g.F):
+            for c in range(g.C):
+                for i in range(s):
+                    for j in range(s):
+                        for a in range(3):
+                            for b in range(3):
+                                target[f, (c * s + i) * s + j, a, b] = (
+                                    source[f, c, s * a + i, s * b + j]
+                                    if s * a + i < g.KH and s * b + j < g.KW else 0)
+    return folded
+
+
+cdef void fold_channels(const float* x, float* padded, const Geometry* layer, Bands b,
+                        Py_ssize_t c_first, Py_ssize_t c_stop) noexcept nogil:
+    """Channels c_first to c_stop of the folded sample, each an HP x WP plane:
+    padded[(c, i, j)][h][w] = x[c][S*h + i - PH][S*w + j - PW], zero outside x."""
+    cdef Py_ssize_t s = layer.SH, folded, c, i, j, h, w, ih, lo, hi
+    cdef float* row
+    cdef const float* source
+    for folded in range(c_first, c_stop):
+        c = folded // (s * s)
+        i = folded // s % s
+        j = folded % s
+        valid_range(j - layer.PW, s, layer.W, b.WP, &lo, &hi)
+        for h in range(b.HP):
+            row = padded + (folded * b.HP + h) * b.WP
+            ih = s * h + i - layer.PH
+            if ih < 0 or ih >= layer.H:
+                zero(row, b.WP)
+                continue
+            source = x + (c * layer.H + ih) * layer.W + j - layer.PW
+            zero(row, lo)
+            for w in range(lo, hi):
+                row[w] = source[s * w]
+            zero(row + hi, b.WP - hi)
+
+
 cdef void pad_for(const float* x, float* padded, const Geometry* g, Padding p, Bands b,
-                  Py_ssize_t c_first, Py_ssize_t c_stop) noexcept nogil:
+                  Py_ssize_t c_first, Py_ssize_t c_stop,
+                  const Geometry* folded_from=NULL) noexcept nogil:
     """The padded sample of a 3x3 layer (pad_channels), or of a 5x5 one stored
     channel-minor, padded[(h * WP + w) * CP + c], channels c_first to c_stop (those from C
     to CP stay the zeros they were allocated as). A row of the input is read in order and
@@ -211,6 +319,9 @@ cdef void pad_for(const float* x, float* padded, const Geometry* g, Padding p, B
     cdef Py_ssize_t c, h, w, ih, iw
     cdef float* cell
     cdef const float* source
+    if folded_from != NULL:
+        fold_channels(x, padded, folded_from, b, c_first, c_stop)
+        return
     if g.KH == 3:
         pad_channels(x, padded, g, p, c_first, c_stop)
         return
@@ -276,7 +387,8 @@ cdef void winograd_forward_typed(const float[:, :, :, ::1] x, const float* weigh
                                  int[::1] tile_offsets, int[::1] channel_offsets,
                                  float[:, ::1] padded, float[:, ::1] v, float[:, ::1] m,
                                  float[:, ::1] positions_out, Geometry g, Bands b, Tile tile,
-                                 bint relu, int n_threads) noexcept:
+                                 bint relu, int n_threads,
+                                 const Geometry* folded_from) noexcept:
     cdef Padding p
     p.HP, p.WP, p.top, p.left = b.HP, b.WP, g.PH, g.PW
     cdef Py_ssize_t width = tile.filters
@@ -297,7 +409,7 @@ cdef void winograd_forward_typed(const float[:, :, :, ::1] x, const float* weigh
         if g.N >= SHARED_BATCH:
             for n in prange(g.N, schedule="dynamic", num_threads=n_threads):
                 t = threadid()
-                pad_for(&x[n, 0, 0, 0], &padded[t, 0], &g, p, b, 0, g.C)
+                pad_for(&x[n, 0, 0, 0], &padded[t, 0], &g, p, b, 0, g.C, folded_from)
                 for band in range(b.count):
                     winograd_band(&padded[t, 0], &g, b, tile, band, &packed[0], bias, relu,
                                   &tile_offsets[0], &channel_offsets[0], &v[t, 0], &m[t, 0],
@@ -306,7 +418,8 @@ cdef void winograd_forward_typed(const float[:, :, :, ::1] x, const float* weigh
             for n in range(g.N):
                 for block in prange(channel_blocks, schedule="static", num_threads=n_threads):
                     pad_for(&x[n, 0, 0, 0], &padded[0, 0], &g, p, b,
-                            block * g.C // channel_blocks, (block + 1) * g.C // channel_blocks)
+                            block * g.C // channel_blocks, (block + 1) * g.C // channel_blocks,
+                            folded_from)
                 for band in prange(b.count, schedule="dynamic", num_threads=n_threads):
                     t = threadid()
                     winograd_band(&padded[0, 0], &g, b, tile, band, &packed[0], bias, relu,
@@ -315,11 +428,12 @@ cdef void winograd_forward_typed(const float[:, :, :, ::1] x, const float* weigh
 
 
 cdef winograd_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_threads,
-                      const Geometry* layer=NULL):
+                      const Geometry* layer=NULL, const Geometry* folded_from=NULL):
     """out = conv2d(x, weight) * scale + bias (then ReLU) by Winograd's F(2x2, 3x3), for a
     layer that winograd_forward_applies to; scale and bias may be None. With `layer`, this
     is grad_input of that stride-1 layer (g its transposed_geometry): its weight is read
-    rotated by 180 degrees with input and output channels swapped."""
+    rotated by 180 degrees with input and output channels swapped. With `folded_from`, x is
+    that strided layer's input, g its folded_geometry and weight its folded_weight."""
     cdef Tile tile = forward_tile_for(g.F)
     cdef Bands b = bands_for(&g, tile)
     cdef const float[:, :, :, ::1] weight_view = weight
@@ -342,7 +456,13 @@ cdef winograd_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_
         np.zeros((n_threads, b.elements * b.CP * b.R), dtype=np.float32),
         aligned_empty((n_threads, b.elements * b.R * tile.filters)),
         aligned_empty((n_threads, 2 * b.rows * g.OW * tile.filters)),
-        g, b, tile, relu, n_threads)
+        g, b, tile, relu, n_threads, folded_from)
+
+
+cdef winograd_fold_forward(x, weight, scale, bias, out, Geometry g, bint relu, int n_threads):
+    """The forward of a layer that winograd_fold_applies to, by its fold."""
+    winograd_forward(x, folded_weight(weight, &g), scale, bias, out, folded_geometry(&g),
+                     relu, n_threads, NULL, &g)
 
 
 cdef bint winograd_input_grad_applies(const Geometry* g, object dtype):
