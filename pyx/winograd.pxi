@@ -70,6 +70,8 @@ cdef extern from "winograd.h" nogil:
                                Py_ssize_t tiles_wide, Py_ssize_t out_high, Py_ssize_t out_wide,
                                float* dm, Py_ssize_t R)
     void cnncli_wino_use_sixteen_lanes(int sixteen)
+    void cnncli_fold_row(const float* source, Py_ssize_t stride, float* out, Py_ssize_t plane,
+                         Py_ssize_t count)
     void cnncli_wino5_output(const float* m, Py_ssize_t R, Py_ssize_t width, Py_ssize_t rows,
                              Py_ssize_t tiles_wide, Py_ssize_t out_high, Py_ssize_t out_wide,
                              float* y)
@@ -283,29 +285,75 @@ cdef folded_weight(weight, const Geometry* g):
     return folded
 
 
-cdef void fold_channels(const float* x, float* padded, const Geometry* layer, Bands b,
-                        Py_ssize_t c_first, Py_ssize_t c_stop) noexcept nogil:
-    """Channels c_first to c_stop of the folded sample, each an HP x WP plane:
+cdef void fold_channel(const float* x, float* padded, const Geometry* layer, Bands b,
+                       Py_ssize_t folded) noexcept nogil:
+    """Channel `folded` = (c, i, j) of the folded sample, an HP x WP plane:
     padded[(c, i, j)][h][w] = x[c][S*h + i - PH][S*w + j - PW], zero outside x."""
-    cdef Py_ssize_t s = layer.SH, folded, c, i, j, h, w, ih, lo, hi
+    cdef Py_ssize_t s = layer.SH, c = folded // (s * s), i = folded // s % s, j = folded % s
+    cdef Py_ssize_t h, w, ih, lo, hi
     cdef float* row
     cdef const float* source
-    for folded in range(c_first, c_stop):
-        c = folded // (s * s)
-        i = folded // s % s
-        j = folded % s
+    valid_range(j - layer.PW, s, layer.W, b.WP, &lo, &hi)
+    for h in range(b.HP):
+        row = padded + (folded * b.HP + h) * b.WP
+        ih = s * h + i - layer.PH
+        if ih < 0 or ih >= layer.H:
+            zero(row, b.WP)
+            continue
+        source = x + (c * layer.H + ih) * layer.W
+        zero(row, lo)
+        for w in range(lo, hi):
+            row[w] = source[s * w + j - layer.PW]
+        zero(row + hi, b.WP - hi)
+
+
+cdef void fold_phases(const float* x, float* padded, const Geometry* layer, Bands b,
+                      Py_ssize_t folded) noexcept nogil:
+    """The S channels (c, i, 0) to (c, i, S - 1) from `folded` on, as fold_channel would
+    write them, each input row read once: the positions every phase reads inside x go
+    through cnncli_fold_row, the edges value by value."""
+    cdef Py_ssize_t s = layer.SH, plane = b.HP * b.WP
+    cdef Py_ssize_t c = folded // (s * s), i = folded // s % s
+    cdef Py_ssize_t j, h, w, ih, lo, hi, inner_lo = 0, inner_hi = b.WP
+    cdef float* rows
+    cdef const float* source
+    for j in range(s):
         valid_range(j - layer.PW, s, layer.W, b.WP, &lo, &hi)
-        for h in range(b.HP):
-            row = padded + (folded * b.HP + h) * b.WP
-            ih = s * h + i - layer.PH
-            if ih < 0 or ih >= layer.H:
-                zero(row, b.WP)
-                continue
-            source = x + (c * layer.H + ih) * layer.W + j - layer.PW
-            zero(row, lo)
-            for w in range(lo, hi):
-                row[w] = source[s * w]
-            zero(row + hi, b.WP - hi)
+        inner_lo, inner_hi = max(inner_lo, lo), min(inner_hi, hi)
+    inner_hi = max(inner_lo, inner_hi)
+    for h in range(b.HP):
+        rows = padded + folded * plane + h * b.WP
+        ih = s * h + i - layer.PH
+        if ih < 0 or ih >= layer.H:
+            for j in range(s):
+                zero(rows + j * plane, b.WP)
+            continue
+        source = x + (c * layer.H + ih) * layer.W
+        for j in range(s):
+            valid_range(j - layer.PW, s, layer.W, b.WP, &lo, &hi)
+            zero(rows + j * plane, lo)
+            for w in range(lo, min(inner_lo, hi)):
+                rows[j * plane + w] = source[s * w + j - layer.PW]
+            for w in range(max(inner_hi, lo), hi):
+                rows[j * plane + w] = source[s * w + j - layer.PW]
+            zero(rows + j * plane + hi, b.WP - hi)
+        if inner_hi > inner_lo:
+            cnncli_fold_row(source + s * inner_lo - layer.PW, s, rows + inner_lo, plane,
+                            inner_hi - inner_lo)
+
+
+cdef void fold_channels(const float* x, float* padded, const Geometry* layer, Bands b,
+                        Py_ssize_t c_first, Py_ssize_t c_stop) noexcept nogil:
+    """Channels c_first to c_stop of the folded sample (fold_channel), S phases of an
+    input channel's row at a time where the range holds them all (fold_phases)."""
+    cdef Py_ssize_t s = layer.SH, folded = c_first
+    while folded < c_stop:
+        if folded % s == 0 and folded + s <= c_stop:
+            fold_phases(x, padded, layer, b, folded)
+            folded += s
+        else:
+            fold_channel(x, padded, layer, b, folded)
+            folded += 1
 
 
 cdef void pad_for(const float* x, float* padded, const Geometry* g, Padding p, Bands b,
