@@ -88,6 +88,17 @@ def make_operands(case, dtype, seed=0):
     return x, weight, bias
 
 
+def assert_forward_ignores_the_thread_count(case):
+    """The forward (bias and ReLU included) of a case: the same bits at 1, 2 and 3 threads."""
+    x, weight, bias = make_operands(case, np.float32)
+    outcomes = []
+    for n in (1, 2, 3):
+        with F.threads(n):
+            outcomes.append(F.conv2d(x, weight, bias, relu=True, **conv_arguments(case)))
+    for parallel in outcomes[1:]:
+        np.testing.assert_array_equal(outcomes[0], parallel)
+
+
 def conv_arguments(case):
     _, _, _, _, _, kernel, stride, padding, dilation, groups, _ = case
     return dict(stride=stride, padding=padding, dilation=dilation, groups=groups)

@@ -10,7 +10,8 @@ import pytest
 import reference
 from cnncli import _conv
 from cnncli import functional as F
-from test_conv import conv_arguments, make_operands, reference_arguments
+from test_conv import (assert_forward_ignores_the_thread_count, conv_arguments, make_operands,
+                       reference_arguments)
 from test_direct_conv import TOLERANCE, assert_forward_matches_reference, printed_by
 
 # (N, C, H, W, filters, kernel, stride, padding, dilation, groups, bias): each between 9
@@ -136,10 +137,4 @@ def test_the_row_kernel_gives_the_direct_kernels_bits(case):
 
 @pytest.mark.parametrize("case", ROW_CASES)
 def test_row_results_do_not_depend_on_the_thread_count(case):
-    x, weight, bias = make_operands(case, np.float32)
-    outcomes = []
-    for n in (1, 2, 3):
-        with F.threads(n):
-            outcomes.append(F.conv2d(x, weight, bias, relu=True, **conv_arguments(case)))
-    for parallel in outcomes[1:]:
-        np.testing.assert_array_equal(outcomes[0], parallel)
+    assert_forward_ignores_the_thread_count(case)

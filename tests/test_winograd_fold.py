@@ -10,7 +10,8 @@ import pytest
 import reference
 from cnncli import _conv
 from cnncli import functional as F
-from test_conv import conv_arguments, make_operands, reference_arguments
+from test_conv import (assert_forward_ignores_the_thread_count, conv_arguments, make_operands,
+                       reference_arguments)
 from test_winograd import WINOGRAD_CPU, relative_error
 
 # (N, C, H, W, filters, kernel, stride, padding, dilation, groups, bias)
@@ -93,10 +94,4 @@ def test_the_fold_agrees_with_the_direct_kernel_with_bias_relu_and_scale(forced,
 @needs_fold
 @pytest.mark.parametrize("case", FOLD_CASES)
 def test_the_folds_results_do_not_depend_on_the_thread_count(forced, case):
-    x, weight, bias = make_operands(case, np.float32)
-    outcomes = []
-    for n in (1, 2, 3):
-        with F.threads(n):
-            outcomes.append(F.conv2d(x, weight, bias, relu=True, **conv_arguments(case)))
-    for parallel in outcomes[1:]:
-        np.testing.assert_array_equal(outcomes[0], parallel)
+    assert_forward_ignores_the_thread_count(case)
