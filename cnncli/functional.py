@@ -121,7 +121,8 @@ def conv2d_paths(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=
                  dtype=np.float32) -> dict:
     """For 'forward', 'input_grad', 'weight_grad' of this convolution on this CPU: the
     filters of the kernel's tile that runs it (direct: 32 or 16, row: 8 or 2), 0 for im2col
-    + GEMM; 'winograd' and 'rows': those passes Winograd's F(2x2, 3x3), the row kernel run."""
+    + GEMM; 'winograd' and 'rows': those passes Winograd (F(2x2, 3x3) or F(2x2, 5x5); for
+    a strided layer, its forward on the input folded into a 3x3 layer), the row kernel run."""
     x, weight = np.empty(x_shape, dtype), np.empty(weight_shape, dtype)
     geometry = conv_geometry(x, weight, stride, padding, dilation, groups)
     return _conv.direct_paths(x.shape, weight.shape, geometry.output_size, geometry.stride,

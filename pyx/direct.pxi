@@ -862,7 +862,8 @@ def direct_paths(tuple input_shape, tuple weight_shape, tuple output_size, tuple
     a dict of 'forward', 'input_grad', 'weight_grad' to the filters of the tile each pass
     takes (16 or 32, on AVX-512 48 or 64; the row kernel's forward: its 8), 0 where it
     keeps im2col + GEMM, 'winograd' to the tuple of those passes that run as Winograd's
-    F(2x2, 3x3) (winograd.pxi) rather than as direct sums, and 'rows' to ('forward',)
+    F(2x2, 3x3) or F(2x2, 5x5) (winograd.pxi; a strided layer's forward on its fold)
+    rather than as direct sums, and 'rows' to ('forward',)
     where the row kernel (rowconv.pxi) takes the forward (padding is the top/left pair the
     kernels take)."""
     cdef Geometry g = make_geometry(input_shape, weight_shape[0], weight_shape[2:],
