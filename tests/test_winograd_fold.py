@@ -95,3 +95,29 @@ def test_the_fold_agrees_with_the_direct_kernel_with_bias_relu_and_scale(forced,
 @pytest.mark.parametrize("case", FOLD_CASES)
 def test_the_folds_results_do_not_depend_on_the_thread_count(forced, case):
     assert_forward_ignores_the_thread_count(case)
+
+
+@needs_fold
+@pytest.mark.parametrize("seed", range(12))
+def test_random_folded_layers_agree_with_the_direct_kernel(forced, seed):
+    """Strides 2 to 5, kernels spanning three strides each way, any padding within the
+    kernel, 1 to 6 samples, sizes that leave partial tiles and partial strides."""
+    rng = np.random.default_rng(seed)
+    stride = int(rng.integers(2, 6))
+    kernel = tuple(int(k) for k in rng.integers(2 * stride + 1, 3 * stride + 1, size=2))
+    padding = tuple(int(rng.integers(0, k)) for k in kernel)
+    channels, samples = int(rng.integers(1, 5)), int(rng.integers(1, 7))
+    filters = int(rng.choice([32, 64]))
+    height, width = (int(k + rng.integers(0, 30)) for k in kernel)
+    x = rng.standard_normal((samples, channels, height, width)).astype(np.float32)
+    weight = rng.standard_normal((filters, channels) + kernel).astype(np.float32)
+    bias = rng.standard_normal(filters).astype(np.float32)
+    arguments = dict(stride=stride, padding=padding)
+    assert folded(x.shape, weight.shape, **arguments)
+    out = F.conv2d(x, weight, bias, **arguments)
+    previous = F.use_winograd(False)
+    try:
+        direct = F.conv2d(x, weight, bias, **arguments)
+    finally:
+        F.use_winograd(previous)
+    assert relative_error(out, direct) < 1e-5
