@@ -285,6 +285,8 @@ cdef bint is_pointwise(const Geometry* g) noexcept:
 
 
 include "direct.pxi"
+# The vector variant of the bias gradient's sums (filtersum.h): the direct kernel's.
+cdef int filter_sum_variant = cnncli_variant()
 include "phases.pxi"
 include "winograd.pxi"
 include "rowconv.pxi"
@@ -389,11 +391,19 @@ cdef void conv2d_backward_typed(const floating[:, :, :, ::1] grad_output,
         bias_gradient(grad_output, grad_bias, n_threads)
 
 
+cdef extern from "filtersum.h" nogil:
+    double cnncli_filter_sum(const float* dy, Py_ssize_t N, Py_ssize_t stride, Py_ssize_t L,
+                             int variant)
+
+
 cdef double filter_sum(const floating* dy, Py_ssize_t N, Py_ssize_t stride,
                        Py_ssize_t L) noexcept nogil:
     """The sum of dy[n * stride + position] over n < N and position < L, in double, in eight
     interleaved partial sums added in a fixed order at the end: one running sum waits for
-    each addition to finish (LeNet conv2's bias gradient took 4% of its grad_weight)."""
+    each addition to finish (LeNet conv2's bias gradient took 4% of its grad_weight).
+    float32 goes through filtersum.h, the same sums on the direct kernel's vector units."""
+    if floating is float:
+        return cnncli_filter_sum(dy, N, stride, L, filter_sum_variant)
     cdef double partial[8]
     cdef Py_ssize_t n, position, j
     for j in range(8):

@@ -381,3 +381,20 @@ def test_a_scale_folds_into_the_packed_weights_exactly(case):
     folded = F.conv2d(x, weight * scale[:, None, None, None], bias, **conv_arguments(case))
     np.testing.assert_array_equal(F.conv2d(x, weight, bias, scale=scale,
                                            **conv_arguments(case)), folded)
+
+
+def test_the_bias_gradient_has_the_same_bits_on_every_variant():
+    """filtersum.h's vector variants do the baseline's additions in the same order: rows of
+    whole groups of eight and rows with a few values left over, in fresh processes with the
+    direct kernel (and so the sums' variant) off, on AVX2 and on the CPU's own choice."""
+    code = ("import numpy as np; from cnncli import functional as F\n"
+            "rng = np.random.default_rng(3)\n"
+            "for n, size in ((4, 16), (3, 13), (1, 5)):\n"
+            "    grad_output = (rng.standard_normal((n, 24, size, size)) * 10).astype(np.float32)\n"
+            "    x = rng.standard_normal((n, 2, size, size)).astype(np.float32)\n"
+            "    weight = rng.standard_normal((24, 2, 3, 3)).astype(np.float32)\n"
+            "    print(F.conv2d_backward(grad_output, x, weight, padding=1)[2].tobytes().hex())")
+    sums = {variant: printed_by(code, dict(os.environ, CNNCLI_DIRECT_ISA=variant))
+            for variant in ("none", "avx2", "auto")}
+    assert sums["none"] == sums["avx2"] == sums["auto"]
+    assert len(sums["none"].split()) == 3
