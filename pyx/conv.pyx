@@ -401,9 +401,11 @@ cdef double filter_sum(const floating* dy, Py_ssize_t N, Py_ssize_t stride,
     """The sum of dy[n * stride + position] over n < N and position < L, in double, in eight
     interleaved partial sums added in a fixed order at the end: one running sum waits for
     each addition to finish (LeNet conv2's bias gradient took 4% of its grad_weight).
-    float32 goes through filtersum.h, the same sums on the direct kernel's vector units."""
+    float32 goes through filtersum.h where the direct kernel has a vector variant: the same
+    sums on its vector units."""
     if floating is float:
-        return cnncli_filter_sum(dy, N, stride, L, filter_sum_variant)
+        if filter_sum_variant > 0:
+            return cnncli_filter_sum(dy, N, stride, L, filter_sum_variant)
     cdef double partial[8]
     cdef Py_ssize_t n, position, j
     for j in range(8):

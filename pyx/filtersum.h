@@ -7,9 +7,10 @@
  *   added pairwise at the end. Eight independent sums, because one running sum waits for
  *   each addition to finish.
  * - The vector variants hold the eight sums in one vector of eight doubles (AVX-512) or
- *   two of four (AVX2) and do the same additions in the same order: the same bits as the
- *   baseline loop, on every CPU. Compiled for the baseline (SSE2, two doubles a vector),
- *   the sum took 5-7% of grad_weight of ResNet-18's downsampling layer.
+ *   two of four (AVX2) and do the same additions in the same order: the same bits as
+ *   conv.pyx's filter_sum, which the baseline (and float64) keeps. Compiled for the
+ *   baseline (SSE2, two doubles a vector), the sum took 5-7% of grad_weight of
+ *   ResNet-18's downsampling layer.
  */
 #ifndef CNNCLI_FILTERSUM_H
 #define CNNCLI_FILTERSUM_H
@@ -27,21 +28,6 @@ static void cnncli_filter_sum_tail(const float* row, ptrdiff_t L, double* partia
     ptrdiff_t position;
     for (position = L - L % 8; position < L; position++)
         partial[position % 8] += row[position];
-}
-
-static double cnncli_filter_sum_baseline(const float* dy, ptrdiff_t N, ptrdiff_t stride,
-                                         ptrdiff_t L)
-{
-    double partial[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    ptrdiff_t n, position, j;
-    for (n = 0; n < N; n++) {
-        const float* row = dy + n * stride;
-        for (position = 0; position + 8 <= L; position += 8)
-            for (j = 0; j < 8; j++)
-                partial[j] += row[position + j];
-        cnncli_filter_sum_tail(row, L, partial);
-    }
-    return cnncli_filter_sum_lanes(partial);
 }
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -94,22 +80,21 @@ static double cnncli_filter_sum_avx2(const float* dy, ptrdiff_t N, ptrdiff_t str
     return cnncli_filter_sum_lanes(partial);
 }
 
-/* variant: the direct kernel's (microkernel.h's cnncli_variant): 2 AVX-512, 1 AVX2. */
+/* variant: the direct kernel's (microkernel.h's cnncli_variant): 2 AVX-512, 1 AVX2; only
+ * those (without one, conv.pyx sums in its own baseline loop). */
 static double cnncli_filter_sum(const float* dy, ptrdiff_t N, ptrdiff_t stride, ptrdiff_t L,
                                 int variant)
 {
     if (variant == 2)
         return cnncli_filter_sum_avx512(dy, N, stride, L);
-    if (variant == 1)
-        return cnncli_filter_sum_avx2(dy, N, stride, L);
-    return cnncli_filter_sum_baseline(dy, N, stride, L);
+    return cnncli_filter_sum_avx2(dy, N, stride, L);
 }
 #else
 static double cnncli_filter_sum(const float* dy, ptrdiff_t N, ptrdiff_t stride, ptrdiff_t L,
                                 int variant)
 {
-    (void)variant;
-    return cnncli_filter_sum_baseline(dy, N, stride, L);
+    (void)dy; (void)N; (void)stride; (void)L; (void)variant;
+    return 0;
 }
 #endif
 #endif

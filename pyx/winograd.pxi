@@ -285,51 +285,32 @@ cdef folded_weight(weight, const Geometry* g):
     return folded
 
 
-cdef void fold_channel(const float* x, float* padded, const Geometry* layer, Bands b,
-                       Py_ssize_t folded) noexcept nogil:
-    """Channel `folded` = (c, i, j) of the folded sample, an HP x WP plane:
-    padded[(c, i, j)][h][w] = x[c][S*h + i - PH][S*w + j - PW], zero outside x."""
-    cdef Py_ssize_t s = layer.SH, c = folded // (s * s), i = folded // s % s, j = folded % s
-    cdef Py_ssize_t h, w, ih, lo, hi
-    cdef float* row
-    cdef const float* source
-    valid_range(j - layer.PW, s, layer.W, b.WP, &lo, &hi)
-    for h in range(b.HP):
-        row = padded + (folded * b.HP + h) * b.WP
-        ih = s * h + i - layer.PH
-        if ih < 0 or ih >= layer.H:
-            zero(row, b.WP)
-            continue
-        source = x + (c * layer.H + ih) * layer.W
-        zero(row, lo)
-        for w in range(lo, hi):
-            row[w] = source[s * w + j - layer.PW]
-        zero(row + hi, b.WP - hi)
-
-
 cdef void fold_phases(const float* x, float* padded, const Geometry* layer, Bands b,
-                      Py_ssize_t folded) noexcept nogil:
-    """The S channels (c, i, 0) to (c, i, S - 1) from `folded` on, as fold_channel would
-    write them, each input row read once: the positions every phase reads inside x go
-    through cnncli_fold_row, the edges value by value."""
+                      Py_ssize_t folded, Py_ssize_t count) noexcept nogil:
+    """`count` channels of the folded sample from `folded` = (c, i, j) on, all of the same
+    (c, i), each an HP x WP plane: padded[(c, i, j)][h][w] = x[c][S*h + i - PH][S*w + j -
+    PW], zero outside x. With all S phases, each input row is read once: the positions
+    every phase reads inside x go through cnncli_fold_row, the edges value by value."""
     cdef Py_ssize_t s = layer.SH, plane = b.HP * b.WP
-    cdef Py_ssize_t c = folded // (s * s), i = folded // s % s
-    cdef Py_ssize_t j, h, w, ih, lo, hi, inner_lo = 0, inner_hi = b.WP
+    cdef Py_ssize_t c = folded // (s * s), i = folded // s % s, j_first = folded % s
+    cdef Py_ssize_t j, h, w, ih, lo, hi, inner_lo = 0, inner_hi = 0
     cdef float* rows
     cdef const float* source
-    for j in range(s):
-        valid_range(j - layer.PW, s, layer.W, b.WP, &lo, &hi)
-        inner_lo, inner_hi = max(inner_lo, lo), min(inner_hi, hi)
-    inner_hi = max(inner_lo, inner_hi)
+    if count == s:
+        inner_hi = b.WP
+        for j in range(s):
+            valid_range(j - layer.PW, s, layer.W, b.WP, &lo, &hi)
+            inner_lo, inner_hi = max(inner_lo, lo), min(inner_hi, hi)
+        inner_hi = max(inner_lo, inner_hi)
     for h in range(b.HP):
-        rows = padded + folded * plane + h * b.WP
+        rows = padded + folded * plane + h * b.WP - j_first * plane
         ih = s * h + i - layer.PH
         if ih < 0 or ih >= layer.H:
-            for j in range(s):
+            for j in range(j_first, j_first + count):
                 zero(rows + j * plane, b.WP)
             continue
         source = x + (c * layer.H + ih) * layer.W
-        for j in range(s):
+        for j in range(j_first, j_first + count):
             valid_range(j - layer.PW, s, layer.W, b.WP, &lo, &hi)
             zero(rows + j * plane, lo)
             for w in range(lo, min(inner_lo, hi)):
@@ -344,16 +325,13 @@ cdef void fold_phases(const float* x, float* padded, const Geometry* layer, Band
 
 cdef void fold_channels(const float* x, float* padded, const Geometry* layer, Bands b,
                         Py_ssize_t c_first, Py_ssize_t c_stop) noexcept nogil:
-    """Channels c_first to c_stop of the folded sample (fold_channel), S phases of an
-    input channel's row at a time where the range holds them all (fold_phases)."""
-    cdef Py_ssize_t s = layer.SH, folded = c_first
+    """Channels c_first to c_stop of the folded sample, the phases of one input channel's
+    rows at a time (fold_phases): all S of them where the range holds them."""
+    cdef Py_ssize_t s = layer.SH, folded = c_first, count
     while folded < c_stop:
-        if folded % s == 0 and folded + s <= c_stop:
-            fold_phases(x, padded, layer, b, folded)
-            folded += s
-        else:
-            fold_channel(x, padded, layer, b, folded)
-            folded += 1
+        count = min(s - folded % s, c_stop - folded)
+        fold_phases(x, padded, layer, b, folded, count)
+        folded += count
 
 
 cdef void pad_for(const float* x, float* padded, const Geometry* g, Padding p, Bands b,
